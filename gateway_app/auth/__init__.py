@@ -1,0 +1,1 @@
+"""Token extraction, validation (introspection, JWT) and the auth steps that use them."""

@@ -1,0 +1,126 @@
+"""Bounded, thread-safe caches for token state, keyed by hashes, never by raw tokens.
+
+An entry lives until the deadline it was stored with; a hit never extends it.
+:class:`SingleFlight` makes concurrent misses for one key share one computation.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+import time
+import typing as t
+
+V = t.TypeVar("V")
+
+
+def hash_key(*parts: str | bytes) -> str:
+    """A SHA-256 hex digest of the parts, unambiguously joined."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+class TTLCache(t.Generic[V]):
+    """An LRU-bounded map whose entries expire at absolute deadlines."""
+
+    def __init__(self, max_entries: int = 10_000, clock: t.Callable[[], float] = time.monotonic) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: collections.OrderedDict[str, tuple[float, V]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> V | None:
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            deadline, value = entry
+            if now >= deadline:
+                del self._entries[key]
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def set(self, key: str, value: V, ttl: float) -> None:
+        """Store ``value`` for ``ttl`` seconds from now; a ttl <= 0 stores nothing."""
+        if ttl <= 0:
+            return
+        deadline = self._clock() + ttl
+        with self._lock:
+            self._entries[key] = (deadline, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def remaining(self, key: str) -> float | None:
+        """Seconds an entry has left, or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            return None
+        left = entry[0] - self._clock()
+        return left if left > 0 else None
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class _Call(t.Generic[V]):
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: V | None = None
+        self.error: BaseException | None = None
+
+
+class SingleFlight(t.Generic[V]):
+    """Concurrent ``do(key, fn)`` calls for the same key run ``fn`` once and share its outcome."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Call[V]] = {}
+
+    def do(self, key: str, fn: t.Callable[[], V], timeout: float | None = None) -> V:
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if leader:
+                call = self._calls[key] = _Call()
+        assert call is not None
+        if not leader:
+            if not call.done.wait(timeout):
+                return fn()
+            if call.error is not None:
+                raise call.error
+            return t.cast(V, call.value)
+        try:
+            call.value = fn()
+            return call.value
+        except BaseException as e:
+            call.error = e
+            raise
+        finally:
+            with self._lock:
+                self._calls.pop(key, None)
+            call.done.set()

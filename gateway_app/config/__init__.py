@@ -1,0 +1,1 @@
+"""Config resources: load YAML, validate each kind, resolve references into a route table."""

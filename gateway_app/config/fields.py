@@ -1,0 +1,170 @@
+"""A strict reader over one YAML mapping: typed getters, a field path in every error,
+and :meth:`Node.done` to reject fields nobody read (oathkeeper's ``additionalProperties: false``).
+"""
+
+from __future__ import annotations
+
+import re
+import typing as t
+
+from ..errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+T = t.TypeVar("T")
+
+
+class Node:
+    """A mapping being read. ``where`` names file and resource; ``path`` the field inside it."""
+
+    def __init__(self, data: t.Any, where: str, path: str = "spec") -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {_type_name(data)}", where=where,
+                              line=getattr(data, "line", None))
+        self.data = data
+        self.where = where
+        self.path = path
+        self._read: set[str] = set()
+
+    # -- errors ---------------------------------------------------------------
+    def error(self, field: str | None, message: str) -> ConfigError:
+        path = f"{self.path}.{field}" if field else self.path
+        lines = getattr(self.data, "key_lines", {})
+        line = lines.get(field) if field else getattr(self.data, "line", None)
+        return ConfigError(f"{path}: {message}", where=self.where, line=line)
+
+    def field_path(self, field: str) -> str:
+        return f"{self.path}.{field}"
+
+    # -- presence -------------------------------------------------------------
+    def has(self, field: str) -> bool:
+        return field in self.data and self.data[field] is not None
+
+    def raw(self, field: str, default: t.Any = None) -> t.Any:
+        self._read.add(field)
+        value = self.data.get(field)
+        return default if value is None else value
+
+    def done(self) -> None:
+        """Raise on any field that was present but not read."""
+        unknown = sorted(str(k) for k in self.data if k not in self._read)
+        if unknown:
+            raise self.error(unknown[0], "unknown field")
+
+    # -- typed getters --------------------------------------------------------
+    def _typed(self, field: str, types: tuple[type, ...], label: str, required: bool, default: t.Any) -> t.Any:
+        self._read.add(field)
+        if not self.has(field):
+            if required:
+                raise self.error(None, f"missing required field '{field}'")
+            return default
+        value = self.data[field]
+        if isinstance(value, bool) and bool not in types:
+            raise self.error(field, f"expected {label}, got a boolean")
+        if not isinstance(value, types):
+            raise self.error(field, f"expected {label}, got {_type_name(value)}")
+        return value
+
+    def str(self, field: str, *, required: bool = False, default: str | None = None) -> t.Any:
+        value = self._typed(field, (str,), "a string", required, default)
+        if required and isinstance(value, str) and not value.strip():
+            raise self.error(field, "must not be empty")
+        return value
+
+    def bool(self, field: str, *, default: bool = False) -> bool:
+        return self._typed(field, (bool,), "true or false", False, default)
+
+    def int(self, field: str, *, default: int | None = None, minimum: int | None = None,
+            maximum: int | None = None, required: bool = False) -> t.Any:
+        value = self._typed(field, (int,), "an integer", required, default)
+        if isinstance(value, int) and minimum is not None and value < minimum:
+            raise self.error(field, f"must be at least {minimum}")
+        if isinstance(value, int) and maximum is not None and value > maximum:
+            raise self.error(field, f"must be at most {maximum}")
+        return value
+
+    def duration(self, field: str, *, default: float | None = None, minimum: float = 0.0) -> t.Any:
+        """Seconds from ``10``, ``1.5``, ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``."""
+        self._read.add(field)
+        if not self.has(field):
+            return default
+        value = self.data[field]
+        seconds = parse_duration(value)
+        if seconds is None:
+            raise self.error(field, f"expected a duration such as 10s, 500ms or 5m, got {value!r}")
+        if seconds < minimum:
+            raise self.error(field, f"must be at least {minimum}s")
+        return seconds
+
+    def list(self, field: str, *, required: bool = False) -> list[t.Any]:
+        return self._typed(field, (list,), "a list", required, [])
+
+    def str_list(self, field: str, *, required: bool = False) -> list[str]:
+        values = self.list(field, required=required)
+        for index, value in enumerate(values):
+            if not isinstance(value, str):
+                raise self.error(f"{field}[{index}]", f"expected a string, got {_type_name(value)}")
+        return list(values)
+
+    def str_map(self, field: str) -> dict[str, str]:
+        value = self._typed(field, (dict,), "a mapping", False, {})
+        result = {}
+        for key, item in value.items():
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise self.error(f"{field}.{key}", f"expected a string, got {_type_name(item)}")
+            result[str(key)] = str(item)
+        return result
+
+    def child(self, field: str, *, required: bool = False) -> Node | None:
+        self._read.add(field)
+        if not self.has(field):
+            if required:
+                raise self.error(None, f"missing required field '{field}'")
+            return None
+        return Node(self.data[field], self.where, self.field_path(field))
+
+    def children(self, field: str, *, required: bool = False) -> list[Node]:
+        items = self.list(field, required=required)
+        return [Node(item, self.where, f"{self.path}.{field}[{i}]") for i, item in enumerate(items)]
+
+    def one_of(self, *fields: str, required: bool = True) -> str | None:
+        """Exactly one of ``fields`` is present; returns its name."""
+        present = [f for f in fields if self.has(f)]
+        if len(present) > 1:
+            raise self.error(present[1], f"only one of {', '.join(fields)} may be set")
+        if not present:
+            if required:
+                raise self.error(None, f"one of {', '.join(fields)} is required")
+            return None
+        return present[0]
+
+
+def parse_duration(value: t.Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    return None
+
+
+def _type_name(value: t.Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if value is None:
+        return "nothing"
+    return type(value).__name__

@@ -1,0 +1,227 @@
+"""The gateway's one exception tree, and the one place that turns it into HTTP answers.
+
+Modules raise *meanings* (``InvalidTokenError``, ``IdentityProviderError``); only
+:func:`register_error_handlers` chooses statuses, bodies and challenge headers.
+Messages never contain a token or a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from flask import Flask
+from flask import Response
+from flask import g
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("gateway_app.errors")
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    status_code = 500
+    reason = "internal_error"
+    public_message = "internal error"
+
+    def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
+        super().__init__(message or self.public_message)
+        if reason:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def challenge(self) -> str | None:
+        """The ``WWW-Authenticate`` value to send, if any."""
+        return None
+
+    def extra_headers(self) -> dict[str, str]:
+        return {}
+
+
+class ConfigError(GatewayError):
+    """A resource in conf/ or rego/ is broken. Raised at start-up and reload only.
+
+    ``where`` names the file, resource and field, e.g.
+    ``conf/vs.yaml: VirtualService gloo-system/httpbin: spec.virtualHost.domains``.
+    """
+
+    reason = "config_error"
+
+    def __init__(self, message: str, *, where: str = "", line: int | None = None) -> None:
+        self.where = where
+        self.line = line
+        self.detail = message
+        prefix = where
+        if where and line:
+            prefix = f"{where} (line {line})"
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class BadRequestError(GatewayError):
+    status_code = 400
+    reason = "bad_request"
+    public_message = "malformed request"
+
+
+class PayloadTooLargeError(GatewayError):
+    status_code = 413
+    reason = "payload_too_large"
+    public_message = "request body too large for this route"
+
+
+class RouteNotFoundError(GatewayError):
+    status_code = 404
+    reason = "route_not_found"
+    public_message = "no route matches this request"
+
+
+class AuthenticationError(GatewayError):
+    """The request did not prove who it is. 403 by default (Gloo), 401 with RFC 6750 style."""
+
+    status_code = 403
+    reason = "unauthenticated"
+    public_message = "authentication failed"
+    error_code: str | None = None
+
+    def __init__(self, message: str | None = None, *, reason: str | None = None,
+                 status_code: int | None = None, realm: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        if status_code:
+            self.status_code = status_code
+        self.realm = realm
+
+    def challenge(self) -> str:
+        parts = []
+        if self.realm:
+            parts.append(f'realm="{self.realm}"')
+        if self.error_code:
+            parts.append(f'error="{self.error_code}"')
+            parts.append(f'error_description="{_quote(self.message)}"')
+        return "Bearer" + (" " + ", ".join(parts) if parts else "")
+
+
+class MissingTokenError(AuthenticationError):
+    reason = "token_missing"
+    public_message = "an access token is required"
+
+
+class InvalidTokenError(AuthenticationError):
+    reason = "token_invalid"
+    public_message = "the access token is invalid"
+    error_code = "invalid_token"
+
+
+class AmbiguousTokenError(InvalidTokenError):
+    reason = "token_ambiguous"
+    public_message = "the request carries more than one different access token"
+
+
+class AccessDeniedError(GatewayError):
+    status_code = 403
+    reason = "access_denied"
+    public_message = "access denied"
+
+    def __init__(self, message: str | None = None, *, reason: str | None = None,
+                 status_code: int | None = None, headers: dict[str, str] | None = None,
+                 body: t.Any = None) -> None:
+        super().__init__(message, reason=reason)
+        if status_code:
+            self.status_code = status_code
+        self.headers = headers or {}
+        self.body = body
+
+    def extra_headers(self) -> dict[str, str]:
+        return dict(self.headers)
+
+
+class InsufficientScopeError(AccessDeniedError):
+    reason = "scope_missing"
+    public_message = "the access token lacks a required scope"
+
+    def challenge(self) -> str:
+        return f'Bearer error="insufficient_scope", error_description="{_quote(self.message)}"'
+
+
+class PolicyError(AccessDeniedError):
+    """Policy evaluation failed or gave a malformed result: fail closed."""
+
+    reason = "policy_error"
+    public_message = "access denied by policy"
+
+
+class IdentityProviderError(GatewayError):
+    """The IdP or JWKS endpoint is down, slow or answering garbage."""
+
+    status_code = 503
+    reason = "idp_unavailable"
+    public_message = "the identity provider is unavailable"
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    reason = "upstream_unavailable"
+    public_message = "the upstream service is unavailable"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status_code = 504
+    reason = "upstream_timeout"
+    public_message = "the upstream service did not answer in time"
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', "'")
+
+
+def error_body(error: GatewayError, request_id: str | None) -> dict[str, t.Any]:
+    return {"error": error.reason, "message": error.message, "request_id": request_id}
+
+
+def render_error(error: GatewayError) -> Response:
+    """One JSON body plus challenge headers for any gateway error."""
+    request_id = getattr(g, "request_id", None)
+    body = getattr(error, "body", None)
+    if body is None:
+        response = jsonify(error_body(error, request_id))
+    elif isinstance(body, (dict, list)):
+        response = jsonify(body)
+    else:
+        response = Response(str(body), mimetype="text/plain")
+    response.status_code = error.status_code
+    challenge = error.challenge()
+    if challenge and error.status_code in (401, 403):
+        response.headers["WWW-Authenticate"] = challenge
+    for name, value in error.extra_headers().items():
+        response.headers[name] = value
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+    g.gateway_error = error
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map the tree to responses; anything else is a bug: 500, logged once with a traceback."""
+
+    @app.errorhandler(GatewayError)
+    def _handle_gateway_error(error: GatewayError) -> Response:
+        return render_error(error)
+
+    @app.errorhandler(HTTPException)
+    def _handle_http_exception(error: HTTPException) -> Response:
+        wrapped = GatewayError(error.description or error.name, reason=_slug(error.name))
+        wrapped.status_code = error.code or 500
+        return render_error(wrapped)
+
+    @app.errorhandler(Exception)
+    def _handle_unexpected(error: Exception) -> Response:
+        log.exception("unhandled error: %s", type(error).__name__)
+        return render_error(GatewayError())
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "_")

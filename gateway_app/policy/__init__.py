@@ -1,0 +1,1 @@
+"""Policy as code: Rego modules evaluated with regorus, one engine per thread."""
