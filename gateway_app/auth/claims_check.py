@@ -1,0 +1,46 @@
+"""The ``claims`` condition of an oauth2 step: one Rego (v1) expression over ``input.claims``.
+
+Examples (what Traefik Hub's ``claims`` option is used for)::
+
+    input.claims.iss == "https://idp.example.com/"                      # equality
+    contains(input.claims.email, "@example.com")                        # contains, strings
+    "admin" in input.claims.groups                                      # contains, arrays
+    input.claims.aud == "api"; "read" in input.claims.scp               # "and": separate with ;
+    not input.claims.disabled                                           # not
+    input.claims.tier == "gold" or ...                                  # "or": write two rules, see README
+
+The expression is compiled once with the policy engine at load time; a syntax error is a
+config error. It allows when the body holds; an undefined or false body denies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing as t
+
+from ..errors import ConfigError
+from ..errors import PolicyError
+from ..policy.engine import PolicyEngine
+from ..policy.engine import load_module
+
+
+class RegoClaimsCheck:
+    def __init__(self, expression: str, where: str) -> None:
+        if "\n" in expression.strip() and "{" in expression:
+            raise ConfigError("claims: one expression (use ';' between conditions)", where=where)
+        self.expression = expression
+        package = "gateway_claims.c" + hashlib.sha256(expression.encode()).hexdigest()[:12]
+        body = "; ".join(part.strip() for part in expression.split(";") if part.strip())
+        source = f"package {package}\n\nimport rego.v1\n\nallow if {{ {body} }}\n"
+        self.query = f"data.{package}.allow"
+        try:
+            module = load_module(package, source, where)
+            self.engine = PolicyEngine([module], queries=[self.query])
+        except ConfigError as e:
+            raise ConfigError(f"claims expression does not compile: {e.detail}", where=where) from e
+
+    def allows(self, claims: t.Mapping[str, t.Any]) -> bool:
+        try:
+            return self.engine.evaluate(self.query, {"claims": dict(claims)}) is True
+        except PolicyError:
+            return False

@@ -1,0 +1,508 @@
+"""OAuth 2.0 token introspection (RFC 7662): settings, the IdP call, and a cached validator.
+
+:func:`parse_introspection_settings` reads Gloo's ``accessTokenValidation.introspection`` block
+once; :class:`IntrospectionValidator` answers ``validate(token) -> TokenInfo`` per request.
+The IdP's answer is trusted only when it is a JSON object whose ``active`` is exactly ``true``;
+anything else the IdP says or fails to say is an :class:`IdentityProviderError` (fail closed).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+import typing as t
+import urllib.parse
+
+import requests
+
+from ..cache import SingleFlight
+from ..cache import TTLCache
+from ..cache import hash_key
+from ..config.fields import Node
+from ..config.secrets import SecretStore
+from ..errors import IdentityProviderError
+from ..errors import InvalidTokenError
+from .client_auth import ClientAuthSettings
+from .client_auth import build_client_auth
+from .client_auth import parse_client_authentication
+from .state import TokenInfo
+
+log = logging.getLogger("gateway_app.auth.introspection")
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_RETRIES = 2
+DEFAULT_RETRY_BACKOFF = 0.1
+MAX_RETRY_BACKOFF = 2.0
+DEFAULT_CACHE_TIMEOUT = 600.0
+DEFAULT_NEGATIVE_CACHE_TIMEOUT = 5.0
+DEFAULT_MAX_CACHE_ENTRIES = 10_000
+DEFAULT_MAX_TOKEN_LENGTH = 8192
+MAX_ANSWER_BYTES = 1 << 20
+EXCERPT_CHARS = 120
+
+# Headers the gateway sets itself; users may not override them with ``headers``.
+_RESERVED_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "connection", "accept"})
+_VISIBLE_ASCII = frozenset(chr(c) for c in range(0x21, 0x7F))
+
+
+class CacheBackend(t.Protocol):
+    """Where introspection answers are kept: :class:`TTLCache` in memory, Redis later."""
+
+    def get(self, key: str) -> dict[str, t.Any] | None: ...
+
+    def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    """How to trust the IdP and, for mutual TLS, which certificate to present."""
+
+    ca_bundle: str | None = None
+    client_certificate: str | None = None
+    client_key: str | None = None
+    insecure_skip_verify: bool = False
+
+    @property
+    def verify(self) -> bool | str:
+        """The ``verify`` argument for requests."""
+        if self.insecure_skip_verify:
+            return False
+        return self.ca_bundle or True
+
+    @property
+    def cert(self) -> str | tuple[str, str] | None:
+        """The ``cert`` argument for requests."""
+        if self.client_certificate and self.client_key:
+            return (self.client_certificate, self.client_key)
+        return self.client_certificate
+
+
+@dataclasses.dataclass(frozen=True)
+class IntrospectionSettings:
+    """A validated ``introspection`` block. Secrets are :class:`SecretValue`s; durations are seconds."""
+
+    introspection_url: str
+    client_auth: ClientAuthSettings
+    headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    token_type_hint: str = "access_token"
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    cache_timeout: float = DEFAULT_CACHE_TIMEOUT
+    negative_cache_timeout: float = DEFAULT_NEGATIVE_CACHE_TIMEOUT
+    max_cache_entries: int = DEFAULT_MAX_CACHE_ENTRIES
+    max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH
+    leeway: float = 0.0
+    tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
+    user_id_attribute_name: str = "sub"
+
+    @property
+    def client_id(self) -> str | None:
+        return self.client_auth.client_id
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of every setting that can change the IdP's answer, for cache keys."""
+        header_parts = [f"{name.lower()}:{value}" for name, value in sorted(self.headers.items())]
+        return hash_key(
+            "introspection/v1",
+            self.introspection_url,
+            self.token_type_hint,
+            *self.client_auth.fingerprint_parts(),
+            *header_parts,
+        )
+
+    @property
+    def config_digest(self) -> str:
+        """A hash of *all* settings (timeouts, TLS, cache sizes too): equal digests, interchangeable validators."""
+        others = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                  if f.name not in ("introspection_url", "client_auth", "headers", "token_type_hint")]
+        return hash_key(self.fingerprint, *others)
+
+
+def parse_introspection_settings(node: Node, secrets: SecretStore, default_namespace: str) -> IntrospectionSettings:
+    """Read the ``introspection`` mapping.
+
+    :raises ConfigError: unknown field, bad URL or duration, missing TLS file, unusable credentials.
+    """
+    url = _read_url(node)
+    client_auth = parse_client_authentication(node, secrets, default_namespace, default_audience=url)
+    settings = IntrospectionSettings(
+        introspection_url=url,
+        client_auth=client_auth,
+        headers=_read_headers(node, client_auth),
+        token_type_hint=node.str("tokenTypeHint", default="access_token"),
+        timeout=node.duration("timeout", default=DEFAULT_TIMEOUT, minimum=0.001),
+        retries=node.int("retries", default=DEFAULT_RETRIES, minimum=0, maximum=10),
+        retry_backoff=node.duration("retryBackoff", default=DEFAULT_RETRY_BACKOFF),
+        cache_timeout=node.duration("cacheTimeout", default=DEFAULT_CACHE_TIMEOUT),
+        negative_cache_timeout=node.duration("negativeCacheTimeout", default=DEFAULT_NEGATIVE_CACHE_TIMEOUT),
+        max_cache_entries=node.int("maxCacheEntries", default=DEFAULT_MAX_CACHE_ENTRIES, minimum=1),
+        max_token_length=node.int("maxTokenLength", default=DEFAULT_MAX_TOKEN_LENGTH, minimum=1),
+        leeway=_read_leeway(node),
+        tls=_read_tls(node, url),
+        user_id_attribute_name=node.str("userIdAttributeName", default="sub"),
+    )
+    node.done()
+    return settings
+
+
+def _read_url(node: Node) -> str:
+    url = node.str("introspectionUrl", required=True)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise node.error("introspectionUrl", f"is not a valid URL: {e}") from e
+    if parts.scheme not in ("http", "https"):
+        raise node.error("introspectionUrl", "must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise node.error("introspectionUrl", "has no host")
+    if parts.username is not None or parts.password is not None:
+        raise node.error("introspectionUrl", "must not contain credentials; use clientSecretRef")
+    if parts.fragment:
+        raise node.error("introspectionUrl", "must not contain a fragment")
+    return url
+
+
+def _read_headers(node: Node, client_auth: ClientAuthSettings) -> dict[str, str]:
+    headers = node.str_map("headers")
+    auth_header = _client_auth_header(client_auth)
+    for name, value in headers.items():
+        if not name or any(c not in _VISIBLE_ASCII or c == ":" for c in name):
+            raise node.error(f"headers.{name}", "is not a valid header name")
+        if any(c in value for c in "\r\n\0"):
+            raise node.error(f"headers.{name}", "must not contain a line break")
+        if name.lower() in _RESERVED_HEADERS:
+            raise node.error(f"headers.{name}", "is set by the gateway and cannot be overridden")
+        if name.lower() == auth_header:
+            raise node.error(f"headers.{name}", f"is set by client authentication method {client_auth.method}")
+    return headers
+
+
+def _client_auth_header(client_auth: ClientAuthSettings) -> str | None:
+    """The (lower-cased) header the client authentication method sets, if any."""
+    if client_auth.method in ("client_secret_basic", "bearer"):
+        return "authorization"
+    if client_auth.method == "header" and client_auth.header_name:
+        return client_auth.header_name.lower()
+    return None
+
+
+def _read_leeway(node: Node) -> float:
+    leeway = node.duration("leeway", default=0.0)
+    if leeway > 60:
+        raise node.error("leeway", "must be at most 60s")
+    return leeway
+
+
+def _read_tls(node: Node, url: str) -> TlsSettings:
+    tls = node.child("tls")
+    if tls is None:
+        return TlsSettings()
+    settings = TlsSettings(
+        ca_bundle=_read_file_path(tls, "caBundle"),
+        client_certificate=_read_file_path(tls, "clientCertificate"),
+        client_key=_read_file_path(tls, "clientKey"),
+        insecure_skip_verify=tls.bool("insecureSkipVerify"),
+    )
+    tls.done()
+    if not url.lower().startswith("https:"):
+        raise node.error("tls", "only applies to an https:// introspectionUrl")
+    if settings.client_key and not settings.client_certificate:
+        raise tls.error("clientKey", "needs clientCertificate")
+    if settings.insecure_skip_verify and settings.ca_bundle:
+        raise tls.error("caBundle", "has no effect with insecureSkipVerify: true")
+    return settings
+
+
+def _read_file_path(node: Node, field: str) -> str | None:
+    path = node.str(field)
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise node.error(field, f"file {path!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise node.error(field, f"file {path!r} is not readable")
+    return path
+
+
+class _Failure(Exception):
+    """Why one attempt to ask the IdP failed; ``retryable`` for connection errors and 5xx.
+
+    ``why`` may reach the client; ``detail`` and ``body`` only the log, redacted and shortened.
+    """
+
+    def __init__(self, why: str, *, retryable: bool = False, detail: str = "", status: int | None = None,
+                 content_type: str = "", body: bytes = b"") -> None:
+        super().__init__(why)
+        self.why = why
+        self.retryable = retryable
+        self.detail = detail
+        self.status = status
+        self.content_type = content_type
+        self.body = body
+
+
+class IntrospectionValidator:
+    """Validates opaque tokens against an RFC 7662 endpoint, with a bounded, hashed-key cache.
+
+    ``calls``, ``cache_hits`` and ``cache_misses`` count IdP requests and cache lookups for metrics.
+    A cached answer is only the token's state: exp/nbf are re-checked on every hit, and the
+    caller re-checks scopes and policy on every request.
+    """
+
+    def __init__(
+        self,
+        settings: IntrospectionSettings,
+        *,
+        session: requests.Session | None = None,
+        cache: CacheBackend | None = None,
+        clock: t.Callable[[], float] = time.time,
+        sleep: t.Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self._fingerprint = settings.fingerprint
+        self._client_auth = build_client_auth(settings.client_auth, clock=clock)
+        self._owns_session = session is None
+        self._session = session if session is not None else _new_session()
+        self._cache: CacheBackend = cache if cache is not None else TTLCache(settings.max_cache_entries)
+        self._flight: SingleFlight[dict[str, t.Any]] = SingleFlight()
+        self._clock = clock
+        self._sleep = sleep
+        self._counter_lock = threading.Lock()
+        self.calls = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        if settings.tls.insecure_skip_verify:
+            log.warning("TLS verification disabled for %s", settings.introspection_url)
+
+    def close(self) -> None:
+        """Close the HTTP session if this validator created it."""
+        if self._owns_session:
+            self._session.close()
+
+    # -- the one public operation ---------------------------------------------------------
+    def validate(self, token: str) -> TokenInfo:
+        """The token's state as the IdP reports it, from the cache when fresh.
+
+        :raises InvalidTokenError: malformed, inactive, expired or not yet valid token.
+        :raises IdentityProviderError: the IdP is unreachable, failing, or answering garbage.
+        """
+        self._check_shape(token)
+        key = hash_key(self._fingerprint, token)
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._count("cache_hits")
+        else:
+            self._count("cache_misses")
+            entry = self._flight.do(key, lambda: self._introspect_and_store(key, token))
+        return self._token_info(entry)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _check_shape(self, token: str) -> None:
+        if not isinstance(token, str) or not token:
+            raise InvalidTokenError("the access token is empty", reason="token_malformed")
+        if len(token) > self.settings.max_token_length:
+            raise InvalidTokenError("the access token is too long", reason="token_malformed")
+        if not _VISIBLE_ASCII.issuperset(token):
+            raise InvalidTokenError("the access token contains invalid characters", reason="token_malformed")
+
+    def _introspect_and_store(self, key: str, token: str) -> dict[str, t.Any]:
+        cached = self._cache.get(key)   # a flight that finished just before this one started
+        if cached is not None:
+            return cached
+        entry = self._introspect(token)
+        ttl = self._ttl(entry)
+        if ttl > 0:
+            self._cache.set(key, entry, ttl)
+        return entry
+
+    def _introspect(self, token: str) -> dict[str, t.Any]:
+        """Ask the IdP, retrying; return a cache entry ``{"active": bool, "claims": {...}}``."""
+        answer = self._fetch_answer(token)
+        active = answer.get("active")
+        if not isinstance(active, bool):
+            self._fail(_Failure(f"'active' is {_json_type(active)}, not a boolean", status=200), token)
+        if not active:
+            return {"active": False, "claims": {}}
+        for claim in ("exp", "nbf", "iat"):
+            value = answer.get(claim)
+            if value is not None and not _is_number(value):
+                self._fail(_Failure(f"'{claim}' is {_json_type(value)}, not a number", status=200), token)
+        return {"active": True, "claims": answer}
+
+    def _ttl(self, entry: dict[str, t.Any]) -> float:
+        if not entry["active"]:
+            return self.settings.negative_cache_timeout
+        ttl = self.settings.cache_timeout
+        exp = entry["claims"].get("exp")
+        if exp is not None:
+            ttl = min(ttl, float(exp) - self._clock())
+        return ttl
+
+    def _token_info(self, entry: dict[str, t.Any]) -> TokenInfo:
+        if not entry["active"]:
+            raise InvalidTokenError("the access token is not active", reason="token_inactive")
+        claims = copy.deepcopy(entry["claims"])
+        now = self._clock()
+        leeway = self.settings.leeway
+        exp = claims.get("exp")
+        if exp is not None and now >= float(exp) + leeway:
+            raise InvalidTokenError("the access token has expired", reason="token_expired")
+        nbf = claims.get("nbf")
+        if nbf is not None and now < float(nbf) - leeway:
+            raise InvalidTokenError("the access token is not valid yet", reason="token_not_yet_valid")
+        return TokenInfo(claims=claims, kind="introspection", expires_at=float(exp) if exp is not None else None)
+
+    # -- talking to the IdP ---------------------------------------------------------------
+    def _fetch_answer(self, token: str) -> dict[str, t.Any]:
+        attempts = 1 + self.settings.retries
+        for attempt in range(attempts):
+            try:
+                return self._ask_once(token)
+            except _Failure as failure:
+                if not failure.retryable or attempt == attempts - 1:
+                    self._fail(failure, token, attempts=attempt + 1)
+                log.info("introspection attempt %d/%d at %s failed: %s; retrying",
+                         attempt + 1, attempts, self.settings.introspection_url, failure.why)
+                self._sleep(min(self.settings.retry_backoff * 2 ** attempt, MAX_RETRY_BACKOFF))
+        raise AssertionError("unreachable")
+
+    def _ask_once(self, token: str) -> dict[str, t.Any]:
+        """One POST; the parsed JSON object, or a :class:`_Failure` saying why not."""
+        data, headers = self._request_parts(token)
+        self._count("calls")
+        timeout = self.settings.timeout
+        try:
+            with self._session.post(
+                self.settings.introspection_url,
+                data=data,
+                headers=headers,
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+                verify=self.settings.tls.verify,
+                cert=self.settings.tls.cert,
+                stream=True,
+            ) as response:
+                body = _read_limited(response)
+                return _parse_answer(response, body)
+        except requests.exceptions.SSLError as e:
+            raise _Failure("TLS handshake failed", detail=str(e)) from e
+        except requests.Timeout as e:
+            raise _Failure("timed out", retryable=True, detail=str(e)) from e
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+            raise _Failure("connection failed", retryable=True, detail=str(e)) from e
+        except requests.RequestException as e:
+            raise _Failure(f"request failed ({type(e).__name__})", detail=str(e)) from e
+
+    def _request_parts(self, token: str) -> tuple[dict[str, str], dict[str, str]]:
+        data = {"token": token}
+        if self.settings.token_type_hint:
+            data["token_type_hint"] = self.settings.token_type_hint
+        headers = dict(self.settings.headers)
+        headers["Accept"] = "application/json"
+        self._client_auth.apply(data, headers)
+        return data, headers
+
+    def _fail(self, failure: _Failure, token: str, attempts: int = 1) -> t.NoReturn:
+        """Log why (redacted) and raise the 503 meaning; IdP failures are never cached."""
+        body = _redact(failure.body.decode("utf-8", "replace"), token, self.settings)
+        detail = _redact(failure.detail, token, self.settings)
+        log.warning(
+            "introspection at %s failed after %d attempt(s): %s (status=%s, content-type=%r, body=%r, detail=%r)",
+            self.settings.introspection_url, attempts, failure.why, failure.status,
+            failure.content_type, body[:EXCERPT_CHARS], detail[:EXCERPT_CHARS * 2],
+        )
+        raise IdentityProviderError(f"token introspection failed: {failure.why}") from None
+
+    def _count(self, counter: str) -> None:
+        with self._counter_lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+def _read_limited(response: requests.Response) -> bytes:
+    chunks = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=65536):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _Failure(f"answer larger than {MAX_ANSWER_BYTES} bytes", status=response.status_code,
+                           content_type=response.headers.get("Content-Type", ""))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_answer(response: requests.Response, body: bytes) -> dict[str, t.Any]:
+    status = response.status_code
+    content_type = response.headers.get("Content-Type", "")
+
+    def failure(why: str, retryable: bool = False) -> _Failure:
+        return _Failure(why, retryable=retryable, status=status, content_type=content_type, body=body)
+
+    if status >= 500:
+        raise failure(f"status {status}", retryable=True)
+    if status != 200:
+        raise failure(f"status {status}")
+    if content_type and not _is_json_media_type(content_type):
+        raise failure("answer is not application/json")
+    try:
+        answer = json.loads(body, parse_constant=_reject_non_finite)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise failure(f"answer is not valid JSON ({type(e).__name__})") from e
+    if not isinstance(answer, dict):
+        raise failure(f"answer is {_json_type(answer)}, not an object")
+    return answer
+
+
+def _reject_non_finite(name: str) -> t.NoReturn:
+    """NaN and Infinity are not JSON (RFC 8259); an ``exp`` of NaN would never expire."""
+    raise ValueError(f"non-finite number {name}")
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    """``application/json`` or ``application/*+json``; a missing type is judged by parsing the body."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+def _is_number(value: t.Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json_type(value: t.Any) -> str:
+    if value is None:
+        return "missing or null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _redact(text: str, token: str, settings: IntrospectionSettings) -> str:
+    """``text`` without the token or any configured secret, raw or form-encoded. Redact, then shorten."""
+    auth = settings.client_auth
+    hidden = [(token, "[token]")]
+    hidden += [(s.reveal(), "[secret]") for s in (auth.client_secret, auth.token, auth.header_value) if s]
+    for value, mask in hidden:
+        if value:
+            text = text.replace(value, mask).replace(urllib.parse.quote_plus(value, safe=""), mask)
+    return text

@@ -1,0 +1,303 @@
+"""JWT access tokens verified against a JWKS (``oauth2.accessTokenValidation.jwt``).
+
+:func:`parse_jwt_settings` reads the config once; :class:`JwtValidator` checks the header
+itself (size, shape, ``alg``, ``typ``, ``kid``) before any cryptography, picks the key,
+and lets PyJWT verify the signature and the time, issuer and audience claims. PyJWT's
+exceptions are translated here, and only here, into :class:`InvalidTokenError` with a
+stable ``reason``. Scopes, claim checks and header mapping are the caller's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import re
+import time
+import typing as t
+
+import jwt
+
+from ..config.fields import Node
+from ..errors import InvalidTokenError
+from .jwks import DEFAULT_MIN_FETCH_INTERVAL
+from .jwks import SIGNATURE_ALGORITHMS
+from .jwks import JwksSettings
+from .jwks import KeySet
+from .jwks import VerificationKey
+from .jwks import build_key_source
+from .jwks import parse_jwks_settings
+from .state import TokenInfo
+
+if t.TYPE_CHECKING:
+    import requests
+
+MAX_TOKEN_LENGTH = 16 * 1024
+ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class JwtSettings:
+    """``accessTokenValidation.jwt``, validated. Durations are in seconds."""
+
+    jwks: JwksSettings
+    issuer: str | None = None
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = SIGNATURE_ALGORITHMS
+    clock_skew: float = 30.0
+    require_kid: bool = False
+    require_typ: bool = False
+    timeout: float = 5.0
+
+
+def parse_jwt_settings(node: Node) -> JwtSettings:
+    """Read the ``jwt`` mapping.
+
+    :raises ConfigError: unknown fields, bad values, unsupported algorithms or an unusable JWKS.
+    """
+    algorithms = _parse_algorithms(node)
+    settings = JwtSettings(
+        jwks=parse_jwks_settings(node, algorithms),
+        issuer=_parse_issuer(node),
+        audiences=tuple(node.str_list("audiences")),
+        algorithms=algorithms,
+        clock_skew=node.duration("clockSkew", default=30.0),
+        require_kid=node.bool("requireKid"),
+        require_typ=node.bool("requireTyp"),
+        timeout=node.duration("timeout", default=5.0, minimum=0.001),
+    )
+    node.done()
+    return settings
+
+
+def _parse_issuer(node: Node) -> str | None:
+    issuer = node.str("issuer")
+    if issuer is not None and not issuer.strip():
+        raise node.error("issuer", "must not be empty (leave it out to accept any issuer)")
+    return issuer
+
+
+def _parse_algorithms(node: Node) -> tuple[str, ...]:
+    if not node.has("algorithms"):
+        node.raw("algorithms")
+        return SIGNATURE_ALGORITHMS
+    algorithms = node.str_list("algorithms")
+    if not algorithms:
+        raise node.error("algorithms", "must list at least one algorithm")
+    for index, alg in enumerate(algorithms):
+        if alg.lower() == "none":
+            raise node.error(f"algorithms[{index}]", "'none' (unsigned tokens) is never accepted")
+        if alg.upper().startswith("HS"):
+            raise node.error(f"algorithms[{index}]", f"{alg} is an HMAC algorithm; a JWKS of public "
+                                                     f"keys cannot verify it")
+        if alg not in SIGNATURE_ALGORITHMS:
+            raise node.error(f"algorithms[{index}]", f"unsupported algorithm {alg!r}; supported: "
+                                                     f"{', '.join(SIGNATURE_ALGORITHMS)}")
+    return tuple(dict.fromkeys(algorithms))
+
+
+class JwtValidator:
+    """Validates JWT access tokens: ``validate(token) -> TokenInfo``.
+
+    Built once at start-up; safe to share between threads.
+    """
+
+    def __init__(self, settings: JwtSettings, *, session: requests.Session | None = None,
+                 min_fetch_interval: float = DEFAULT_MIN_FETCH_INTERVAL,
+                 clock: t.Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.keys = build_key_source(settings.jwks, timeout=settings.timeout, session=session,
+                                     min_fetch_interval=min_fetch_interval, clock=clock)
+        self._allowed = frozenset(settings.algorithms)
+        self._audience = list(settings.audiences) or None
+        self._options: dict[str, t.Any] = {
+            "require": ["exp"],
+            "verify_aud": bool(settings.audiences),
+            "enforce_minimum_key_length": True,
+        }
+
+    def ready(self) -> bool:
+        """Whether keys are available."""
+        return self.keys.ready()
+
+    def warm_up(self) -> None:
+        """Fetch the keys now if they are remote; failures are logged and retried on use."""
+        self.keys.warm_up()
+
+    def validate(self, token: str) -> TokenInfo:
+        """Verify ``token`` and return its claims.
+
+        :raises InvalidTokenError: the token is refused; ``reason`` says why.
+        :raises IdentityProviderError: no keys could ever be fetched.
+        """
+        header = _read_header(token)
+        alg = self._check_header(header)
+        candidates = self._candidate_keys(header.get("kid"), alg)
+        claims = self._decode_with_any(token, alg, candidates)
+        return TokenInfo(claims=claims, kind="jwt", expires_at=float(claims["exp"]))
+
+    def _check_header(self, header: dict[str, t.Any]) -> str:
+        alg = header.get("alg")
+        if not isinstance(alg, str) or not alg:
+            raise InvalidTokenError("the token header has no alg", reason="token_malformed")
+        if alg.lower() == "none":
+            raise InvalidTokenError("unsigned tokens (alg none) are never accepted", reason="alg_not_allowed")
+        if alg.upper().startswith("HS"):
+            raise InvalidTokenError(f"HMAC alg {_show(alg)} is never accepted with a JWKS of public keys",
+                                    reason="alg_not_allowed")
+        if alg not in self._allowed:
+            raise InvalidTokenError(f"alg {_show(alg)} is not allowed; allowed: "
+                                    f"{', '.join(self.settings.algorithms)}", reason="alg_not_allowed")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidTokenError("the token header kid is not a string", reason="token_malformed")
+        if self.settings.require_typ:
+            typ = header.get("typ")
+            if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+                raise InvalidTokenError(f"the token header typ must be at+jwt (RFC 9068), got {_show(typ)}",
+                                        reason="typ_invalid")
+        return alg
+
+    def _candidate_keys(self, kid: str | None, alg: str) -> tuple[VerificationKey, ...]:
+        key_set = self.keys.current()
+        if kid is None:
+            return self._keys_without_kid(key_set, alg)
+        keys = key_set.with_kid(kid) or self.keys.refetch().with_kid(kid)
+        if not keys:
+            raise InvalidTokenError(f"no published key has kid {_show(kid)}", reason="kid_unknown")
+        fitting = tuple(key for key in keys if key.fits(alg))
+        if not fitting:
+            raise InvalidTokenError(f"alg {alg} does not fit the key it names ({keys[0].describe()})",
+                                    reason="alg_not_allowed")
+        return fitting
+
+    def _keys_without_kid(self, key_set: KeySet, alg: str) -> tuple[VerificationKey, ...]:
+        if self.settings.require_kid:
+            raise InvalidTokenError("the token has no kid and requireKid is set", reason="kid_unknown")
+        fitting = key_set.fitting(alg)
+        if not fitting:
+            raise InvalidTokenError(f"the token has no kid and no published key fits alg {alg}",
+                                    reason="kid_unknown")
+        return fitting
+
+    def _decode_with_any(self, token: str, alg: str, keys: tuple[VerificationKey, ...]) -> dict[str, t.Any]:
+        """Decode with the first key whose signature matches (one key when the token names a kid)."""
+        for key in keys[:-1]:
+            try:
+                return self._decode(token, alg, key)
+            except InvalidTokenError as e:
+                if e.reason != "signature_invalid":
+                    raise
+        return self._decode(token, alg, keys[-1])
+
+    def _decode(self, token: str, alg: str, key: VerificationKey) -> dict[str, t.Any]:
+        try:
+            return jwt.decode(token, key.key, algorithms=[alg], options=self._options,
+                              audience=self._audience, issuer=self.settings.issuer,
+                              leeway=self.settings.clock_skew)
+        except jwt.PyJWTError as e:
+            raise self._translate(e, token) from e
+
+    # -- PyJWT's exceptions -> ours (the one boundary) -------------------------
+    def _translate(self, error: jwt.PyJWTError, token: str) -> InvalidTokenError:
+        if isinstance(error, jwt.ExpiredSignatureError):
+            exp = _number(_verified_claims(token).get("exp"))
+            ago = f" {time.time() - exp:.0f}s ago" if exp is not None else ""
+            return InvalidTokenError(f"token expired{ago}", reason="token_expired")
+        if isinstance(error, jwt.ImmatureSignatureError):
+            return InvalidTokenError(_not_yet_valid_message(error, token), reason="token_not_yet_valid")
+        if isinstance(error, jwt.MissingRequiredClaimError):
+            return self._missing_claim(error.claim)
+        if isinstance(error, jwt.InvalidIssuerError):
+            got = _verified_claims(token).get("iss")
+            return InvalidTokenError(f"issuer mismatch: expected {self.settings.issuer!r}, got {_show(got)}",
+                                     reason="issuer_mismatch")
+        if isinstance(error, jwt.InvalidAudienceError):
+            got = _verified_claims(token).get("aud")
+            return InvalidTokenError(f"audience mismatch: expected one of {list(self.settings.audiences)}, "
+                                     f"got {_show(got)}", reason="audience_mismatch")
+        if isinstance(error, jwt.InvalidSignatureError):
+            return InvalidTokenError("signature verification failed", reason="signature_invalid")
+        if isinstance(error, (jwt.InvalidAlgorithmError, jwt.InvalidKeyError)):
+            return InvalidTokenError(f"alg does not fit the key: {error}", reason="alg_not_allowed")
+        return InvalidTokenError(f"malformed token: {error}", reason="token_malformed")
+
+    def _missing_claim(self, claim: str) -> InvalidTokenError:
+        if claim == "exp":
+            return InvalidTokenError("the token has no exp claim", reason="exp_missing")
+        if claim == "iss":
+            return InvalidTokenError(f"the token has no iss claim; expected {self.settings.issuer!r}",
+                                     reason="issuer_mismatch")
+        if claim == "aud":
+            return InvalidTokenError(f"the token has no aud claim; expected one of {list(self.settings.audiences)}",
+                                     reason="audience_mismatch")
+        return InvalidTokenError(f"the token has no {claim} claim", reason="token_malformed")
+
+
+# -- cheap checks before cryptography ------------------------------------------
+
+def _read_header(token: str) -> dict[str, t.Any]:
+    """The decoded JOSE header, after checking the token's size and shape."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidTokenError(f"the token is {len(token)} bytes, more than the {MAX_TOKEN_LENGTH} allowed",
+                                reason="token_malformed")
+    segments = token.split(".")
+    if len(segments) != 3:
+        raise InvalidTokenError(f"a JWT has 3 dot-separated segments, this token has {len(segments)}",
+                                reason="token_malformed")
+    try:
+        header = json.loads(_b64decode(segments[0]))
+    except ValueError as e:
+        raise InvalidTokenError("the token header is not base64url-encoded JSON", reason="token_malformed") from e
+    if not isinstance(header, dict):
+        raise InvalidTokenError("the token header is not a JSON object", reason="token_malformed")
+    return header
+
+
+def _b64decode(segment: str) -> bytes:
+    """Strict base64url without padding. :raises ValueError: not base64url."""
+    if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise ValueError("not base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error as e:
+        raise ValueError("not base64url") from e
+
+
+def _verified_claims(token: str) -> dict[str, t.Any]:
+    """The payload, for error messages only: PyJWT checks the signature before any claim."""
+    try:
+        claims = json.loads(_b64decode(token.split(".")[1]))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _not_yet_valid_message(error: jwt.PyJWTError, token: str) -> str:
+    claims = _verified_claims(token)
+    claim = "iat" if "(iat)" in str(error) else "nbf"
+    when = _number(claims.get(claim))
+    if when is None:
+        return f"token not yet valid ({claim})"
+    ahead = f"{when - time.time():.0f}s"
+    if claim == "iat":
+        return f"token issued in the future (iat is {ahead} ahead)"
+    return f"token not valid for another {ahead} (nbf)"
+
+
+def _number(value: t.Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _show(value: t.Any, limit: int = 80) -> str:
+    """A claim or header value for a message: repr, truncated (attacker-controlled)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

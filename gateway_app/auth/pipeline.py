@@ -1,0 +1,93 @@
+"""An AuthConfig compiled into an ordered pipeline of steps, or a ``booleanExpr`` over them.
+
+Steps run in order and the first failing step decides the answer. With ``booleanExpr``
+each named step runs at most once, lazily, and the state of earlier steps is visible to
+later ones. How failures become statuses is set per AuthConfig:
+
+- ``authenticationFailureStatus``: 403 (Gloo's behaviour, default) or 401 (RFC 6750);
+- ``failureModeAllow``: when the IdP is unreachable, let the request through (dangerous);
+- ``statusOnError``: the status when the IdP is unreachable (default 503).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing as t
+
+from ..errors import AccessDeniedError
+from ..errors import AuthenticationError
+from ..errors import GatewayError
+from ..errors import IdentityProviderError
+from .expressions import Evaluate
+from .steps import AuthContext
+from .steps import AuthStep
+
+log = logging.getLogger("gateway_app.auth")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AuthPipeline:
+    name: str                                  # "gloo-system/oidc-hydra"
+    steps: tuple[AuthStep, ...]
+    boolean_expr: Evaluate | None = None
+    boolean_expr_text: str | None = None
+    authentication_failure_status: int = 403
+    realm: str | None = None
+    failure_mode_allow: bool = False
+    status_on_error: int = 503
+
+    def run(self, ctx: AuthContext) -> None:
+        """Pass, or raise the error that decides the answer."""
+        try:
+            if self.boolean_expr is None:
+                for step in self.steps:
+                    step.run(ctx)
+            else:
+                self._run_expression(ctx)
+        except AuthenticationError as e:
+            e.status_code = self.authentication_failure_status
+            e.realm = self.realm
+            raise
+        except IdentityProviderError as e:
+            if self.failure_mode_allow:
+                log.warning("IdP unavailable, failureModeAllow lets the request through: %s", e)
+                ctx.state.reason = "failure_mode_allow"
+                return
+            e.status_code = self.status_on_error
+            raise
+
+    def _run_expression(self, ctx: AuthContext) -> None:
+        by_name = {step.name: step for step in self.steps}
+        results: dict[str, bool] = {}
+        failures: list[GatewayError] = []
+
+        def run(name: str) -> bool:
+            if name not in results:
+                try:
+                    by_name[name].run(ctx)
+                    results[name] = True
+                except (AuthenticationError, AccessDeniedError) as e:
+                    failures.append(e)
+                    results[name] = False
+            return results[name]
+
+        assert self.boolean_expr is not None
+        if not self.boolean_expr(run):
+            if failures:
+                raise failures[-1]
+            raise AccessDeniedError(f"booleanExpr {self.boolean_expr_text!r} is false", reason="auth_expr_false")
+
+    def managed_headers(self) -> frozenset[str]:
+        names: set[str] = set()
+        for step in self.steps:
+            names |= step.managed_headers()
+        return frozenset(names)
+
+    @property
+    def summary(self) -> str:
+        kinds = []
+        for step in self.steps:
+            kinds.append(getattr(step, "validator_kind", None) or "opa")
+        text = " -> ".join(kinds)
+        return f"{self.name} [{text}]" + (f" expr={self.boolean_expr_text}" if self.boolean_expr_text else "")

@@ -1,0 +1,208 @@
+"""The auth steps of one AuthConfig: ``oauth2`` (token validation) and ``opaAuth`` (policy).
+
+Each step is built once from config and has one method, ``run(ctx)``: it returns when the
+step passes and raises a :mod:`gateway_app.errors` error when it does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import typing as t
+
+from ..errors import AccessDeniedError
+from ..errors import InsufficientScopeError
+from ..errors import MissingTokenError
+from ..errors import PolicyError
+from ..incoming import IncomingRequest
+from ..policy.decision import Decision
+from ..policy.input_document import build_input
+from .state import AuthState
+from .state import TokenInfo
+from .state import scopes_of
+from .tokens import TokenSource
+
+if t.TYPE_CHECKING:
+    from ..policy.engine import PolicyEngine
+    from ..routing import Route
+
+log = logging.getLogger("gateway_app.decision")
+
+
+class TokenValidator(t.Protocol):
+    def validate(self, token: str) -> TokenInfo: ...
+
+
+@dataclasses.dataclass
+class AuthContext:
+    """Everything a step sees for one request."""
+
+    request: IncomingRequest
+    route: "Route"
+    state: AuthState
+    policy_input: dict[str, t.Any] | None = None
+    policy_duration: float = 0.0
+    query: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimHeader:
+    """Copy a claim into an upstream header (Gloo ``claimsToHeaders``, Traefik ``forwardHeaders``)."""
+
+    claim: str
+    header: str            # lower-cased
+    append: bool = False
+
+
+def claim_value(claims: t.Mapping[str, t.Any], name: str) -> t.Any:
+    """A claim by exact name, else by a dotted path into nested objects; None when absent."""
+    if name in claims:
+        return claims[name]
+    value: t.Any = claims
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def claim_to_header_value(value: t.Any) -> str | None:
+    """Strings as is; lists of scalars comma-joined; numbers/booleans/objects as JSON; None -> no header."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) for v in value):
+        return ",".join(v if isinstance(v, str) else json.dumps(v) for v in value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class ClaimsCheck(t.Protocol):
+    def allows(self, claims: t.Mapping[str, t.Any]) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OAuth2Step:
+    """Extract the token, validate it, check scopes and claims, publish claims as metadata."""
+
+    index: int
+    name: str
+    token_source: TokenSource
+    validator: TokenValidator
+    validator_kind: str                                   # "introspection" | "jwt"
+    required_scopes: tuple[str, ...] = ()
+    metadata_from_claims: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    claim_headers: tuple[ClaimHeader, ...] = ()
+    username_claim: str | None = None
+    claims_check: ClaimsCheck | None = None
+    claims_expression: str | None = None
+
+    @property
+    def metadata_key(self) -> str:
+        return f"config_{self.index}"
+
+    def run(self, ctx: AuthContext) -> None:
+        found = self.token_source.extract(ctx.request)
+        if found is None:
+            raise MissingTokenError()
+        info = self.validator.validate(found.value)
+        state = ctx.state
+        state.token_location = found.location
+        state.token_source = found.location[0]
+        state.accept_token(info)
+        self._check_scopes(info)
+        self._check_claims(info)
+        self._publish(info, state)
+
+    def _check_scopes(self, info: TokenInfo) -> None:
+        if not self.required_scopes:
+            return
+        granted = set(scopes_of(info.claims))
+        missing = [scope for scope in self.required_scopes if scope not in granted]
+        if missing:
+            raise InsufficientScopeError(f"missing required scope(s): {' '.join(missing)}")
+
+    def _check_claims(self, info: TokenInfo) -> None:
+        if self.claims_check is not None and not self.claims_check.allows(info.claims):
+            raise AccessDeniedError(f"token claims do not satisfy: {self.claims_expression}",
+                                    reason="claims_mismatch")
+
+    def _publish(self, info: TokenInfo, state: AuthState) -> None:
+        claims = info.claims
+        if self.metadata_from_claims:
+            metadata = state.metadata.setdefault(self.metadata_key, {})
+            for key, claim in self.metadata_from_claims.items():
+                value = claim_value(claims, claim)
+                if value is not None:
+                    metadata[key] = value
+        if self.username_claim:
+            user = claim_value(claims, self.username_claim)
+            if isinstance(user, str) and user:
+                state.subject = user
+        for mapping in self.claim_headers:
+            value = claim_to_header_value(claim_value(claims, mapping.claim))
+            if value is None:
+                continue
+            current = state.upstream_headers.get(mapping.header)
+            state.upstream_headers[mapping.header] = f"{current},{value}" if mapping.append and current else value
+
+    def managed_headers(self) -> frozenset[str]:
+        return frozenset(h.header for h in self.claim_headers)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OpaStep:
+    """Evaluate a Rego query over the OPA-style input document (Gloo ``opaAuth``)."""
+
+    index: int
+    name: str
+    engine: "PolicyEngine"
+    query: str
+    module_names: tuple[str, ...]
+    shadow: "OpaStep | None" = None
+
+    def run(self, ctx: AuthContext) -> None:
+        ctx.query = self.query
+        decision = self.decide(ctx)
+        if self.shadow is not None:
+            self._compare_with_shadow(ctx, decision)
+        if not decision.allowed:
+            if decision.reason != "policy_denied":
+                log.warning("policy %s denied route %s: %s %s", self.query, ctx.route.name, decision.reason,
+                            decision.detail)
+                raise PolicyError("access denied by policy", reason=decision.reason)
+            raise AccessDeniedError("access denied by policy", reason=decision.reason,
+                                    status_code=decision.http_status, headers=decision.headers, body=decision.body)
+        ctx.state.upstream_headers.update(decision.headers)
+
+    def decide(self, ctx: AuthContext) -> Decision:
+        if ctx.policy_input is None:
+            ctx.policy_input = build_input(ctx.request, ctx.route, ctx.state)
+        started = time.perf_counter()
+        try:
+            value = self.engine.evaluate(self.query, ctx.policy_input)
+        except PolicyError as e:
+            return Decision.from_error(e)
+        finally:
+            ctx.policy_duration += time.perf_counter() - started
+        return Decision.from_result(value)
+
+    def _compare_with_shadow(self, ctx: AuthContext, enforced: Decision) -> None:
+        assert self.shadow is not None
+        shadow = self.shadow.decide(ctx)
+        if shadow.allowed != enforced.allowed:
+            log.warning(json.dumps({
+                "event": "shadow_policy_disagreement", "route": ctx.route.name,
+                "request_id": ctx.request.request_id, "enforced_query": self.query,
+                "enforced_allowed": enforced.allowed, "shadow_query": self.shadow.query,
+                "shadow_allowed": shadow.allowed, "shadow_reason": shadow.reason,
+                "sub": ctx.state.subject,
+            }))
+
+    def managed_headers(self) -> frozenset[str]:
+        return frozenset()
+
+
+AuthStep = t.Union[OAuth2Step, OpaStep]

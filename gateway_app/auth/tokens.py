@@ -1,0 +1,157 @@
+"""Where the access token comes from: a header with a scheme, a query parameter, a cookie.
+
+All enabled sources are read; one request carrying two *different* tokens is refused
+rather than guessed. Header schemes match case-insensitively and must be followed by
+exactly one space and one token (RFC 6750 §2.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+from ..config.fields import Node
+from ..errors import AmbiguousTokenError
+from ..errors import BadRequestError
+from ..errors import InvalidTokenError
+from ..incoming import IncomingRequest
+
+DEFAULT_MAX_TOKEN_LENGTH = 8192
+SOURCES = ("header", "query", "cookie")
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundToken:
+    value: str
+    location: tuple[str, str]          # ("header" | "query" | "cookie", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSource:
+    """Traefik Hub's ``tokenSource``; the default is ``Authorization: Bearer <token>``."""
+
+    header: str | None = "authorization"
+    scheme: str | None = "Bearer"
+    query: str | None = None
+    cookie: str | None = None
+    order: tuple[str, ...] = SOURCES
+    remove_from_request: bool = False
+    max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH
+
+    def extract(self, request: IncomingRequest) -> FoundToken | None:
+        """The one token the request carries, or None.
+
+        :raises InvalidTokenError: malformed credential or oversized token.
+        :raises AmbiguousTokenError: two different tokens.
+        :raises BadRequestError: the token header is repeated.
+        """
+        found: list[FoundToken] = []
+        for kind in self.order:
+            token = getattr(self, f"_from_{kind}")(request)
+            if token is not None:
+                found.append(token)
+        if not found:
+            return None
+        if len({token.value for token in found}) > 1:
+            raise AmbiguousTokenError()
+        self._check(found[0].value)
+        return found[0]
+
+    def locations(self, request: IncomingRequest) -> list[tuple[str, str]]:
+        """Every enabled location, for removal before forwarding."""
+        return [(kind, name) for kind in self.order if (name := getattr(self, kind))]
+
+    def _from_header(self, request: IncomingRequest) -> FoundToken | None:
+        if not self.header:
+            return None
+        raw = request.headers.get(self.header)
+        if raw is None:
+            return None
+        if request.header_counts.get(self.header, 1) > 1:
+            raise BadRequestError(f"the {self.header} header is repeated")
+        if not self.scheme:
+            return FoundToken(raw.strip(), ("header", self.header)) if raw.strip() else _malformed("empty token")
+        scheme, sep, token = raw.partition(" ")
+        if scheme.lower() != self.scheme.lower():
+            return None                      # another scheme (e.g. Basic): not ours
+        if not sep or not token:
+            _malformed(f"empty {self.scheme} token")
+        if " " in token or token != token.strip():
+            _malformed(f"the {self.header} header must be '{self.scheme} <token>'")
+        return FoundToken(token, ("header", self.header))
+
+    def _from_query(self, request: IncomingRequest) -> FoundToken | None:
+        if not self.query:
+            return None
+        values = request.query.get(self.query)
+        if not values:
+            return None
+        if len(set(values)) > 1:
+            raise AmbiguousTokenError()
+        if not values[0]:
+            _malformed("empty token in query parameter")
+        return FoundToken(values[0], ("query", self.query))
+
+    def _from_cookie(self, request: IncomingRequest) -> FoundToken | None:
+        if not self.cookie:
+            return None
+        value = request.cookies.get(self.cookie)
+        if value is None:
+            return None
+        if not value:
+            _malformed("empty token in cookie")
+        return FoundToken(value, ("cookie", self.cookie))
+
+    def _check(self, token: str) -> None:
+        if len(token) > self.max_token_length:
+            raise InvalidTokenError(f"token longer than {self.max_token_length} characters",
+                                    reason="token_malformed")
+        if not token.isascii() or not token.isprintable() or " " in token:
+            raise InvalidTokenError("token contains characters outside visible ASCII", reason="token_malformed")
+
+
+def _malformed(message: str) -> FoundToken:
+    raise InvalidTokenError(message, reason="token_malformed")
+
+
+def parse_token_source(node: Node | None, max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH) -> TokenSource:
+    """``tokenSource: {header, headerAuthScheme, query, cookie, order, removeFromRequest, maxTokenLength}``."""
+    if node is None:
+        return TokenSource(max_token_length=max_token_length)
+    header = node.str("header")
+    scheme = node.str("headerAuthScheme")
+    query = node.str("query")
+    cookie = node.str("cookie")
+    order = tuple(node.str_list("order")) or SOURCES
+    for index, kind in enumerate(order):
+        if kind not in SOURCES:
+            raise node.error(f"order[{index}]", f"must be one of {', '.join(SOURCES)}")
+    if len(set(order)) != len(order):
+        raise node.error("order", "lists a source twice")
+    remove = node.bool("removeFromRequest")
+    max_length = node.int("maxTokenLength", default=max_token_length, minimum=16, maximum=65536)
+    node.done()
+    if header is None and query is None and cookie is None:
+        header, scheme = "Authorization", scheme or "Bearer"
+    if scheme is not None and header is None:
+        raise node.error("headerAuthScheme", "needs 'header'")
+    if scheme is not None and (" " in scheme.strip() or not scheme.strip()):
+        raise node.error("headerAuthScheme", "must be a single word such as Bearer")
+    return TokenSource(header=header.lower() if header else None, scheme=scheme, query=query, cookie=cookie,
+                       order=order, remove_from_request=remove, max_token_length=max_length)
+
+
+def strip_query_parameter(query_string: str, name: str) -> str:
+    """The raw query string without any ``name=`` pair; other pairs kept byte for byte."""
+    if not query_string:
+        return query_string
+    kept = [pair for pair in query_string.split("&")
+            if urllib.parse.unquote_plus(pair.split("=", 1)[0]) != name]
+    return "&".join(kept)
+
+
+def strip_cookie(cookie_header: str, name: str) -> str:
+    """The Cookie header without ``name``; other cookies kept as sent."""
+    kept = [part.strip() for part in cookie_header.split(";")
+            if part.strip() and part.strip().split("=", 1)[0].strip() != name]
+    return "; ".join(kept)

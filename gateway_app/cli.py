@@ -1,0 +1,103 @@
+"""``gateway-app`` / ``python -m gateway_app``: validate, routes, serve, test-rego, eval."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import typing as t
+
+from .config.build import build_config
+from .policy import tooling
+
+
+def _dirs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-dir", default=os.environ.get("GATEWAY_CONFIG_DIR", "conf"))
+    parser.add_argument("--rego-dir", default=os.environ.get("GATEWAY_REGO_DIR", "rego"))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """One line per resource, ACCEPTED or REJECTED, then a summary; exit 1 on any rejection."""
+    result = build_config(pathlib.Path(args.config_dir), pathlib.Path(args.rego_dir))
+    for status in result.statuses:
+        print(status.describe())
+    if args.check_network and result.config is not None:
+        failures = _check_network(result.config)
+        if failures:
+            for failure in failures:
+                print(f"UNREACHABLE: {failure}")
+            return 1
+    rejected = len(result.errors)
+    print(f"{len(result.statuses) - rejected} accepted, {rejected} rejected")
+    return 1 if rejected else 0
+
+
+def _check_network(config: t.Any) -> list[str]:
+    failures = []
+    for validator in config.validators:
+        warm_up = getattr(validator, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+            if not validator.ready():
+                failures.append(f"{type(validator).__name__}: keys could not be fetched")
+    return failures
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    """The effective route table, in match order."""
+    result = build_config(pathlib.Path(args.config_dir), pathlib.Path(args.rego_dir))
+    if result.config is None:
+        for status in result.errors:
+            print(status.describe(), file=sys.stderr)
+        return 1
+    rows = [("HOST", "MATCH", "ROUTE", "DESTINATION", "API PRODUCT", "AUTH")]
+    for vhost in result.config.router.virtual_hosts:
+        for route in vhost.routes:
+            destination = ", ".join(t.base_url for t in route.targets)
+            if route.path_rewrite:
+                destination += f" (rewrite -> {route.path_rewrite.replacement})"
+            auth = route.auth.summary if route.auth else "-"
+            match = " | ".join(m.describe() for m in route.matchers)
+            rows.append((",".join(vhost.domains), match, route.name, destination, route.api_product_id or "-", auth))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run under gunicorn with conf/gunicorn.conf.py (the production server)."""
+    os.environ["GATEWAY_CONFIG_DIR"] = args.config_dir
+    os.environ["GATEWAY_REGO_DIR"] = args.rego_dir
+    argv = ["gunicorn", "-c", args.gunicorn_config, "--bind", args.bind, "wsgi:app"]
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", *argv[1:]])
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway-app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    validate = sub.add_parser("validate", help="check conf/ and rego/ as the server loads them")
+    _dirs(validate)
+    validate.add_argument("--check-network", action="store_true", help="also fetch remote JWKS")
+    validate.set_defaults(func=cmd_validate)
+    routes = sub.add_parser("routes", help="print the effective route table")
+    _dirs(routes)
+    routes.set_defaults(func=cmd_routes)
+    serve = sub.add_parser("serve", help="run the gateway under gunicorn")
+    _dirs(serve)
+    serve.add_argument("--bind", default="127.0.0.1:8080")
+    serve.add_argument("--gunicorn-config", default="conf/gunicorn.conf.py")
+    serve.set_defaults(func=cmd_serve)
+    tooling.add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Load, validate and compile conf/ and rego/ into one immutable :class:`GatewayConfig`.
+
+Every resource gets a status, ``ACCEPTED`` or ``REJECTED: <reason>``; a config with any
+rejection is not served. Kinds: ``Secret``, ``Upstream``, ``ConfigMap`` (Rego modules in
+``data``), ``AuthConfig``, ``VirtualService``, ``RouteTable``, ``ExtAuthPolicy``,
+``ExtAuthServer`` (accepted; auth runs in-process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import typing as t
+
+from ..errors import ConfigError
+from ..errors import GatewayError
+from ..policy.engine import RegoModule
+from ..policy.engine import load_rego_directory
+from ..policy.engine import load_module
+from ..routing import Router
+from ..routing import VirtualHost
+from .auth_configs import AuthBuildContext
+from .auth_configs import ValidatorRegistry
+from .auth_configs import parse_auth_pipeline
+from .fields import Node
+from .loader import RawResource
+from .loader import config_files
+from .loader import load_file
+from .route_tables import RouteTableCompiler
+from .secrets import SecretStore
+from .secrets import parse_secret
+from .upstreams import parse_upstream
+from .vs_compiler import compile_virtual_service
+
+KINDS = ("Secret", "Upstream", "ConfigMap", "AuthConfig", "ExtAuthServer", "ExtAuthPolicy",
+         "VirtualService", "RouteTable")
+
+
+@dataclasses.dataclass
+class ResourceStatus:
+    kind: str
+    namespace: str
+    name: str
+    file: str
+    line: int | None = None
+    error: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None
+
+    def describe(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        state = "ACCEPTED" if self.accepted else f"REJECTED: {self.error}"
+        return f"{self.kind} {self.namespace}/{self.name} ({where}): {state}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    """One generation of compiled config; swapped whole on reload."""
+
+    router: Router
+    generation: int
+    validators: tuple[t.Any, ...]
+    statuses: tuple[ResourceStatus, ...]
+
+
+@dataclasses.dataclass
+class BuildResult:
+    config: GatewayConfig | None
+    statuses: list[ResourceStatus]
+
+    @property
+    def errors(self) -> list[ResourceStatus]:
+        return [s for s in self.statuses if not s.accepted]
+
+
+class _Builder:
+    def __init__(self, config_dir: pathlib.Path, rego_dir: pathlib.Path, registry: ValidatorRegistry) -> None:
+        self.config_dir = config_dir
+        self.rego_dir = rego_dir
+        self.registry = registry
+        self.statuses: list[ResourceStatus] = []
+        self.status_by_key: dict[tuple[str, str, str], ResourceStatus] = {}
+        self.by_kind: dict[str, list[RawResource]] = {kind: [] for kind in KINDS}
+        self.upstreams: dict[tuple[str, str], tuple[t.Any, ...]] = {}
+        self.rego_modules: dict[str, RegoModule] = {}
+        self.configmap_modules: dict[tuple[str, str], list[RegoModule]] = {}
+        self.auth_pipelines: dict[tuple[str, str], t.Any] = {}
+        self.secrets = SecretStore([])
+
+    # -- bookkeeping -----------------------------------------------------------
+    def _status(self, resource: RawResource) -> ResourceStatus:
+        status = ResourceStatus(resource.kind, resource.namespace, resource.name, resource.file, resource.line)
+        self.statuses.append(status)
+        self.status_by_key[resource.key] = status
+        return status
+
+    def _guard(self, resource: RawResource, action: t.Callable[[], t.Any]) -> t.Any:
+        status = self._status(resource)
+        try:
+            return action()
+        except ConfigError as e:
+            self._reject(resource, e)
+        except GatewayError as e:
+            status.error = str(e)
+        return None
+
+    def _reject(self, resource: RawResource, error: ConfigError) -> None:
+        status = self.status_by_key[resource.key]
+        detail = error.detail if error.where.startswith(resource.file) else str(error)
+        status.error = detail if status.error is None else f"{status.error}; {detail}"
+        status.line = error.line or status.line
+
+    def _reject_file(self, file: str, error: ConfigError) -> None:
+        self.statuses.append(ResourceStatus("File", "-", pathlib.Path(file).name, file, error.line, error.detail))
+
+    # -- stages ----------------------------------------------------------------
+    def load(self) -> None:
+        try:
+            files = config_files(self.config_dir)
+        except ConfigError as e:
+            self.statuses.append(ResourceStatus("Directory", "-", str(self.config_dir), str(self.config_dir),
+                                                None, e.detail))
+            return
+        seen: dict[tuple[str, str, str], RawResource] = {}
+        for path in files:
+            try:
+                resources = load_file(path)
+            except ConfigError as e:
+                self._reject_file(str(path), e)
+                continue
+            for resource in resources:
+                if resource.key in seen:
+                    status = self._status(resource)
+                    status.error = f"duplicate resource, first defined in {seen[resource.key].file}"
+                    continue
+                seen[resource.key] = resource
+                if resource.kind not in self.by_kind:
+                    status = self._status(resource)
+                    status.error = f"unknown kind {resource.kind!r} (known: {', '.join(KINDS)})"
+                    continue
+                self.by_kind[resource.kind].append(resource)
+
+    def load_rego(self) -> None:
+        try:
+            self.rego_modules = load_rego_directory(self.rego_dir)
+        except ConfigError as e:
+            self.statuses.append(ResourceStatus("RegoModule", "-", e.where or str(self.rego_dir),
+                                                e.where or str(self.rego_dir), e.line, e.detail))
+            return
+        for module in self.rego_modules.values():
+            self.statuses.append(ResourceStatus("RegoModule", "-", module.name, module.origin))
+
+    def build_simple_kinds(self) -> None:
+        secrets = [self._guard(r, lambda r=r: parse_secret(r)) for r in self.by_kind["Secret"]]
+        self.secrets = SecretStore([s for s in secrets if s is not None])
+        for resource in self.by_kind["Upstream"]:
+            targets = self._guard(resource, lambda r=resource: parse_upstream(r))
+            if targets:
+                self.upstreams[(resource.namespace, resource.name)] = targets
+        for resource in self.by_kind["ConfigMap"]:
+            modules = self._guard(resource, lambda r=resource: self._configmap(r))
+            if modules is not None:
+                self.configmap_modules[(resource.namespace, resource.name)] = modules
+        for resource in self.by_kind["ExtAuthServer"]:
+            self._status(resource)
+
+    def _configmap(self, resource: RawResource) -> list[RegoModule]:
+        node = Node(resource.body, resource.where, path="")
+        for field in ("apiVersion", "kind", "metadata"):
+            node.raw(field)
+        data = node.str_map("data")
+        node.done()
+        modules = []
+        for key, source in data.items():
+            if key.endswith(".rego"):
+                origin = f"{resource.file}: ConfigMap {resource.namespace}/{resource.name} data.{key}"
+                modules.append(load_module(f"{resource.namespace}/{resource.name}/{key}", source, origin))
+        if not modules:
+            raise node.error("data", "has no Rego module (a key ending in .rego, such as policy.rego)")
+        return modules
+
+    def resolve_modules(self, node: Node) -> list[RegoModule]:
+        """``opaAuth.modules[{name, namespace}]``: a ConfigMap in conf/, else a module in rego/."""
+        refs = node.children("modules", required=True)
+        if not refs:
+            raise node.error("modules", "needs at least one module")
+        modules: list[RegoModule] = []
+        for ref in refs:
+            name = ref.str("name", required=True)
+            namespace = ref.str("namespace", default="default")
+            ref.done()
+            found = self.configmap_modules.get((namespace, name))
+            if found is not None:
+                modules.extend(found)
+                continue
+            module = self.rego_modules.get(f"{namespace}/{name}") or self.rego_modules.get(name)
+            if module is None:
+                raise ref.error("name", f"no ConfigMap {namespace}/{name} in the config and no module "
+                                        f"{name}.rego or {namespace}/{name}.rego in {self.rego_dir}")
+            modules.append(module)
+        return modules
+
+    def build_auth(self, ctx: AuthBuildContext) -> None:
+        for resource in self.by_kind["AuthConfig"]:
+            def parse(r: RawResource = resource) -> t.Any:
+                return parse_auth_pipeline(Node(r.body.get("spec"), r.where), f"{r.namespace}/{r.name}",
+                                           r.namespace, ctx)
+            pipeline = self._guard(resource, parse)
+            if pipeline is not None:
+                self.auth_pipelines[(resource.namespace, resource.name)] = pipeline
+
+    def build_routes(self, ctx: AuthBuildContext) -> list[VirtualHost]:
+        vhosts: list[VirtualHost] = []
+        for resource in self.by_kind["VirtualService"]:
+            vhost = self._guard(resource, lambda r=resource: compile_virtual_service(r, self.upstreams,
+                                                                                    self.auth_pipelines))
+            if vhost is not None:
+                vhosts.append(vhost)
+        compiler = RouteTableCompiler(self.by_kind["RouteTable"], self.by_kind["ExtAuthPolicy"], self.upstreams, ctx)
+        vhosts.extend(compiler.compile(self._guard, self._reject))
+        return vhosts
+
+
+def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
+                 registry: ValidatorRegistry | None = None, generation: int = 1) -> BuildResult:
+    """Everything the server and ``validate`` need; ``config`` is None if anything was rejected."""
+    builder = _Builder(pathlib.Path(config_dir), pathlib.Path(rego_dir), registry or ValidatorRegistry())
+    builder.load()
+    builder.load_rego()
+    builder.build_simple_kinds()
+    ctx = AuthBuildContext(secrets=builder.secrets, modules=builder.resolve_modules, validators=builder.registry)
+    builder.build_auth(ctx)
+    vhosts = builder.build_routes(ctx)
+    if any(not s.accepted for s in builder.statuses):
+        return BuildResult(None, builder.statuses)
+    try:
+        router = Router(vhosts)
+        _check_domains(vhosts)
+    except ConfigError as e:
+        builder.statuses.append(ResourceStatus("RouteTable", "-", "(all)", str(config_dir), None, str(e)))
+        return BuildResult(None, builder.statuses)
+    builder.registry.retain(ctx.used_validator_keys)
+    config = GatewayConfig(router=router, generation=generation, validators=tuple(builder.registry.all()),
+                           statuses=tuple(builder.statuses))
+    return BuildResult(config, builder.statuses)
+
+
+def _check_domains(vhosts: list[VirtualHost]) -> None:
+    owner: dict[str, str] = {}
+    for vhost in vhosts:
+        for domain in vhost.domains:
+            key = domain.lower()
+            if key in owner:
+                raise ConfigError(f"domain {domain!r} is claimed by both {owner[key]} and {vhost.name}")
+            owner[key] = vhost.name
+
+
+def load_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
+                registry: ValidatorRegistry | None = None, generation: int = 1) -> GatewayConfig:
+    """:raises ConfigError: listing every rejected resource."""
+    result = build_config(config_dir, rego_dir, registry, generation)
+    if result.config is None:
+        lines = [s.describe() for s in result.errors]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    return result.config

@@ -1,0 +1,226 @@
+"""The request pipeline: match a route, run its auth, set headers, forward.
+
+:class:`Gateway` owns the current :class:`GatewayConfig` (swapped whole on reload), the
+forwarder and the validator registry. Nothing here parses config or opens sessions per
+request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import typing as t
+
+from flask import Request
+from flask import Response
+from flask import g
+
+from .auth.state import AuthState
+from .auth.steps import AuthContext
+from .auth.tokens import strip_cookie
+from .auth.tokens import strip_query_parameter
+from .config.auth_configs import ValidatorRegistry
+from .config.build import BuildResult
+from .config.build import GatewayConfig
+from .config.build import build_config
+from .errors import BadRequestError
+from .errors import GatewayError
+from .errors import PayloadTooLargeError
+from .incoming import IncomingRequest
+from .observability import log_access
+from .observability import log_decision
+from .observability import request_id
+from .paths import normalize_path
+from .proxy import Forwarder
+from .routing import Route
+from .settings import Settings
+
+log = logging.getLogger("gateway_app.gateway")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, forwarder: Forwarder | None = None) -> None:
+        self.settings = settings
+        self.registry = ValidatorRegistry()
+        self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None)
+        self._lock = threading.Lock()
+        self._generation = itertools.count(1)
+        self._round_robin = itertools.count()
+        self.config: GatewayConfig = self._first_config()
+
+    # -- config ------------------------------------------------------------------
+    def _first_config(self) -> GatewayConfig:
+        from .config.build import load_config
+        config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, next(self._generation))
+        for validator in config.validators:
+            warm_up = getattr(validator, "warm_up", None)
+            if warm_up is not None:
+                warm_up()
+        return config
+
+    def reload(self) -> BuildResult:
+        """Build a new generation; swap it in only if every resource is accepted."""
+        with self._lock:
+            result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
+                                  next(self._generation))
+            if result.config is None:
+                for status in result.errors:
+                    log.error("config reload rejected: %s", status.describe())
+                return result
+            self.config = result.config
+            log.info("config generation %d loaded", result.config.generation)
+            return result
+
+    def ready(self) -> bool:
+        return all(getattr(v, "ready", lambda: True)() for v in self.config.validators)
+
+    # -- requests ----------------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        config = self.config                   # in-flight requests keep the generation they started with
+        incoming = self._incoming(request)
+        g.request_id = incoming.request_id
+        route: Route | None = None
+        state = AuthState()
+        status = 500
+        try:
+            match = config.router.match(incoming)
+            route = match.route
+            self._check_body(request, route)
+            add_headers = self._authorize(incoming, route, state, config)
+            response = self._forward(request, incoming, route, state, add_headers)
+            status = response.status_code
+            return response
+        except GatewayError as e:
+            status = e.status_code
+            if state.outcome == "none" and route is not None and route.auth is not None:
+                state.outcome, state.reason = "denied", e.reason
+            raise
+        finally:
+            log_access(method=incoming.method, path=incoming.path, route=route.name if route else None,
+                       status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                       auth=state.outcome, reason=state.reason or None, sub=state.subject,
+                       request_id=incoming.request_id)
+
+    def _incoming(self, request: Request) -> IncomingRequest:
+        environ = request.environ
+        headers: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        for name, value in request.headers.items():
+            key = name.lower()
+            if key in headers:
+                headers[key] = f"{headers[key]}, {value}"
+                counts[key] = counts.get(key, 1) + 1
+            else:
+                headers[key] = value
+        if len(headers) > self.settings.max_header_count:
+            raise BadRequestError(f"more than {self.settings.max_header_count} headers", reason="too_many_headers")
+        raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.path
+        raw_path = raw_uri.split("?", 1)[0]
+        if "://" in raw_path:                  # absolute-form request target
+            raw_path = "/" + raw_path.split("://", 1)[1].partition("/")[2]
+        rid = request_id(headers.get("x-request-id"), self.settings.trust_request_id)
+        path = normalize_path(raw_path)
+        return IncomingRequest(
+            method=request.method, scheme=request.scheme, host=headers.get("host", ""), path=path,
+            query_string=environ.get("QUERY_STRING", ""), headers=headers,
+            query={k: request.args.getlist(k) for k in request.args} if environ.get("QUERY_STRING") else {},
+            cookies=dict(request.cookies) if "cookie" in headers else {},
+            remote_addr=request.remote_addr or "", request_id=rid, header_counts=counts,
+        )
+
+    def _check_body(self, request: Request, route: Route) -> None:
+        limit = route.max_body_bytes if route.max_body_bytes is not None else self.settings.max_body_bytes
+        if limit and request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLargeError(f"request body larger than {limit} bytes")
+
+    def _authorize(self, incoming: IncomingRequest, route: Route, state: AuthState,
+                   config: GatewayConfig) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if route.auth is not None:
+            ctx = AuthContext(request=incoming, route=route, state=state)
+            started = time.perf_counter()
+            try:
+                route.auth.run(ctx)
+                state.outcome = "allowed"
+            except GatewayError as e:
+                state.outcome, state.reason = ("error" if e.status_code >= 500 else "denied"), e.reason
+                raise
+            finally:
+                self._log_decision(ctx, route, config, time.perf_counter() - started)
+            headers.update(state.upstream_headers)
+        if route.transforms is not None:
+            route.transforms.render(incoming, state, headers)
+        return headers
+
+    def _log_decision(self, ctx: AuthContext, route: Route, config: GatewayConfig, duration: float) -> None:
+        state = ctx.state
+        log_decision(request_id=ctx.request.request_id, route=route.name, api_product=route.api_product_id,
+                     auth_config=route.auth.name if route.auth else None, query=ctx.query,
+                     allowed=state.outcome == "allowed", reason=state.reason or "allowed", sub=state.subject,
+                     duration_ms=round(duration * 1000, 3), generation=config.generation)
+        if self.settings.debug_route and self.settings.debug_route == route.name and ctx.policy_input is not None:
+            log.info("debug route %s input=%s outcome=%s reason=%s", route.name,
+                     _redacted_input(ctx.policy_input), state.outcome, state.reason)
+        if log.isEnabledFor(logging.DEBUG) and state.metadata:
+            log.debug("dynamic metadata on response: request_id=%s metadata=%s", ctx.request.request_id,
+                      state.metadata)
+
+    def _forward(self, request: Request, incoming: IncomingRequest, route: Route, state: AuthState,
+                 add_headers: dict[str, str]) -> Response:
+        remove = set(route.managed_headers)
+        if state.token_location is not None and route.auth is not None:
+            incoming = self._strip_credential(incoming, route, state, remove, add_headers)
+        targets = route.targets
+        target = targets[0] if len(targets) == 1 else targets[next(self._round_robin) % len(targets)]
+        has_body = request.content_length or "chunked" in incoming.headers.get("transfer-encoding", "").lower()
+        body = request.stream if has_body else None
+        return self.forwarder.forward(incoming, body, target, path=route.upstream_path(incoming.path),
+                                      add_headers=add_headers, remove_headers=remove)
+
+    @staticmethod
+    def _strip_credential(incoming: IncomingRequest, route: Route, state: AuthState, remove: set[str],
+                          add_headers: dict[str, str]) -> IncomingRequest:
+        """``removeFromRequest``: drop the credential from every location its source reads."""
+        assert route.auth is not None
+        sources = [s.token_source for s in route.auth.steps if hasattr(s, "token_source")]
+        query_string = incoming.query_string
+        for source in sources:
+            if not source.remove_from_request:
+                continue
+            for kind, name in source.locations(incoming):
+                if kind == "header":
+                    remove.add(name)
+                elif kind == "query":
+                    query_string = strip_query_parameter(query_string, name)
+                elif kind == "cookie" and "cookie" in incoming.headers:
+                    remaining = strip_cookie(add_headers.get("cookie", incoming.headers["cookie"]), name)
+                    remove.add("cookie")
+                    if remaining:
+                        add_headers["cookie"] = remaining
+                    else:
+                        add_headers.pop("cookie", None)
+        if query_string == incoming.query_string:
+            return incoming
+        from dataclasses import replace
+        return replace(incoming, query_string=query_string)
+
+
+def _redacted_input(document: dict[str, t.Any]) -> str:
+    """The input document for debug logs, credential headers replaced by their redaction."""
+    import copy
+    import json
+
+    from .observability import redact
+    doc = copy.deepcopy(document)
+    for shape in (doc.get("attributes", {}).get("request", {}).get("http", {}),
+                  doc.get("check_request", {}).get("attributes", {}).get("request", {}).get("http", {}),
+                  doc.get("http_request", {})):
+        headers = shape.get("headers") if isinstance(shape, dict) else None
+        if isinstance(headers, dict):
+            for name in ("authorization", "cookie", "proxy-authorization"):
+                if name in headers:
+                    headers[name] = redact(str(headers[name]))
+    return json.dumps(doc, default=str, sort_keys=True)

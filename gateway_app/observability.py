@@ -1,0 +1,89 @@
+"""Logging: set-up, one access-log line per request, one decision record per auth decision.
+
+Tokens never reach a log line: :func:`redact` keeps a short prefix and a hash only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import typing as t
+import uuid
+
+from .settings import Settings
+
+access_log = logging.getLogger("gateway_app.access")
+decision_log = logging.getLogger("gateway_app.decision")
+
+_REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def redact(token: str) -> str:
+    """``abcd…#1a2b3c4d``: enough to correlate log lines, useless to an attacker."""
+    digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{token[:4]}…#{digest}"
+
+
+def request_id(incoming: str | None, trust: bool) -> str:
+    """Keep a client's well-formed id when trusted, else make one."""
+    if trust and incoming and len(incoming) <= 128 and set(incoming) <= _REQUEST_ID_CHARS:
+        return incoming
+    return str(uuid.uuid4())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, t.Any] = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+                                     "logger": record.name}
+        fields = getattr(record, "fields", None)
+        if fields:
+            payload.update(fields)
+        else:
+            payload["msg"] = record.getMessage()
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        if fields:
+            record.msg = " ".join(f"{k}={_plain(v)}" for k, v in fields.items())
+            record.args = None
+        return super().format(record)
+
+
+def _plain(value: t.Any) -> str:
+    text = "-" if value is None else str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route ``gateway_app.*`` loggers to stderr in the chosen format and level."""
+    root = logging.getLogger("gateway_app")
+    root.setLevel(settings.log_level.upper())
+    for handler in list(root.handlers):
+        if getattr(handler, "_gateway", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._gateway = True  # type: ignore[attr-defined]
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_PlainFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+    root.propagate = False
+    access_log.disabled = not settings.access_log
+
+
+def log_access(**fields: t.Any) -> None:
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info("access", extra={"fields": fields})
+
+
+def log_decision(**fields: t.Any) -> None:
+    if decision_log.isEnabledFor(logging.INFO):
+        decision_log.info("decision", extra={"fields": {"event": "decision", **fields}})

@@ -1,0 +1,75 @@
+"""One normalized path for routing, policy and the upstream (RFC 3986 §6.2.2).
+
+- percent-encoded unreserved characters are decoded (``%2e`` -> ``.``, ``%7E`` -> ``~``);
+  other escapes are kept, with upper-case hex;
+- dot-segments are removed and repeated slashes merged;
+- refused with 400: encoded ``/`` or ``\\`` or NUL (``%2F``, ``%5C``, ``%00``), a raw backslash,
+  control or non-ASCII bytes, a malformed escape, a ``.``/``..`` segment carrying ``;``
+  parameters (``/..;/``), and paths longer than :data:`MAX_PATH_LENGTH`.
+
+The upstream receives exactly the normalized path, so what was authorized is what is forwarded.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+from .errors import BadRequestError
+
+MAX_PATH_LENGTH = 4096
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00"})
+_ESCAPE = re.compile(r"%(..)?", re.S)
+_SAFE_PATH = re.compile(r"^(/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?$")
+
+
+def normalize_path(raw: str) -> str:
+    """:raises BadRequestError: the path is refused (see the module docstring)."""
+    if _SAFE_PATH.match(raw) and "//" not in raw and "/." not in raw and len(raw) <= MAX_PATH_LENGTH:
+        return raw or "/"                         # fast path: nothing to decode or resolve
+    if len(raw) > MAX_PATH_LENGTH:
+        raise BadRequestError(f"path longer than {MAX_PATH_LENGTH} characters", reason="path_too_long")
+    if not raw.startswith("/"):
+        raise BadRequestError("path must start with '/'", reason="path_invalid")
+    for char in raw:
+        if char == "\\" or ord(char) < 0x21 or ord(char) > 0x7E:
+            raise BadRequestError("path contains a backslash, a control or a non-ASCII character",
+                                  reason="path_invalid")
+    decoded = _ESCAPE.sub(_decode_escape, raw)
+    return _remove_dot_segments(decoded)
+
+
+def _decode_escape(match: re.Match[str]) -> str:
+    digits = match.group(1)
+    if digits is None or not all(c in string.hexdigits for c in digits):
+        raise BadRequestError("malformed percent-escape in path", reason="path_invalid")
+    digits = digits.upper()
+    if digits in _FORBIDDEN_ESCAPES:
+        raise BadRequestError(f"encoded %{digits} is not allowed in paths", reason="path_invalid")
+    char = chr(int(digits, 16))
+    return char if char in _UNRESERVED else f"%{digits}"
+
+
+def _remove_dot_segments(path: str) -> str:
+    output: list[str] = []
+    segments = path.split("/")[1:]
+    for index, segment in enumerate(segments):
+        bare = segment.split(";", 1)[0]
+        if bare in (".", "..") and bare != segment:
+            raise BadRequestError("dot-segments with parameters are not allowed", reason="path_invalid")
+        last = index == len(segments) - 1
+        if segment == "..":
+            if output:
+                output.pop()
+            if last:
+                output.append("")
+        elif segment == ".":
+            if last:
+                output.append("")
+        elif segment == "":
+            if last:
+                output.append("")
+        else:
+            output.append(segment)
+    return "/" + "/".join(output)

@@ -1,0 +1,457 @@
+"""Forward a request upstream and stream the answer back: the gateway's one exit.
+
+Each worker thread owns one pooled :class:`_ForwardingSession`: a requests Session that
+never looks for a redirect target (with redirects off, ``Session.send`` would still read
+and gunzip a 3xx body to prepare the next hop) and never keeps upstream cookies (its jar
+would grow for ever, shared by every client of the thread).
+
+The URL is built here, byte for byte, and never goes through requests' re-quoting.
+urllib3 still percent-encodes bytes that cannot appear in a request target and
+upper-cases existing escapes (``%2f`` -> ``%2F``), which RFC 3986 treats as equal.
+Foreign exceptions become :class:`UpstreamError` / :class:`UpstreamTimeoutError` here.
+URLs never reach a message or a log line: a query string may carry a token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import http.cookiejar
+import logging
+import os
+import socket
+import ssl
+import threading
+import types
+import typing as t
+import urllib.parse
+import weakref
+
+import flask
+import requests
+import requests.adapters
+import urllib3.exceptions
+import urllib3.util
+from requests.structures import CaseInsensitiveDict
+
+from gateway_app.errors import BadRequestError
+from gateway_app.errors import ConfigError
+from gateway_app.errors import GatewayError
+from gateway_app.errors import PayloadTooLargeError
+from gateway_app.errors import UpstreamError
+from gateway_app.errors import UpstreamTimeoutError
+
+if t.TYPE_CHECKING:
+    from gateway_app.incoming import IncomingRequest
+
+log = logging.getLogger("gateway_app.proxy")
+
+CHUNK_SIZE = 64 * 1024
+
+# werkzeug.http.is_hop_by_hop_header's set (RFC 2616 §13.5.1), plus Proxy-Connection.
+HOP_BY_HOP_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+})
+# Framing and expectations are settled between the client and the gateway; Host and
+# the forwarding headers are set explicitly.
+_NOT_COPIED_FROM_CLIENT = HOP_BY_HOP_HEADERS | {"content-length", "expect", "host"}
+_NOT_SETTABLE_BY_ROUTE = HOP_BY_HOP_HEADERS | {"content-length"}
+_NOT_COPIED_FROM_UPSTREAM = HOP_BY_HOP_HEADERS
+_NOT_COPIED_FROM_UPSTREAM_WITH_ID = HOP_BY_HOP_HEADERS | {"x-request-id"}
+
+_NO_HEADERS: t.Mapping[str, str] = types.MappingProxyType({})
+_NO_PROXIES: dict[str, str] = {}
+_SKIP = urllib3.util.SKIP_HEADER  # keeps urllib3 from inventing User-Agent / Accept-Encoding
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamTarget:
+    """Where a route's traffic goes, with everything per-request work needs precomputed.
+
+    ``base_url`` is ``scheme://host[:port][/base/path]``; the base path prefixes every
+    forwarded path. ``verify`` is a bool or a CA bundle path for https upstreams.
+
+    :raises ConfigError: ``base_url`` is not a plain http(s) URL, a timeout is not
+        positive, or the CA bundle is missing.
+    """
+
+    name: str
+    base_url: str
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    verify: bool | str = True
+    host_rewrite: str | None = None
+    origin: str = dataclasses.field(init=False, repr=False, compare=False)
+    base_path: str = dataclasses.field(init=False, repr=False, compare=False)
+    timeout: tuple[float, float] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        origin, base_path = _split_base_url(self.name, self.base_url)
+        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ConfigError(f"upstream {self.name}: timeouts must be positive")
+        if isinstance(self.verify, str) and not os.path.exists(self.verify):
+            raise ConfigError(f"upstream {self.name}: CA bundle {self.verify} does not exist")
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "base_path", base_path)
+        object.__setattr__(self, "timeout", (self.connect_timeout, self.read_timeout))
+
+
+def _split_base_url(name: str, base_url: str) -> tuple[str, str]:
+    """``("http://host:port", "/base")`` from a base URL, or ConfigError."""
+    parts = urllib.parse.urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"upstream {name}: base_url must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ConfigError(f"upstream {name}: base_url must not carry credentials")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"upstream {name}: base_url must not have a query or fragment")
+    return f"{scheme}://{parts.netloc}", parts.path.rstrip("/")
+
+
+class _ForwardingSession(requests.Session):
+    """A Session for relaying: no environment look-ups, no redirects, no cookie jar."""
+
+    def __init__(self, adapter: requests.adapters.HTTPAdapter) -> None:
+        super().__init__()
+        self.trust_env = False  # proxy and netrc look-ups from the environment cost ~30% per call
+        self.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        """Redirects are the client's business: the 3xx and its body are passed back as they are."""
+        return None
+
+
+class Forwarder:
+    """Sends requests to upstream targets over per-thread connection pools.
+
+    ``preserve_host`` sends the client's Host (unless the target rewrites it);
+    ``max_body_bytes`` caps request bodies (None: no cap).
+    """
+
+    def __init__(self, *, pool_connections: int = 10, pool_maxsize: int = 32,
+                 preserve_host: bool = True, max_body_bytes: int | None = None) -> None:
+        self._pool_connections = pool_connections
+        self._pool_maxsize = pool_maxsize
+        self._preserve_host = preserve_host
+        self._max_body_bytes = max_body_bytes
+        self._local = threading.local()
+        self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
+        self._sessions_lock = threading.Lock()
+
+    def forward(self, request: IncomingRequest, body: t.IO[bytes] | None, target: UpstreamTarget, *,
+                path: str | None = None, add_headers: t.Mapping[str, str] = _NO_HEADERS,
+                remove_headers: t.Iterable[str] = ()) -> flask.Response:
+        """Send ``request`` to ``target`` and stream the upstream answer back.
+
+        ``path`` (default ``request.path``) must be in wire form (percent-encoded); the
+        raw query string is appended unchanged. ``remove_headers`` are dropped from the
+        client's headers before ``add_headers`` are set, so clients cannot forge them.
+
+        :raises PayloadTooLargeError: the body exceeds ``max_body_bytes``.
+        :raises BadRequestError: a malformed Content-Length, or a body shorter than it.
+        :raises UpstreamTimeoutError: no connection or no response headers in time.
+        :raises UpstreamError: the upstream could not be reached or broke the exchange.
+        """
+        payload, length = self._request_body(request, body)
+        headers = self._request_headers(request, target, add_headers, remove_headers)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        request_target = _request_target(target, request.path if path is None else path,
+                                         request.query_string)
+        upstream = self._send(request.method, target, request_target, headers, payload)
+        return _client_response(upstream, request.request_id, target.name)
+
+    def close(self) -> None:
+        """Close every thread's pooled connections (at shutdown, or between tests)."""
+        with self._sessions_lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.close()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._open_session()
+        return session
+
+    def _open_session(self) -> requests.Session:
+        adapter = requests.adapters.HTTPAdapter(pool_connections=self._pool_connections,
+                                                pool_maxsize=self._pool_maxsize, max_retries=0)
+        session = _ForwardingSession(adapter)
+        with self._sessions_lock:
+            self._sessions.add(session)
+        return session
+
+    def _request_body(self, request: IncomingRequest,
+                      body: t.IO[bytes] | None) -> tuple[bytes | t.Iterator[bytes] | None, int | None]:
+        """The payload to send and its length when known (None: send it chunked)."""
+        if body is None:
+            return None, None
+        if request.headers.get("transfer-encoding"):
+            return self._unsized_body(body)
+        declared = request.headers.get("content-length")
+        if declared is None:
+            return None, None
+        length = _parse_content_length(declared)
+        if self._max_body_bytes is not None and length > self._max_body_bytes:
+            raise PayloadTooLargeError()
+        if length <= CHUNK_SIZE:
+            return _read_exactly(body, length), length
+        return _sized_chunks(body, length), length
+
+    def _unsized_body(self, body: t.IO[bytes]) -> tuple[bytes | t.Iterator[bytes], int | None]:
+        """A chunked upload: one chunk read ahead decides 413 or Content-Length before sending."""
+        head, ended = _read_ahead(body)
+        if self._max_body_bytes is not None and len(head) > self._max_body_bytes:
+            raise PayloadTooLargeError()
+        if ended:
+            return head, len(head)
+        return _unsized_chunks(body, head, self._max_body_bytes), None
+
+    def _request_headers(self, request: IncomingRequest, target: UpstreamTarget, add_headers: t.Mapping[str, str],
+                         remove_headers: t.Iterable[str]) -> CaseInsensitiveDict[str]:
+        """The client's end-to-end headers, minus removals, plus the gateway's own."""
+        client = request.headers
+        dropped = _NOT_COPIED_FROM_CLIENT
+        connection = client.get("connection")
+        if connection:
+            dropped = dropped | _header_names(connection)
+        if remove_headers:
+            dropped = dropped | {name.lower() for name in remove_headers}
+        headers = {name: value for name, value in client.items() if name not in dropped}
+        self._set_forwarding_headers(headers, request)
+        host = target.host_rewrite or (request.host if self._preserve_host else None)
+        if host:
+            headers["host"] = host
+        if "user-agent" not in headers:
+            headers["user-agent"] = _SKIP
+        if "accept-encoding" not in headers:
+            headers["accept-encoding"] = _SKIP
+        for name, value in add_headers.items():
+            lowered = name.lower()
+            if lowered not in _NOT_SETTABLE_BY_ROUTE:
+                headers[lowered] = value
+        return CaseInsensitiveDict(headers)  # what requests (and requests-mock users) expect
+
+    def _set_forwarding_headers(self, headers: dict[str, str], request: IncomingRequest) -> None:
+        """X-Forwarded-*: the client's claims about proto and host are replaced, its address appended.
+
+        A future ``trusted_proxy`` flag would keep the client's proto and host here.
+        """
+        address = request.remote_addr
+        if address:
+            prior = headers.get("x-forwarded-for")
+            headers["x-forwarded-for"] = f"{prior}, {address}" if prior else address
+        headers["x-forwarded-proto"] = request.scheme
+        if request.host:
+            headers["x-forwarded-host"] = request.host
+        else:
+            headers.pop("x-forwarded-host", None)
+        if request.request_id:
+            headers["x-request-id"] = request.request_id
+
+    def _send(self, method: str, target: UpstreamTarget, request_target: str, headers: CaseInsensitiveDict[str],
+              payload: bytes | t.Iterator[bytes] | None) -> requests.Response:
+        """One exchange, with foreign failures translated. Never follows redirects."""
+        prepared = requests.PreparedRequest()
+        prepared.method = method
+        prepared.url = target.origin + request_target
+        prepared.headers = headers
+        prepared.body = payload  # type: ignore[assignment]
+        try:
+            return self._session().send(prepared, allow_redirects=False, stream=True, timeout=target.timeout,
+                                        verify=target.verify, cert=None, proxies=_NO_PROXIES)
+        except GatewayError:
+            raise
+        except ValueError:
+            # http.client rejects header values it cannot encode and quotes them in its message.
+            raise GatewayError(f"the request for upstream {target.name} cannot be encoded as HTTP",
+                               reason="upstream_request_invalid") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+            raise _translate(error, target.name) from error
+
+
+def _request_target(target: UpstreamTarget, path: str, query_string: str) -> str:
+    if not path.startswith("/"):
+        path = "/" + path
+    path = target.base_path + path
+    return f"{path}?{query_string}" if query_string else path
+
+
+def _header_names(value: str) -> set[str]:
+    """Header names listed in a Connection header."""
+    return {name.strip().lower() for name in value.split(",") if name.strip()}
+
+
+def _parse_content_length(value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise BadRequestError("malformed Content-Length header")
+    return int(value)
+
+
+def _read_exactly(body: t.IO[bytes], length: int) -> bytes:
+    """The whole body of a small request, read before connecting upstream."""
+    parts = []
+    remaining = length
+    while remaining:
+        data = body.read(remaining)
+        if not data:
+            raise BadRequestError("request body ended before its Content-Length")
+        parts.append(data)
+        remaining -= len(data)
+    return b"".join(parts)
+
+
+def _sized_chunks(body: t.IO[bytes], length: int) -> t.Iterator[bytes]:
+    """Exactly ``length`` bytes, a chunk at a time; a short body aborts the upstream request."""
+    remaining = length
+    while remaining:
+        data = body.read(min(remaining, CHUNK_SIZE))
+        if not data:
+            raise BadRequestError("request body ended before its Content-Length")
+        remaining -= len(data)
+        yield data
+
+
+def _read_ahead(body: t.IO[bytes]) -> tuple[bytes, bool]:
+    """Up to one chunk of an unsized body, and whether the body ended within it."""
+    parts = []
+    size = 0
+    while size < CHUNK_SIZE:
+        data = body.read(CHUNK_SIZE - size)
+        if not data:
+            return b"".join(parts), True
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts), False
+
+
+def _unsized_chunks(body: t.IO[bytes], head: bytes, limit: int | None) -> t.Iterator[bytes]:
+    """The read-ahead chunk, then the rest; going over ``limit`` aborts the upstream request."""
+    sent = len(head)
+    yield head
+    while True:
+        data = body.read(CHUNK_SIZE)
+        if not data:
+            return
+        sent += len(data)
+        if limit is not None and sent > limit:
+            raise PayloadTooLargeError()
+        yield data
+
+
+def _translate(error: BaseException, name: str) -> UpstreamError:
+    """Our error for a failed exchange, naming the cause but never the URL."""
+    timed_out = isinstance(error, requests.Timeout)
+    causes = _causes(error)
+    if timed_out or any(isinstance(cause, TimeoutError) for cause in causes):
+        what = "did not accept the connection in time" if isinstance(error, requests.ConnectTimeout) \
+            else "did not answer in time"
+        log.warning("upstream %s %s", name, what)
+        return UpstreamTimeoutError(f"upstream {name} {what}")
+    what, cause = _describe(causes)
+    log.warning("upstream %s %s (%s)", name, what, type(cause).__name__)
+    return UpstreamError(f"upstream {name} {what}")
+
+
+def _describe(causes: list[BaseException]) -> tuple[str, BaseException]:
+    """What went wrong, in words, and the exception that says so."""
+    for cause in causes:
+        if isinstance(cause, (requests.exceptions.SSLError, urllib3.exceptions.SSLError, ssl.SSLError)):
+            return "failed the TLS handshake", cause
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused the connection", cause
+        if isinstance(cause, (urllib3.exceptions.NameResolutionError, socket.gaierror)):
+            return "could not be resolved", cause
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "closed the connection without answering", cause
+        if isinstance(cause, ConnectionResetError):
+            return "reset the connection", cause
+    return "could not be reached", causes[-1]
+
+
+def _causes(error: BaseException, limit: int = 16) -> list[BaseException]:
+    """The error and what it wraps: causes, contexts, ``reason`` and exception arguments."""
+    found: list[BaseException] = []
+    pending = [error]
+    while pending and len(found) < limit:
+        current = pending.pop(0)
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+    return found
+
+
+class _ProxiedResponse(flask.Response):
+    """A response that adds no Content-Type of its own when the upstream sent none."""
+
+    default_mimetype = None
+
+
+class _UpstreamBody:
+    """The upstream body as read off the wire (still encoded), closing the upstream at the end.
+
+    ``close()`` runs at the end, on client disconnect and for bodiless answers (HEAD,
+    204, 304), so the connection always goes back to the pool or is dropped.
+    """
+
+    __slots__ = ("_upstream", "_chunks", "_name")
+
+    def __init__(self, upstream: requests.Response, name: str) -> None:
+        self._upstream = upstream
+        self._chunks = upstream.raw.stream(CHUNK_SIZE, decode_content=False)
+        self._name = name
+
+    def __iter__(self) -> _UpstreamBody:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.close()
+            raise
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as error:
+            self.close()
+            # Headers are out: the status cannot change. Aborting (rather than ending
+            # cleanly) makes the server drop the connection so the client sees the truncation.
+            log.warning("upstream %s failed while sending its body (%s)", self._name, type(error).__name__)
+            raise UpstreamError(f"upstream {self._name} failed while sending its body") from error
+
+    def close(self) -> None:
+        raw = self._upstream.raw
+        if raw.length_remaining == 0 and not raw.closed:
+            # A bodiless answer (HEAD, 204, 304) is never iterated: finishing it here
+            # returns the connection to the pool instead of dropping it.
+            try:
+                raw.read()
+            except (urllib3.exceptions.HTTPError, OSError):
+                pass
+        self._upstream.close()
+
+
+def _client_response(upstream: requests.Response, request_id: str, name: str) -> flask.Response:
+    headers = _response_headers(upstream.raw.headers, request_id)
+    return _ProxiedResponse(_UpstreamBody(upstream, name), status=upstream.status_code,
+                            headers=headers, direct_passthrough=True)
+
+
+def _response_headers(upstream_headers: urllib3.HTTPHeaderDict, request_id: str) -> list[tuple[str, str]]:
+    """Upstream headers minus hop-by-hop ones, repeats (Set-Cookie) kept, plus X-Request-Id."""
+    dropped = _NOT_COPIED_FROM_UPSTREAM_WITH_ID if request_id else _NOT_COPIED_FROM_UPSTREAM
+    connection = upstream_headers.get("connection")
+    if connection:
+        dropped = dropped | _header_names(connection)
+    if "transfer-encoding" in upstream_headers:
+        dropped = dropped | {"content-length"}
+    headers = [(name, value) for name, value in upstream_headers.items() if name.lower() not in dropped]
+    if request_id:
+        headers.append(("X-Request-Id", request_id))
+    return headers

@@ -1,0 +1,214 @@
+"""Routes and the compiled route table: host -> virtual host -> first matching route.
+
+Hosts are matched as Envoy does: an exact domain wins over a ``*.suffix`` wildcard
+(longest suffix first), which wins over ``*``; ports are ignored. Within a virtual
+host, routes are tried in declaration order and the first match wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing as t
+
+from .errors import RouteNotFoundError
+from .incoming import IncomingRequest
+
+if t.TYPE_CHECKING:
+    from .auth.pipeline import AuthPipeline
+    from .proxy import UpstreamTarget
+    from .transform import HeaderTransforms
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderMatcher:
+    name: str                       # lower-cased
+    value: str | None = None        # None: the header must be present
+    regex: re.Pattern[str] | None = None
+    invert: bool = False
+
+    def matches(self, headers: t.Mapping[str, str]) -> bool:
+        actual = headers.get(self.name)
+        if actual is None:
+            found = False
+        elif self.regex is not None:
+            found = self.regex.fullmatch(actual) is not None
+        elif self.value is not None:
+            found = actual == self.value
+        else:
+            found = True
+        return found != self.invert
+
+
+@dataclasses.dataclass(frozen=True)
+class PathMatcher:
+    """One of prefix / exact / regex (full match, as Envoy's RE2 safe_regex)."""
+
+    kind: str                       # "prefix" | "exact" | "regex"
+    value: str
+    regex: re.Pattern[str] | None = None
+    case_sensitive: bool = True
+
+    def matches(self, path: str) -> bool:
+        if self.kind == "regex":
+            assert self.regex is not None
+            return self.regex.fullmatch(path) is not None
+        candidate = path if self.case_sensitive else path.lower()
+        if self.kind == "exact":
+            return candidate == self.value
+        return candidate.startswith(self.value)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.value}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Matcher:
+    """All conditions of one matcher must hold; a route matches if any of its matchers does."""
+
+    paths: tuple[PathMatcher, ...] = ()          # all must match (delegation adds the parent's)
+    methods: frozenset[str] = frozenset()        # empty: any method
+    headers: tuple[HeaderMatcher, ...] = ()
+
+    def matches(self, request: IncomingRequest) -> bool:
+        if self.methods and request.method not in self.methods:
+            return False
+        for path in self.paths:
+            if not path.matches(request.path):
+                return False
+        for header in self.headers:
+            if not header.matches(request.headers):
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = [p.describe() for p in self.paths] or ["prefix /"]
+        if self.methods:
+            parts.append("methods " + ",".join(sorted(self.methods)))
+        parts.extend(f"header {h.name}" for h in self.headers)
+        return " & ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class PathRewrite:
+    """Replace the matched prefix (Gloo ``prefixRewrite`` / ``pathRewrite``)."""
+
+    prefixes: tuple[str, ...]          # longest first
+    replacement: str
+
+    def apply(self, path: str) -> str:
+        for prefix in self.prefixes:
+            if path.startswith(prefix):
+                break
+        else:
+            return path
+        rest = path[len(prefix):]
+        result = self.replacement + rest
+        if self.replacement.endswith("/") and rest.startswith("/"):
+            result = self.replacement + rest[1:]
+        if not result.startswith("/"):
+            result = "/" + result
+        return result
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Route:
+    """A compiled route: what it matches, where it goes and what guards it."""
+
+    name: str
+    source: str                                   # "conf/vs.yaml: VirtualService ns/name: routes[0]"
+    matchers: tuple[Matcher, ...]
+    targets: tuple["UpstreamTarget", ...]
+    auth: "AuthPipeline | None" = None
+    transforms: "HeaderTransforms | None" = None
+    path_rewrite: PathRewrite | None = None
+    labels: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    api_product_id: str | None = None
+    usage_plan: str | None = None
+    max_body_bytes: int | None = None
+    managed_headers: frozenset[str] = frozenset()  # headers the gateway sets: client copies are removed
+
+    def matches(self, request: IncomingRequest) -> bool:
+        return any(m.matches(request) for m in self.matchers)
+
+    def upstream_path(self, path: str) -> str:
+        return self.path_rewrite.apply(path) if self.path_rewrite else path
+
+
+@dataclasses.dataclass(frozen=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteMatch:
+    route: Route
+    virtual_host: VirtualHost
+
+
+class Router:
+    """The compiled table. Build once per config generation; :meth:`match` per request."""
+
+    def __init__(self, virtual_hosts: t.Sequence[VirtualHost]) -> None:
+        self.virtual_hosts = tuple(virtual_hosts)
+        self._exact: dict[str, VirtualHost] = {}
+        self._suffixes: list[tuple[str, VirtualHost]] = []
+        self._prefixes: list[tuple[str, VirtualHost]] = []
+        self._any: VirtualHost | None = None
+        for vhost in self.virtual_hosts:
+            for domain in vhost.domains:
+                self._index(domain.lower(), vhost)
+        self._suffixes.sort(key=lambda item: -len(item[0]))
+        self._prefixes.sort(key=lambda item: -len(item[0]))
+        self._host_cache: dict[str, VirtualHost | None] = {}
+
+    def _index(self, domain: str, vhost: VirtualHost) -> None:
+        domain = strip_port(domain)
+        if domain == "*":
+            self._any = vhost
+        elif domain.startswith("*"):
+            self._suffixes.append((domain[1:], vhost))
+        elif domain.endswith("*"):
+            self._prefixes.append((domain[:-1], vhost))
+        else:
+            self._exact[domain] = vhost
+
+    def virtual_host_for(self, hostname: str) -> VirtualHost | None:
+        cached = self._host_cache.get(hostname, False)
+        if cached is not False:
+            return t.cast("VirtualHost | None", cached)
+        vhost = self._lookup(hostname)
+        if len(self._host_cache) < 4096:
+            self._host_cache[hostname] = vhost
+        return vhost
+
+    def _lookup(self, hostname: str) -> VirtualHost | None:
+        vhost = self._exact.get(hostname)
+        if vhost is not None:
+            return vhost
+        for suffix, candidate in self._suffixes:
+            if hostname.endswith(suffix) and len(hostname) > len(suffix):
+                return candidate
+        for prefix, candidate in self._prefixes:
+            if hostname.startswith(prefix):
+                return candidate
+        return self._any
+
+    def match(self, request: IncomingRequest) -> RouteMatch:
+        """:raises RouteNotFoundError: no virtual host or no route matches."""
+        vhost = self.virtual_host_for(request.hostname)
+        if vhost is not None:
+            for route in vhost.routes:
+                if route.matches(request):
+                    return RouteMatch(route, vhost)
+        raise RouteNotFoundError()
+
+
+def strip_port(domain: str) -> str:
+    if domain.startswith("["):
+        return domain.split("]", 1)[0] + "]"
+    if domain.count(":") == 1:
+        return domain.rsplit(":", 1)[0]
+    return domain

@@ -1,0 +1,46 @@
+"""Shared fixtures: apps built from a temporary config directory, a clean environment."""
+
+from __future__ import annotations
+
+import pathlib
+import textwrap
+import typing as t
+
+import pytest
+
+from gateway_app import create_app
+from gateway_app.settings import Settings
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy or gateway settings leak in from the developer's shell."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy",
+                 "GATEWAY_CONFIG_DIR", "GATEWAY_REGO_DIR", "GATEWAY_DEBUG_ROUTE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write_tree(root: pathlib.Path, files: t.Mapping[str, str]) -> pathlib.Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+@pytest.fixture
+def make_app(tmp_path: pathlib.Path) -> t.Callable[..., t.Any]:
+    """``make_app({"vs.yaml": ...}, rego={"p.rego": ...}, **settings)`` -> a Flask app."""
+
+    def factory(conf: t.Mapping[str, str], rego: t.Mapping[str, str] | None = None, **settings: t.Any) -> t.Any:
+        config_dir = write_tree(tmp_path / "conf", conf)
+        rego_dir = write_tree(tmp_path / "rego", rego or {})
+        options = {"reload_interval": 0, "log_level": "debug", **settings}
+        app = create_app(settings=Settings.from_env({}, config_dir=config_dir, rego_dir=rego_dir, **options))
+        app.testing = True
+        return app
+
+    return factory
