@@ -43,7 +43,7 @@ log = logging.getLogger("gateway_app.gateway")
 class Gateway:
     def __init__(self, settings: Settings, forwarder: Forwarder | None = None) -> None:
         self.settings = settings
-        self.registry = ValidatorRegistry()
+        self.registry = ValidatorRegistry(settings.token_cache_url)
         self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None)
         self._lock = threading.Lock()
         self._generation = itertools.count(1)

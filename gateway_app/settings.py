@@ -15,6 +15,7 @@ GATEWAY_TRUST_REQUEST_ID       keep a client's well-formed X-Request-Id     ``tr
 GATEWAY_TRUSTED_PROXIES        peers whose X-Forwarded-* are kept           (none)
 GATEWAY_RELOAD_INTERVAL        seconds between checks of conf/ and rego/    ``2`` (0: off)
 GATEWAY_DEBUG_ROUTE            log input document and decision of one route (none)
+GATEWAY_TOKEN_CACHE_URL        ``redis://host:port/db``: share token cache   (in-process)
 =============================  ===========================================  ==============
 """
 
@@ -44,6 +45,7 @@ class Settings:
     trusted_proxies: frozenset[str] = frozenset()
     reload_interval: float = 2.0
     debug_route: str | None = None
+    token_cache_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: t.Mapping[str, str] | None = None, **overrides: t.Any) -> "Settings":
@@ -72,6 +74,8 @@ class Settings:
                                                   if p.strip())
         if "GATEWAY_RELOAD_INTERVAL" in env:
             values["reload_interval"] = float(env["GATEWAY_RELOAD_INTERVAL"])
+        if env.get("GATEWAY_TOKEN_CACHE_URL"):
+            values["token_cache_url"] = env["GATEWAY_TOKEN_CACHE_URL"]
         if env.get("GATEWAY_DEBUG_ROUTE"):
             values["debug_route"] = env["GATEWAY_DEBUG_ROUTE"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -33,18 +33,29 @@ from .secrets import SecretStore
 class ValidatorRegistry:
     """Validators (and their caches, JWKS) shared by settings, kept across reloads."""
 
-    def __init__(self) -> None:
+    def __init__(self, token_cache_url: str | None = None) -> None:
         self._validators: dict[t.Any, t.Any] = {}
-        self._token_caches: dict[str, TTLCache[t.Any]] = {}
+        self._token_caches: dict[tuple[str, int], t.Any] = {}
         self._lock = threading.Lock()
+        self.token_cache_url = token_cache_url
 
-    def token_cache(self, fingerprint: str, max_entries: int) -> TTLCache[t.Any]:
-        """The token cache of one IdP identity: it outlives validators whose other settings change."""
+    def token_cache(self, fingerprint: str, max_entries: int) -> t.Any:
+        """The token cache of one IdP identity: it outlives validators whose other settings change.
+
+        In-process by default; shared through Redis when ``GATEWAY_TOKEN_CACHE_URL`` is set
+        (keys already carry the fingerprint, so one Redis serves every IdP).
+        """
         with self._lock:
-            cache = self._token_caches.get(fingerprint)
-            if cache is None or cache.max_entries != max_entries:
-                cache = self._token_caches[fingerprint] = TTLCache(max_entries)
+            cache = self._token_caches.get((fingerprint, max_entries))
+            if cache is None:
+                cache = self._token_caches[(fingerprint, max_entries)] = self._new_cache(max_entries)
             return cache
+
+    def _new_cache(self, max_entries: int) -> t.Any:
+        if self.token_cache_url:
+            from ..cache_redis import RedisTokenCache
+            return RedisTokenCache(self.token_cache_url, fallback_max_entries=max_entries)
+        return TTLCache(max_entries)
 
     def get(self, key: t.Any, factory: t.Callable[[], t.Any]) -> t.Any:
         with self._lock:
