@@ -29,6 +29,9 @@ from .errors import BadRequestError
 from .errors import GatewayError
 from .errors import PayloadTooLargeError
 from .incoming import IncomingRequest
+from .metrics import REQUEST_METRICS
+from .metrics import observe_generation
+from .metrics import observe_reload
 from .observability import log_access
 from .observability import log_decision
 from .observability import request_id
@@ -58,6 +61,7 @@ class Gateway:
             warm_up = getattr(validator, "warm_up", None)
             if warm_up is not None:
                 warm_up()
+        observe_generation(config.generation)
         return config
 
     def reload(self) -> BuildResult:
@@ -68,8 +72,10 @@ class Gateway:
             if result.config is None:
                 for status in result.errors:
                     log.error("config reload rejected: %s", status.describe())
+                observe_reload(accepted=False)
                 return result
             self.config = result.config
+            observe_reload(accepted=True, generation=result.config.generation)
             log.info("config generation %d loaded", result.config.generation)
             return result
 
@@ -90,7 +96,9 @@ class Gateway:
             route = match.route
             self._check_body(request, route)
             add_headers = self._authorize(incoming, route, state, config)
+            forwarding = time.perf_counter()
             response = self._forward(request, incoming, route, state, add_headers)
+            REQUEST_METRICS.observe_upstream(route.name, time.perf_counter() - forwarding)
             status = response.status_code
             return response
         except GatewayError as e:
@@ -99,8 +107,10 @@ class Gateway:
                 state.outcome, state.reason = "denied", e.reason
             raise
         finally:
+            elapsed = time.perf_counter() - started
+            REQUEST_METRICS.observe_request(route.name if route else None, status, state.outcome, elapsed)
             log_access(method=incoming.method, path=incoming.path, route=route.name if route else None,
-                       status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                       status=status, latency_ms=round(elapsed * 1000, 2),
                        auth=state.outcome, reason=state.reason or None, sub=state.subject,
                        request_id=incoming.request_id)
 
@@ -150,6 +160,8 @@ class Gateway:
                 raise
             finally:
                 self._log_decision(ctx, route, config, time.perf_counter() - started)
+                if ctx.query is not None:
+                    REQUEST_METRICS.observe_policy(route.name, ctx.policy_duration)
             headers.update(state.upstream_headers)
         if route.transforms is not None:
             route.transforms.render(incoming, state, headers)

@@ -76,8 +76,9 @@ class _Parser:
             return lambda run: not inner(run)
         if token == "(":
             inner = self._expr()
-            if self._take() != ")":
+            if self._peek() != ")":
                 raise ConfigError("booleanExpr: missing ')'", where=self.where)
+            self._take()
             return inner
         if token in ("and", "or", ")", "&&", "||"):
             raise ConfigError(f"booleanExpr: unexpected {token!r}", where=self.where)

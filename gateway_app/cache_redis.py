@@ -1,0 +1,143 @@
+"""A token cache shared through Redis, so workers and replicas ask the IdP once per token.
+
+:class:`RedisTokenCache` satisfies the ``CacheBackend`` protocol of
+:mod:`gateway_app.auth.introspection` (``get(key)`` / ``set(key, value, ttl)``). Keys come
+already hashed (never a raw token) and get a prefix; values are JSON; each entry is written
+with ``SET ... PX`` for its remaining life and a read never extends it.
+
+An in-process :class:`~gateway_app.cache.TTLCache` sits in front of Redis ("near cache"):
+a hit there costs no round trip. Near entries live at most ``near_ttl`` seconds and never
+beyond the Redis entry's own deadline. The same in-process cache is the fallback: when Redis
+is unreachable or slow (short socket timeouts), the cache logs once, keeps serving from memory,
+and tries Redis again after ``retry_after`` seconds. A Redis failure never fails a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import typing as t
+
+import redis
+import redis.connection
+import redis.backoff
+import redis.retry
+
+from .cache import TTLCache
+
+log = logging.getLogger("gateway_app.cache_redis")
+
+KEY_PREFIX = "gateway:token:"
+SOCKET_TIMEOUT = 0.1
+RETRY_AFTER = 5.0
+NEAR_TTL = 5.0
+_REDIS_FAILURES = (redis.RedisError, OSError)
+
+
+class RedisTokenCache:
+    """Token-cache entries in Redis, with an in-process near cache that is also the fallback."""
+
+    def __init__(self, url: str, fallback_max_entries: int = 10_000, *, prefix: str = KEY_PREFIX,
+                 socket_timeout: float = SOCKET_TIMEOUT, retry_after: float = RETRY_AFTER,
+                 near_ttl: float = NEAR_TTL, clock: t.Callable[[], float] = time.monotonic) -> None:
+        self.prefix = prefix
+        self.retry_after = retry_after
+        self.near_ttl = near_ttl
+        self.local: TTLCache[dict[str, t.Any]] = TTLCache(fallback_max_entries, clock=clock)
+        self._clock = clock
+        self._where = _describe(url)
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), health_check_interval=0,
+        )
+        self._lock = threading.Lock()
+        self._down_until: float | None = None
+        self.failures = 0
+
+    def get(self, key: str) -> dict[str, t.Any] | None:
+        """The entry, from memory or Redis; None when absent, expired or unreadable."""
+        value = self.local.get(key)
+        if value is not None or not self._redis_usable():
+            return value
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.get(self.prefix + key)
+            pipe.pttl(self.prefix + key)
+            raw, pttl = pipe.execute()
+        except _REDIS_FAILURES as error:
+            self._mark_down(error)
+            return None
+        self._mark_up()
+        if raw is None:
+            return None
+        value = _decode(raw)
+        if value is not None:
+            self.local.set(key, value, self._near_ttl(pttl / 1000 if pttl > 0 else self.near_ttl))
+        return value
+
+    def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None:
+        """Store ``value`` for ``ttl`` seconds (its remaining life); ttl <= 0 stores nothing."""
+        milliseconds = int(ttl * 1000)
+        if milliseconds <= 0:
+            return
+        self.local.set(key, value, self._near_ttl(ttl))
+        if not self._redis_usable():
+            return
+        try:
+            data = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            log.debug("token cache entry is not JSON; kept in memory only")
+            return
+        try:
+            self._client.set(self.prefix + key, data, px=milliseconds)
+        except _REDIS_FAILURES as error:
+            self._mark_down(error)
+            return
+        self._mark_up()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _near_ttl(self, ttl: float) -> float:
+        return min(ttl, self.near_ttl)
+
+    def _redis_usable(self) -> bool:
+        """False while a back-off after a failure runs; the call after it tries Redis again."""
+        down_until = self._down_until
+        return down_until is None or self._clock() >= down_until
+
+    def _mark_down(self, error: BaseException) -> None:
+        with self._lock:
+            first = self._down_until is None
+            self._down_until = self._clock() + self.retry_after
+            self.failures += 1
+        if first:
+            log.warning("token cache: Redis at %s failed (%s); using the in-process cache, retrying every %g s",
+                        self._where, type(error).__name__, self.retry_after)
+
+    def _mark_up(self) -> None:
+        if self._down_until is None:
+            return
+        with self._lock:
+            was_down = self._down_until is not None
+            self._down_until = None
+        if was_down:
+            log.warning("token cache: Redis at %s answers again; sharing entries again", self._where)
+
+
+def _decode(raw: bytes) -> dict[str, t.Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _describe(url: str) -> str:
+    """``host:port/db`` of a Redis URL, never its password."""
+    kwargs = redis.connection.parse_url(url)
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
