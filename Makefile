@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: venv demo demo-stop test validate routes bench clean
+.PHONY: venv demo demo-stop test validate routes bench clean redis-server
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ demo: venv
 demo-stop:
 	bash deploy/demo-stop.sh
 
-test: venv
+# The shared-cache tests need a real redis-server (Debian package); install it when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+test: venv redis-server
 	$(PY) -m pytest -q
 
 validate: venv

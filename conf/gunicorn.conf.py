@@ -2,11 +2,29 @@
 
 The stack is synchronous (Flask + requests), so each request holds a thread while it waits
 for the IdP or the upstream: gthread workers give many such threads per process cheaply.
-Every value can be overridden with ``GUNICORN_*``-style env vars below or on the command line.
+Every value can be overridden with the ``GATEWAY_*`` env vars below or on the command line.
+
+Hooks (run by the gunicorn master unless said otherwise):
+
+* ``on_starting``: Prometheus multi-process mode. ``PROMETHEUS_MULTIPROC_DIR`` is created (a
+  fresh temporary directory when unset) and emptied of a previous run's files, before any
+  worker imports ``prometheus_client``.
+* ``post_worker_init`` (in each worker, after the app is built): ``SIGHUP`` sent to a worker
+  reloads its config in place, validated first (``pkill -HUP -P <master pid>``).
+* ``child_exit``: a dead worker's live gauges are dropped from the metrics.
+* ``on_exit``: the temporary metrics directory is removed.
+
+``kill -HUP <master pid>`` is gunicorn's own reload: new workers boot with the config on disk
+and the old ones finish their requests. A broken config makes the new workers fail to boot
+and gunicorn then stops, so run ``gateway-app validate`` first, or rely on the file watch
+(``GATEWAY_RELOAD_INTERVAL``), which validates before it swaps.
 """
 
+import glob
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 # One worker per core keeps the CPU busy; threads cover I/O waits (IdP, upstream).
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
@@ -17,7 +35,8 @@ bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 # A worker silent for longer than this is killed and replaced; keep it above the
 # longest upstream timeout (Upstream requestTimeout, default 30 s).
 timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", 60))
-# On SIGTERM/SIGHUP, in-flight requests get this long to finish.
+# On SIGTERM (and for old workers on a master SIGHUP), in-flight requests get this long to
+# finish; keep Kubernetes' terminationGracePeriodSeconds above it.
 graceful_timeout = int(os.environ.get("GATEWAY_GRACEFUL_TIMEOUT", 30))
 keepalive = int(os.environ.get("GATEWAY_KEEPALIVE", 5))
 
@@ -35,3 +54,39 @@ preload_app = False
 accesslog = None            # the gateway writes its own access log (one line per request)
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+
+
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_OWNED_DIR_ENV = "GATEWAY_OWNED_METRICS_DIR"   # set when this file created the directory
+
+
+def on_starting(server):
+    """Prepare the multi-process metrics directory before the first worker is forked."""
+    directory = os.environ.get(_METRICS_DIR_ENV)
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ[_METRICS_DIR_ENV] = directory
+        os.environ[_OWNED_DIR_ENV] = directory
+    os.makedirs(directory, exist_ok=True)
+    for stale in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(stale)
+    server.log.info("Prometheus multi-process metrics in %s", directory)
+
+
+def post_worker_init(worker):
+    """In the worker: SIGHUP forces a validated config reload of this worker."""
+    gateway = getattr(worker.wsgi, "extensions", {}).get("gateway")
+    if gateway is not None:
+        from gateway_app.reload import install_reload_signal
+        install_reload_signal(gateway)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    owned = os.environ.get(_OWNED_DIR_ENV)
+    if owned and owned == os.environ.get(_METRICS_DIR_ENV):
+        shutil.rmtree(owned, ignore_errors=True)

@@ -10,12 +10,19 @@ a hit there costs no round trip. Near entries live at most ``near_ttl`` seconds 
 beyond the Redis entry's own deadline. The same in-process cache is the fallback: when Redis
 is unreachable or slow (short socket timeouts), the cache logs once, keeps serving from memory,
 and tries Redis again after ``retry_after`` seconds. A Redis failure never fails a request.
+
+Misses are single-flight across processes: the first process to miss a key takes a short
+Redis lock (``SET NX PX``) and gets ``None`` (its caller asks the IdP and calls ``set``, which
+releases the lock); a process that misses while another holds the lock polls Redis for the
+entry for up to ``flight_wait`` seconds, then gives up and lets its caller ask the IdP itself.
+Within a process, the validator's own single-flight already makes threads wait for one leader.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import typing as t
@@ -33,6 +40,10 @@ KEY_PREFIX = "gateway:token:"
 SOCKET_TIMEOUT = 0.1
 RETRY_AFTER = 5.0
 NEAR_TTL = 5.0
+FLIGHT_LOCK_TTL = 5.0
+FLIGHT_WAIT = 2.0
+FLIGHT_POLL = 0.005
+LOCK_PREFIX = "gateway:flight:"
 _REDIS_FAILURES = (redis.RedisError, OSError)
 
 
@@ -41,8 +52,10 @@ class RedisTokenCache:
 
     def __init__(self, url: str, fallback_max_entries: int = 10_000, *, prefix: str = KEY_PREFIX,
                  socket_timeout: float = SOCKET_TIMEOUT, retry_after: float = RETRY_AFTER,
-                 near_ttl: float = NEAR_TTL, clock: t.Callable[[], float] = time.monotonic) -> None:
+                 near_ttl: float = NEAR_TTL, flight_wait: float = FLIGHT_WAIT,
+                 clock: t.Callable[[], float] = time.monotonic) -> None:
         self.prefix = prefix
+        self.flight_wait = flight_wait
         self.retry_after = retry_after
         self.near_ttl = near_ttl
         self.local: TTLCache[dict[str, t.Any]] = TTLCache(fallback_max_entries, clock=clock)
@@ -54,44 +67,73 @@ class RedisTokenCache:
         )
         self._lock = threading.Lock()
         self._down_until: float | None = None
+        self._owner = f"{os.getpid()}:{id(self):x}:{time.time_ns()}".encode()
         self.failures = 0
 
     def get(self, key: str) -> dict[str, t.Any] | None:
-        """The entry, from memory or Redis; None when absent, expired or unreadable."""
+        """The entry, from memory or Redis; None when absent, expired or unreadable.
+
+        On a miss, either this process leads the flight for ``key`` (None: go and ask the IdP)
+        or it waits for the leader's entry, as described in the module docstring.
+        """
         value = self.local.get(key)
         if value is not None or not self._redis_usable():
             return value
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.get(self.prefix + key)
-            pipe.pttl(self.prefix + key)
-            raw, pttl = pipe.execute()
+            value = self._fetch(key)
+            if value is None and not self._lead_flight(key):
+                value = self._wait_for_leader(key)
         except _REDIS_FAILURES as error:
             self._mark_down(error)
             return None
         self._mark_up()
-        if raw is None:
-            return None
-        value = _decode(raw)
+        return value
+
+    def _fetch(self, key: str) -> dict[str, t.Any] | None:
+        """The Redis entry, copied into the near cache for no longer than it has left."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(self.prefix + key)
+        pipe.pttl(self.prefix + key)
+        raw, pttl = pipe.execute()
+        value = _decode(raw) if raw is not None else None
         if value is not None:
             self.local.set(key, value, self._near_ttl(pttl / 1000 if pttl > 0 else self.near_ttl))
         return value
 
+    def _lead_flight(self, key: str) -> bool:
+        """Take the flight lock, or find that this process already holds it."""
+        lock = LOCK_PREFIX + key
+        if self._client.set(lock, self._owner, nx=True, px=int(FLIGHT_LOCK_TTL * 1000)):
+            return True
+        return self._client.get(lock) == self._owner
+
+    def _wait_for_leader(self, key: str) -> dict[str, t.Any] | None:
+        """Poll for the entry another process is fetching; None once it gives up or the lock is gone."""
+        deadline = time.monotonic() + self.flight_wait
+        while time.monotonic() < deadline:
+            time.sleep(FLIGHT_POLL)
+            value = self._fetch(key)
+            if value is not None:
+                return value
+            if not self._client.exists(LOCK_PREFIX + key):
+                return None
+        return None
+
     def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None:
         """Store ``value`` for ``ttl`` seconds (its remaining life); ttl <= 0 stores nothing."""
         milliseconds = int(ttl * 1000)
-        if milliseconds <= 0:
-            return
-        self.local.set(key, value, self._near_ttl(ttl))
+        data = None
+        if milliseconds > 0:
+            self.local.set(key, value, self._near_ttl(ttl))
+            data = _encode(value)
         if not self._redis_usable():
             return
         try:
-            data = json.dumps(value, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError):
-            log.debug("token cache entry is not JSON; kept in memory only")
-            return
-        try:
-            self._client.set(self.prefix + key, data, px=milliseconds)
+            pipe = self._client.pipeline(transaction=False)
+            if data is not None:
+                pipe.set(self.prefix + key, data, px=milliseconds)
+            pipe.delete(LOCK_PREFIX + key)          # the flight is over either way
+            pipe.execute()
         except _REDIS_FAILURES as error:
             self._mark_down(error)
             return
@@ -124,7 +166,15 @@ class RedisTokenCache:
             was_down = self._down_until is not None
             self._down_until = None
         if was_down:
-            log.warning("token cache: Redis at %s answers again; sharing entries again", self._where)
+            log.info("token cache: Redis at %s answers again; sharing entries again", self._where)
+
+
+def _encode(value: dict[str, t.Any]) -> str | None:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        log.debug("token cache entry is not JSON; kept in memory only")
+        return None
 
 
 def _decode(raw: bytes) -> dict[str, t.Any] | None:

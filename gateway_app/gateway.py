@@ -47,7 +47,8 @@ class Gateway:
     def __init__(self, settings: Settings, forwarder: Forwarder | None = None) -> None:
         self.settings = settings
         self.registry = ValidatorRegistry(settings.token_cache_url)
-        self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None)
+        self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None,
+                                                 trusted_proxies=settings.trusted_proxies)
         self._lock = threading.Lock()
         self._generation = itertools.count(1)
         self._round_robin = itertools.count()
@@ -136,7 +137,7 @@ class Gateway:
         return IncomingRequest(
             method=request.method, scheme=request.scheme, host=headers.get("host", ""), path=path,
             query_string=environ.get("QUERY_STRING", ""), headers=headers,
-            query={k: request.args.getlist(k) for k in request.args} if environ.get("QUERY_STRING") else {},
+            query=_parse_query(request) if environ.get("QUERY_STRING") else {},
             cookies=dict(request.cookies) if "cookie" in headers else {},
             remote_addr=request.remote_addr or "", request_id=rid, header_counts=counts,
         )
@@ -189,6 +190,9 @@ class Gateway:
         target = targets[0] if len(targets) == 1 else targets[next(self._round_robin) % len(targets)]
         has_body = request.content_length or "chunked" in incoming.headers.get("transfer-encoding", "").lower()
         body = request.stream if has_body else None
+        if body is not None:
+            limit = route.max_body_bytes if request.content_length is None else None  # chunked: counted here
+            body = _ClientBody(body, limit)
         return self.forwarder.forward(incoming, body, target, path=route.upstream_path(incoming.path),
                                       add_headers=add_headers, remove_headers=remove)
 
@@ -218,6 +222,39 @@ class Gateway:
             return incoming
         from dataclasses import replace
         return replace(incoming, query_string=query_string)
+
+
+def _parse_query(request: Request) -> dict[str, list[str]]:
+    """:raises BadRequestError: raw bytes in the query string that are not UTF-8."""
+    try:
+        return {k: request.args.getlist(k) for k in request.args}
+    except UnicodeDecodeError:
+        raise BadRequestError("the query string is not valid UTF-8", reason="query_invalid") from None
+
+
+class _ClientBody:
+    """The client's body stream: read errors become 400, and more than ``limit`` bytes 413.
+
+    The WSGI server raises its own exceptions for a malformed chunked body (gunicorn's
+    ``InvalidChunkSize``) or a client that stops mid-body (``NoMoreData``, an OSError that
+    would otherwise pass for an upstream failure).
+    """
+
+    def __init__(self, stream: t.IO[bytes], limit: int | None) -> None:
+        self._stream = stream
+        self._left = limit
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except Exception as e:
+            raise BadRequestError(f"the request body could not be read ({type(e).__name__})",
+                                  reason="body_invalid") from None
+        if self._left is not None:
+            self._left -= len(data)
+            if self._left < 0:
+                raise PayloadTooLargeError()
+        return data
 
 
 def _redacted_input(document: dict[str, t.Any]) -> str:

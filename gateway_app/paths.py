@@ -3,9 +3,14 @@
 - percent-encoded unreserved characters are decoded (``%2e`` -> ``.``, ``%7E`` -> ``~``);
   other escapes are kept, with upper-case hex;
 - dot-segments are removed and repeated slashes merged;
-- refused with 400: encoded ``/`` or ``\\`` or NUL (``%2F``, ``%5C``, ``%00``), a raw backslash,
-  control or non-ASCII bytes, a malformed escape, a ``.``/``..`` segment carrying ``;``
-  parameters (``/..;/``), and paths longer than :data:`MAX_PATH_LENGTH`.
+- refused with 400:
+
+  - encoded ``/`` or ``\\`` or NUL (``%2F``, ``%5C``, ``%00``), a raw backslash, control or
+    non-ASCII bytes, a malformed escape: upstreams disagree on what they mean;
+  - a double-encoded escape (``%252e``): an upstream that decodes twice would see ``.``;
+  - a ``;`` anywhere in the path: Tomcat, Jetty and Spring drop ``;params`` from segments,
+    so ``/admin;x/secret`` would be routed as an open path and served as ``/admin/secret``;
+  - paths longer than :data:`MAX_PATH_LENGTH`.
 
 The upstream receives exactly the normalized path, so what was authorized is what is forwarded.
 """
@@ -21,13 +26,20 @@ MAX_PATH_LENGTH = 4096
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00"})
 _ESCAPE = re.compile(r"%(..)?", re.S)
-_SAFE_PATH = re.compile(r"^(/[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?$")
+_DOUBLE_ESCAPE = re.compile(r"%25[0-9A-Fa-f]{2}")
+_SAFE_PATH = re.compile(r"^(/[A-Za-z0-9\-._~!$&'()*+,=:@]+)*/?$")
 
 
 def normalize_path(raw: str) -> str:
     """:raises BadRequestError: the path is refused (see the module docstring)."""
     if _SAFE_PATH.match(raw) and "//" not in raw and "/." not in raw and len(raw) <= MAX_PATH_LENGTH:
         return raw or "/"                         # fast path: nothing to decode or resolve
+    _check_characters(raw)
+    decoded = _ESCAPE.sub(_decode_escape, raw)
+    return _remove_dot_segments(decoded)
+
+
+def _check_characters(raw: str) -> None:
     if len(raw) > MAX_PATH_LENGTH:
         raise BadRequestError(f"path longer than {MAX_PATH_LENGTH} characters", reason="path_too_long")
     if not raw.startswith("/"):
@@ -36,8 +48,10 @@ def normalize_path(raw: str) -> str:
         if char == "\\" or ord(char) < 0x21 or ord(char) > 0x7E:
             raise BadRequestError("path contains a backslash, a control or a non-ASCII character",
                                   reason="path_invalid")
-    decoded = _ESCAPE.sub(_decode_escape, raw)
-    return _remove_dot_segments(decoded)
+    if ";" in raw:
+        raise BadRequestError("';' path parameters are not allowed", reason="path_invalid")
+    if _DOUBLE_ESCAPE.search(raw):
+        raise BadRequestError("double-encoded percent-escape in path", reason="path_invalid")
 
 
 def _decode_escape(match: re.Match[str]) -> str:
@@ -55,19 +69,13 @@ def _remove_dot_segments(path: str) -> str:
     output: list[str] = []
     segments = path.split("/")[1:]
     for index, segment in enumerate(segments):
-        bare = segment.split(";", 1)[0]
-        if bare in (".", "..") and bare != segment:
-            raise BadRequestError("dot-segments with parameters are not allowed", reason="path_invalid")
         last = index == len(segments) - 1
         if segment == "..":
             if output:
                 output.pop()
             if last:
                 output.append("")
-        elif segment == ".":
-            if last:
-                output.append("")
-        elif segment == "":
+        elif segment in (".", ""):
             if last:
                 output.append("")
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import http.cookiejar
+import ipaddress
 import logging
 import os
 import socket
@@ -59,6 +60,14 @@ _NOT_COPIED_FROM_CLIENT = HOP_BY_HOP_HEADERS | {"content-length", "expect", "hos
 _NOT_SETTABLE_BY_ROUTE = HOP_BY_HOP_HEADERS | {"content-length"}
 _NOT_COPIED_FROM_UPSTREAM = HOP_BY_HOP_HEADERS
 _NOT_COPIED_FROM_UPSTREAM_WITH_ID = HOP_BY_HOP_HEADERS | {"x-request-id"}
+
+# What a client could forge about where the request came from or which URL it asked for:
+# dropped unless the peer is a trusted proxy. URL overrides (IIS, Symfony) are always dropped.
+_FORWARDING_HEADERS = frozenset({
+    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix",
+    "x-forwarded-server", "forwarded", "x-real-ip", "x-client-ip", "true-client-ip",
+})
+_URL_OVERRIDE_HEADERS = frozenset({"x-original-url", "x-rewrite-url"})
 
 _NO_HEADERS: t.Mapping[str, str] = types.MappingProxyType({})
 _NO_PROXIES: dict[str, str] = {}
@@ -129,11 +138,14 @@ class Forwarder:
     """Sends requests to upstream targets over per-thread connection pools.
 
     ``preserve_host`` sends the client's Host (unless the target rewrites it);
-    ``max_body_bytes`` caps request bodies (None: no cap).
+    ``max_body_bytes`` caps request bodies (None: no cap); ``trusted_proxies`` (addresses or
+    CIDR networks) are the peers whose X-Forwarded-* and Forwarded headers are kept.
     """
 
     def __init__(self, *, pool_connections: int = 10, pool_maxsize: int = 32,
-                 preserve_host: bool = True, max_body_bytes: int | None = None) -> None:
+                 preserve_host: bool = True, max_body_bytes: int | None = None,
+                 trusted_proxies: t.Iterable[str] = ()) -> None:
+        self._trusted_networks = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
         self._pool_connections = pool_connections
         self._pool_maxsize = pool_maxsize
         self._preserve_host = preserve_host
@@ -216,7 +228,9 @@ class Forwarder:
                          remove_headers: t.Iterable[str]) -> CaseInsensitiveDict[str]:
         """The client's end-to-end headers, minus removals, plus the gateway's own."""
         client = request.headers
-        dropped = _NOT_COPIED_FROM_CLIENT
+        dropped = _NOT_COPIED_FROM_CLIENT | _URL_OVERRIDE_HEADERS
+        if not self._trusted(request.remote_addr):
+            dropped = dropped | _FORWARDING_HEADERS
         connection = client.get("connection")
         if connection:
             dropped = dropped | _header_names(connection)
@@ -238,21 +252,28 @@ class Forwarder:
         return CaseInsensitiveDict(headers)  # what requests (and requests-mock users) expect
 
     def _set_forwarding_headers(self, headers: dict[str, str], request: IncomingRequest) -> None:
-        """X-Forwarded-*: the client's claims about proto and host are replaced, its address appended.
+        """X-Forwarded-*: the peer's address appended; proto and host set unless a trusted proxy sent them.
 
-        A future ``trusted_proxy`` flag would keep the client's proto and host here.
+        Client copies are already gone when the peer is not a trusted proxy.
         """
         address = request.remote_addr
         if address:
             prior = headers.get("x-forwarded-for")
             headers["x-forwarded-for"] = f"{prior}, {address}" if prior else address
-        headers["x-forwarded-proto"] = request.scheme
+        headers.setdefault("x-forwarded-proto", request.scheme)
         if request.host:
-            headers["x-forwarded-host"] = request.host
-        else:
-            headers.pop("x-forwarded-host", None)
+            headers.setdefault("x-forwarded-host", request.host)
         if request.request_id:
             headers["x-request-id"] = request.request_id
+
+    def _trusted(self, address: str) -> bool:
+        if not self._trusted_networks or not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted_networks)
 
     def _send(self, method: str, target: UpstreamTarget, request_target: str, headers: CaseInsensitiveDict[str],
               payload: bytes | t.Iterator[bytes] | None) -> requests.Response:
@@ -402,17 +423,32 @@ class _UpstreamBody:
     204, 304), so the connection always goes back to the pool or is dropped.
     """
 
-    __slots__ = ("_upstream", "_chunks", "_name")
+    __slots__ = ("_upstream", "_chunks", "_name", "_first")
 
     def __init__(self, upstream: requests.Response, name: str) -> None:
         self._upstream = upstream
         self._chunks = upstream.raw.stream(CHUNK_SIZE, decode_content=False)
         self._name = name
+        self._first: bytes | None = None
+
+    def prefetch(self) -> None:
+        """Read the first chunk now, so a failure before any byte is sent is still a 502.
+
+        :raises UpstreamError: the upstream broke the exchange in its first chunk.
+        """
+        try:
+            self._first = next(self)
+        except StopIteration:
+            self._first = b""
 
     def __iter__(self) -> _UpstreamBody:
         return self
 
     def __next__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            if first:
+                return first
         try:
             return next(self._chunks)
         except StopIteration:
@@ -439,7 +475,9 @@ class _UpstreamBody:
 
 def _client_response(upstream: requests.Response, request_id: str, name: str) -> flask.Response:
     headers = _response_headers(upstream.raw.headers, request_id)
-    return _ProxiedResponse(_UpstreamBody(upstream, name), status=upstream.status_code,
+    body = _UpstreamBody(upstream, name)
+    body.prefetch()
+    return _ProxiedResponse(body, status=upstream.status_code,
                             headers=headers, direct_passthrough=True)
 
 

@@ -49,17 +49,16 @@ def _header_lookup(name: str) -> Part:
 
 
 def metadata_to_text(value: t.Any) -> str:
-    """Strings as is, lists joined with commas, other JSON values as JSON."""
+    """Strings as is; lists of scalars comma-joined; numbers, booleans and objects as JSON text.
+
+    The same rules as claim headers (``claimsToHeaders``/``forwardHeaders``); None gives "".
+    """
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return ",".join(value)
+    if isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) for v in value):
+        return ",".join(v if isinstance(v, str) else json.dumps(v) for v in value)
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 

@@ -7,11 +7,14 @@ import time
 import pytest
 
 from gateway_app.auth.introspection import IntrospectionValidator
+from gateway_app.auth.introspection import parse_introspection_settings
 from gateway_app.cache import TTLCache
 from gateway_app.cache import hash_key
+from gateway_app.config.fields import Node
+from gateway_app.config.secrets import SecretStore
+from gateway_app.errors import InvalidTokenError
 
-from .test_introspection import URL
-from .test_introspection import make_settings
+URL = "http://idp.test/oauth2/introspect"
 
 
 class FakeClock:
@@ -99,6 +102,11 @@ def test_hash_key_is_unambiguous_and_hides_its_parts():
     assert "secret-token" not in key and len(key) == 64
 
 
+def make_settings(**fields):
+    data = {"introspectionUrl": URL, "disableClientSecret": True, **fields}
+    return parse_introspection_settings(Node(data, "test.yaml", "introspection"), SecretStore([]), "default")
+
+
 def _answer(request, context):
     token = dict(pair.split("=", 1) for pair in request.text.split("&"))["token"]
     if token == "active-token":
@@ -112,14 +120,14 @@ def test_inactive_answers_are_cached_briefly_and_active_ones_until_cache_timeout
     cache: TTLCache[dict] = TTLCache(100, clock=clock)
     validator = IntrospectionValidator(settings, cache=cache, clock=time.time)
     validator.validate("active-token")
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTokenError):
         validator.validate("inactive-token")
     assert idp.call_count == 2
     keys = {token: hash_key(settings.fingerprint, token) for token in ("active-token", "inactive-token")}
     assert cache.remaining(keys["inactive-token"]) == pytest.approx(2)
     assert cache.remaining(keys["active-token"]) == pytest.approx(60, abs=1)
     clock.advance(2)
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidTokenError):
         validator.validate("inactive-token")       # asked again: the negative entry is gone
     validator.validate("active-token")            # still cached
     assert idp.call_count == 3

@@ -27,6 +27,7 @@ from ..config.fields import Node
 from ..config.secrets import SecretStore
 from ..errors import IdentityProviderError
 from ..errors import InvalidTokenError
+from ..metrics import IdpMetrics
 from .client_auth import ClientAuthSettings
 from .client_auth import build_client_auth
 from .client_auth import parse_client_authentication
@@ -276,6 +277,7 @@ class IntrospectionValidator:
         self._clock = clock
         self._sleep = sleep
         self._counter_lock = threading.Lock()
+        self._metrics = IdpMetrics(settings.introspection_url, "introspection")
         self.calls = 0
         self.cache_hits = 0
         self.cache_misses = 0
@@ -299,8 +301,10 @@ class IntrospectionValidator:
         entry = self._cache.get(key)
         if entry is not None:
             self._count("cache_hits")
+            self._metrics.cache_hits.inc()
         else:
             self._count("cache_misses")
+            self._metrics.cache_misses.inc()
             entry = self._flight.do(key, lambda: self._introspect_and_store(key, token))
         return self._token_info(entry)
 
@@ -328,12 +332,14 @@ class IntrospectionValidator:
         answer = self._fetch_answer(token)
         active = answer.get("active")
         if not isinstance(active, bool):
+            self._metrics.error("bad_answer")
             self._fail(_Failure(f"'active' is {_json_type(active)}, not a boolean", status=200), token)
         if not active:
             return {"active": False, "claims": {}}
         for claim in ("exp", "nbf", "iat"):
             value = answer.get(claim)
             if value is not None and not _is_number(value):
+                self._metrics.error("bad_answer")
                 self._fail(_Failure(f"'{claim}' is {_json_type(value)}, not a number", status=200), token)
         return {"active": True, "claims": answer}
 
@@ -378,6 +384,16 @@ class IntrospectionValidator:
         """One POST; the parsed JSON object, or a :class:`_Failure` saying why not."""
         data, headers = self._request_parts(token)
         self._count("calls")
+        started = time.perf_counter()
+        try:
+            return self._post(data, headers)
+        except _Failure as failure:
+            self._metrics.error(_failure_reason(failure))
+            raise
+        finally:
+            self._metrics.observe_call(time.perf_counter() - started)
+
+    def _post(self, data: dict[str, str], headers: dict[str, str]) -> dict[str, t.Any]:
         timeout = self.settings.timeout
         try:
             with self._session.post(
@@ -424,6 +440,23 @@ class IntrospectionValidator:
     def _count(self, counter: str) -> None:
         with self._counter_lock:
             setattr(self, counter, getattr(self, counter) + 1)
+
+
+def _failure_reason(failure: _Failure) -> str:
+    """A fixed reason code for metrics: timeout, connection, tls, status_4xx, status_5xx, bad_answer."""
+    if failure.status is None:
+        if failure.why == "timed out":
+            return "timeout"
+        if failure.why == "connection failed":
+            return "connection"
+        if failure.why.startswith("TLS"):
+            return "tls"
+        return "request_failed"
+    if failure.status >= 500:
+        return "status_5xx"
+    if failure.status != 200:
+        return "status_4xx"
+    return "bad_answer"
 
 
 def _new_session() -> requests.Session:

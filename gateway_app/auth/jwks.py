@@ -28,6 +28,7 @@ import requests
 
 from ..config.fields import Node
 from ..errors import IdentityProviderError
+from ..metrics import IdpMetrics
 
 log = logging.getLogger("gateway_app.auth.jwks")
 
@@ -326,6 +327,7 @@ class JwksCache:
         self._refresh_due = float("-inf")
         self._last_refetch = float("-inf")
         self._last_error = ""
+        self._metrics = IdpMetrics(url or issuer_url or "", "jwks")
 
     @property
     def source(self) -> str:
@@ -403,16 +405,28 @@ class JwksCache:
         """
         started = self._clock()
         try:
-            key_set = self._download()
+            key_set = self._timed_download()
         except IdentityProviderError as e:
+            self._metrics.jwks_refresh(ok=False)
             self._refresh_due = started + self.min_fetch_interval
             self._last_error = str(e)
             if self.issuer_url is not None:
                 self._jwks_uri = None
             raise
+        self._metrics.jwks_refresh(ok=True)
         self._key_set = key_set
         self._refresh_due = started + self.refresh_interval
         log.info("JWKS loaded from %s: %s", self._jwks_uri, key_set.summary())
+
+    def _timed_download(self) -> KeySet:
+        began = time.perf_counter()
+        try:
+            return self._download()
+        except IdentityProviderError:
+            self._metrics.error("jwks_fetch_failed")
+            raise
+        finally:
+            self._metrics.observe_call(time.perf_counter() - began)
 
     def _download(self) -> KeySet:
         uri = self._jwks_uri or self._discover()

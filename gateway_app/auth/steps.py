@@ -69,8 +69,11 @@ def claim_value(claims: t.Mapping[str, t.Any], name: str) -> t.Any:
 
 
 def claim_to_header_value(value: t.Any) -> str | None:
-    """Strings as is; lists of scalars comma-joined; numbers/booleans/objects as JSON; None -> no header."""
-    if value is None:
+    """Strings as is; lists of scalars comma-joined; numbers/booleans/objects as JSON.
+
+    None (a missing claim), an empty string and an empty list give None: no header.
+    """
+    if value is None or value == "" or value == []:
         return None
     if isinstance(value, str):
         return value

@@ -68,12 +68,14 @@ class TokenSource:
         if raw is None:
             return None
         if request.header_counts.get(self.header, 1) > 1:
-            raise BadRequestError(f"the {self.header} header is repeated")
+            raise BadRequestError(f"the {self.header} header is repeated", reason="token_header_repeated")
         if not self.scheme:
+            _refuse_joined_repeats(raw, self.header)
             return FoundToken(raw.strip(), ("header", self.header)) if raw.strip() else _malformed("empty token")
         scheme, sep, token = raw.partition(" ")
         if scheme.lower() != self.scheme.lower():
             return None                      # another scheme (e.g. Basic): not ours
+        _refuse_joined_repeats(token, self.header)
         if not sep or not token:
             _malformed(f"empty {self.scheme} token")
         if " " in token or token != token.strip():
@@ -108,6 +110,16 @@ class TokenSource:
                                     reason="token_malformed")
         if not token.isascii() or not token.isprintable() or " " in token:
             raise InvalidTokenError("token contains characters outside visible ASCII", reason="token_malformed")
+
+
+def _refuse_joined_repeats(value: str, header: str) -> None:
+    """WSGI servers join a repeated header with commas; a token never holds one (RFC 6750 b64token).
+
+    :raises BadRequestError: the header was sent more than once (or lists several credentials).
+    """
+    if "," in value:
+        raise BadRequestError(f"the {header} header is repeated or holds several credentials",
+                              reason="token_header_repeated")
 
 
 def _malformed(message: str) -> FoundToken:

@@ -17,12 +17,15 @@ from ..auth.introspection import parse_introspection_settings
 from ..auth.jwt_validation import JwtValidator
 from ..auth.jwt_validation import parse_jwt_settings
 from ..auth.pipeline import AuthPipeline
+from ..auth.stale import StaleIfErrorValidator
+from ..auth.stale import parse_stale_if_error
 from ..auth.steps import AuthStep
 from ..auth.steps import ClaimHeader
 from ..auth.steps import OAuth2Step
 from ..auth.steps import OpaStep
 from ..auth.tokens import parse_token_source
 from ..cache import TTLCache
+from ..errors import ConfigError
 from ..policy.engine import PolicyEngine
 from ..policy.engine import RegoModule
 from ..auth.claims_check import RegoClaimsCheck
@@ -97,7 +100,7 @@ def parse_auth_pipeline(spec: Node, name: str, namespace: str, ctx: AuthBuildCon
     if len(set(names)) != len(names):
         raise spec.error("configs", "config names must be unique")
     expr_text = spec.str("booleanExpr")
-    expr = compile_boolean_expr(expr_text, names, f"{spec.where}: {spec.field_path('booleanExpr')}") if expr_text else None
+    expr = _boolean_expr(spec, expr_text, names) if expr_text else None
     status = spec.int("authenticationFailureStatus", default=403)
     if status not in (401, 403):
         raise spec.error("authenticationFailureStatus", "must be 401 or 403")
@@ -109,6 +112,13 @@ def parse_auth_pipeline(spec: Node, name: str, namespace: str, ctx: AuthBuildCon
     return AuthPipeline(name=name, steps=tuple(steps), boolean_expr=expr, boolean_expr_text=expr_text,
                         authentication_failure_status=status, realm=realm,
                         failure_mode_allow=failure_mode_allow, status_on_error=status_on_error)
+
+
+def _boolean_expr(spec: Node, text: str, names: list[str]) -> t.Any:
+    try:
+        return compile_boolean_expr(text, names, spec.where)
+    except ConfigError as e:
+        raise spec.error("booleanExpr", e.detail) from e
 
 
 def _parse_entry(entry: Node, index: int, namespace: str, ctx: AuthBuildContext) -> AuthStep:
@@ -141,6 +151,7 @@ def _parse_oauth2(node: Node, index: int, name: str, namespace: str, ctx: AuthBu
         validator_node.data = dict(validator_node.data)
         validator_node.data.setdefault("cacheTimeout", cache_timeout)
     validator, user_id_claim = _validator(kind, validator_node, namespace, ctx)
+    validator = _with_stale_if_error(validation, kind, validator, ctx)
     token_source = parse_token_source(validation.child("tokenSource"))
     step = OAuth2Step(
         index=index, name=name, token_source=token_source, validator=validator,
@@ -154,9 +165,15 @@ def _parse_oauth2(node: Node, index: int, name: str, namespace: str, ctx: AuthBu
     claims = validation.str("claims")
     validation.done()
     if claims:
-        where = f"{validation.where}: {validation.field_path('claims')}"
-        step = dataclasses.replace(step, claims_check=RegoClaimsCheck(claims, where), claims_expression=claims)
+        step = dataclasses.replace(step, claims_check=_claims_check(validation, claims), claims_expression=claims)
     return step
+
+
+def _claims_check(validation: Node, expression: str) -> RegoClaimsCheck:
+    try:
+        return RegoClaimsCheck(expression, validation.where)
+    except ConfigError as e:
+        raise validation.error("claims", e.detail) from e
 
 
 def _validator(kind: str, node: Node, namespace: str, ctx: AuthBuildContext) -> tuple[t.Any, str | None]:
@@ -171,6 +188,16 @@ def _validator(kind: str, node: Node, namespace: str, ctx: AuthBuildContext) -> 
     cache = ctx.validators.token_cache(settings.fingerprint, settings.max_cache_entries)
     validator = ctx.validators.get(key, lambda: IntrospectionValidator(settings, cache=cache))
     return validator, getattr(settings, "user_id_attribute_name", None)
+
+
+def _with_stale_if_error(validation: Node, kind: str, validator: t.Any, ctx: AuthBuildContext) -> t.Any:
+    """``staleIfError``: wrap an introspection validator; shared and kept across reloads like it."""
+    window = parse_stale_if_error(validation, "jwt" if kind == "jwt" else "introspection")
+    if window is None:
+        return validator
+    key = ("stale-if-error", id(validator), window)
+    ctx.used_validator_keys.add(key)
+    return ctx.validators.get(key, lambda: StaleIfErrorValidator(validator, window))
 
 
 def _required_scopes(node: Node) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from ..policy.engine import load_rego_directory
 from ..policy.engine import load_module
 from ..routing import Router
 from ..routing import VirtualHost
+from ..routing import strip_port
 from .auth_configs import AuthBuildContext
 from .auth_configs import ValidatorRegistry
 from .auth_configs import parse_auth_pipeline
@@ -146,8 +147,9 @@ class _Builder:
         try:
             self.rego_modules = load_rego_directory(self.rego_dir)
         except ConfigError as e:
-            self.statuses.append(ResourceStatus("RegoModule", "-", e.where or str(self.rego_dir),
-                                                e.where or str(self.rego_dir), e.line, e.detail))
+            file = e.where.partition(":")[0] if e.where else str(self.rego_dir)
+            self.statuses.append(ResourceStatus("RegoModule", "-", pathlib.Path(file).stem, file, e.line,
+                                                f"{e.where}: {e.detail}" if e.where else e.detail))
             return
         for module in self.rego_modules.values():
             self.statuses.append(ResourceStatus("RegoModule", "-", module.name, module.origin))
@@ -251,7 +253,7 @@ def _check_domains(vhosts: list[VirtualHost]) -> None:
     owner: dict[str, str] = {}
     for vhost in vhosts:
         for domain in vhost.domains:
-            key = domain.lower()
+            key = strip_port(domain.lower())          # ports are ignored when matching hosts
             if key in owner:
                 raise ConfigError(f"domain {domain!r} is claimed by both {owner[key]} and {vhost.name}")
             owner[key] = vhost.name

@@ -286,16 +286,25 @@ class RouteTableCompiler:
 
 
 def _combine(parents: tuple[Matcher, ...], children: tuple[Matcher, ...]) -> tuple[Matcher, ...]:
-    """Child matchers that also satisfy one of the parent's matchers."""
+    """Child matchers that also satisfy one of the parent's matchers (methods: the intersection)."""
     if not parents:
         return children
     combined = []
     for parent in parents:
         for child in children:
-            combined.append(Matcher(paths=parent.paths + child.paths,
-                                    methods=child.methods or parent.methods,
+            methods = _common_methods(parent.methods, child.methods)
+            if methods is None:
+                continue                      # no method satisfies both: this pair can never match
+            combined.append(Matcher(paths=parent.paths + child.paths, methods=methods,
                                     headers=parent.headers + child.headers))
     return tuple(combined)
+
+
+def _common_methods(parent: frozenset[str], child: frozenset[str]) -> frozenset[str] | None:
+    """Methods both allow (empty: any); None when they have none in common."""
+    if parent and child:
+        return (parent & child) or None
+    return parent or child
 
 
 def _with_port(target: t.Any, port: int) -> t.Any:

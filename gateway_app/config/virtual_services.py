@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import typing as t
 
+from ..errors import ConfigError
 from ..routing import HeaderMatcher
 from ..routing import Matcher
 from ..routing import PathMatcher
@@ -128,7 +129,10 @@ def _request_transform(node: Node) -> list[HeaderTemplate]:
 def _template(node: Node, header: str, append: bool) -> HeaderTemplate:
     text = node.str("text", required=True)
     node.done()
-    parts = compile_template(text, where=f"{node.where}: {node.path}")
+    try:
+        parts = compile_template(text, where=node.where)
+    except ConfigError as e:
+        raise node.error("text", e.detail) from e
     return HeaderTemplate(name=header.lower(), parts=parts, append=append)
 
 

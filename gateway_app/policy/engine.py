@@ -144,7 +144,10 @@ def load_rego_directory(rego_dir: pathlib.Path, *, include_tests: bool = False) 
         raise ConfigError("Rego directory not found", where=str(rego_dir))
     modules: dict[str, RegoModule] = {}
     for path in sorted(rego_dir.rglob("*.rego")):
-        name = path.relative_to(rego_dir).with_suffix("").as_posix()
+        relative = path.relative_to(rego_dir)
+        if any(part.startswith(".") for part in relative.parts):
+            continue                      # hidden folders, e.g. the kubelet's ..data in ConfigMap mounts
+        name = relative.with_suffix("").as_posix()
         if include_tests or not name.endswith(_TEST_SUFFIX):
             modules[name] = load_module(name, _read_source(path), str(path))
     check_modules(module for module in modules.values() if not module.is_test)

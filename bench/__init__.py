@@ -1,0 +1,1 @@
+"""The gateway benchmark: ``bash bench/run.sh`` (see bench/run.py)."""

@@ -1,0 +1,97 @@
+"""Stale-if-error: keep recently active tokens working while the IdP is unreachable.
+
+Off by default. ``accessTokenValidation.staleIfError: 60s`` wraps the introspection validator
+in a :class:`StaleIfErrorValidator`: each successful validation is remembered (hashed key)
+for the window; when the IdP then fails (:class:`IdentityProviderError`), an answer confirmed
+less than the window ago is served again, as long as the token's own ``exp`` has not passed.
+An inactive answer forgets the token at once. Memory is bounded (:data:`MAX_ENTRIES`), the
+window is bounded (:data:`MAX_WINDOW`) and every stale answer is counted (``stale_served``)
+and logged, without the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import typing as t
+
+from ..cache import TTLCache
+from ..cache import hash_key
+from ..config.fields import Node
+from ..errors import IdentityProviderError
+from ..errors import InvalidTokenError
+from .state import TokenInfo
+
+log = logging.getLogger("gateway_app.auth.stale")
+
+MAX_WINDOW = 300.0
+MAX_ENTRIES = 10_000
+
+
+class TokenValidator(t.Protocol):
+    def validate(self, token: str) -> TokenInfo: ...
+
+
+class StaleIfErrorValidator:
+    """``validate(token)`` of ``inner``, falling back to a recent active answer on IdP errors."""
+
+    def __init__(self, inner: TokenValidator, window: float, *, max_entries: int = MAX_ENTRIES,
+                 clock: t.Callable[[], float] = time.time) -> None:
+        if not 0 < window <= MAX_WINDOW:
+            raise ValueError(f"the stale-if-error window must be in (0, {MAX_WINDOW:g}] seconds")
+        self.inner = inner
+        self.window = window
+        self._clock = clock
+        self._answers: TTLCache[TokenInfo] = TTLCache(max_entries, clock=clock)
+        self._lock = threading.Lock()
+        self.stale_served = 0
+
+    def validate(self, token: str) -> TokenInfo:
+        """:raises InvalidTokenError: as ``inner``.
+        :raises IdentityProviderError: the IdP failed and no usable recent answer exists.
+        """
+        key = hash_key("stale-if-error/v1", token)
+        try:
+            info = self.inner.validate(token)
+        except InvalidTokenError:
+            self._answers.delete(key)
+            raise
+        except IdentityProviderError:
+            stale = self._usable(self._answers.get(key))
+            if stale is None:
+                raise
+            self._count()
+            log.warning("IdP unavailable: serving an active answer confirmed less than %gs ago (stale-if-error)",
+                        self.window)
+            return stale
+        self._answers.set(key, info, self.window)
+        return info
+
+    def _usable(self, info: TokenInfo | None) -> TokenInfo | None:
+        if info is None or info.expired(self._clock()):
+            return None
+        return info
+
+    def _count(self) -> None:
+        with self._lock:
+            self.stale_served += 1
+
+    def close(self) -> None:
+        """Nothing to release: ``inner`` is closed by whoever owns it."""
+
+
+def parse_stale_if_error(node: Node, validator_kind: str) -> float | None:
+    """``staleIfError`` of an ``accessTokenValidation`` block: seconds, or None when off.
+
+    :raises ConfigError: not a duration, above :data:`MAX_WINDOW`, or on a JWT validator
+        (JWTs are checked locally; their JWKS already keeps its last good keys).
+    """
+    window = node.duration("staleIfError", minimum=0.0)
+    if not window:
+        return None
+    if validator_kind == "jwt":
+        raise node.error("staleIfError", "applies to introspection only")
+    if window > MAX_WINDOW:
+        raise node.error("staleIfError", f"must be at most {MAX_WINDOW:g}s")
+    return window

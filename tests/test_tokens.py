@@ -1,0 +1,112 @@
+"""Token extraction limits and refusals (issue 8, items 2 and 3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway_app.auth.tokens import DEFAULT_MAX_TOKEN_LENGTH
+from gateway_app.auth.tokens import TokenSource
+from gateway_app.auth.tokens import parse_token_source
+from gateway_app.auth.tokens import strip_cookie
+from gateway_app.auth.tokens import strip_query_parameter
+from gateway_app.config.fields import Node
+from gateway_app.errors import AmbiguousTokenError
+from gateway_app.errors import BadRequestError
+from gateway_app.errors import ConfigError
+from gateway_app.errors import InvalidTokenError
+from gateway_app.incoming import IncomingRequest
+
+
+def make_request(headers=None, query=None, cookies=None, counts=None) -> IncomingRequest:
+    return IncomingRequest(method="GET", scheme="http", host="gw", path="/", query_string="",
+                           headers={k.lower(): v for k, v in (headers or {}).items()}, query=query or {},
+                           cookies=cookies or {}, header_counts=counts or {})
+
+
+def test_default_limit_is_8192_characters():
+    source = TokenSource()
+    assert DEFAULT_MAX_TOKEN_LENGTH == 8192
+    assert source.extract(make_request({"Authorization": "Bearer " + "a" * 8192})).value == "a" * 8192
+    with pytest.raises(InvalidTokenError) as info:
+        source.extract(make_request({"Authorization": "Bearer " + "a" * 8193}))
+    assert info.value.reason == "token_malformed"
+
+
+def test_max_token_length_is_configurable_within_bounds():
+    source = parse_token_source(Node({"maxTokenLength": 32}, "test.yaml"))
+    assert source.extract(make_request({"Authorization": "Bearer " + "b" * 32})) is not None
+    with pytest.raises(InvalidTokenError):
+        source.extract(make_request({"Authorization": "Bearer " + "b" * 33}))
+    for bad in (8, 1_000_000):
+        with pytest.raises(ConfigError):
+            parse_token_source(Node({"maxTokenLength": bad}, "test.yaml"))
+
+
+def test_the_length_limit_applies_to_query_and_cookie_tokens_too():
+    source = parse_token_source(Node({"query": "access_token", "cookie": "at", "maxTokenLength": 16}, "t.yaml"))
+    with pytest.raises(InvalidTokenError):
+        source.extract(make_request(query={"access_token": ["q" * 17]}))
+    with pytest.raises(InvalidTokenError):
+        source.extract(make_request(cookies={"at": "c" * 17}))
+
+
+def test_a_repeated_authorization_header_is_refused_with_400():
+    request = make_request({"Authorization": "Bearer one, Bearer two"}, counts={"authorization": 2})
+    with pytest.raises(BadRequestError) as info:
+        TokenSource().extract(request)
+    assert info.value.status_code == 400
+
+
+def test_the_same_header_repeated_with_the_same_token_is_still_refused():
+    request = make_request({"Authorization": "Bearer same, Bearer same"}, counts={"authorization": 2})
+    with pytest.raises(BadRequestError):
+        TokenSource().extract(request)
+
+
+def test_two_different_tokens_in_two_sources_are_refused():
+    source = parse_token_source(Node({"header": "Authorization", "headerAuthScheme": "Bearer",
+                                      "query": "access_token"}, "t.yaml"))
+    request = make_request({"Authorization": "Bearer one"}, query={"access_token": ["two"]})
+    with pytest.raises(AmbiguousTokenError):
+        source.extract(request)
+
+
+def test_a_repeated_query_parameter_with_different_values_is_refused():
+    source = parse_token_source(Node({"query": "access_token"}, "t.yaml"))
+    with pytest.raises(AmbiguousTokenError):
+        source.extract(make_request(query={"access_token": ["one", "two"]}))
+
+
+@pytest.mark.parametrize("token", [
+    "tok\x00en", "tok\ten", "tok\x7fen", "tök", "tok\u2028en", "tok\u00a0en",
+], ids=["NUL", "tab", "DEL", "non-ASCII letter", "line separator", "no-break space"])
+def test_tokens_outside_visible_ascii_are_malformed(token):
+    source = parse_token_source(Node({"cookie": "at"}, "t.yaml"))
+    with pytest.raises(InvalidTokenError) as info:
+        source.extract(make_request(cookies={"at": token}))
+    assert info.value.reason == "token_malformed"
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Bearer  x", "Bearer x y", "Bearer x "],
+                         ids=["no token", "empty token", "two spaces", "two tokens", "trailing space"])
+def test_malformed_bearer_credentials_are_invalid(header):
+    with pytest.raises(InvalidTokenError):
+        TokenSource().extract(make_request({"Authorization": header}))
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_scheme_matches_case_insensitively(scheme):
+    assert TokenSource().extract(make_request({"Authorization": f"{scheme} abc"})).value == "abc"
+
+
+def test_another_scheme_is_not_a_token():
+    assert TokenSource().extract(make_request({"Authorization": "Basic dXNlcjpwYXNz"})) is None
+
+
+def test_strip_query_parameter_removes_encoded_name_variants_only():
+    query = "a=1&access_token=x&access%5Ftoken=y&access_token2=z"
+    assert strip_query_parameter(query, "access_token") == "a=1&access_token2=z"
+
+
+def test_strip_cookie_keeps_other_cookies():
+    assert strip_cookie("a=1; at=secret; b=2", "at") == "a=1; b=2"
