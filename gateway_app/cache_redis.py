@@ -28,8 +28,8 @@ import time
 import typing as t
 
 import redis
-import redis.connection
 import redis.backoff
+import redis.connection
 import redis.retry
 
 from .cache import TTLCache

@@ -9,7 +9,7 @@ with (:meth:`Gateway.handle` reads ``gateway.config`` once).
 in each worker: a ``SIGHUP`` sent to a *worker* forces a validated reload in place, even
 when the files' mtimes did not change (``pkill -HUP -P <master pid>`` signals every worker).
 A ``SIGHUP`` sent to the *master* is gunicorn's own: it replaces the workers, which load the
-config at boot without the last-good safety net (see deploy/OPERATIONS.md, "Hot reload").
+config at boot without the last-good safety net (see README.md, "Hot reload").
 The signal handler only wakes the watcher thread: nothing heavy runs in signal context.
 """
 
