@@ -7,13 +7,13 @@ Messages never contain a token or a secret.
 
 from __future__ import annotations
 
+import json
 import logging
 import typing as t
 
 from flask import Flask
 from flask import Response
 from flask import g
-from flask import jsonify
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("gateway_app.errors")
@@ -182,14 +182,13 @@ def error_body(error: GatewayError, request_id: str | None) -> dict[str, t.Any]:
     return {"error": error.reason, "message": error.message, "request_id": request_id}
 
 
-def render_error(error: GatewayError) -> Response:
-    """One JSON body plus challenge headers for any gateway error."""
-    request_id = getattr(g, "request_id", None)
+def render_error(error: GatewayError, request_id: str | None = None) -> Response:
+    """One JSON body plus challenge headers for any gateway error (no app context needed)."""
     body = getattr(error, "body", None)
     if body is None:
-        response = jsonify(error_body(error, request_id))
+        response = Response(_json(error_body(error, request_id)), mimetype="application/json")
     elif isinstance(body, (dict, list)):
-        response = jsonify(body)
+        response = Response(_json(body), mimetype="application/json")
     else:
         response = Response(str(body), mimetype="text/plain")
     response.status_code = error.status_code
@@ -200,8 +199,11 @@ def render_error(error: GatewayError) -> Response:
         response.headers[name] = value
     if request_id:
         response.headers["X-Request-Id"] = request_id
-    g.gateway_error = error
     return response
+
+
+def _json(value: t.Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str) + "\n"
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -209,18 +211,18 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(GatewayError)
     def _handle_gateway_error(error: GatewayError) -> Response:
-        return render_error(error)
+        return render_error(error, getattr(g, "request_id", None))
 
     @app.errorhandler(HTTPException)
     def _handle_http_exception(error: HTTPException) -> Response:
         wrapped = GatewayError(error.description or error.name, reason=_slug(error.name))
         wrapped.status_code = error.code or 500
-        return render_error(wrapped)
+        return render_error(wrapped, getattr(g, "request_id", None))
 
     @app.errorhandler(Exception)
     def _handle_unexpected(error: Exception) -> Response:
         log.exception("unhandled error: %s", type(error).__name__)
-        return render_error(GatewayError())
+        return render_error(GatewayError(), getattr(g, "request_id", None))
 
 
 def _slug(name: str) -> str:

@@ -15,7 +15,6 @@ import typing as t
 
 from flask import Request
 from flask import Response
-from flask import g
 
 from .auth.state import AuthState
 from .auth.steps import AuthContext
@@ -28,12 +27,12 @@ from .config.build import build_config
 from .errors import BadRequestError
 from .errors import GatewayError
 from .errors import PayloadTooLargeError
+from .errors import render_error
 from .incoming import IncomingRequest
 from .metrics import REQUEST_METRICS
 from .metrics import observe_generation
 from .metrics import observe_reload
 from .observability import log_access
-from .observability import log_decision
 from .observability import request_id
 from .paths import normalize_path
 from .proxy import Forwarder
@@ -41,6 +40,8 @@ from .routing import Route
 from .settings import Settings
 
 log = logging.getLogger("gateway_app.gateway")
+
+REQUEST_ID_KEY = "gateway.request_id"      # where the request id lives in the WSGI environ
 
 
 class Gateway:
@@ -84,19 +85,36 @@ class Gateway:
         return all(getattr(v, "ready", lambda: True)() for v in self.config.validators)
 
     # -- requests ----------------------------------------------------------------
+    def respond(self, request: Request) -> Response:
+        """:meth:`handle`, with every error rendered: the WSGI entry for routed traffic."""
+        try:
+            return self.handle(request)
+        except GatewayError as e:
+            return render_error(e, request.environ.get(REQUEST_ID_KEY))
+        except Exception:  # a bug: one traceback in the log, a 500 to the client
+            log.exception("unhandled error while serving %s", request.environ.get("PATH_INFO", "?"))
+            return render_error(GatewayError(), request.environ.get(REQUEST_ID_KEY))
+
     def handle(self, request: Request) -> Response:
+        """Route, authorize, forward; one access record per request.
+
+        :raises GatewayError: the answer is an error (rendered by :mod:`gateway_app.errors`).
+        """
         started = time.perf_counter()
         config = self.config                   # in-flight requests keep the generation they started with
-        incoming = self._incoming(request)
-        g.request_id = incoming.request_id
+        environ = request.environ
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"), self.settings.trust_request_id)
+        environ[REQUEST_ID_KEY] = rid
         route: Route | None = None
+        incoming: IncomingRequest | None = None
         state = AuthState()
+        decision: dict[str, t.Any] = {}
         status = 500
         try:
-            match = config.router.match(incoming)
-            route = match.route
+            incoming = self._incoming(request, rid)
+            route = config.router.match(incoming).route
             self._check_body(request, route)
-            add_headers = self._authorize(incoming, route, state, config)
+            add_headers = self._authorize(incoming, route, state, decision)
             forwarding = time.perf_counter()
             response = self._forward(request, incoming, route, state, add_headers)
             REQUEST_METRICS.observe_upstream(route.name, time.perf_counter() - forwarding)
@@ -109,37 +127,32 @@ class Gateway:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            REQUEST_METRICS.observe_request(route.name if route else None, status, state.outcome, elapsed)
-            log_access(method=incoming.method, path=incoming.path, route=route.name if route else None,
-                       status=status, latency_ms=round(elapsed * 1000, 2),
-                       auth=state.outcome, reason=state.reason or None, sub=state.subject,
-                       request_id=incoming.request_id)
+            route_name = route.name if route else None
+            REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
+            if decision:
+                decision["generation"] = config.generation
+            log_access(method=request.method, path=incoming.path if incoming else environ.get("PATH_INFO"),
+                       route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
+                       auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
+                       **decision)
 
-    def _incoming(self, request: Request) -> IncomingRequest:
+    def _incoming(self, request: Request, rid: str) -> IncomingRequest:
         environ = request.environ
-        headers: dict[str, str] = {}
-        counts: dict[str, int] = {}
-        for name, value in request.headers.items():
-            key = name.lower()
-            if key in headers:
-                headers[key] = f"{headers[key]}, {value}"
-                counts[key] = counts.get(key, 1) + 1
-            else:
-                headers[key] = value
+        headers, counts = _headers_of(environ)
         if len(headers) > self.settings.max_header_count:
             raise BadRequestError(f"more than {self.settings.max_header_count} headers", reason="too_many_headers")
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.path
         raw_path = raw_uri.split("?", 1)[0]
         if "://" in raw_path:                  # absolute-form request target
             raw_path = "/" + raw_path.split("://", 1)[1].partition("/")[2]
-        rid = request_id(headers.get("x-request-id"), self.settings.trust_request_id)
         path = normalize_path(raw_path)
+        query_string = environ.get("QUERY_STRING", "")
         return IncomingRequest(
-            method=request.method, scheme=request.scheme, host=headers.get("host", ""), path=path,
-            query_string=environ.get("QUERY_STRING", ""), headers=headers,
-            query=_parse_query(request) if environ.get("QUERY_STRING") else {},
+            method=request.method, scheme=environ.get("wsgi.url_scheme", "http"), host=headers.get("host", ""),
+            path=path, query_string=query_string, headers=headers,
+            query=_parse_query(request) if query_string else {},
             cookies=dict(request.cookies) if "cookie" in headers else {},
-            remote_addr=request.remote_addr or "", request_id=rid, header_counts=counts,
+            remote_addr=environ.get("REMOTE_ADDR", ""), request_id=rid, header_counts=counts,
         )
 
     def _check_body(self, request: Request, route: Route) -> None:
@@ -148,7 +161,8 @@ class Gateway:
             raise PayloadTooLargeError(f"request body larger than {limit} bytes")
 
     def _authorize(self, incoming: IncomingRequest, route: Route, state: AuthState,
-                   config: GatewayConfig) -> dict[str, str]:
+                   decision: dict[str, t.Any]) -> dict[str, str]:
+        """Run the route's auth; the decision's fields join the request's access record."""
         headers: dict[str, str] = {}
         if route.auth is not None:
             ctx = AuthContext(request=incoming, route=route, state=state)
@@ -160,24 +174,22 @@ class Gateway:
                 state.outcome, state.reason = ("error" if e.status_code >= 500 else "denied"), e.reason
                 raise
             finally:
-                self._log_decision(ctx, route, config, time.perf_counter() - started)
+                decision.update(api_product=route.api_product_id, auth_config=route.auth.name, query=ctx.query,
+                                auth_ms=round((time.perf_counter() - started) * 1000, 3))
                 if ctx.query is not None:
                     REQUEST_METRICS.observe_policy(route.name, ctx.policy_duration)
+                self._debug(ctx, route)
             headers.update(state.upstream_headers)
         if route.transforms is not None:
             route.transforms.render(incoming, state, headers)
         return headers
 
-    def _log_decision(self, ctx: AuthContext, route: Route, config: GatewayConfig, duration: float) -> None:
+    def _debug(self, ctx: AuthContext, route: Route) -> None:
         state = ctx.state
-        log_decision(request_id=ctx.request.request_id, route=route.name, api_product=route.api_product_id,
-                     auth_config=route.auth.name if route.auth else None, query=ctx.query,
-                     allowed=state.outcome == "allowed", reason=state.reason or "allowed", sub=state.subject,
-                     duration_ms=round(duration * 1000, 3), generation=config.generation)
         if self.settings.debug_route and self.settings.debug_route == route.name and ctx.policy_input is not None:
             log.info("debug route %s input=%s outcome=%s reason=%s", route.name,
                      _redacted_input(ctx.policy_input), state.outcome, state.reason)
-        if log.isEnabledFor(logging.DEBUG) and state.metadata:
+        if state.metadata and log.isEnabledFor(logging.DEBUG):
             log.debug("dynamic metadata on response: request_id=%s metadata=%s", ctx.request.request_id,
                       state.metadata)
 
@@ -222,6 +234,23 @@ class Gateway:
             return incoming
         from dataclasses import replace
         return replace(incoming, query_string=query_string)
+
+
+def _headers_of(environ: t.Mapping[str, t.Any]) -> tuple[dict[str, str], dict[str, int]]:
+    """Lower-cased request headers straight from the WSGI environ, with repeat counts.
+
+    WSGI servers join repeated headers with commas; gunicorn does, so ``counts`` only
+    sees repeats that the server reports separately (the test client, some servers).
+    """
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers[key[5:].replace("_", "-").lower()] = value
+    if "CONTENT_TYPE" in environ and environ["CONTENT_TYPE"]:
+        headers["content-type"] = environ["CONTENT_TYPE"]
+    if "CONTENT_LENGTH" in environ and environ["CONTENT_LENGTH"]:
+        headers["content-length"] = environ["CONTENT_LENGTH"]
+    return headers, {}
 
 
 def _parse_query(request: Request) -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""Logging: set-up, one access-log line per request, one decision record per auth decision.
+"""Logging: set-up, and one access record per request that also carries its auth decision.
 
 Tokens never reach a log line: :func:`redact` keeps a short prefix and a hash only.
 """
@@ -15,7 +15,6 @@ import uuid
 from .settings import Settings
 
 access_log = logging.getLogger("gateway_app.access")
-decision_log = logging.getLogger("gateway_app.decision")
 
 _REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
@@ -82,8 +81,3 @@ def configure_logging(settings: Settings) -> None:
 def log_access(**fields: t.Any) -> None:
     if access_log.isEnabledFor(logging.INFO):
         access_log.info("access", extra={"fields": fields})
-
-
-def log_decision(**fields: t.Any) -> None:
-    if decision_log.isEnabledFor(logging.INFO):
-        decision_log.info("decision", extra={"fields": {"event": "decision", **fields}})

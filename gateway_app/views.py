@@ -1,21 +1,40 @@
-"""HTTP endpoints: the catch-all gateway view and the admin endpoints under a prefix.
+"""HTTP endpoints: admin endpoints through Flask, routed traffic straight to the gateway.
 
 Admin endpoints (``GATEWAY_ADMIN_PREFIX``, default ``/__gateway``): ``/health/live``,
 ``/health/ready`` (503 until the config is loaded and remote JWKS fetched) and ``/metrics``
-(Prometheus text format). They take precedence over routed traffic.
+(Prometheus text format). They take precedence over routed traffic. Every other path
+skips Flask's URL map and request context: :class:`GatewayDispatcher` hands it to
+:meth:`Gateway.respond`, which renders its own errors.
 """
 
 from __future__ import annotations
 
+import typing as t
+
 from flask import Flask
 from flask import Response
 from flask import jsonify
-from flask import request
+from werkzeug.wrappers import Request
 
 from .gateway import Gateway
 from .metrics import exposition
 
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
+WSGIApp = t.Callable[[dict[str, t.Any], t.Callable[..., t.Any]], t.Iterable[bytes]]
+
+
+class GatewayDispatcher:
+    """Wraps ``app.wsgi_app``: admin paths go to Flask, everything else to the gateway."""
+
+    def __init__(self, flask_app: WSGIApp, gateway: Gateway) -> None:
+        self.flask_app = flask_app
+        self.gateway = gateway
+        self.admin_prefix = gateway.settings.admin_prefix.rstrip("/") + "/"
+
+    def __call__(self, environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith(self.admin_prefix):
+            return self.flask_app(environ, start_response)
+        response = self.gateway.respond(Request(environ))
+        return response(environ, start_response)
 
 
 def register_views(app: Flask, gateway: Gateway) -> None:
@@ -34,11 +53,7 @@ def register_views(app: Flask, gateway: Gateway) -> None:
         body, content_type = exposition()
         return Response(body, content_type=content_type)
 
-    def proxy(path: str = "") -> Response:
-        return gateway.handle(request)
-
     app.add_url_rule(f"{prefix}/health/live", "health_live", live, methods=["GET"])
     app.add_url_rule(f"{prefix}/health/ready", "health_ready", ready, methods=["GET"])
     app.add_url_rule(f"{prefix}/metrics", "metrics", metrics, methods=["GET"])
-    app.add_url_rule("/", "gateway_root", proxy, methods=ALL_METHODS, strict_slashes=False)
-    app.add_url_rule("/<path:path>", "gateway", proxy, methods=ALL_METHODS, strict_slashes=False)
+    app.wsgi_app = GatewayDispatcher(app.wsgi_app, gateway)  # type: ignore[method-assign]

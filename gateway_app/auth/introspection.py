@@ -355,7 +355,7 @@ class IntrospectionValidator:
     def _token_info(self, entry: dict[str, t.Any]) -> TokenInfo:
         if not entry["active"]:
             raise InvalidTokenError("the access token is not active", reason="token_inactive")
-        claims = copy.deepcopy(entry["claims"])
+        claims = _private_copy(entry["claims"])
         now = self._clock()
         leeway = self.settings.leeway
         exp = claims.get("exp")
@@ -539,3 +539,8 @@ def _redact(text: str, token: str, settings: IntrospectionSettings) -> str:
         if value:
             text = text.replace(value, mask).replace(urllib.parse.quote_plus(value, safe=""), mask)
     return text
+
+
+def _private_copy(claims: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A copy callers may change without touching the cache (deep only where values nest)."""
+    return {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in claims.items()}

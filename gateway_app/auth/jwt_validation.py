@@ -19,6 +19,8 @@ import typing as t
 
 import jwt
 
+from ..cache import TTLCache
+from ..cache import hash_key
 from ..config.fields import Node
 from ..errors import InvalidTokenError
 from .jwks import DEFAULT_MIN_FETCH_INTERVAL
@@ -99,10 +101,18 @@ def _parse_algorithms(node: Node) -> tuple[str, ...]:
     return tuple(dict.fromkeys(algorithms))
 
 
+VERIFIED_CACHE_ENTRIES = 10_000
+VERIFIED_CACHE_TTL = 300.0
+
+
 class JwtValidator:
     """Validates JWT access tokens: ``validate(token) -> TokenInfo``.
 
-    Built once at start-up; safe to share between threads.
+    Built once at start-up; safe to share between threads. A token whose signature and
+    claims verified is remembered (by its SHA-256, with the key set that verified it) for
+    up to 5 minutes, never past its ``exp``: a repeat skips the signature check but its
+    ``exp``/``nbf``/``iat`` are checked again, and a new key set (rotation, a key removed)
+    invalidates every remembered token.
     """
 
     def __init__(self, settings: JwtSettings, *, session: requests.Session | None = None,
@@ -118,6 +128,7 @@ class JwtValidator:
             "verify_aud": bool(settings.audiences),
             "enforce_minimum_key_length": True,
         }
+        self._verified: TTLCache[tuple[KeySet, dict[str, t.Any]]] = TTLCache(VERIFIED_CACHE_ENTRIES)
 
     def ready(self) -> bool:
         """Whether keys are available."""
@@ -133,11 +144,36 @@ class JwtValidator:
         :raises InvalidTokenError: the token is refused; ``reason`` says why.
         :raises IdentityProviderError: no keys could ever be fetched.
         """
-        header = _read_header(token)
-        alg = self._check_header(header)
-        candidates = self._candidate_keys(header.get("kid"), alg)
-        claims = self._decode_with_any(token, alg, candidates)
+        key = hash_key(token)
+        remembered = self._verified.get(key)
+        if remembered is not None and remembered[0] is self.keys.current():
+            claims = remembered[1]
+            self._check_times(claims)
+        else:
+            header = _read_header(token)
+            alg = self._check_header(header)
+            key_set = self.keys.current()
+            candidates = self._candidate_keys(header.get("kid"), alg)
+            claims = self._decode_with_any(token, alg, candidates)
+            self._remember(key, key_set, claims)
         return TokenInfo(claims=claims, kind="jwt", expires_at=float(claims["exp"]))
+
+    def _remember(self, key: str, key_set: KeySet, claims: dict[str, t.Any]) -> None:
+        if self.keys.current() is not key_set:       # the set changed while verifying: don't pin the old one
+            return
+        exp = _number(claims.get("exp"))
+        if exp is not None:
+            self._verified.set(key, (key_set, claims), min(VERIFIED_CACHE_TTL, exp - time.time()))
+
+    def _check_times(self, claims: t.Mapping[str, t.Any]) -> None:
+        """The time checks ``jwt.decode`` makes, for a remembered token."""
+        now, leeway = time.time(), self.settings.clock_skew
+        exp = _number(claims.get("exp"))
+        if exp is not None and exp <= now - leeway:
+            raise InvalidTokenError(f"token expired {now - exp:.0f}s ago", reason="token_expired")
+        nbf = _number(claims.get("nbf"))
+        if nbf is not None and nbf > now + leeway:
+            raise InvalidTokenError("token not valid yet (nbf)", reason="token_not_yet_valid")
 
     def _check_header(self, header: dict[str, t.Any]) -> str:
         alg = header.get("alg")

@@ -57,6 +57,7 @@ log = logging.getLogger("gateway_app.policy")
 
 _REGO_V1_IMPORT = re.compile(r"^\s*import\s+rego\.v1\s*$", re.MULTILINE)
 _RULE_PATH = re.compile(r"^data(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_RULE_EQUALS_TRUE = re.compile(r"^\s*(data(?:\.[A-Za-z_][A-Za-z0-9_]*)+)\s*==\s*true\s*$")
 _ENGINE_LOCATION = re.compile(r"-->\s*(?P<file>.+?):(?P<line>\d+):(?P<column>\d+)\s*$", re.MULTILINE)
 _ENGINE_ERROR = re.compile(r"^error:\s*(?P<text>.+)$", re.MULTILINE)
 _QUERY_FILE = "<query.rego>"
@@ -299,8 +300,15 @@ class PolicyEngine:
             engine.eval_query(query)
         except RuntimeError as e:
             raise EngineMessage.parse(e).config_error(query) from e
+        keys = _union(self._module_input_keys, input_keys([query]))
+        equals_true = _RULE_EQUALS_TRUE.match(query)
+        if equals_true and _is_rule(engine, equals_true.group(1)):
+            # Gloo's usual "data.x.allow == true": the rule's value compared with true, without
+            # compiling the comparison on every request; undefined stays undefined.
+            self._plans[query] = _QueryPlan(True, keys, rule=equals_true.group(1), equals_true=True)
+            return
         use_rule = bool(_RULE_PATH.match(query)) and _is_rule(engine, query)
-        self._plans[query] = _QueryPlan(use_rule, _union(self._module_input_keys, input_keys([query])))
+        self._plans[query] = _QueryPlan(use_rule, keys, rule=query)
 
     def evaluate(self, query: str, input_document: t.Mapping[str, t.Any]) -> t.Any:
         """The value of the query's first expression in its first result; ``None`` if undefined.
@@ -312,7 +320,8 @@ class PolicyEngine:
             engine = self._engine()
             engine.set_input(plan.trim(input_document))
             if plan.use_rule:
-                return engine.eval_rule(query)
+                value = engine.eval_rule(plan.rule)
+                return value if not plan.equals_true or value is None else value is True
             return first_value(engine.eval_query(query))
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -354,6 +363,8 @@ class _QueryPlan:
 
     use_rule: bool
     input_keys: frozenset[str] | None
+    rule: str = ""
+    equals_true: bool = False
 
     def trim(self, input_document: t.Any) -> t.Any:
         if self.input_keys is None or not isinstance(input_document, dict):
