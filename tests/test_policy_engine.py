@@ -367,3 +367,70 @@ def test_dropping_an_engine_used_by_a_live_thread_leaks_nothing_and_does_not_rai
     assert policy_ref() is None
     assert unraisable == []
     assert registry_sizes == [1, 1]
+
+
+@pytest.mark.parametrize(("source", "shape"), [
+    ("allow if input.state.jwtAccessToken.scope == \"x\"", {"state": {"jwtAccessToken": {"scope": True}}}),
+    ('m := input.check_request.attributes["metadata_context"]', {"check_request": {"attributes": {"metadata_context": True}}}),
+    ("a := input.state\nb := input.state.x.y", {"state": True}),
+    ("h := input.attributes.request.http.headers[name]", {"attributes": {"request": {"http": {"headers": True}}}}),
+    ("keys := {k | input[k]}", None),
+], ids=["a deep field", "a quoted step", "a whole branch wins over a deeper one",
+        "a variable key keeps the branch before it", "a variable key at the top keeps everything"])
+def test_input_shape_keeps_only_the_branches_a_policy_reads(source, shape):
+    from gateway_app.policy.engine import input_shape
+    assert input_shape([source]) == shape
+
+
+def test_the_seed_policy_is_evaluated_on_a_trimmed_input_with_the_same_decision():
+    seed = (pathlib.Path(__file__).parent.parent / "rego" / "oauth-scope-apiproduct-opa-cm.rego").read_text()
+    engine = engine_for(seed, queries=("data.test.allow == true",))
+    document = {
+        "check_request": {"attributes": {
+            "request": {"http": {"headers": {"authorization": "Bearer secret"}}},
+            "metadata_context": {"filter_metadata": {"io.solo.gloo.apimanagement": {"api_product_id": "tracks"}}}}},
+        "state": {"jwtAccessToken": {"scope": "petstore tracks", "sub": "c"}},
+        "attributes": {"request": {"http": {"headers": {"authorization": "Bearer secret"}}}},
+    }
+    assert engine.evaluate("data.test.allow == true", document) is True
+    document["state"]["jwtAccessToken"]["scope"] = "petstore"
+    assert engine.evaluate("data.test.allow == true", document) is False
+    del document["state"]["jwtAccessToken"]["scope"]
+    assert engine.evaluate("data.test.allow == true", document) is False
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("true", True), ("false", False), ('"yes"', False), ("1", False),
+], ids=["true", "false", "a string", "a number"])
+def test_rule_equals_true_query_gives_what_the_full_query_gives(value, expected):
+    source = f"package eq\nimport rego.v1\nallow := {value} if input.x == 1\n"
+    engine = engine_for(source, queries=("data.eq.allow == true",))
+    assert engine.evaluate("data.eq.allow == true", {"x": 1}) is expected
+    assert engine.evaluate("data.eq.allow == true", {"x": 2}) is None
+
+
+def test_answers_are_remembered_per_trimmed_input_and_still_follow_the_input():
+    source = "package memo\nimport rego.v1\nallow if input.state.scope == \"ok\"\n"
+    engine = engine_for(source, queries=("data.memo.allow == true",))
+    for request_id in range(5):
+        assert engine.evaluate("data.memo.allow == true", {"state": {"scope": "ok"}, "id": request_id}) is True
+        assert engine.evaluate("data.memo.allow == true", {"state": {"scope": "no"}, "id": request_id}) is None
+    plan = engine._plans["data.memo.allow == true"]
+    assert len(plan.memo) == 2                     # the request id is not part of the key
+
+
+def test_policies_using_the_clock_are_never_memoized():
+    source = "package clock\nimport rego.v1\nallow if time.now_ns() > input.after\n"
+    engine = engine_for(source, queries=("data.clock.allow",))
+    assert engine.evaluate("data.clock.allow", {"after": 0}) is True
+    assert engine.evaluate("data.clock.allow", {"after": 2**62}) is None
+    assert engine._plans["data.clock.allow"].memo == {}
+
+
+def test_the_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(engine_module, "MEMO_ENTRIES", 3)
+    source = "package bound\nimport rego.v1\nallow if input.n > 0\n"
+    engine = engine_for(source, queries=("data.bound.allow",))
+    for n in range(10):
+        engine.evaluate("data.bound.allow", {"n": n})
+    assert len(engine._plans["data.bound.allow"].memo) == 3

@@ -63,6 +63,14 @@ _ENGINE_ERROR = re.compile(r"^error:\s*(?P<text>.+)$", re.MULTILINE)
 _QUERY_FILE = "<query.rego>"
 _NOT_A_RULE = "not a valid rule path"
 _INPUT_REF = re.compile(r'(?<![\w.])input\b(?:\.(?P<field>[A-Za-z_]\w*)|\[\s*"(?P<key>[^"\\]*)"\s*\])?')
+_INPUT_PATH = re.compile(r'(?<![\w.])input\b(?P<chain>(?:\.[A-Za-z_]\w*|\[\s*"[^"\\]*"\s*\])*)')
+_PATH_STEP = re.compile(r'\.(?P<field>[A-Za-z_]\w*)|\[\s*"(?P<key>[^"\\]*)"\s*\]')
+ALL = True   # an input shape leaf: keep the whole subtree
+MEMO_ENTRIES = 4096
+# Builtins whose answer is not a function of input and data: policies using them are never memoized.
+_NON_DETERMINISTIC = ("time.now_ns", "rand.", "http.send", "uuid.", "opa.runtime", "net.lookup", "io.jwt.decode_verify",
+                      "print(", "trace(")
+_MISSING = object()
 _MAX_DETAIL = 300
 _TEST_SUFFIX = "_test"
 
@@ -281,7 +289,7 @@ class PolicyEngine:
         self._data = _plain_data(data)
         self._key = next(_engine_keys)
         self._plans: dict[str, _QueryPlan] = {}
-        self._module_input_keys = input_keys(m.source for m in self.modules)
+        self._module_input_shape = input_shape(m.source for m in self.modules)
         engine, packages = build_engine(self.modules, self._data)
         self.packages = sorted(set(packages.values()))
         _evaluate_packages(engine, self.packages)
@@ -300,15 +308,21 @@ class PolicyEngine:
             engine.eval_query(query)
         except RuntimeError as e:
             raise EngineMessage.parse(e).config_error(query) from e
-        keys = _union(self._module_input_keys, input_keys([query]))
+        keys = _union(self._module_input_shape, input_shape([query]))
         equals_true = _RULE_EQUALS_TRUE.match(query)
         if equals_true and _is_rule(engine, equals_true.group(1)):
             # Gloo's usual "data.x.allow == true": the rule's value compared with true, without
             # compiling the comparison on every request; undefined stays undefined.
-            self._plans[query] = _QueryPlan(True, keys, rule=equals_true.group(1), equals_true=True)
+            self._plans[query] = _QueryPlan(True, keys, rule=equals_true.group(1), equals_true=True,
+                                            memoize=self._deterministic(query))
             return
         use_rule = bool(_RULE_PATH.match(query)) and _is_rule(engine, query)
-        self._plans[query] = _QueryPlan(use_rule, keys, rule=query)
+        self._plans[query] = _QueryPlan(use_rule, keys, rule=query, memoize=self._deterministic(query))
+
+    def _deterministic(self, query: str) -> bool:
+        """Whether answers depend only on the (trimmed) input: then they may be memoized."""
+        sources = [m.source for m in self.modules] + [query]
+        return not any(name in source for source in sources for name in _NON_DETERMINISTIC)
 
     def evaluate(self, query: str, input_document: t.Mapping[str, t.Any]) -> t.Any:
         """The value of the query's first expression in its first result; ``None`` if undefined.
@@ -318,11 +332,21 @@ class PolicyEngine:
         plan = self._plans.get(query) or self._prepare_late(query)
         try:
             engine = self._engine()
-            engine.set_input(plan.trim(input_document))
+            trimmed = plan.trim(input_document)
+            memo_key = plan.memo_key(trimmed)
+            if memo_key is not None:
+                remembered = plan.memo.get(memo_key, _MISSING)
+                if remembered is not _MISSING:
+                    return remembered
+            engine.set_input(trimmed)
             if plan.use_rule:
                 value = engine.eval_rule(plan.rule)
-                return value if not plan.equals_true or value is None else value is True
-            return first_value(engine.eval_query(query))
+                value = value if not plan.equals_true or value is None else value is True
+            else:
+                value = first_value(engine.eval_query(query))
+            if memo_key is not None:
+                plan.remember(memo_key, value)
+            return value
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
@@ -362,30 +386,98 @@ class _QueryPlan:
     """How to evaluate one query: ``eval_rule`` or ``eval_query``, and which input keys to pass."""
 
     use_rule: bool
-    input_keys: frozenset[str] | None
+    input_shape: dict[str, t.Any] | None
     rule: str = ""
     equals_true: bool = False
+    memoize: bool = False
+    memo: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    _memo_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def memo_key(self, trimmed: t.Any) -> str | None:
+        """Answers are remembered per trimmed input when the policy is deterministic and
+        reads only parts of the input (a request id or a header would make every key new)."""
+        if not self.memoize or self.input_shape is None:
+            return None
+        try:
+            return json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError):
+            return None
+
+    def remember(self, key: str, value: t.Any) -> None:
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            return                           # objects (richer decisions) are evaluated every time
+        with self._memo_lock:
+            if len(self.memo) >= MEMO_ENTRIES:
+                self.memo.pop(next(iter(self.memo)))
+            self.memo[key] = value
 
     def trim(self, input_document: t.Any) -> t.Any:
-        if self.input_keys is None or not isinstance(input_document, dict):
+        if self.input_shape is None:
             return input_document
-        return {key: input_document[key] for key in self.input_keys if key in input_document}
+        return trim_input(input_document, self.input_shape)
+
+
+InputShape = t.Union[bool, dict]
+
+
+def input_shape(sources: t.Iterable[str]) -> dict[str, t.Any] | None:
+    """The parts of ``input`` the sources read, as a tree of keys whose leaves are :data:`ALL`.
+
+    ``input.state.jwtAccessToken.scope`` keeps just that branch; ``None`` when it cannot be
+    told (``input`` passed whole, read with a variable key, or named in a comment).
+    """
+    shape: dict[str, t.Any] = {}
+    for source in sources:
+        for match in _INPUT_PATH.finditer(source):
+            steps = [m.group("field") or m.group("key") for m in _PATH_STEP.finditer(match.group("chain"))]
+            if not steps:
+                return None
+            _add_path(shape, steps)
+    return shape
+
+
+def _add_path(shape: dict[str, t.Any], steps: list[str]) -> None:
+    node = shape
+    for step in steps[:-1]:
+        child = node.get(step)
+        if child is ALL:
+            return
+        node = node.setdefault(step, {})
+    node[steps[-1]] = ALL
 
 
 def input_keys(sources: t.Iterable[str]) -> frozenset[str] | None:
     """The top-level ``input`` keys the sources read, or ``None`` when that cannot be told."""
-    keys: set[str] = set()
-    for source in sources:
-        for match in _INPUT_REF.finditer(source):
-            key = match.group("field") or match.group("key")
-            if key is None:
-                return None
-            keys.add(key)
-    return frozenset(keys)
+    shape = input_shape(sources)
+    return None if shape is None else frozenset(shape)
 
 
-def _union(first: frozenset[str] | None, second: frozenset[str] | None) -> frozenset[str] | None:
-    return None if first is None or second is None else first | second
+def _union(first: dict[str, t.Any] | None, second: dict[str, t.Any] | None) -> dict[str, t.Any] | None:
+    if first is None or second is None:
+        return None
+    merged: dict[str, t.Any] = {}
+    for shape in (first, second):
+        _merge(merged, shape)
+    return merged
+
+
+def _merge(into: dict[str, t.Any], shape: dict[str, t.Any]) -> None:
+    for key, sub in shape.items():
+        current = into.get(key)
+        if sub is ALL or current is ALL:
+            into[key] = ALL
+        elif current is None:
+            into[key] = {}
+            _merge(into[key], sub)
+        else:
+            _merge(current, sub)
+
+
+def trim_input(document: t.Any, shape: InputShape) -> t.Any:
+    """The document cut down to ``shape``: less to convert on every evaluation."""
+    if shape is ALL or not isinstance(document, dict):
+        return document
+    return {key: trim_input(document[key], sub) for key, sub in shape.items() if key in document}
 
 
 def _is_rule(engine: t.Any, query: str) -> bool:
