@@ -90,3 +90,8 @@ def on_exit(server):
     owned = os.environ.get(_OWNED_DIR_ENV)
     if owned and owned == os.environ.get(_METRICS_DIR_ENV):
         shutil.rmtree(owned, ignore_errors=True)
+
+# Spread connections over workers: with SO_REUSEPORT each worker listens on its own socket and
+# the kernel balances new connections, instead of one worker winning most accept() races
+# (keep-alive clients then stay unevenly spread for their whole life).
+reuse_port = os.environ.get("GATEWAY_REUSE_PORT", "true").lower() in ("1", "true", "yes")

@@ -17,6 +17,8 @@ V = t.TypeVar("V")
 
 def hash_key(*parts: str | bytes) -> str:
     """A SHA-256 hex digest of the parts, unambiguously joined."""
+    if len(parts) == 1 and isinstance(parts[0], str) and parts[0].isascii():
+        return hashlib.sha256(b"\x01" + parts[0].encode()).hexdigest()   # one part: no length prefix needed
     digest = hashlib.sha256()
     for part in parts:
         data = part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part

@@ -398,10 +398,7 @@ class _QueryPlan:
         reads only parts of the input (a request id or a header would make every key new)."""
         if not self.memoize or self.input_shape is None:
             return None
-        try:
-            return json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError):
-            return None
+        return repr(trimmed)     # JSON-like values: repr is exact (types kept) and cheaper than json.dumps
 
     def remember(self, key: str, value: t.Any) -> None:
         if value is not None and not isinstance(value, (bool, int, float, str)):
