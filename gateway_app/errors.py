@@ -26,10 +26,13 @@ class GatewayError(Exception):
     reason = "internal_error"
     public_message = "internal error"
 
-    def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, reason: str | None = None,
+                 status_code: int | None = None) -> None:
         super().__init__(message or self.public_message)
         if reason:
             self.reason = reason
+        if status_code:
+            self.status_code = status_code
 
     @property
     def message(self) -> str:
@@ -90,9 +93,7 @@ class AuthenticationError(GatewayError):
 
     def __init__(self, message: str | None = None, *, reason: str | None = None,
                  status_code: int | None = None, realm: str | None = None) -> None:
-        super().__init__(message, reason=reason)
-        if status_code:
-            self.status_code = status_code
+        super().__init__(message, reason=reason, status_code=status_code)
         self.realm = realm
 
     def challenge(self) -> str:
@@ -129,9 +130,7 @@ class AccessDeniedError(GatewayError):
     def __init__(self, message: str | None = None, *, reason: str | None = None,
                  status_code: int | None = None, headers: dict[str, str] | None = None,
                  body: t.Any = None) -> None:
-        super().__init__(message, reason=reason)
-        if status_code:
-            self.status_code = status_code
+        super().__init__(message, reason=reason, status_code=status_code)
         self.headers = headers or {}
         self.body = body
 

@@ -7,7 +7,10 @@ request.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
+import json
 import logging
 import threading
 import time
@@ -24,6 +27,7 @@ from .config.auth_configs import ValidatorRegistry
 from .config.build import BuildResult
 from .config.build import GatewayConfig
 from .config.build import build_config
+from .config.build import load_config
 from .errors import BadRequestError
 from .errors import GatewayError
 from .errors import PayloadTooLargeError
@@ -33,6 +37,7 @@ from .metrics import REQUEST_METRICS
 from .metrics import observe_generation
 from .metrics import observe_reload
 from .observability import log_access
+from .observability import redact
 from .observability import request_id
 from .paths import normalize_path
 from .proxy import Forwarder
@@ -57,7 +62,6 @@ class Gateway:
 
     # -- config ------------------------------------------------------------------
     def _first_config(self) -> GatewayConfig:
-        from .config.build import load_config
         config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, next(self._generation))
         for validator in config.validators:
             warm_up = getattr(validator, "warm_up", None)
@@ -232,8 +236,7 @@ class Gateway:
                         add_headers.pop("cookie", None)
         if query_string == incoming.query_string:
             return incoming
-        from dataclasses import replace
-        return replace(incoming, query_string=query_string)
+        return dataclasses.replace(incoming, query_string=query_string)
 
 
 def _headers_of(environ: t.Mapping[str, t.Any]) -> tuple[dict[str, str], dict[str, int]]:
@@ -288,10 +291,6 @@ class _ClientBody:
 
 def _redacted_input(document: dict[str, t.Any]) -> str:
     """The input document for debug logs, credential headers replaced by their redaction."""
-    import copy
-    import json
-
-    from .observability import redact
     doc = copy.deepcopy(document)
     for shape in (doc.get("attributes", {}).get("request", {}).get("http", {}),
                   doc.get("check_request", {}).get("attributes", {}).get("request", {}).get("http", {}),

@@ -16,6 +16,7 @@ import requests
 from gateway_app.auth.stale import MAX_WINDOW
 from gateway_app.auth.stale import StaleIfErrorValidator
 from gateway_app.auth.stale import parse_stale_if_error
+from gateway_app.metrics import STALE_SERVED
 from gateway_app.auth.state import TokenInfo
 from gateway_app.config.fields import Node
 from gateway_app.errors import ConfigError
@@ -255,10 +256,12 @@ def test_stale_if_error_serves_a_recent_active_answer_while_the_idp_is_down():
     clock = Clock()
     info = _info(600, clock)
     validator = StaleIfErrorValidator(ScriptedValidator(info, IdentityProviderError()), 60, clock=clock)
+    counted_before = STALE_SERVED._value.get()
     assert validator.validate(TOKEN) is info
     clock.now += 59
     assert validator.validate(TOKEN) is info
     assert validator.stale_served == 1
+    assert STALE_SERVED._value.get() == counted_before + 1          # exported as gateway_stale_if_error_served_total
 
 
 def test_stale_if_error_ends_with_its_window():

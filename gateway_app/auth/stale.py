@@ -21,6 +21,7 @@ from ..cache import hash_key
 from ..config.fields import Node
 from ..errors import IdentityProviderError
 from ..errors import InvalidTokenError
+from ..metrics import STALE_SERVED
 from .state import TokenInfo
 
 log = logging.getLogger("gateway_app.auth.stale")
@@ -76,6 +77,7 @@ class StaleIfErrorValidator:
     def _count(self) -> None:
         with self._lock:
             self.stale_served += 1
+        STALE_SERVED.inc()
 
     def close(self) -> None:
         """Nothing to release: ``inner`` is closed by whoever owns it."""
