@@ -217,9 +217,8 @@ class Gateway:
                           add_headers: dict[str, str]) -> IncomingRequest:
         """``removeFromRequest``: drop the credential from every location its source reads."""
         assert route.auth is not None
-        sources = [s.token_source for s in route.auth.steps if hasattr(s, "token_source")]
         query_string = incoming.query_string
-        for source in sources:
+        for source in route.auth.token_sources:
             if not source.remove_from_request:
                 continue
             for kind, name in source.locations(incoming):

@@ -8,18 +8,12 @@ import time
 
 import pytest
 import requests
+from tests.factories import upstream_yaml
 
 IDP = "http://idp.test/admin/oauth2/introspect"
 UPSTREAM = "http://upstream.test:8000"
 
-UPSTREAM_YAML = """
-apiVersion: gloo.solo.io/v1
-kind: Upstream
-metadata: {name: httpbin, namespace: gloo-system}
-spec:
-  static:
-    hosts: [{addr: upstream.test, port: 8000}]
-"""
+UPSTREAM_YAML = upstream_yaml("httpbin", "gloo-system")
 
 VS_OPEN = """
 apiVersion: gateway.solo.io/v1

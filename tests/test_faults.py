@@ -28,20 +28,14 @@ from keys import jwks
 from keys import make_jwt
 from keys import public_jwk
 from keys import rsa_key
+from factories import upstream_yaml
 
 IDP = "http://idp.test/introspect"
 JWKS = "http://idp.test/jwks.json"
 UPSTREAM = "http://upstream.test:8000"
 TOKEN = "opaque-token-0123456789"
 
-UPSTREAM_YAML = """
-apiVersion: gloo.solo.io/v1
-kind: Upstream
-metadata: {name: api, namespace: gloo-system}
-spec:
-  static:
-    hosts: [{addr: upstream.test, port: 8000}]
-"""
+UPSTREAM_YAML = upstream_yaml("api", "gloo-system")
 
 VS_YAML = """
 apiVersion: gateway.solo.io/v1

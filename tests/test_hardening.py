@@ -27,6 +27,7 @@ from keys import make_jwt
 from keys import public_jwk
 from keys import rsa_key
 from test_paths import lenient_reading
+from factories import upstream_yaml
 
 DOCUMENTED = {200, 400, 401, 403, 404, 413, 502, 503, 504}
 UPSTREAM = "http://upstream.test:8000"
@@ -35,14 +36,7 @@ TOKEN = "good-token-123456"
 PROPERTY = settings(max_examples=120, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-UPSTREAM_YAML = """
-apiVersion: gloo.solo.io/v1
-kind: Upstream
-metadata: {name: api, namespace: gloo-system}
-spec:
-  static:
-    hosts: [{addr: upstream.test, port: 8000}]
-"""
+UPSTREAM_YAML = upstream_yaml("api", "gloo-system")
 
 AUTH_YAML = """
 apiVersion: v1

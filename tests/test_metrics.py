@@ -21,18 +21,12 @@ from tests.conftest import REPO
 from tests.keys import jwks
 from tests.keys import public_jwk
 from tests.keys import rsa_key
+from tests.factories import upstream_yaml
 
 UPSTREAM = "http://upstream.test:8000"
 GOOD = "ory_at_metricstoken123"
 
-UPSTREAM_YAML = """
-apiVersion: gloo.solo.io/v1
-kind: Upstream
-metadata: {name: backend, namespace: default}
-spec:
-  static:
-    hosts: [{addr: upstream.test, port: 8000}]
-"""
+UPSTREAM_YAML = upstream_yaml("backend", "default")
 
 VS_YAML = """
 apiVersion: gateway.solo.io/v1

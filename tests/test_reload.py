@@ -15,19 +15,13 @@ import pytest
 from gateway_app.reload import Watcher
 from gateway_app.reload import install_reload_signal
 from gateway_app.reload import start_watcher
+from tests.factories import upstream_yaml
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp-reload.test/introspect"
 TOKEN = "ory_at_reloadtoken123"
 
-UPSTREAM_YAML = """
-apiVersion: gloo.solo.io/v1
-kind: Upstream
-metadata: {name: backend, namespace: default}
-spec:
-  static:
-    hosts: [{addr: upstream.test, port: 8000}]
-"""
+UPSTREAM_YAML = upstream_yaml("backend", "default")
 
 VS_YAML = """
 apiVersion: gateway.solo.io/v1

@@ -25,6 +25,7 @@ from ..cache import TTLCache
 from ..cache import hash_key
 from ..config.fields import Node
 from ..config.secrets import SecretStore
+from ..describe import describe_type
 from ..errors import IdentityProviderError
 from ..errors import InvalidTokenError
 from ..metrics import IdpMetrics
@@ -333,14 +334,14 @@ class IntrospectionValidator:
         active = answer.get("active")
         if not isinstance(active, bool):
             self._metrics.error("bad_answer")
-            self._fail(_Failure(f"'active' is {_json_type(active)}, not a boolean", status=200), token)
+            self._fail(_Failure(f"'active' is {describe_type(active)}, not a boolean", status=200), token)
         if not active:
             return {"active": False, "claims": {}}
         for claim in ("exp", "nbf", "iat"):
             value = answer.get(claim)
             if value is not None and not _is_number(value):
                 self._metrics.error("bad_answer")
-                self._fail(_Failure(f"'{claim}' is {_json_type(value)}, not a number", status=200), token)
+                self._fail(_Failure(f"'{claim}' is {describe_type(value)}, not a number", status=200), token)
         return {"active": True, "claims": answer}
 
     def _ttl(self, entry: dict[str, t.Any]) -> float:
@@ -495,7 +496,7 @@ def _parse_answer(response: requests.Response, body: bytes) -> dict[str, t.Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise failure(f"answer is not valid JSON ({type(e).__name__})") from e
     if not isinstance(answer, dict):
-        raise failure(f"answer is {_json_type(answer)}, not an object")
+        raise failure(f"answer is {describe_type(answer)}, not an object")
     return answer
 
 
@@ -513,21 +514,6 @@ def _is_json_media_type(content_type: str) -> bool:
 def _is_number(value: t.Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-
-def _json_type(value: t.Any) -> str:
-    if value is None:
-        return "missing or null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _redact(text: str, token: str, settings: IntrospectionSettings) -> str:

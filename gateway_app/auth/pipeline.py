@@ -12,6 +12,7 @@ later ones. How failures become statuses is set per AuthConfig:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import typing as t
 
@@ -57,8 +58,17 @@ class AuthPipeline:
             e.status_code = self.status_on_error
             raise
 
+    @functools.cached_property
+    def steps_by_name(self) -> dict[str, AuthStep]:
+        return {step.name: step for step in self.steps}
+
+    @functools.cached_property
+    def token_sources(self) -> tuple[t.Any, ...]:
+        """The token sources of the oauth2 steps (for ``removeFromRequest``)."""
+        return tuple(step.token_source for step in self.steps if hasattr(step, "token_source"))
+
     def _run_expression(self, ctx: AuthContext) -> None:
-        by_name = {step.name: step for step in self.steps}
+        by_name = self.steps_by_name
         results: dict[str, bool] = {}
         failures: list[GatewayError] = []
 

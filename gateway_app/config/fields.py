@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import typing as t
 
+from ..describe import describe_type
 from ..errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -22,7 +23,7 @@ class Node:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {_type_name(data)}", where=where,
+            raise ConfigError(f"{path}: expected a mapping, got {describe_type(data)}", where=where,
                               line=getattr(data, "line", None))
         self.data = data
         self.where = where
@@ -65,7 +66,7 @@ class Node:
         if isinstance(value, bool) and bool not in types:
             raise self.error(field, f"expected {label}, got a boolean")
         if not isinstance(value, types):
-            raise self.error(field, f"expected {label}, got {_type_name(value)}")
+            raise self.error(field, f"expected {label}, got {describe_type(value)}")
         return value
 
     def str(self, field: str, *, required: bool = False, default: str | None = None) -> t.Any:
@@ -106,7 +107,7 @@ class Node:
         values = self.list(field, required=required)
         for index, value in enumerate(values):
             if not isinstance(value, str):
-                raise self.error(f"{field}[{index}]", f"expected a string, got {_type_name(value)}")
+                raise self.error(f"{field}[{index}]", f"expected a string, got {describe_type(value)}")
         return list(values)
 
     def str_map(self, field: str) -> dict[str, str]:
@@ -114,7 +115,7 @@ class Node:
         result = {}
         for key, item in value.items():
             if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-                raise self.error(f"{field}.{key}", f"expected a string, got {_type_name(item)}")
+                raise self.error(f"{field}.{key}", f"expected a string, got {describe_type(item)}")
             result[str(key)] = str(item)
         return result
 
@@ -152,19 +153,3 @@ def parse_duration(value: t.Any) -> float | None:
         if match:
             return float(match.group(1)) * _UNITS[match.group(2)]
     return None
-
-
-def _type_name(value: t.Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if value is None:
-        return "nothing"
-    return type(value).__name__

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from ..describe import describe_type
 from ..errors import AccessDeniedError
 from ..errors import PolicyError
 
@@ -63,7 +64,7 @@ class Decision:
             return _from_list(value)
         if isinstance(value, dict):
             return _from_object(value)
-        return _invalid(f"expected true, false, a list or an object, got {_kind(value)}")
+        return _invalid(f"expected true, false, a list or an object, got {describe_type(value)}")
 
     @classmethod
     def from_error(cls, error: BaseException) -> Decision:
@@ -106,14 +107,14 @@ def _from_list(values: t.Sequence[t.Any]) -> Decision:
         return _deny(DENIED)
     first = values[0]
     if not isinstance(first, bool):
-        return _invalid(f"the first element of a list result must be a boolean, got {_kind(first)}")
+        return _invalid(f"the first element of a list result must be a boolean, got {describe_type(first)}")
     return _allow() if first else _deny(DENIED)
 
 
 def _from_object(result: dict[str, t.Any]) -> Decision:
     allowed = result.get("allowed")
     if not isinstance(allowed, bool):
-        return _invalid(f"'allowed' must be a boolean, got {_kind(allowed)}")
+        return _invalid(f"'allowed' must be a boolean, got {describe_type(allowed)}")
     headers = result.get("headers", {})
     if not _is_str_map(headers):
         return _invalid("'headers' must map strings to strings")
@@ -131,21 +132,3 @@ def _is_str_map(value: t.Any) -> bool:
 
 def _is_status(value: t.Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599
-
-
-def _kind(value: t.Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, (set, frozenset)):
-        return "a set"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

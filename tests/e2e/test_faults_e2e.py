@@ -22,6 +22,7 @@ import typing as t
 import pytest
 import requests
 
+from tests.support.servers import RawSocketServer
 from tests.support.servers import ServerProcess
 from tests.support.servers import free_port
 from tests.support.servers import gateway_server
@@ -84,34 +85,21 @@ BODY = b"x" * 200_000
 _tokens = itertools.count()
 
 
-class ScriptedServer:
+class ScriptedServer(RawSocketServer):
     """A raw-socket HTTP server whose ``mode`` decides what each new connection gets."""
 
     def __init__(self, answer: t.Callable[[], bytes]) -> None:
+        super().__init__()
         self.answer = answer
         self.mode = "ok"
-        self.port = free_port()
-        self._sock = socket.create_server(("127.0.0.1", self.port))
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> ScriptedServer:
-        self._thread.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._handle, args=(conn, self.mode), daemon=True).start()
+    def handle(self, conn: socket.socket) -> None:
+        """The mode is fixed when the connection is accepted; the answer runs in its own thread."""
+        threading.Thread(target=self._handle, args=(conn, self.mode), daemon=True).start()
 
     def _handle(self, conn: socket.socket, mode: str) -> None:
         with conn:

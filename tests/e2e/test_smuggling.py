@@ -20,8 +20,8 @@ import typing as t
 
 import pytest
 
+from tests.support.servers import RawSocketServer
 from tests.support.servers import ServerProcess
-from tests.support.servers import free_port
 from tests.support.servers import gateway_server
 from tests.support.servers import render_config
 
@@ -117,38 +117,24 @@ CASES: dict[str, tuple[bytes, str, int]] = {
     "absolute-form target": (_req("GET http://evil/petstore/../echo HTTP/1.1\nHost: gw\n"), GATEWAY, 200),
 }
 
-class RecordingUpstream:
+class RecordingUpstream(RawSocketServer):
     """A raw-socket HTTP/1.1 server that records each connection's bytes and answers 200."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.received: list[bytes] = []
         self._lock = threading.Lock()
-        self._sock = socket.create_server(("127.0.0.1", self.port))
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> RecordingUpstream:
-        self._thread.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue
-            with conn:
-                data = _read_one_request(conn)
-                with self._lock:
-                    self.received.append(data)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            data = _read_one_request(conn)
+            with self._lock:
+                self.received.append(data)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 
     def take(self) -> list[bytes]:
         with self._lock:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 
@@ -249,3 +250,43 @@ def _substitute(text: str, values: t.Mapping[str, object], name: str) -> str:
     if left:
         raise ValueError(f"{name}: placeholders without a value: {', '.join(left)}")
     return text
+
+
+class RawSocketServer:
+    """A raw-socket server on 127.0.0.1 for tests that must control every byte a peer sees.
+
+    Subclasses implement :meth:`handle`; each accepted connection gets it, in its own thread
+    when ``threaded`` (so a hanging answer does not block the next connection).
+    """
+
+    threaded = False
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "RawSocketServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            if self.threaded:
+                threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+            else:
+                self.handle(conn)
