@@ -30,6 +30,7 @@ from .virtual_services import parse_methods
 from .virtual_services import parse_path
 from .vs_compiler import CATCH_ALL
 from .vs_compiler import managed_headers
+from .vs_compiler import resolve_ref
 
 Guard = t.Callable[[RawResource, t.Callable[[], t.Any]], t.Any]
 Reject = t.Callable[[RawResource, ConfigError], None]
@@ -191,10 +192,7 @@ class RouteTableCompiler:
             return targets
         ref = node.child("ref", required=True)
         assert ref is not None
-        name = ref.str("name", required=True)
-        ref_namespace = ref.str("namespace", default=namespace)
         ref.raw("cluster")
-        ref.done()
         kind = node.str("kind", default="UPSTREAM")
         if kind.upper() not in ("UPSTREAM", "EXTERNAL_SERVICE"):
             raise node.error("kind", f"{kind} destinations need a cluster; declare an Upstream and use kind UPSTREAM")
@@ -204,9 +202,7 @@ class RouteTableCompiler:
             port = port_node.int("number", minimum=1, maximum=65535)
             port_node.done()
         node.done()
-        targets = self.upstreams.get((ref_namespace, name))
-        if targets is None:
-            raise ref.error("name", f"Upstream {ref_namespace}/{name} not found")
+        targets = resolve_ref(ref, namespace, self.upstreams, "Upstream")
         return tuple(_with_port(target, port) for target in targets) if port else targets
 
     # -- flattening --------------------------------------------------------------

@@ -19,6 +19,7 @@ from .virtual_services import parse_transformations
 from .virtual_services import parse_vs_matcher
 
 Targets = tuple[t.Any, ...]
+T = t.TypeVar("T")
 CATCH_ALL = Matcher(paths=(PathMatcher("prefix", "/"),))
 
 
@@ -32,26 +33,28 @@ class RouteOptions:
     host_rewrite: str | None
 
 
-def resolve_upstream(node: Node, field: str, namespace: str, upstreams: dict[tuple[str, str], Targets]) -> Targets:
-    ref = node.child(field, required=True)
-    assert ref is not None
+def resolve_ref(ref: Node, namespace: str, table: dict[tuple[str, str], T], kind: str) -> T:
+    """``{name, namespace}`` looked up in ``table``; the namespace defaults to the referrer's.
+
+    :raises ConfigError: a dangling reference, naming the field.
+    """
     name = ref.str("name", required=True)
     ref_namespace = ref.str("namespace", default=namespace)
     ref.done()
-    targets = upstreams.get((ref_namespace, name))
-    if targets is None:
-        raise ref.error("name", f"Upstream {ref_namespace}/{name} not found")
-    return targets
+    found = table.get((ref_namespace, name))
+    if found is None:
+        raise ref.error("name", f"{kind} {ref_namespace}/{name} not found")
+    return found
+
+
+def resolve_upstream(node: Node, field: str, namespace: str, upstreams: dict[tuple[str, str], Targets]) -> Targets:
+    ref = node.child(field, required=True)
+    assert ref is not None
+    return resolve_ref(ref, namespace, upstreams, "Upstream")
 
 
 def resolve_auth(node: Node, namespace: str, pipelines: dict[tuple[str, str], AuthPipeline]) -> AuthPipeline:
-    name = node.str("name", required=True)
-    ref_namespace = node.str("namespace", default=namespace)
-    node.done()
-    pipeline = pipelines.get((ref_namespace, name))
-    if pipeline is None:
-        raise node.error("name", f"AuthConfig {ref_namespace}/{name} not found")
-    return pipeline
+    return resolve_ref(node, namespace, pipelines, "AuthConfig")
 
 
 def parse_route_options(node: Node | None, namespace: str,
