@@ -169,7 +169,9 @@ class Gateway:
         """Run the route's auth; the decision's fields join the request's access record."""
         headers: dict[str, str] = {}
         if route.auth is not None:
-            ctx = AuthContext(request=incoming, route=route, state=state)
+            # The debug route logs its policy input, so its outcomes are never remembered.
+            ctx = AuthContext(request=incoming, route=route, state=state,
+                              remember=self.settings.debug_route != route.name)
             started = time.perf_counter()
             try:
                 route.auth.run(ctx)
@@ -180,7 +182,7 @@ class Gateway:
             finally:
                 decision.update(api_product=route.api_product_id, auth_config=route.auth.name, query=ctx.query,
                                 auth_ms=round((time.perf_counter() - started) * 1000, 3))
-                if ctx.query is not None:
+                if ctx.policy_input is not None:          # a policy was evaluated, not remembered
                     REQUEST_METRICS.observe_policy(route.name, ctx.policy_duration)
                 self._debug(ctx, route)
             headers.update(state.upstream_headers)

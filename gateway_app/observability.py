@@ -56,8 +56,15 @@ class _PlainFormatter(logging.Formatter):
 
 
 def _plain(value: t.Any) -> str:
-    text = "-" if value is None else str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    """``-`` for None; text with spaces (or empty) JSON-quoted, so every line splits on spaces."""
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else str(value)
+    if text and " " not in text:
+        return text
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'               # what json.dumps gives for such text, without its cost
+    return json.dumps(text)
 
 
 def configure_logging(settings: Settings) -> None:

@@ -8,6 +8,7 @@ host, routes are tried in declaration order and the first match wins.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing as t
 
@@ -130,6 +131,11 @@ class Route:
 
     def matches(self, request: IncomingRequest) -> bool:
         return any(m.matches(request) for m in self.matchers)
+
+    @functools.cached_property
+    def policy_key(self) -> tuple[t.Any, ...]:
+        """The route metadata a policy can see: routes with equal keys get equal answers."""
+        return (self.api_product_id, self.usage_plan, tuple(sorted(self.labels.items())))
 
     def upstream_path(self, path: str) -> str:
         return self.path_rewrite.apply(path) if self.path_rewrite else path

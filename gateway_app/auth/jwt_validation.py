@@ -110,9 +110,9 @@ class JwtValidator:
 
     Built once at start-up; safe to share between threads. A token whose signature and
     claims verified is remembered (by its SHA-256, with the key set that verified it) for
-    up to 5 minutes, never past its ``exp``: a repeat skips the signature check but its
-    ``exp``/``nbf``/``iat`` are checked again, and a new key set (rotation, a key removed)
-    invalidates every remembered token.
+    up to 5 minutes, never past its ``exp``: a repeat gets the same :class:`TokenInfo`
+    without a signature check, but its ``exp``/``nbf`` are checked again, and a new key set
+    (rotation, a key removed) invalidates every remembered token.
     """
 
     def __init__(self, settings: JwtSettings, *, session: requests.Session | None = None,
@@ -128,7 +128,7 @@ class JwtValidator:
             "verify_aud": bool(settings.audiences),
             "enforce_minimum_key_length": True,
         }
-        self._verified: TTLCache[tuple[KeySet, dict[str, t.Any]]] = TTLCache(VERIFIED_CACHE_ENTRIES)
+        self._verified: TTLCache[tuple[KeySet, TokenInfo]] = TTLCache(VERIFIED_CACHE_ENTRIES)
 
     def ready(self) -> bool:
         """Whether keys are available."""
@@ -147,33 +147,35 @@ class JwtValidator:
         key = hash_key(token)
         remembered = self._verified.get(key)
         if remembered is not None and remembered[0] is self.keys.current():
-            claims = remembered[1]
-            self._check_times(claims)
-        else:
-            header = _read_header(token)
-            alg = self._check_header(header)
-            key_set = self.keys.current()
-            candidates = self._candidate_keys(header.get("kid"), alg)
-            claims = self._decode_with_any(token, alg, candidates)
-            self._remember(key, key_set, claims)
-        return TokenInfo(claims=claims, kind="jwt", expires_at=float(claims["exp"]))
+            info = remembered[1]
+            self._check_times(info)
+            return info
+        header = _read_header(token)
+        alg = self._check_header(header)
+        key_set = self.keys.current()
+        candidates = self._candidate_keys(header.get("kid"), alg)
+        claims = self._decode_with_any(token, alg, candidates)
+        info = TokenInfo(claims=claims, kind="jwt", expires_at=float(claims["exp"]))
+        self._remember(key, key_set, info)
+        return info
 
-    def _remember(self, key: str, key_set: KeySet, claims: dict[str, t.Any]) -> None:
+    def _remember(self, key: str, key_set: KeySet, info: TokenInfo) -> None:
         if self.keys.current() is not key_set:       # the set changed while verifying: don't pin the old one
             return
-        exp = _number(claims.get("exp"))
+        exp = _number(info.claims.get("exp"))
         if exp is not None:
-            self._verified.set(key, (key_set, claims), min(VERIFIED_CACHE_TTL, exp - time.time()))
+            self._verified.set(key, (key_set, info), min(VERIFIED_CACHE_TTL, exp - time.time()))
 
-    def _check_times(self, claims: t.Mapping[str, t.Any]) -> None:
+    def _check_times(self, info: TokenInfo) -> None:
         """The time checks ``jwt.decode`` makes, for a remembered token."""
         now, leeway = time.time(), self.settings.clock_skew
-        exp = _number(claims.get("exp"))
+        exp = info.expires_at
         if exp is not None and exp <= now - leeway:
             raise InvalidTokenError(f"token expired {now - exp:.0f}s ago", reason="token_expired")
-        nbf = _number(claims.get("nbf"))
-        if nbf is not None and nbf > now + leeway:
-            raise InvalidTokenError("token not valid yet (nbf)", reason="token_not_yet_valid")
+        if "nbf" in info.claims:
+            nbf = _number(info.claims["nbf"])
+            if nbf is not None and nbf > now + leeway:
+                raise InvalidTokenError("token not valid yet (nbf)", reason="token_not_yet_valid")
 
     def _check_header(self, header: dict[str, t.Any]) -> str:
         alg = header.get("alg")

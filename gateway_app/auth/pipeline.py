@@ -7,6 +7,10 @@ later ones. How failures become statuses is set per AuthConfig:
 - ``authenticationFailureStatus``: 403 (Gloo's behaviour, default) or 401 (RFC 6750);
 - ``failureModeAllow``: when the IdP is unreachable, let the request through (dangerous);
 - ``statusOnError``: the status when the IdP is unreachable (default 503).
+
+A pipeline whose allowed outcome depends only on the token and the route
+(``remember_outcomes``, see :mod:`gateway_app.auth.remembered`) reuses that outcome for as
+long as the token's validation is cached.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from ..errors import AccessDeniedError
 from ..errors import AuthenticationError
 from ..errors import GatewayError
 from ..errors import IdentityProviderError
+from . import remembered
 from .expressions import Evaluate
 from .steps import AuthContext
 from .steps import AuthStep
+from .steps import OAuth2Step
 
 log = logging.getLogger("gateway_app.auth")
 
@@ -37,15 +43,19 @@ class AuthPipeline:
     realm: str | None = None
     failure_mode_allow: bool = False
     status_on_error: int = 503
+    remember_outcomes: bool = False
+    serial: int = dataclasses.field(default_factory=lambda: next(remembered.pipeline_serials))
 
     def run(self, ctx: AuthContext) -> None:
         """Pass, or raise the error that decides the answer."""
         try:
-            if self.boolean_expr is None:
+            if self.boolean_expr is not None:
+                self._run_expression(ctx)
+            elif self.remember_outcomes and ctx.remember:
+                self._run_remembering(ctx)
+            else:
                 for step in self.steps:
                     step.run(ctx)
-            else:
-                self._run_expression(ctx)
         except AuthenticationError as e:
             e.status_code = self.authentication_failure_status
             e.realm = self.realm
@@ -57,6 +67,21 @@ class AuthPipeline:
                 return
             e.status_code = self.status_on_error
             raise
+
+    def _run_remembering(self, ctx: AuthContext) -> None:
+        """Validate the token; answer from its remembered outcome, or run the rest and remember it."""
+        first = self.steps[0]
+        assert isinstance(first, OAuth2Step)
+        info = first.authenticate(ctx)
+        key = (self.serial, ctx.route.policy_key)
+        outcome = remembered.recall(info, key)
+        if outcome is not None:
+            outcome.apply(ctx)
+            return
+        first.admit(info, ctx)
+        for step in self.steps[1:]:
+            step.run(ctx)
+        remembered.remember(info, key, remembered.Outcome.capture(ctx))
 
     @functools.cached_property
     def steps_by_name(self) -> dict[str, AuthStep]:

@@ -13,11 +13,17 @@ class TokenInfo:
 
     ``kind`` is ``"jwt"`` or ``"introspection"``. ``expires_at`` is the token's ``exp``
     (epoch seconds) when known.
+
+    Validators hand out the same TokenInfo for as long as they trust a cached validation, so
+    it is shared between requests and threads: nobody changes ``claims``. ``memo`` holds what
+    pure functions derived from it (:mod:`gateway_app.auth.remembered`); it lives and dies
+    with the cached validation.
     """
 
     claims: t.Mapping[str, t.Any]
     kind: str
     expires_at: float | None = None
+    memo: dict[t.Any, t.Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def subject(self) -> str | None:

@@ -42,9 +42,10 @@ class AuthContext:
     request: IncomingRequest
     route: "Route"
     state: AuthState
-    policy_input: dict[str, t.Any] | None = None
+    policy_input: dict[str, t.Any] | None = None     # set when a policy was evaluated
     policy_duration: float = 0.0
     query: str | None = None
+    remember: bool = True                            # may a remembered outcome answer?
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,17 +108,24 @@ class OAuth2Step:
         return f"config_{self.index}"
 
     def run(self, ctx: AuthContext) -> None:
+        self.admit(self.authenticate(ctx), ctx)
+
+    def authenticate(self, ctx: AuthContext) -> TokenInfo:
+        """Find the token and validate it; where it was found goes into the state."""
         found = self.token_source.extract(ctx.request)
         if found is None:
             raise MissingTokenError()
         info = self.validator.validate(found.value)
-        state = ctx.state
-        state.token_location = found.location
-        state.token_source = found.location[0]
-        state.accept_token(info)
+        ctx.state.token_location = found.location
+        ctx.state.token_source = found.location[0]
+        return info
+
+    def admit(self, info: TokenInfo, ctx: AuthContext) -> None:
+        """Check the validated token's scopes and claims, then publish its claims."""
+        ctx.state.accept_token(info)
         self._check_scopes(info)
         self._check_claims(info)
-        self._publish(info, state)
+        self._publish(info, ctx.state)
 
     def _check_scopes(self, info: TokenInfo) -> None:
         if not self.required_scopes:

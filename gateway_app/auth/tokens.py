@@ -8,6 +8,8 @@ exactly one space and one token (RFC 6750 §2.1).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing as t
 import urllib.parse
 
 from ..config.fields import Node
@@ -20,8 +22,7 @@ DEFAULT_MAX_TOKEN_LENGTH = 8192
 SOURCES = ("header", "query", "cookie")
 
 
-@dataclasses.dataclass(frozen=True)
-class FoundToken:
+class FoundToken(t.NamedTuple):
     value: str
     location: tuple[str, str]          # ("header" | "query" | "cookie", name)
 
@@ -45,17 +46,23 @@ class TokenSource:
         :raises AmbiguousTokenError: two different tokens.
         :raises BadRequestError: the token header is repeated.
         """
-        found: list[FoundToken] = []
-        for kind in self.order:
-            token = getattr(self, f"_from_{kind}")(request)
-            if token is not None:
-                found.append(token)
-        if not found:
-            return None
-        if len({token.value for token in found}) > 1:
-            raise AmbiguousTokenError()
-        self._check(found[0].value)
-        return found[0]
+        first: FoundToken | None = None
+        for read in self._readers:
+            token = read(request)
+            if token is None:
+                continue
+            if first is None:
+                first = token
+            elif token.value != first.value:
+                raise AmbiguousTokenError()
+        if first is not None:
+            self._check(first.value)
+        return first
+
+    @functools.cached_property
+    def _readers(self) -> tuple[t.Callable[[IncomingRequest], FoundToken | None], ...]:
+        """The readers of the enabled sources, in ``order``."""
+        return tuple(getattr(self, f"_from_{kind}") for kind in self.order if getattr(self, kind))
 
     def locations(self, request: IncomingRequest) -> list[tuple[str, str]]:
         """Every enabled location, for removal before forwarding."""

@@ -17,6 +17,7 @@ from ..auth.introspection import parse_introspection_settings
 from ..auth.jwt_validation import JwtValidator
 from ..auth.jwt_validation import parse_jwt_settings
 from ..auth.pipeline import AuthPipeline
+from ..auth.remembered import rememberable
 from ..auth.stale import StaleIfErrorValidator
 from ..auth.stale import parse_stale_if_error
 from ..auth.steps import AuthStep
@@ -111,7 +112,8 @@ def parse_auth_pipeline(spec: Node, name: str, namespace: str, ctx: AuthBuildCon
     spec.done()
     return AuthPipeline(name=name, steps=tuple(steps), boolean_expr=expr, boolean_expr_text=expr_text,
                         authentication_failure_status=status, realm=realm,
-                        failure_mode_allow=failure_mode_allow, status_on_error=status_on_error)
+                        failure_mode_allow=failure_mode_allow, status_on_error=status_on_error,
+                        remember_outcomes=rememberable(steps, expr is not None))
 
 
 def _boolean_expr(spec: Node, text: str, names: list[str]) -> t.Any:

@@ -324,6 +324,13 @@ class PolicyEngine:
         sources = [m.source for m in self.modules] + [query]
         return not any(name in source for source in sources for name in _NON_DETERMINISTIC)
 
+    def reads(self, query: str) -> dict[str, t.Any] | None:
+        """The parts of the input the query's answer depends on (an input shape), or None when
+        the answer may depend on anything: the whole input, or a non-deterministic builtin.
+        """
+        plan = self._plans.get(query) or self._prepare_late(query)
+        return plan.input_shape if plan.memoize else None
+
     def evaluate(self, query: str, input_document: t.Mapping[str, t.Any]) -> t.Any:
         """The value of the query's first expression in its first result; ``None`` if undefined.
 
