@@ -21,10 +21,30 @@ def hash_key(*parts: str | bytes) -> str:
         return hashlib.sha256(b"\x01" + parts[0].encode()).hexdigest()   # one part: no length prefix needed
     digest = hashlib.sha256()
     for part in parts:
-        data = part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
+        _update(digest, part)
     return digest.hexdigest()
+
+
+class KeyHasher:
+    """``hash_key(*prefix, part)`` for a fixed prefix: the prefix is hashed once, then copied."""
+
+    def __init__(self, *prefix: str | bytes) -> None:
+        if not prefix:
+            raise ValueError("KeyHasher needs a prefix (hash_key treats a single part differently)")
+        self._prefix = hashlib.sha256()
+        for part in prefix:
+            _update(self._prefix, part)
+
+    def __call__(self, part: str | bytes) -> str:
+        digest = self._prefix.copy()
+        _update(digest, part)
+        return digest.hexdigest()
+
+
+def _update(digest: t.Any, part: str | bytes) -> None:
+    data = part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part
+    digest.update(len(data).to_bytes(8, "big"))
+    digest.update(data)
 
 
 class TTLCache(t.Generic[V]):

@@ -29,8 +29,31 @@ from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client import multiprocess
+from prometheus_client import values
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _ProcessId:
+    """This process's pid, refreshed in every forked child.
+
+    prometheus_client calls its process identifier on every increment to notice forks; the
+    default, ``os.getpid``, is a system call each time (several per request).
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._refresh)
+
+    def _refresh(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(self) -> int:
+        return self.pid
+
+
+if os.environ.get(MULTIPROC_ENV):      # before any metric below creates its values
+    values.ValueClass = values.MultiProcessValue(process_identifier=_ProcessId())
 NO_ROUTE = "(none)"
 
 # Latencies of the whole request and of the upstream: 1 ms .. 30 s.

@@ -9,6 +9,7 @@ import pytest
 from gateway_app.auth.introspection import IntrospectionValidator
 from gateway_app.auth.introspection import parse_introspection_settings
 from gateway_app.cache import TTLCache
+from gateway_app.cache import KeyHasher
 from gateway_app.cache import hash_key
 from gateway_app.config.fields import Node
 from gateway_app.config.secrets import SecretStore
@@ -100,6 +101,14 @@ def test_hash_key_is_unambiguous_and_hides_its_parts():
     assert hash_key("a", "b") == hash_key(b"a", b"b")
     key = hash_key("fingerprint", "ory_at_secret-token")
     assert "secret-token" not in key and len(key) == 64
+
+
+def test_key_hasher_gives_hash_key_of_its_prefix_and_the_part():
+    hasher = KeyHasher("fingerprint")
+    assert hasher("ory_at_secret-token") == hash_key("fingerprint", "ory_at_secret-token")
+    assert hasher("ory_at_secret-token") == hasher("ory_at_secret-token")     # the prefix is not consumed
+    assert hasher("b") != KeyHasher("fingerprint", "b")("")
+    assert KeyHasher("a", "b")("c") == hash_key("a", "b", "c")
 
 
 def make_settings(**fields):

@@ -22,6 +22,7 @@ import requests
 
 from ..cache import SingleFlight
 from ..cache import TTLCache
+from ..cache import KeyHasher
 from ..cache import hash_key
 from ..config.fields import Node
 from ..config.secrets import SecretStore
@@ -269,7 +270,7 @@ class IntrospectionValidator:
         sleep: t.Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
-        self._fingerprint = settings.fingerprint
+        self._key = KeyHasher(settings.fingerprint)       # hash_key(fingerprint, token)
         self._client_auth = build_client_auth(settings.client_auth, clock=clock)
         self._owns_session = session is None
         self._session = session if session is not None else _new_session()
@@ -299,7 +300,7 @@ class IntrospectionValidator:
         :raises IdentityProviderError: the IdP is unreachable, failing, or answering garbage.
         """
         self._check_shape(token)
-        key = hash_key(self._fingerprint, token)
+        key = self._key(token)
         entry = self._cache.get(key)
         if entry is not None:
             self._count("cache_hits")
@@ -316,7 +317,7 @@ class IntrospectionValidator:
             raise InvalidTokenError("the access token is empty", reason="token_malformed")
         if len(token) > self.settings.max_token_length:
             raise InvalidTokenError("the access token is too long", reason="token_malformed")
-        if not _VISIBLE_ASCII.issuperset(token):
+        if not (token.isascii() and token.isprintable()) or " " in token:     # visible ASCII only
             raise InvalidTokenError("the access token contains invalid characters", reason="token_malformed")
 
     def _introspect_and_store(self, key: str, token: str) -> dict[str, t.Any]:

@@ -20,7 +20,7 @@ import typing as t
 import jwt
 
 from ..cache import TTLCache
-from ..cache import hash_key
+from ..cache import KeyHasher
 from ..config.fields import Node
 from ..errors import InvalidTokenError
 from .jwks import DEFAULT_MIN_FETCH_INTERVAL
@@ -129,6 +129,7 @@ class JwtValidator:
             "enforce_minimum_key_length": True,
         }
         self._verified: TTLCache[tuple[KeySet, TokenInfo]] = TTLCache(VERIFIED_CACHE_ENTRIES)
+        self._key = KeyHasher("verified-jwt/v1")
 
     def ready(self) -> bool:
         """Whether keys are available."""
@@ -144,7 +145,7 @@ class JwtValidator:
         :raises InvalidTokenError: the token is refused; ``reason`` says why.
         :raises IdentityProviderError: no keys could ever be fetched.
         """
-        key = hash_key(token)
+        key = self._key(token)
         remembered = self._verified.get(key)
         if remembered is not None and remembered[0] is self.keys.current():
             info = remembered[1]
