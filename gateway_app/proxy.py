@@ -3,7 +3,8 @@
 Each worker thread owns one pooled :class:`_ForwardingSession`: a requests Session that
 never looks for a redirect target (with redirects off, ``Session.send`` would still read
 and gunzip a 3xx body to prepare the next hop) and never keeps upstream cookies (its jar
-would grow for ever, shared by every client of the thread).
+would grow for ever, shared by every client of the thread). Its :class:`_ForwardingAdapter`
+goes straight to the urllib3 pool of the target.
 
 The URL is built here, byte for byte, and never goes through requests' re-quoting.
 urllib3 still percent-encodes bytes that cannot appear in a request target and
@@ -48,6 +49,7 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("gateway_app.proxy")
 
 CHUNK_SIZE = 64 * 1024
+_MAX_REMEMBERED = 64          # pools and timeouts an adapter keeps at hand (upstreams x settings)
 
 # werkzeug.http.is_hop_by_hop_header's set (RFC 2616 §13.5.1), plus Proxy-Connection.
 HOP_BY_HOP_HEADERS = frozenset({
@@ -117,6 +119,81 @@ def _split_base_url(name: str, base_url: str) -> tuple[str, str]:
     if parts.query or parts.fragment:
         raise ConfigError(f"upstream {name}: base_url must not have a query or fragment")
     return f"{scheme}://{parts.netloc}", parts.path.rstrip("/")
+
+
+class _ForwardedRequest(requests.PreparedRequest):
+    """A prepared request that also knows its request target (path and query, in wire form)."""
+
+    request_target: str = ""
+
+
+class _ForwardingAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter cut down to what relaying needs.
+
+    Per request, :class:`requests.adapters.HTTPAdapter` parses the URL again to find the
+    connection pool and, on the answer, copies the headers, guesses an encoding and runs the
+    cookie machinery. Here the pool is kept by (origin, verify) — also beyond the pool
+    manager's ``pool_connections``, so a thread serving many upstreams keeps its connections —
+    the request target is the one the forwarder built, and the answer keeps urllib3's
+    (already case-insensitive) headers. Anything else (a proxy, a foreign request) takes
+    the full path. Failures are urllib3's own exceptions: :func:`_translate` names them.
+    """
+
+    def __init__(self, **kwargs: t.Any) -> None:
+        super().__init__(**kwargs)
+        self._pools: dict[tuple[str, bool | str, t.Any], urllib3.HTTPConnectionPool] = {}
+        self._timeouts: dict[t.Any, urllib3.Timeout] = {}
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: t.Any = None,
+             verify: bool | str = True, cert: t.Any = None, proxies: t.Any = None) -> requests.Response:
+        if not isinstance(request, _ForwardedRequest) or proxies:
+            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+        answer = self._pool(request, verify, cert).urlopen(
+            method=request.method, url=request.request_target, body=request.body, headers=request.headers,
+            redirect=False, assert_same_host=False, preload_content=False, decode_content=False,
+            retries=self.max_retries, timeout=self._timeout(timeout),
+            chunked=not (request.body is None or "Content-Length" in request.headers),
+        )
+        response = requests.Response()
+        response.status_code = answer.status
+        response.headers = answer.headers  # type: ignore[assignment]
+        response.raw = answer
+        response.reason = answer.reason
+        response.url = request.url  # type: ignore[assignment]
+        response.request = request
+        response.connection = self  # type: ignore[attr-defined]
+        return response
+
+    def _pool(self, request: _ForwardedRequest, verify: bool | str, cert: t.Any) -> urllib3.HTTPConnectionPool:
+        origin = request.url[:len(request.url) - len(request.request_target)]  # type: ignore[index,arg-type]
+        key = (origin, verify, cert)
+        pool = self._pools.get(key)
+        if pool is None:
+            if len(self._pools) >= _MAX_REMEMBERED:
+                self._close_pools()
+            pool = self.get_connection_with_tls_context(request, verify, cert=cert)
+            self.cert_verify(pool, request.url, verify, cert)  # type: ignore[arg-type]
+            self._pools[key] = pool
+        return pool
+
+    def _timeout(self, timeout: tuple[float, float]) -> urllib3.Timeout:
+        resolved = self._timeouts.get(timeout)
+        if resolved is None:
+            if len(self._timeouts) >= _MAX_REMEMBERED:
+                self._timeouts.clear()
+            connect, read = timeout
+            resolved = self._timeouts[timeout] = urllib3.Timeout(connect=connect, read=read)
+        return resolved
+
+    def close(self) -> None:
+        self._close_pools()
+        super().close()
+
+    def _close_pools(self) -> None:
+        """Close the pools kept here (urllib3's pool manager drops pools without closing them)."""
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
 
 
 class _ForwardingSession(requests.Session):
@@ -191,8 +268,8 @@ class Forwarder:
         return session
 
     def _open_session(self) -> requests.Session:
-        adapter = requests.adapters.HTTPAdapter(pool_connections=self._pool_connections,
-                                                pool_maxsize=self._pool_maxsize, max_retries=0)
+        adapter = _ForwardingAdapter(pool_connections=self._pool_connections, pool_maxsize=self._pool_maxsize,
+                                     max_retries=0)
         session = _ForwardingSession(adapter)
         with self._sessions_lock:
             self._sessions.add(session)
@@ -278,9 +355,10 @@ class Forwarder:
     def _send(self, method: str, target: UpstreamTarget, request_target: str, headers: CaseInsensitiveDict[str],
               payload: bytes | t.Iterator[bytes] | None) -> requests.Response:
         """One exchange, with foreign failures translated. Never follows redirects."""
-        prepared = requests.PreparedRequest()
+        prepared = _ForwardedRequest()
         prepared.method = method
         prepared.url = target.origin + request_target
+        prepared.request_target = request_target
         prepared.headers = headers
         prepared.body = payload  # type: ignore[assignment]
         try:
@@ -367,16 +445,23 @@ def _unsized_chunks(body: t.IO[bytes], head: bytes, limit: int | None) -> t.Iter
 
 def _translate(error: BaseException, name: str) -> UpstreamError:
     """Our error for a failed exchange, naming the cause but never the URL."""
-    timed_out = isinstance(error, requests.Timeout)
     causes = _causes(error)
-    if timed_out or any(isinstance(cause, TimeoutError) for cause in causes):
-        what = "did not accept the connection in time" if isinstance(error, requests.ConnectTimeout) \
-            else "did not answer in time"
+    if any(_is_timeout(cause) for cause in causes):
+        connecting = any(isinstance(cause, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError))
+                         and not isinstance(cause, urllib3.exceptions.NewConnectionError) for cause in causes)
+        what = "did not accept the connection in time" if connecting else "did not answer in time"
         log.warning("upstream %s %s", name, what)
         return UpstreamTimeoutError(f"upstream {name} {what}")
     what, cause = _describe(causes)
     log.warning("upstream %s %s (%s)", name, what, type(cause).__name__)
     return UpstreamError(f"upstream {name} {what}")
+
+
+def _is_timeout(error: BaseException) -> bool:
+    """A timeout, whoever raised it (urllib3 counts a refused connection among its timeouts)."""
+    if isinstance(error, urllib3.exceptions.NewConnectionError):
+        return False
+    return isinstance(error, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError))
 
 
 def _describe(causes: list[BaseException]) -> tuple[str, BaseException]:

@@ -370,6 +370,33 @@ def test_connections_are_pooled_per_thread(forwarder: Forwarder, keep_alive_upst
     assert len(ports) == 1 and other_thread and other_thread[0] not in ports
 
 
+def test_a_thread_keeps_its_connections_to_more_upstreams_than_pool_connections(
+        keep_alive_upstream: UpstreamTarget, live_target: UpstreamTarget) -> None:
+    forwarder = Forwarder(pool_connections=1)        # the pool manager alone would keep one origin
+    try:
+        ports = set()
+        for _ in range(3):
+            ports.add(upstream_port(forwarder, keep_alive_upstream))
+            response = forwarder.forward(make_request(), None, live_target)
+            assert response.status_code == 200
+            read_all(response)
+        assert len(ports) == 1
+    finally:
+        forwarder.close()
+
+
+def test_forwarding_works_again_after_the_forwarder_is_closed(forwarder: Forwarder,
+                                                              keep_alive_upstream: UpstreamTarget) -> None:
+    first = upstream_port(forwarder, keep_alive_upstream)
+    forwarder.close()
+    assert upstream_port(forwarder, keep_alive_upstream) not in (first, b"")
+
+
+def test_connections_are_reused_across_requests_to_one_upstream(forwarder: Forwarder,
+                                                                keep_alive_upstream: UpstreamTarget) -> None:
+    assert len({upstream_port(forwarder, keep_alive_upstream) for _ in range(5)}) == 1
+
+
 # --- request bodies ---------------------------------------------------------------------
 
 def test_large_upload_is_streamed_with_its_content_length(forwarder: Forwarder, live_target: UpstreamTarget) -> None:
