@@ -3,8 +3,8 @@
 Starts on 127.0.0.1 nginx (the upstream, a small JSON), the test OAuth server, the gateway
 under gunicorn with the shipped ``conf/gunicorn.conf.py`` (plus a per-worker request counter),
 and the naive Flask + ``requests`` proxy with the same gunicorn settings; then drives each
-setup with ``wrk -t2 -c32 -d10s``, interleaved A B C … A B C … so drift cancels in the
-ratios, and prints the median of the rounds. ``--memory`` instead measures worker RSS after
+setup with ``wrk -t2 -c32``, in short rounds that alternate the order (A B C, C B A, …) so
+drift cancels in the ratios, and prints the median of the rounds. ``--memory`` instead measures worker RSS after
 1,000 and 100,000 requests. Every process started here is stopped on exit.
 """
 
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--no-extras", action="store_true",
@@ -212,7 +212,9 @@ class Report:
     def measure(self) -> None:
         before = self._idp_stats()["introspection_calls"]
         for round_number in range(self.args.rounds):
-            for setup in self.setups:
+            # Forward, then reverse order (A B C, C B A, ...): drift within a round biases each
+            # pair one way in one round and the other way in the next.
+            for setup in self.setups if round_number % 2 == 0 else self.setups[::-1]:
                 counts = _worker_counts(setup.server)
                 result = self._wrk(setup, self.args.duration)
                 setup.results.append(result)
@@ -236,7 +238,8 @@ class Report:
             "",
             f"Run {self.started:%Y-%m-%d %H:%M} UTC on {_machine()}.",
             f"`wrk -t{self.args.threads} -c{self.args.connections} -d{self.args.duration}s --latency`, "
-            f"{self.args.rounds} interleaved rounds, median shown. gunicorn: {_gunicorn_shape()} "
+            f"{self.args.rounds} interleaved rounds (order reversed every other round), median shown. "
+            f"gunicorn: {_gunicorn_shape()} "
             "(shipped conf/gunicorn.conf.py; worker recycling off so every round sees steady workers). "
             "Gateway logs at the production default (info, access log on) into a file.",
             f"Load average (1 min) before: {self.load_before[0]:.2f}, after: {os.getloadavg()[0]:.2f} "

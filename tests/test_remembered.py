@@ -25,7 +25,8 @@ from keys import rsa_key
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp.test/introspect"
 KEY = rsa_key("remembered")
-SEED_POLICY = (pathlib.Path(__file__).resolve().parent.parent / "rego" / "oauth-scope-apiproduct-opa-cm.rego").read_text()
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SEED_POLICY = (REPO / "rego" / "oauth-scope-apiproduct-opa-cm.rego").read_text()
 PATH_POLICY = """\
 package bypath
 default allow = false
