@@ -255,9 +255,9 @@ class _Failure(Exception):
 class IntrospectionValidator:
     """Validates opaque tokens against an RFC 7662 endpoint, with a bounded, hashed-key cache.
 
-    ``calls``, ``cache_hits`` and ``cache_misses`` count IdP requests and cache lookups for metrics.
-    A cached answer is only the token's state: exp/nbf are re-checked on every hit, and the
-    caller re-checks scopes and policy on every request.
+    ``calls`` counts IdP requests (cache hits and misses are counted in the metrics). A cached
+    answer is only the token's state: exp/nbf are re-checked on every hit; the pipeline reuses
+    its outcome for the same cached answer (see :mod:`gateway_app.auth.remembered`).
     """
 
     def __init__(
@@ -281,9 +281,7 @@ class IntrospectionValidator:
         self._sleep = sleep
         self._counter_lock = threading.Lock()
         self._metrics = IdpMetrics(settings.introspection_url, "introspection")
-        self.calls = 0
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self.calls = 0                     # IdP calls made (attempts), for tests and tools
         if settings.tls.insecure_skip_verify:
             log.warning("TLS verification disabled for %s", settings.introspection_url)
 
@@ -303,10 +301,8 @@ class IntrospectionValidator:
         key = self._key(token)
         entry = self._cache.get(key)
         if entry is not None:
-            self._count("cache_hits")
             self._metrics.cache_hits.inc()
         else:
-            self._count("cache_misses")
             self._metrics.cache_misses.inc()
             entry = self._flight.do(key, lambda: self._introspect_and_store(key, token))
         return self._token_info(key, entry)
@@ -393,7 +389,8 @@ class IntrospectionValidator:
     def _ask_once(self, token: str) -> dict[str, t.Any]:
         """One POST; the parsed JSON object, or a :class:`_Failure` saying why not."""
         data, headers = self._request_parts(token)
-        self._count("calls")
+        with self._counter_lock:
+            self.calls += 1
         started = time.perf_counter()
         try:
             return self._post(data, headers)
@@ -446,10 +443,6 @@ class IntrospectionValidator:
             failure.content_type, body[:EXCERPT_CHARS], detail[:EXCERPT_CHARS * 2],
         )
         raise IdentityProviderError(f"token introspection failed: {failure.why}") from None
-
-    def _count(self, counter: str) -> None:
-        with self._counter_lock:
-            setattr(self, counter, getattr(self, counter) + 1)
 
 
 def _failure_reason(failure: _Failure) -> str:
