@@ -20,9 +20,9 @@ import urllib.parse
 
 import requests
 
+from ..cache import KeyHasher
 from ..cache import SingleFlight
 from ..cache import TTLCache
-from ..cache import KeyHasher
 from ..cache import hash_key
 from ..config.fields import Node
 from ..config.secrets import SecretStore
