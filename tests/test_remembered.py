@@ -268,3 +268,13 @@ def test_the_debug_route_evaluates_its_policy_on_every_request(make_app, request
     for _ in range(2):
         assert client.get("/petstore", headers=bearer(jwt)).status_code == 200
     assert client.evaluations == {"data.test.allow == true": 2}
+
+
+def test_a_reloaded_policy_decides_again_for_a_token_whose_allow_was_remembered(make_app, requests_mock,
+                                                                                  monkeypatch, tmp_path):
+    client = build_client(make_app, requests_mock, monkeypatch)
+    jwt = token()
+    assert client.get("/petstore", headers=bearer(jwt)).status_code == 200
+    (tmp_path / "rego" / "seed.rego").write_text("package test\ndefault allow = false\n")
+    assert client.application.extensions["gateway"].reload().config is not None
+    assert client.get("/petstore", headers=bearer(jwt)).status_code == 403
