@@ -47,6 +47,14 @@ def _update(digest: t.Any, part: str | bytes) -> None:
     digest.update(data)
 
 
+class CacheBackend(t.Protocol):
+    """Where token state is kept: :class:`TTLCache` in memory, or Redis (``cache_redis``)."""
+
+    def get(self, key: str) -> dict[str, t.Any] | None: ...
+
+    def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None: ...
+
+
 class TTLCache(t.Generic[V]):
     """An LRU-bounded map whose entries expire at absolute deadlines."""
 

@@ -11,7 +11,8 @@ beyond the Redis entry's own deadline. The same in-process cache is the fallback
 is unreachable or slow (short socket timeouts), the cache logs once, keeps serving from memory,
 and tries Redis again after ``retry_after`` seconds. A Redis failure never fails a request.
 
-Misses are single-flight across processes: the first process to miss a key takes a short
+Misses are single-flight across processes (unless ``single_flight=False``, for entries that are
+cheaper to compute than to wait for, such as verified JWT claims): the first process to miss a key takes a short
 Redis lock (``SET NX PX``) and gets ``None`` (its caller asks the IdP and calls ``set``, which
 releases the lock); a process that misses while another holds the lock polls Redis for the
 entry for up to ``flight_wait`` seconds, then gives up and lets its caller ask the IdP itself.
@@ -37,6 +38,7 @@ from .cache import TTLCache
 log = logging.getLogger("gateway_app.cache_redis")
 
 KEY_PREFIX = "gateway:token:"
+JWT_KEY_PREFIX = "gateway:jwt:"          # verified JWT claims (gateway_app.auth.jwt_validation)
 SOCKET_TIMEOUT = 0.1
 RETRY_AFTER = 5.0
 NEAR_TTL = 5.0
@@ -52,9 +54,10 @@ class RedisTokenCache:
 
     def __init__(self, url: str, fallback_max_entries: int = 10_000, *, prefix: str = KEY_PREFIX,
                  socket_timeout: float = SOCKET_TIMEOUT, retry_after: float = RETRY_AFTER,
-                 near_ttl: float = NEAR_TTL, flight_wait: float = FLIGHT_WAIT,
+                 near_ttl: float = NEAR_TTL, flight_wait: float = FLIGHT_WAIT, single_flight: bool = True,
                  clock: t.Callable[[], float] = time.monotonic) -> None:
         self.prefix = prefix
+        self.single_flight = single_flight
         self.flight_wait = flight_wait
         self.retry_after = retry_after
         self.near_ttl = near_ttl
@@ -81,7 +84,7 @@ class RedisTokenCache:
             return value
         try:
             value = self._fetch(key)
-            if value is None and not self._lead_flight(key):
+            if value is None and self.single_flight and not self._lead_flight(key):
                 value = self._wait_for_leader(key)
         except _REDIS_FAILURES as error:
             self._mark_down(error)
@@ -132,7 +135,8 @@ class RedisTokenCache:
             pipe = self._client.pipeline(transaction=False)
             if data is not None:
                 pipe.set(self.prefix + key, data, px=milliseconds)
-            pipe.delete(LOCK_PREFIX + key)          # the flight is over either way
+            if self.single_flight:
+                pipe.delete(LOCK_PREFIX + key)      # the flight is over either way
             pipe.execute()
         except _REDIS_FAILURES as error:
             self._mark_down(error)

@@ -15,18 +15,27 @@ import socket
 import time
 import typing as t
 
+import jwt
 import pytest
 import redis
 
 from gateway_app.auth.introspection import IntrospectionValidator
 from gateway_app.auth.introspection import parse_introspection_settings
+from gateway_app.auth.jwt_validation import JwtValidator
+from gateway_app.auth.jwt_validation import parse_jwt_settings
 from gateway_app.cache import hash_key
+from gateway_app.cache_redis import JWT_KEY_PREFIX
 from gateway_app.cache_redis import KEY_PREFIX
 from gateway_app.cache_redis import LOCK_PREFIX
 from gateway_app.cache_redis import RedisTokenCache
 from gateway_app.config.fields import Node
 from gateway_app.config.secrets import SecretStore
 from gateway_app.errors import InvalidTokenError
+from tests.keys import claims
+from tests.keys import jwks_json
+from tests.keys import make_jwt
+from tests.keys import public_jwk
+from tests.keys import rsa_key
 from tests.support.servers import ServerProcess
 from tests.support.servers import free_port
 
@@ -265,3 +274,30 @@ def test_validators_sharing_redis_ask_the_idp_once_per_token(redis_url, raw, mak
     assert all(b"good-1" not in key and b"bad-1" not in key for key in raw.keys("*"))
     first.close()
     second.close()
+
+
+def test_jwt_validators_sharing_redis_check_each_signature_once(redis_url, raw, make_cache, monkeypatch):
+    decodes: list[str] = []
+    decode = jwt.decode
+
+    def counting(encoded: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        decodes.append(encoded)
+        return decode(encoded, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    jwks = jwks_json(public_jwk(rsa_key("redis-shared"), kid="k1"))
+    settings = parse_jwt_settings(Node({"localJwks": {"inlineString": jwks}}, "test.yaml", "jwt"))
+    first, second = (JwtValidator(settings, shared=make_cache(redis_url, prefix=JWT_KEY_PREFIX, single_flight=False))
+                     for _ in range(2))
+    token = make_jwt(claims(sub="alice"), rsa_key("redis-shared"), "RS256", kid="k1")
+
+    assert first.validate(token).subject == second.validate(token).subject == "alice"
+    assert decodes == [token]
+    [key] = raw.keys(JWT_KEY_PREFIX + "*")
+    assert 290_000 < raw.pttl(key) <= 300_000 and token.encode() not in key
+
+
+def test_a_cache_without_single_flight_never_takes_a_flight_lock(redis_url, raw, make_cache):
+    cache = make_cache(redis_url, prefix=JWT_KEY_PREFIX, single_flight=False)
+    assert cache.get(KEY) is None
+    assert raw.keys("*") == []

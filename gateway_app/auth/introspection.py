@@ -20,6 +20,7 @@ import urllib.parse
 
 import requests
 
+from ..cache import CacheBackend
 from ..cache import KeyHasher
 from ..cache import SingleFlight
 from ..cache import TTLCache
@@ -51,14 +52,6 @@ EXCERPT_CHARS = 120
 # Headers the gateway sets itself; users may not override them with ``headers``.
 _RESERVED_HEADERS = frozenset({"content-type", "content-length", "transfer-encoding", "connection", "accept"})
 _VISIBLE_ASCII = frozenset(chr(c) for c in range(0x21, 0x7F))
-
-
-class CacheBackend(t.Protocol):
-    """Where introspection answers are kept: :class:`TTLCache` in memory, Redis later."""
-
-    def get(self, key: str) -> dict[str, t.Any] | None: ...
-
-    def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)

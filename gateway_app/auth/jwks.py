@@ -17,6 +17,7 @@ No background thread is started: gunicorn forks workers after the app is built.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import threading
@@ -25,6 +26,7 @@ import typing as t
 
 import jwt
 import requests
+from cryptography.hazmat.primitives import serialization
 
 from ..config.fields import Node
 from ..errors import IdentityProviderError
@@ -64,6 +66,7 @@ class VerificationKey:
     crv: str | None
     alg: str | None
     key: t.Any = dataclasses.field(repr=False)
+    thumbprint: str = ""            # SHA-256 of the public key (DER SubjectPublicKeyInfo), hex
 
     def fits(self, alg: str) -> bool:
         if self.alg is not None and self.alg != alg:
@@ -86,6 +89,7 @@ class KeySet:
     keys: tuple[VerificationKey, ...]
     ignored: tuple[str, ...] = ()
     _by_kid: dict[str, tuple[VerificationKey, ...]] = dataclasses.field(init=False, repr=False)
+    _by_thumbprint: dict[str, VerificationKey] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         by_kid: dict[str, tuple[VerificationKey, ...]] = {}
@@ -93,9 +97,13 @@ class KeySet:
             if key.kid is not None:
                 by_kid[key.kid] = by_kid.get(key.kid, ()) + (key,)
         object.__setattr__(self, "_by_kid", by_kid)
+        object.__setattr__(self, "_by_thumbprint", {key.thumbprint: key for key in self.keys if key.thumbprint})
 
     def with_kid(self, kid: str) -> tuple[VerificationKey, ...]:
         return self._by_kid.get(kid, ())
+
+    def with_thumbprint(self, thumbprint: str) -> VerificationKey | None:
+        return self._by_thumbprint.get(thumbprint)
 
     def fitting(self, alg: str) -> tuple[VerificationKey, ...]:
         return tuple(key for key in self.keys if key.fits(alg))
@@ -163,7 +171,13 @@ def _build_key(jwk: t.Any) -> VerificationKey | str:
     weakness = key.Algorithm.check_key_length(public_key)
     if weakness:
         return f"too weak: {weakness}"
-    return VerificationKey(jwk.get("kid"), kty, crv, alg, public_key)
+    return VerificationKey(jwk.get("kid"), kty, crv, alg, public_key, thumbprint=_thumbprint(public_key))
+
+
+def _thumbprint(public_key: t.Any) -> str:
+    """The key's identity across processes: SHA-256 of its DER SubjectPublicKeyInfo."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
 
 
 def _skip_reason(jwk: dict[str, t.Any]) -> str | None:

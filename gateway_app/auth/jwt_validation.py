@@ -19,8 +19,10 @@ import typing as t
 
 import jwt
 
-from ..cache import TTLCache
+from ..cache import CacheBackend
 from ..cache import KeyHasher
+from ..cache import TTLCache
+from ..cache import hash_key
 from ..config.fields import Node
 from ..errors import InvalidTokenError
 from .jwks import DEFAULT_MIN_FETCH_INTERVAL
@@ -101,6 +103,12 @@ def _parse_algorithms(node: Node) -> tuple[str, ...]:
     return tuple(dict.fromkeys(algorithms))
 
 
+def acceptance_fingerprint(settings: JwtSettings) -> str:
+    """What decides whether this validator accepts a correctly signed token (keys aside)."""
+    return hash_key(json.dumps([settings.issuer, sorted(settings.audiences), sorted(settings.algorithms),
+                                settings.require_kid, settings.require_typ]))
+
+
 VERIFIED_CACHE_ENTRIES = 10_000
 VERIFIED_CACHE_TTL = 300.0
 
@@ -113,12 +121,20 @@ class JwtValidator:
     up to 5 minutes, never past its ``exp``: a repeat gets the same :class:`TokenInfo`
     without a signature check, but its ``exp``/``nbf`` are checked again, and a new key set
     (rotation, a key removed) invalidates every remembered token.
+
+    With a ``shared`` cache (Redis, ``GATEWAY_TOKEN_CACHE_URL``) verified claims are also
+    stored for other workers and replicas, keyed by the token's hash and by what decides its
+    acceptance here (issuer, audiences, algorithms, ``kid``/``typ`` requirements), with the
+    thumbprint of the key that verified them. Another validator takes such an entry only while
+    that key is in its own current key set and the ``alg`` is allowed; it re-checks the times.
     """
 
     def __init__(self, settings: JwtSettings, *, session: requests.Session | None = None,
                  min_fetch_interval: float = DEFAULT_MIN_FETCH_INTERVAL,
-                 clock: t.Callable[[], float] = time.monotonic) -> None:
+                 clock: t.Callable[[], float] = time.monotonic, shared: CacheBackend | None = None) -> None:
         self.settings = settings
+        self._shared = shared
+        self._shared_key = KeyHasher("shared-verified-jwt/v1", acceptance_fingerprint(settings))
         self.keys = build_key_source(settings.jwks, timeout=settings.timeout, session=session,
                                      min_fetch_interval=min_fetch_interval, clock=clock)
         self._allowed = frozenset(settings.algorithms)
@@ -147,18 +163,44 @@ class JwtValidator:
         """
         key = self._key(token)
         remembered = self._verified.get(key)
-        if remembered is not None and remembered[0] is self.keys.current():
+        key_set = self.keys.current()
+        if remembered is not None and remembered[0] is key_set:
             info = remembered[1]
             self._check_times(info)
             return info
-        header = _read_header(token)
-        alg = self._check_header(header)
-        key_set = self.keys.current()
-        candidates = self._candidate_keys(header.get("kid"), alg)
-        claims = self._decode_with_any(token, alg, candidates)
-        info = TokenInfo(claims=claims, kind="jwt", expires_at=float(claims["exp"]))
+        info = self._shared_info(token, key_set) if self._shared is not None else None
+        if info is None:
+            header = _read_header(token)
+            alg = self._check_header(header)
+            candidates = self._candidate_keys(header.get("kid"), alg)
+            claims, verifier = self._decode_with_any(token, alg, candidates)
+            info = TokenInfo(claims=claims, kind="jwt", expires_at=float(claims["exp"]))
+            self._share(token, info, verifier, alg)
         self._remember(key, key_set, info)
         return info
+
+    def _shared_info(self, token: str, key_set: KeySet) -> TokenInfo | None:
+        """Claims another process verified, if the key that verified them is one of ours."""
+        assert self._shared is not None
+        entry = self._shared.get(self._shared_key(token))
+        if not isinstance(entry, dict):
+            return None
+        claims, thumbprint, alg = entry.get("claims"), entry.get("key"), entry.get("alg")
+        if not (isinstance(claims, dict) and isinstance(thumbprint, str) and isinstance(alg, str)):
+            return None
+        verifier = key_set.with_thumbprint(thumbprint)
+        exp = _number(claims.get("exp"))
+        if verifier is None or alg not in self._allowed or not verifier.fits(alg) or exp is None:
+            return None
+        info = TokenInfo(claims=claims, kind="jwt", expires_at=exp)
+        self._check_times(info)
+        return info
+
+    def _share(self, token: str, info: TokenInfo, verifier: VerificationKey, alg: str) -> None:
+        if self._shared is None or not verifier.thumbprint or info.expires_at is None:
+            return
+        entry = {"claims": dict(info.claims), "key": verifier.thumbprint, "alg": alg}
+        self._shared.set(self._shared_key(token), entry, min(VERIFIED_CACHE_TTL, info.expires_at - time.time()))
 
     def _remember(self, key: str, key_set: KeySet, info: TokenInfo) -> None:
         if self.keys.current() is not key_set:       # the set changed while verifying: don't pin the old one
@@ -222,15 +264,17 @@ class JwtValidator:
                                     reason="kid_unknown")
         return fitting
 
-    def _decode_with_any(self, token: str, alg: str, keys: tuple[VerificationKey, ...]) -> dict[str, t.Any]:
-        """Decode with the first key whose signature matches (one key when the token names a kid)."""
+    def _decode_with_any(self, token: str, alg: str,
+                         keys: tuple[VerificationKey, ...]) -> tuple[dict[str, t.Any], VerificationKey]:
+        """The claims, decoded with the first key whose signature matches (one key when the token
+        names a kid), and that key."""
         for key in keys[:-1]:
             try:
-                return self._decode(token, alg, key)
+                return self._decode(token, alg, key), key
             except InvalidTokenError as e:
                 if e.reason != "signature_invalid":
                     raise
-        return self._decode(token, alg, keys[-1])
+        return self._decode(token, alg, keys[-1]), keys[-1]
 
     def _decode(self, token: str, alg: str, key: VerificationKey) -> dict[str, t.Any]:
         try:

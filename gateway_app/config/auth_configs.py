@@ -40,6 +40,7 @@ class ValidatorRegistry:
     def __init__(self, token_cache_url: str | None = None) -> None:
         self._validators: dict[t.Any, t.Any] = {}
         self._token_caches: dict[tuple[str, int], t.Any] = {}
+        self._shared_jwt_cache: t.Any = None
         self._lock = threading.Lock()
         self.token_cache_url = token_cache_url
 
@@ -54,6 +55,19 @@ class ValidatorRegistry:
             if cache is None:
                 cache = self._token_caches[(fingerprint, max_entries)] = self._new_cache(max_entries)
             return cache
+
+    def shared_jwt_cache(self) -> t.Any:
+        """Where verified JWT claims are shared between workers and replicas: Redis when
+        ``GATEWAY_TOKEN_CACHE_URL`` is set (one for every JWT validator), else None."""
+        if not self.token_cache_url:
+            return None
+        with self._lock:
+            if self._shared_jwt_cache is None:
+                from ..cache_redis import JWT_KEY_PREFIX
+                from ..cache_redis import RedisTokenCache
+                self._shared_jwt_cache = RedisTokenCache(self.token_cache_url, prefix=JWT_KEY_PREFIX,
+                                                         single_flight=False)
+            return self._shared_jwt_cache
 
     def _new_cache(self, max_entries: int) -> t.Any:
         if self.token_cache_url:
@@ -183,7 +197,8 @@ def _validator(kind: str, node: Node, namespace: str, ctx: AuthBuildContext) -> 
         settings = parse_jwt_settings(node)
         key = ("jwt", settings)
         ctx.used_validator_keys.add(key)
-        return ctx.validators.get(key, lambda: JwtValidator(settings)), None
+        shared = ctx.validators.shared_jwt_cache()
+        return ctx.validators.get(key, lambda: JwtValidator(settings, shared=shared)), None
     settings = parse_introspection_settings(node, ctx.secrets, namespace)
     key = ("introspection", settings.config_digest)
     ctx.used_validator_keys.add(key)
