@@ -56,7 +56,10 @@ class CacheBackend(t.Protocol):
 
 
 class TTLCache(t.Generic[V]):
-    """An LRU-bounded map whose entries expire at absolute deadlines."""
+    """An LRU-bounded map whose entries expire at absolute deadlines.
+
+    ``hits`` and ``misses`` are statistics: under concurrent hits they may undercount.
+    """
 
     def __init__(self, max_entries: int = 10_000, clock: t.Callable[[], float] = time.monotonic) -> None:
         if max_entries < 1:
@@ -70,6 +73,14 @@ class TTLCache(t.Generic[V]):
 
     def get(self, key: str) -> V | None:
         now = self._clock()
+        entry = self._entries.get(key)           # a hit needs no lock: each dict operation is atomic
+        if entry is not None and now < entry[0]:
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:                     # evicted by another thread meanwhile: still a hit
+                pass
+            self.hits += 1
+            return entry[1]
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
