@@ -167,11 +167,11 @@ class Gateway:
     def _authorize(self, incoming: IncomingRequest, route: Route, state: AuthState,
                    decision: dict[str, t.Any]) -> dict[str, str]:
         """Run the route's auth; the decision's fields join the request's access record."""
-        headers: dict[str, str] = {}
-        if route.auth is not None:
+        if route.auth is None:
+            headers: dict[str, str] = {}
+        else:
             # The debug route logs its policy input, so its outcomes are never remembered.
-            ctx = AuthContext(request=incoming, route=route, state=state,
-                              remember=self.settings.debug_route != route.name)
+            ctx = AuthContext(incoming, route, state, remember=self.settings.debug_route != route.name)
             started = time.perf_counter()
             try:
                 route.auth.run(ctx)
@@ -180,12 +180,14 @@ class Gateway:
                 state.outcome, state.reason = ("error" if e.status_code >= 500 else "denied"), e.reason
                 raise
             finally:
-                decision.update(api_product=route.api_product_id, auth_config=route.auth.name, query=ctx.query,
-                                auth_ms=round((time.perf_counter() - started) * 1000, 3))
+                decision["api_product"] = route.api_product_id
+                decision["auth_config"] = route.auth.name
+                decision["query"] = ctx.query
+                decision["auth_ms"] = round((time.perf_counter() - started) * 1000, 3)
                 if ctx.policy_input is not None:          # a policy was evaluated, not remembered
                     REQUEST_METRICS.observe_policy(route.name, ctx.policy_duration)
                 self._debug(ctx, route)
-            headers.update(state.upstream_headers)
+            headers = dict(state.upstream_headers)
         if route.transforms is not None:
             route.transforms.render(incoming, state, headers)
         return headers

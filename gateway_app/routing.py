@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 import typing as t
 
@@ -133,9 +134,12 @@ class Route:
         return any(m.matches(request) for m in self.matchers)
 
     @functools.cached_property
-    def policy_key(self) -> tuple[t.Any, ...]:
-        """The route metadata a policy can see: routes with equal keys get equal answers."""
-        return (self.api_product_id, self.usage_plan, tuple(sorted(self.labels.items())))
+    def policy_key(self) -> str:
+        """The route metadata a policy can see: routes with equal keys get equal answers.
+
+        A string, so its hash is computed once (it keys remembered outcomes on every request).
+        """
+        return json.dumps([self.api_product_id, self.usage_plan, sorted(self.labels.items())])
 
     def upstream_path(self, path: str) -> str:
         return self.path_rewrite.apply(path) if self.path_rewrite else path
