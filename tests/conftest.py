@@ -44,3 +44,19 @@ def make_app(tmp_path: pathlib.Path) -> t.Callable[..., t.Any]:
         return app
 
     return factory
+
+
+@pytest.fixture
+def jwt_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens whose signature PyJWT checked during the test, in order."""
+    import jwt
+
+    seen: list[str] = []
+    decode = jwt.decode
+
+    def counting(encoded: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        seen.append(encoded)
+        return decode(encoded, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    return seen

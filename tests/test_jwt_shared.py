@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import typing as t
 
-import jwt
 import pytest
 
 from gateway_app.auth.jwt_validation import JwtValidator
@@ -38,27 +37,13 @@ def token(**overrides: t.Any) -> str:
     return make_jwt(claims(**overrides), KEY, "RS256", kid="k0")
 
 
-@pytest.fixture
-def decodes(monkeypatch) -> list[str]:
-    """Tokens whose signature PyJWT checked."""
-    seen: list[str] = []
-    decode = jwt.decode
-
-    def counting(encoded: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
-        seen.append(encoded)
-        return decode(encoded, *args, **kwargs)
-
-    monkeypatch.setattr(jwt, "decode", counting)
-    return seen
-
-
-def test_a_token_verified_by_one_validator_is_accepted_by_another_without_a_signature_check(decodes):
+def test_a_token_verified_by_one_validator_is_accepted_by_another_without_a_signature_check(jwt_decodes):
     shared: TTLCache = TTLCache()
     value = token(sub="my-client")
     first = validator(shared).validate(value)
     second = validator(shared).validate(value)
     assert second.claims == first.claims and second.claims["sub"] == "my-client"
-    assert decodes == [value]
+    assert jwt_decodes == [value]
 
 
 def test_the_shared_entry_holds_claims_and_the_key_thumbprint_under_a_hashed_key():
@@ -70,17 +55,17 @@ def test_the_shared_entry_holds_claims_and_the_key_thumbprint_under_a_hashed_key
     assert set(entry) == {"claims", "key", "alg"} and len(entry["key"]) == 64 and entry["alg"] == "RS256"
 
 
-def test_an_entry_whose_key_is_not_in_this_validators_key_set_is_not_trusted(decodes):
+def test_an_entry_whose_key_is_not_in_this_validators_key_set_is_not_trusted(jwt_decodes):
     shared: TTLCache = TTLCache()
     value = token()
     validator(shared).validate(value)
     with pytest.raises(InvalidTokenError) as caught:
         validator(shared, OTHER_KEY).validate(value)       # k0 is OTHER_KEY here: the signature fails
     assert caught.value.reason == "signature_invalid"
-    assert decodes == [value, value]
+    assert jwt_decodes == [value, value]
 
 
-def test_validators_with_other_acceptance_rules_do_not_share_entries(decodes):
+def test_validators_with_other_acceptance_rules_do_not_share_entries():
     shared: TTLCache = TTLCache()
     value = token()
     validator(shared).validate(value)
@@ -104,17 +89,17 @@ def test_an_expired_shared_entry_is_refused_with_its_reason():
     "not a mapping", {"claims": "x", "key": "y", "alg": "RS256"}, {"claims": {}, "key": 1, "alg": "RS256"},
     {"claims": {"sub": "x"}, "key": "0" * 64, "alg": "RS256"},
 ])
-def test_a_malformed_or_unknown_shared_entry_means_verifying_locally(entry, decodes):
+def test_a_malformed_or_unknown_shared_entry_means_verifying_locally(entry, jwt_decodes):
     shared: TTLCache = TTLCache()
     value = token()
     validator(shared).validate(value)
     [key] = list(shared._entries)
     shared._entries[key] = (shared._entries[key][0], entry)
     assert validator(shared).validate(value).claims["sub"] == claims()["sub"]
-    assert decodes == [value, value]
+    assert jwt_decodes == [value, value]
 
 
-def test_an_entry_naming_an_alg_this_validator_does_not_allow_is_not_trusted(decodes):
+def test_an_entry_naming_an_alg_this_validator_does_not_allow_is_not_trusted(jwt_decodes):
     shared: TTLCache = TTLCache()
     value = token()
     validator(shared).validate(value)
@@ -122,7 +107,7 @@ def test_an_entry_naming_an_alg_this_validator_does_not_allow_is_not_trusted(dec
     deadline, entry = shared._entries[key]
     shared._entries[key] = (deadline, {**entry, "alg": "ES256"})
     validator(shared).validate(value)
-    assert decodes == [value, value]
+    assert jwt_decodes == [value, value]
 
 
 def test_a_refused_token_is_never_shared():
