@@ -142,7 +142,7 @@ class Gateway:
 
     def _incoming(self, request: Request, rid: str) -> IncomingRequest:
         environ = request.environ
-        headers, counts = _headers_of(environ)
+        headers = _headers_of(environ)
         if len(headers) > self.settings.max_header_count:
             raise BadRequestError(f"more than {self.settings.max_header_count} headers", reason="too_many_headers")
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.path
@@ -156,7 +156,7 @@ class Gateway:
             path=path, query_string=query_string, headers=headers,
             query=_parse_query(request) if query_string else {},
             cookies=dict(request.cookies) if "cookie" in headers else {},
-            remote_addr=environ.get("REMOTE_ADDR", ""), request_id=rid, header_counts=counts,
+            remote_addr=environ.get("REMOTE_ADDR", ""), request_id=rid,
         )
 
     def _check_body(self, request: Request, route: Route) -> None:
@@ -242,11 +242,11 @@ class Gateway:
         return dataclasses.replace(incoming, query_string=query_string)
 
 
-def _headers_of(environ: t.Mapping[str, t.Any]) -> tuple[dict[str, str], dict[str, int]]:
-    """Lower-cased request headers straight from the WSGI environ, with repeat counts.
+def _headers_of(environ: t.Mapping[str, t.Any]) -> dict[str, str]:
+    """Lower-cased request headers straight from the WSGI environ.
 
-    WSGI servers join repeated headers with commas; gunicorn does, so ``counts`` only
-    sees repeats that the server reports separately (the test client, some servers).
+    WSGI servers join a repeated header with commas; :mod:`gateway_app.auth.tokens` refuses
+    a credential header holding one.
     """
     headers: dict[str, str] = {}
     for key, value in environ.items():
@@ -256,7 +256,7 @@ def _headers_of(environ: t.Mapping[str, t.Any]) -> tuple[dict[str, str], dict[st
         headers["content-type"] = environ["CONTENT_TYPE"]
     if "CONTENT_LENGTH" in environ and environ["CONTENT_LENGTH"]:
         headers["content-length"] = environ["CONTENT_LENGTH"]
-    return headers, {}
+    return headers
 
 
 def _parse_query(request: Request) -> dict[str, list[str]]:

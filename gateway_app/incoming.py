@@ -24,7 +24,6 @@ class IncomingRequest:
     cookies: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
     remote_addr: str = ""
     request_id: str = ""
-    header_counts: t.Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def hostname(self) -> str:

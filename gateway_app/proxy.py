@@ -122,8 +122,10 @@ def _split_base_url(name: str, base_url: str) -> tuple[str, str]:
 
 
 class _ForwardedRequest(requests.PreparedRequest):
-    """A prepared request that also knows its request target (path and query, in wire form)."""
+    """A prepared request that also knows its parts: ``url`` is ``origin + request_target``
+    (the path and query in wire form)."""
 
+    origin: str = ""
     request_target: str = ""
 
 
@@ -165,8 +167,7 @@ class _ForwardingAdapter(requests.adapters.HTTPAdapter):
         return response
 
     def _pool(self, request: _ForwardedRequest, verify: bool | str, cert: t.Any) -> urllib3.HTTPConnectionPool:
-        origin = request.url[:len(request.url) - len(request.request_target)]  # type: ignore[index,arg-type]
-        key = (origin, verify, cert)
+        key = (request.origin, verify, cert)
         pool = self._pools.get(key)
         if pool is None:
             if len(self._pools) >= _MAX_REMEMBERED:
@@ -358,6 +359,7 @@ class Forwarder:
         prepared = _ForwardedRequest()
         prepared.method = method
         prepared.url = target.origin + request_target
+        prepared.origin = target.origin
         prepared.request_target = request_target
         prepared.headers = headers
         prepared.body = payload  # type: ignore[assignment]

@@ -74,7 +74,7 @@ class AuthPipeline:
         assert isinstance(first, OAuth2Step)
         info = first.authenticate(ctx)
         key = (self.serial, ctx.route.policy_key)
-        outcome = remembered.recall(info, key)
+        outcome = info.memo.get(key)
         if outcome is not None:
             outcome.apply(ctx)
             return

@@ -107,10 +107,6 @@ class Outcome:
         ctx.query = self.query
 
 
-def recall(info: TokenInfo, key: t.Hashable) -> Outcome | None:
-    return info.memo.get(key)
-
-
 def remember(info: TokenInfo, key: t.Hashable, outcome: Outcome) -> None:
     memo = info.memo
     if len(memo) >= MAX_OUTCOMES_PER_TOKEN:

@@ -74,8 +74,6 @@ class TokenSource:
         raw = request.headers.get(self.header)
         if raw is None:
             return None
-        if request.header_counts.get(self.header, 1) > 1:
-            raise BadRequestError(f"the {self.header} header is repeated", reason="token_header_repeated")
         if not self.scheme:
             _refuse_joined_repeats(raw, self.header)
             return FoundToken(raw.strip(), ("header", self.header)) if raw.strip() else _malformed("empty token")

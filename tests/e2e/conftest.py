@@ -10,6 +10,7 @@ import pathlib
 import typing as t
 
 import pytest
+import requests
 
 from tests.support.oauth_server import request_token
 from tests.support.servers import ServerProcess
@@ -59,6 +60,14 @@ def oauth(e2e_log_dir: pathlib.Path) -> t.Iterator[ServerProcess]:
 def httpbin(e2e_log_dir: pathlib.Path) -> t.Iterator[ServerProcess]:
     with httpbin_server(e2e_log_dir) as server:
         yield server
+
+
+@pytest.fixture
+def http() -> t.Iterator[requests.Session]:
+    """A client session that ignores proxy settings from the environment."""
+    with requests.Session() as session:
+        session.trust_env = False
+        yield session
 
 
 def token(oauth: ServerProcess, client_id: str, secret: str, scope: str | None = None) -> str:

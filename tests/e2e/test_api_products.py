@@ -47,12 +47,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, oauth: ServerProcess,
         yield server
 
 
-@pytest.fixture(scope="module")
-def http() -> t.Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
-
 
 @pytest.fixture(scope="module")
 def tokens(oauth: ServerProcess) -> dict[str, str]:

@@ -97,12 +97,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, oauth: ServerProcess,
         yield server
 
 
-@pytest.fixture(scope="module")
-def http() -> t.Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
-
 
 def bearer(access_token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {access_token}"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import typing as t
 
 import jwt
 import pytest
@@ -17,12 +16,6 @@ from .conftest import token
 
 TIMEOUT = 10
 
-
-@pytest.fixture(scope="module")
-def http() -> t.Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
 
 
 def introspect(http: requests.Session, oauth: ServerProcess, access_token: str,

@@ -56,12 +56,6 @@ def replicas(tmp_path: pathlib.Path, oauth: ServerProcess, httpbin: ServerProces
                 gateway.stop()
 
 
-@pytest.fixture
-def http() -> t.Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
-
 
 def introspection_calls(http: requests.Session, oauth: ServerProcess) -> int:
     return http.get(f"{oauth.url}/admin/stats", timeout=TIMEOUT).json()["introspection_calls"]

@@ -90,12 +90,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, oauth: ServerProcess,
         yield server
 
 
-@pytest.fixture(scope="module")
-def http() -> t.Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
-
 
 @pytest.fixture
 def access_token(oauth: ServerProcess) -> str:

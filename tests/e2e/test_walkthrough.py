@@ -153,12 +153,6 @@ def gateways(tmp_path: pathlib.Path, oauth: ServerProcess, httpbin: ServerProces
     launcher.stop_all()
 
 
-@pytest.fixture(scope="module")
-def http() -> t.Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
-
 
 def bearer(access_token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {access_token}"}
