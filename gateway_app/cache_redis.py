@@ -119,7 +119,9 @@ class RedisTokenCache:
             if value is not None:
                 return value
             if not self._client.exists(LOCK_PREFIX + key):
-                return None
+                # The leader stores its entry and drops the lock in one pipeline: the entry may
+                # have arrived between the look above and this one.
+                return self._fetch(key)
         return None
 
     def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None:
