@@ -10,6 +10,7 @@ import pytest
 
 from gateway_app import create_app
 from gateway_app.settings import Settings
+from tests.support.recording_upstream import RecordingUpstream
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -60,3 +61,11 @@ def jwt_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(jwt, "decode", counting)
     return seen
+
+
+@pytest.fixture
+def recording_upstream() -> t.Iterator[RecordingUpstream]:
+    """A raw-socket upstream on 127.0.0.1 that records what it receives and answers as told
+    (:mod:`tests.support.recording_upstream`)."""
+    with RecordingUpstream() as upstream:
+        yield upstream
