@@ -46,7 +46,60 @@ FLIGHT_LOCK_TTL = 5.0
 FLIGHT_WAIT = 2.0
 FLIGHT_POLL = 0.005
 LOCK_PREFIX = "gateway:flight:"
-_REDIS_FAILURES = (redis.RedisError, OSError)
+REDIS_FAILURES = (redis.RedisError, OSError)
+
+
+def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    """A client for ``url`` that never waits longer than ``socket_timeout`` and never retries.
+
+    Shared by the token cache and the rate limiter: a Redis failure costs one request at most
+    ``socket_timeout`` seconds, then :class:`RedisBackoff` keeps requests away from Redis.
+    """
+    return redis.Redis.from_url(
+        url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), health_check_interval=0,
+    )
+
+
+class RedisBackoff:
+    """After a Redis failure, skip Redis for ``retry_after`` seconds; log the outage once.
+
+    ``what`` names the user ("token cache"), ``instead`` what happens meanwhile.
+    """
+
+    def __init__(self, url: str, what: str, instead: str, *, retry_after: float | None = None,
+                 clock: t.Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.instead = instead
+        self.retry_after = RETRY_AFTER if retry_after is None else retry_after
+        self.failures = 0
+        self._where = _describe(url)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until: float | None = None
+
+    def usable(self) -> bool:
+        """False while a back-off after a failure runs; the call after it tries Redis again."""
+        down_until = self._down_until
+        return down_until is None or self._clock() >= down_until
+
+    def mark_down(self, error: BaseException) -> None:
+        with self._lock:
+            first = self._down_until is None
+            self._down_until = self._clock() + self.retry_after
+            self.failures += 1
+        if first:
+            log.warning("%s: Redis at %s failed (%s); %s, retrying every %g s",
+                        self.what, self._where, type(error).__name__, self.instead, self.retry_after)
+
+    def mark_up(self) -> None:
+        if self._down_until is None:
+            return
+        with self._lock:
+            was_down = self._down_until is not None
+            self._down_until = None
+        if was_down:
+            log.info("%s: Redis at %s answers again", self.what, self._where)
 
 
 class RedisTokenCache:
@@ -59,19 +112,16 @@ class RedisTokenCache:
         self.prefix = prefix
         self.single_flight = single_flight
         self.flight_wait = flight_wait
-        self.retry_after = retry_after
         self.near_ttl = near_ttl
         self.local: TTLCache[dict[str, t.Any]] = TTLCache(fallback_max_entries, clock=clock)
-        self._clock = clock
-        self._where = _describe(url)
-        self._client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
-            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), health_check_interval=0,
-        )
-        self._lock = threading.Lock()
-        self._down_until: float | None = None
+        self._client = connect(url, socket_timeout)
+        self._backoff = RedisBackoff(url, "token cache", "using the in-process cache", retry_after=retry_after,
+                                     clock=clock)
         self._owner = f"{os.getpid()}:{id(self):x}:{time.time_ns()}".encode()
-        self.failures = 0
+
+    @property
+    def failures(self) -> int:
+        return self._backoff.failures
 
     def get(self, key: str) -> dict[str, t.Any] | None:
         """The entry, from memory or Redis; None when absent, expired or unreadable.
@@ -80,16 +130,16 @@ class RedisTokenCache:
         or it waits for the leader's entry, as described in the module docstring.
         """
         value = self.local.get(key)
-        if value is not None or not self._redis_usable():
+        if value is not None or not self._backoff.usable():
             return value
         try:
             value = self._fetch(key)
             if value is None and self.single_flight and not self._lead_flight(key):
                 value = self._wait_for_leader(key)
-        except _REDIS_FAILURES as error:
-            self._mark_down(error)
+        except REDIS_FAILURES as error:
+            self._backoff.mark_down(error)
             return None
-        self._mark_up()
+        self._backoff.mark_up()
         return value
 
     def _fetch(self, key: str) -> dict[str, t.Any] | None:
@@ -131,7 +181,7 @@ class RedisTokenCache:
         if milliseconds > 0:
             self.local.set(key, value, self._near_ttl(ttl))
             data = _encode(value)
-        if not self._redis_usable():
+        if not self._backoff.usable():
             return
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -140,39 +190,16 @@ class RedisTokenCache:
             if self.single_flight:
                 pipe.delete(LOCK_PREFIX + key)      # the flight is over either way
             pipe.execute()
-        except _REDIS_FAILURES as error:
-            self._mark_down(error)
+        except REDIS_FAILURES as error:
+            self._backoff.mark_down(error)
             return
-        self._mark_up()
+        self._backoff.mark_up()
 
     def close(self) -> None:
         self._client.close()
 
     def _near_ttl(self, ttl: float) -> float:
         return min(ttl, self.near_ttl)
-
-    def _redis_usable(self) -> bool:
-        """False while a back-off after a failure runs; the call after it tries Redis again."""
-        down_until = self._down_until
-        return down_until is None or self._clock() >= down_until
-
-    def _mark_down(self, error: BaseException) -> None:
-        with self._lock:
-            first = self._down_until is None
-            self._down_until = self._clock() + self.retry_after
-            self.failures += 1
-        if first:
-            log.warning("token cache: Redis at %s failed (%s); using the in-process cache, retrying every %g s",
-                        self._where, type(error).__name__, self.retry_after)
-
-    def _mark_up(self) -> None:
-        if self._down_until is None:
-            return
-        with self._lock:
-            was_down = self._down_until is not None
-            self._down_until = None
-        if was_down:
-            log.info("token cache: Redis at %s answers again; sharing entries again", self._where)
 
 
 def _encode(value: dict[str, t.Any]) -> str | None:

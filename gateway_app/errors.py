@@ -153,6 +153,31 @@ class PolicyError(AccessDeniedError):
     public_message = "access denied by policy"
 
 
+class RateLimitedError(GatewayError):
+    """A usage plan's rate limit or quota is exhausted: 429 (RFC 6585 section 4) with ``Retry-After``
+    and the rate-limit fields of the answer (:mod:`gateway_app.usage_plans`)."""
+
+    status_code = 429
+    reason = "rate_limited"
+    public_message = "the usage plan's rate limit is exhausted; retry later"
+
+    def __init__(self, message: str | None = None, *, reason: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.headers = headers or {}
+
+    def extra_headers(self) -> dict[str, str]:
+        return dict(self.headers)
+
+
+class RateLimitUnavailableError(GatewayError):
+    """The shared rate-limit store (Redis) failed and the failure mode is ``closed``."""
+
+    status_code = 503
+    reason = "rate_limit_unavailable"
+    public_message = "rate limits cannot be checked right now"
+
+
 class IdentityProviderError(GatewayError):
     """The IdP or JWKS endpoint is down, slow or answering garbage."""
 

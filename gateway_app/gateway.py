@@ -43,6 +43,8 @@ from .paths import normalize_path
 from .proxy import Forwarder
 from .routing import Route
 from .settings import Settings
+from .usage_plans import UsagePlanEnforcer
+from .usage_plans import build_limiter
 
 log = logging.getLogger("gateway_app.gateway")
 
@@ -55,6 +57,7 @@ class Gateway:
         self.registry = ValidatorRegistry(settings.token_cache_url)
         self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None,
                                                  trusted_proxies=settings.trusted_proxies)
+        self.usage_plans = UsagePlanEnforcer(build_limiter(settings), self.forwarder.client_address)
         self._lock = threading.Lock()
         self._generation = itertools.count(1)
         self._round_robin = itertools.count()
@@ -119,8 +122,10 @@ class Gateway:
             route = config.router.match(incoming).route
             self._check_body(request, route)
             add_headers = self._authorize(incoming, route, state, decision)
+            limit_headers = self.usage_plans.admit(incoming, route, state, config.usage_plans, decision)
             forwarding = time.perf_counter()
             response = self._forward(request, incoming, route, state, add_headers)
+            response.headers.update(limit_headers)
             REQUEST_METRICS.observe_upstream(route.name, time.perf_counter() - forwarding)
             status = response.status_code
             return response

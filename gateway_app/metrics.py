@@ -88,6 +88,9 @@ JWKS_REFRESHES = Counter("gateway_jwks_refreshes", "JWKS fetches, by result (ok 
                          ["idp", "result"], registry=REGISTRY)
 STALE_SERVED = Counter("gateway_stale_if_error_served", "Token answers served stale while the IdP was unavailable",
                        registry=REGISTRY)
+USAGE_PLAN_REQUESTS = Counter("gateway_usage_plan_requests",
+                              "Requests counted against a usage plan, by plan and outcome "
+                              "(allowed, limited, unavailable)", ["plan", "outcome"], registry=REGISTRY)
 CONFIG_RELOADS = Counter("gateway_config_reloads", "Config reloads, by result (accepted or rejected)",
                          ["result"], registry=REGISTRY)
 CONFIG_GENERATION = Gauge("gateway_config_generation", "The config generation a worker serves",

@@ -344,6 +344,20 @@ class Forwarder:
         if request.request_id:
             headers["x-request-id"] = request.request_id
 
+    def client_address(self, request: IncomingRequest) -> str:
+        """The client's IP: the peer, or when the peer is a trusted proxy, the nearest address in
+        ``X-Forwarded-For`` that is not one (read right to left, as each proxy appends its peer)."""
+        address = request.remote_addr
+        if not self._trusted(address):
+            return address
+        for hop in reversed(request.headers.get("x-forwarded-for", "").split(",")):
+            hop = hop.strip()
+            if hop:
+                address = hop
+                if not self._trusted(hop):
+                    break
+        return address
+
     def _trusted(self, address: str) -> bool:
         if not self._trusted_networks or not address:
             return False

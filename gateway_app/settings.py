@@ -16,6 +16,10 @@ GATEWAY_TRUSTED_PROXIES        peers whose X-Forwarded-* are kept           (non
 GATEWAY_RELOAD_INTERVAL        seconds between checks of conf/ and rego/    ``2`` (0: off)
 GATEWAY_DEBUG_ROUTE            log input document and decision of one route (none)
 GATEWAY_TOKEN_CACHE_URL        ``redis://host:port/db``: share token cache   (in-process)
+GATEWAY_RATE_LIMIT_URL         Redis for usage-plan counters                 the token cache's
+GATEWAY_RATE_LIMIT_FAILURE     Redis down: ``open`` (per-worker limits) or   ``open``
+                               ``closed`` (503)
+GATEWAY_RATE_LIMIT_WORKERS     without Redis, divide every limit by this     ``1``
 =============================  ===========================================  ==============
 """
 
@@ -46,6 +50,14 @@ class Settings:
     reload_interval: float = 2.0
     debug_route: str | None = None
     token_cache_url: str | None = None
+    rate_limit_url: str | None = None
+    rate_limit_failure: str = "open"
+    rate_limit_workers: int = 1
+
+    @property
+    def rate_limit_store(self) -> str | None:
+        """Where usage-plan counters live: ``GATEWAY_RATE_LIMIT_URL``, else the token cache's Redis."""
+        return self.rate_limit_url or self.token_cache_url
 
     @classmethod
     def from_env(cls, environ: t.Mapping[str, str] | None = None, **overrides: t.Any) -> "Settings":
@@ -76,6 +88,12 @@ class Settings:
             values["reload_interval"] = float(env["GATEWAY_RELOAD_INTERVAL"])
         if env.get("GATEWAY_TOKEN_CACHE_URL"):
             values["token_cache_url"] = env["GATEWAY_TOKEN_CACHE_URL"]
+        if env.get("GATEWAY_RATE_LIMIT_URL"):
+            values["rate_limit_url"] = env["GATEWAY_RATE_LIMIT_URL"]
+        if env.get("GATEWAY_RATE_LIMIT_FAILURE"):
+            values["rate_limit_failure"] = env["GATEWAY_RATE_LIMIT_FAILURE"].strip().lower()
+        if env.get("GATEWAY_RATE_LIMIT_WORKERS"):
+            values["rate_limit_workers"] = int(env["GATEWAY_RATE_LIMIT_WORKERS"])
         if env.get("GATEWAY_DEBUG_ROUTE"):
             values["debug_route"] = env["GATEWAY_DEBUG_ROUTE"]
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -90,5 +108,9 @@ class Settings:
             raise ValueError("GATEWAY_LOG_FORMAT must be plain or json")
         if self.log_level not in ("debug", "info", "warning", "error", "critical"):
             raise ValueError("GATEWAY_LOG_LEVEL must be debug, info, warning, error or critical")
+        if self.rate_limit_failure not in ("open", "closed"):
+            raise ValueError("GATEWAY_RATE_LIMIT_FAILURE must be open or closed")
+        if self.rate_limit_workers < 1:
+            raise ValueError("GATEWAY_RATE_LIMIT_WORKERS must be >= 1")
         if self.max_body_bytes < 0 or self.max_header_count < 1:
             raise ValueError("GATEWAY_MAX_BODY_BYTES must be >= 0 and GATEWAY_MAX_HEADER_COUNT >= 1")

@@ -109,3 +109,13 @@ def test_undefined_or_invalid_result_becomes_a_policy_error(value, reason):
 
     assert isinstance(error, PolicyError)
     assert (error.status_code, error.reason) == (403, reason)
+
+
+def test_dynamic_metadata_of_an_allowing_object_is_kept():
+    decision = Decision.from_result({"allowed": True, "dynamic_metadata": {"usagePlan": "gold"}})
+    assert (decision.allowed, decision.dynamic_metadata) == (True, {"usagePlan": "gold"})
+
+
+def test_dynamic_metadata_that_is_not_an_object_makes_the_result_invalid():
+    decision = Decision.from_result({"allowed": True, "dynamic_metadata": ["gold"]})
+    assert (decision.allowed, decision.reason) == (False, "policy_result_invalid")

@@ -187,6 +187,8 @@ class OpaStep:
             raise AccessDeniedError("access denied by policy", reason=decision.reason,
                                     status_code=decision.http_status, headers=decision.headers, body=decision.body)
         ctx.state.upstream_headers.update(decision.headers)
+        if decision.dynamic_metadata:
+            ctx.state.metadata.setdefault(f"config_{self.index}", {}).update(decision.dynamic_metadata)
 
     def decide(self, ctx: AuthContext) -> Decision:
         if ctx.policy_input is None:

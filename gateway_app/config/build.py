@@ -31,10 +31,15 @@ from .route_tables import RouteTableCompiler
 from .secrets import SecretStore
 from .secrets import parse_secret
 from .upstreams import parse_upstream
+from .usage_plans import UsagePlans
+from .usage_plans import check_settings
+from .usage_plans import duplicate_name
+from .usage_plans import parse_settings
+from .usage_plans import parse_usage_plan
 from .vs_compiler import compile_virtual_service
 
 KINDS = ("Secret", "Upstream", "ConfigMap", "AuthConfig", "ExtAuthServer", "ExtAuthPolicy",
-         "VirtualService", "RouteTable")
+         "VirtualService", "RouteTable", "UsagePlan", "UsagePlanSettings")
 
 
 @dataclasses.dataclass
@@ -64,6 +69,7 @@ class GatewayConfig:
     generation: int
     validators: tuple[t.Any, ...]
     statuses: tuple[ResourceStatus, ...]
+    usage_plans: UsagePlans = UsagePlans()
 
 
 @dataclasses.dataclass
@@ -89,6 +95,7 @@ class _Builder:
         self.configmap_modules: dict[tuple[str, str], list[RegoModule]] = {}
         self.auth_pipelines: dict[tuple[str, str], t.Any] = {}
         self.secrets = SecretStore([])
+        self.usage_plans = UsagePlans()
 
     # -- bookkeeping -----------------------------------------------------------
     def _status(self, resource: RawResource) -> ResourceStatus:
@@ -168,6 +175,29 @@ class _Builder:
         for resource in self.by_kind["ExtAuthServer"]:
             self._status(resource)
 
+    def build_usage_plans(self) -> None:
+        plans: dict[str, t.Any] = {}
+        defined: dict[str, RawResource] = {}
+        for resource in self.by_kind["UsagePlan"]:
+            def parse(r: RawResource = resource) -> t.Any:
+                if r.name in defined:
+                    raise duplicate_name(r, defined[r.name])
+                return parse_usage_plan(r)
+            plan = self._guard(resource, parse)
+            defined.setdefault(resource.name, resource)
+            if plan is not None:
+                plans[plan.name] = plan
+        settings = None
+        for index, resource in enumerate(self.by_kind["UsagePlanSettings"]):
+            def parse_one(r: RawResource = resource, first: bool = index == 0) -> t.Any:
+                if not first:
+                    raise ConfigError("only one UsagePlanSettings resource may exist", where=r.where, line=r.line)
+                parsed = parse_settings(r)
+                check_settings(r, parsed, defined)
+                return parsed
+            settings = self._guard(resource, parse_one) or settings
+        self.usage_plans = UsagePlans(plans, settings) if settings else UsagePlans(plans)
+
     def _configmap(self, resource: RawResource) -> list[RegoModule]:
         node = Node(resource.body, resource.where, path="")
         for field in ("apiVersion", "kind", "metadata"):
@@ -220,7 +250,8 @@ class _Builder:
                                                                                     self.auth_pipelines))
             if vhost is not None:
                 vhosts.append(vhost)
-        compiler = RouteTableCompiler(self.by_kind["RouteTable"], self.by_kind["ExtAuthPolicy"], self.upstreams, ctx)
+        compiler = RouteTableCompiler(self.by_kind["RouteTable"], self.by_kind["ExtAuthPolicy"], self.upstreams, ctx,
+                                      usage_plans={r.name for r in self.by_kind["UsagePlan"]})
         vhosts.extend(compiler.compile(self._guard, self._reject))
         return vhosts
 
@@ -232,6 +263,7 @@ def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
     builder.load()
     builder.load_rego()
     builder.build_simple_kinds()
+    builder.build_usage_plans()
     ctx = AuthBuildContext(secrets=builder.secrets, modules=builder.resolve_modules, validators=builder.registry)
     builder.build_auth(ctx)
     vhosts = builder.build_routes(ctx)
@@ -245,7 +277,7 @@ def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
         return BuildResult(None, builder.statuses)
     builder.registry.retain(ctx.used_validator_keys)
     config = GatewayConfig(router=router, generation=generation, validators=tuple(builder.registry.all()),
-                           statuses=tuple(builder.statuses))
+                           statuses=tuple(builder.statuses), usage_plans=builder.usage_plans)
     return BuildResult(config, builder.statuses)
 
 

@@ -25,6 +25,7 @@ from .auth_configs import parse_auth_pipeline
 from .fields import Node
 from .loader import RawResource
 from .upstreams import target_from_url
+from .usage_plans import check_plan_label
 from .virtual_services import parse_header_matchers
 from .virtual_services import parse_methods
 from .virtual_services import parse_path
@@ -67,8 +68,10 @@ class PolicyAttachment:
 
 class RouteTableCompiler:
     def __init__(self, tables: list[RawResource], policies: list[RawResource],
-                 upstreams: dict[tuple[str, str], Targets], ctx: AuthBuildContext) -> None:
+                 upstreams: dict[tuple[str, str], Targets], ctx: AuthBuildContext,
+                 usage_plans: t.Container[str] = frozenset()) -> None:
         self.table_resources = tables
+        self.usage_plans = usage_plans
         self.policy_resources = policies
         self.upstreams = upstreams
         self.ctx = ctx
@@ -143,6 +146,7 @@ class RouteTableCompiler:
     def _parse_route(self, node: Node, index: int, resource: RawResource, default: Targets | None) -> TableRoute:
         name = node.str("name", default=f"{resource.name}-{index}")
         labels = node.str_map("labels")
+        check_plan_label(node, labels, self.usage_plans)
         matchers = tuple(self._matcher(m) for m in node.children("matchers")) or (CATCH_ALL,)
         kind = node.one_of("forwardTo", "delegate")
         targets, rewrite, delegate = None, None, ()

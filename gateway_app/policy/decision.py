@@ -3,10 +3,13 @@
 Gloo's query semantics: a result allows only when it is ``true`` or a list whose first element
 is ``true``. OPA-Envoy's richer result is an object::
 
-    {"allowed": bool, "headers": {str: str}, "http_status": 100..599, "body": any}
+    {"allowed": bool, "headers": {str: str}, "http_status": 100..599, "body": any,
+     "dynamic_metadata": {str: any}}
 
 where ``allowed`` is required and must be a boolean, ``headers`` (optional) must map strings to
-strings, and ``http_status`` (optional, 403 by default on deny) must be an integer status.
+strings, ``http_status`` (optional, 403 by default on deny) must be an integer status, and
+``dynamic_metadata`` (optional, as opa-envoy-plugin's) must be an object: on allow it joins the
+request's dynamic metadata (``usagePlan`` there picks the usage plan).
 Other keys are ignored. Anything else denies:
 
 =================================  =========================
@@ -52,6 +55,7 @@ class Decision:
     body: t.Any = None
     reason: str = DENIED
     detail: str = ""
+    dynamic_metadata: dict[str, t.Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_result(cls, value: t.Any) -> Decision:
@@ -88,8 +92,8 @@ class Decision:
         return dataclasses.asdict(self)
 
 
-def _allow(headers: dict[str, str] | None = None) -> Decision:
-    return Decision(allowed=True, headers=headers or {}, reason=ALLOWED)
+def _allow(headers: dict[str, str] | None = None, dynamic_metadata: dict[str, t.Any] | None = None) -> Decision:
+    return Decision(allowed=True, headers=headers or {}, reason=ALLOWED, dynamic_metadata=dynamic_metadata or {})
 
 
 def _deny(reason: str, detail: str = "", *, status: int | None = None, headers: dict[str, str] | None = None,
@@ -121,8 +125,11 @@ def _from_object(result: dict[str, t.Any]) -> Decision:
     status = result.get("http_status")
     if status is not None and not _is_status(status):
         return _invalid(f"'http_status' must be an integer from 100 to 599, got {status!r:.40}")
+    metadata = result.get("dynamic_metadata", {})
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        return _invalid("'dynamic_metadata' must be an object")
     if allowed:
-        return _allow(dict(headers))
+        return _allow(dict(headers), dict(metadata))
     return _deny(DENIED, status=status, headers=dict(headers), body=result.get("body"))
 
 
