@@ -4,6 +4,8 @@
 ``/jwt``            JWT (RS256, remote JWKS) + the seed's Rego policy + ``x-customer`` from ``sub``
 ``/introspection``  RFC 7662 introspection (cached) + the same policy on introspection claims
                     + ``x-customer`` from ``sub``
+``/jwt-limited``    ``/jwt`` plus the usage plan ``bench`` (1,000,000 requests a second per client:
+                    counted on every request, never trips), to price the limiter stage
 
 Both secured routes belong to the API product ``petstore``; the policy allows a token whose
 scope names it, exactly as the seed's ``oauth-scope-apiproduct-opa-cm.rego`` does.
@@ -75,7 +77,12 @@ spec:
   http:
   - name: jwt
     labels: {auth: jwt}
-    matchers: [{uri: {prefix: /jwt}}]
+    matchers: [{uri: {exact: /jwt}}]
+    forwardTo:
+      destinations: [{ref: {name: nginx, namespace: bench}, kind: UPSTREAM}]
+  - name: jwt-limited
+    labels: {auth: jwt, usagePlans: bench}
+    matchers: [{uri: {prefix: /jwt-limited}}]
     forwardTo:
       destinations: [{ref: {name: nginx, namespace: bench}, kind: UPSTREAM}]
   - name: introspection
@@ -83,6 +90,12 @@ spec:
     matchers: [{uri: {prefix: /introspection}}]
     forwardTo:
       destinations: [{ref: {name: nginx, namespace: bench}, kind: UPSTREAM}]
+---
+apiVersion: gateway-app/v1
+kind: UsagePlan
+metadata: {name: bench, namespace: bench}
+spec:
+  rateLimit: {requestsPerUnit: 1000000, unit: SECOND}
 ---
 apiVersion: security.policy.gloo.solo.io/v2
 kind: ExtAuthPolicy

@@ -50,6 +50,8 @@ TARGETS = (  # (label, numerator, denominator, comparison, bound)
     ("no-auth / naive proxy (rps)", "open", "naive", ">=", 1.0),
     ("p99 JWT / p99 no-auth", "jwt", "open", "p99<=", 1.2),
     ("p99 introspection / p99 no-auth", "introspection", "open", "p99<=", 1.2),
+    ("JWT + usage plan / JWT, in-process counters (rps)", "jwt-limited", "jwt", ">=", 0.98),
+    ("JWT + usage plan / JWT, Redis counters (rps)", "jwt-limited-redis", "jwt-redis", ">=", 0.95),
 )
 
 
@@ -155,6 +157,8 @@ def _setups(args: argparse.Namespace, stack: Stack, root: pathlib.Path, upstream
         Setup("direct", "upstream direct (nginx)", upstream, [("/open", None)]),
         Setup("open", "gateway, no auth", gateway, [("/open", None)]),
         Setup("jwt", "gateway, JWT + Rego + claim header", gateway, [("/jwt", jwt_token)]),
+        Setup("jwt-limited", "gateway, JWT + Rego + claim header + usage plan (per worker)", gateway,
+              [("/jwt-limited", jwt_token)]),
         Setup("introspection", f"gateway, introspection (cached, {TOKENS} tokens) + Rego + claim header", gateway,
               [("/introspection", token) for token in opaque]),
         Setup("naive", "naive Flask + requests.Session proxy", naive, [("/open", None)]),
@@ -168,8 +172,13 @@ def _setups(args: argparse.Namespace, stack: Stack, root: pathlib.Path, upstream
                                     {**gateway_env, "GATEWAY_TOKEN_CACHE_URL": f"redis://127.0.0.1:{redis.port}/0"})
             setups.insert(5, Setup("introspection-redis", "gateway, introspection, Redis-shared cache + Rego + header",
                                    shared, [("/introspection", token) for token in opaque]))
+            setups += [Setup("jwt-redis", "gateway with Redis, JWT + Rego + claim header", shared,
+                             [("/jwt", jwt_token)]),
+                       Setup("jwt-limited-redis", "gateway with Redis, JWT + Rego + header + usage plan (Redis)",
+                             shared, [("/jwt-limited", jwt_token)])]
     # The no-auth run sits between the two auth runs it is compared with, so each pair is adjacent in time.
-    order = ["direct", "jwt", "open", "introspection", "naive", "open-nolog", "introspection-redis"]
+    order = ["direct", "jwt-limited", "jwt", "open", "introspection", "naive", "open-nolog", "introspection-redis",
+             "jwt-redis", "jwt-limited-redis"]
     return sorted(setups, key=lambda s: order.index(s.key) if s.key in order else len(order))
 
 
@@ -257,6 +266,8 @@ class Report:
                   "seconds apart, so machine drift cancels.", "",
                   "| target | measured | bound | met | per round |", "| --- | ---: | ---: | --- | --- |"]
         for label, top, bottom, comparison, bound in TARGETS:
+            if top not in by_key or bottom not in by_key:
+                continue                     # --no-extras or no redis-server: no Redis rows
             field = "requests_per_second" if comparison == ">=" else "p99_ms"
             ratios = _round_ratios(by_key[top], by_key[bottom], field)
             value = statistics.median(ratios)
@@ -289,10 +300,13 @@ def _check_decisions(http: requests.Session, setup: Setup) -> str:
     """The setup admits the benchmark's request and, when it sends a token, refuses one without."""
     path, token = setup.requests[0]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    status = http.get(setup.server.url + path, headers=headers, timeout=10).status_code
+    response = http.get(setup.server.url + path, headers=headers, timeout=10)
+    status = response.status_code
     if status != 200:
         raise SystemExit(f"{setup.key} answers {status}, not 200: see {setup.server.log_path}")
     line = f"{setup.key}: the benchmark's request -> {status}"
+    if "RateLimit-Policy" in response.headers:
+        line += f" (RateLimit-Policy: {response.headers['RateLimit-Policy']}, RateLimit: {response.headers['RateLimit']})"
     if token:
         refused = http.get(setup.server.url + path, timeout=10).status_code
         if refused not in (401, 403):

@@ -16,7 +16,7 @@ fi
 ours() {
   local cmdline
   cmdline=$({ tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null) || return 1
-  [[ "$cmdline" == *gunicorn* || "$cmdline" == *tests.support.oauth_server* ]]
+  [[ "$cmdline" == *gunicorn* || "$cmdline" == *tests.support.oauth_server* || "$cmdline" == *redis-server* ]]
 }
 
 # alive PGID: a process of that group runs and is not a zombie (demo.sh reaps its

@@ -18,6 +18,7 @@ IDP_PUBLIC_PORT=4444
 IDP_ADMIN_PORT=4445
 UPSTREAM_PORT=8000
 GATEWAY_PORT=8080
+REDIS_PORT=6390            # usage-plan counters shared by the gateway's workers (when redis-server exists)
 START_TIMEOUT="${DEMO_START_TIMEOUT:-30}"
 
 for tool in "$PYTHON" "$GUNICORN"; do
@@ -168,8 +169,15 @@ main() {
   local oauth_pid=$!
   start httpbin "$GUNICORN" -k gthread -w 2 --threads 4 --no-control-socket -b "127.0.0.1:$UPSTREAM_PORT" httpbin:app
   local httpbin_pid=$!
+  # Usage plans count exactly when the workers share Redis; without redis-server, one worker does.
+  local plan_env=(GATEWAY_WORKERS=1)
+  if command -v redis-server >/dev/null && port_is_free "$REDIS_PORT"; then
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$PWD/$DEMO_DIR"
+    plan_env=("GATEWAY_RATE_LIMIT_URL=redis://127.0.0.1:$REDIS_PORT/0")
+  fi
   local gateway_argv=()
   mapfile -t gateway_argv < <(gateway_command)
+  export "${plan_env[@]}"
   GATEWAY_CONFIG_DIR="$PWD/conf" GATEWAY_REGO_DIR="$PWD/rego" start gateway "${gateway_argv[@]}"
   local gateway_pid=$!
 
