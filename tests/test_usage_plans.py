@@ -170,7 +170,6 @@ def test_a_consumer_gets_exactly_the_plan_budget_then_429_with_retry_after_and_r
     assert refused.headers["RateLimit"] == '"bronze";r=0;t=20'
     assert refused.headers["X-RateLimit-Remaining"] == "0"
     assert refused.headers["X-RateLimit-Reset"] == "20"
-    assert requests_mock.request_history.count  # upstream calls:
     assert sum(1 for r in requests_mock.request_history if r.url.startswith(UPSTREAM)) == 3
 
 
