@@ -52,6 +52,14 @@ limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 16384
 
+# The gateway alone decides what a forwarding header is worth (GATEWAY_TRUSTED_PROXIES; see
+# gateway_app.incoming): gunicorn trusts none. Its defaults would let any loopback peer set
+# wsgi.url_scheme with X-Forwarded-Proto / X-Forwarded-Ssl / X-Forwarded-Protocol, and a trusted
+# peer (or any peer on a UNIX socket) override SCRIPT_NAME / PATH_INFO with headers.
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}
+forwarder_headers = ""
+
 # Each worker loads config itself (no preload): reload watchers and sessions live per worker.
 preload_app = False
 accesslog = None            # the gateway writes its own access log (one line per request)

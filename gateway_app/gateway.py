@@ -33,13 +33,14 @@ from .errors import GatewayError
 from .errors import PayloadTooLargeError
 from .errors import render_error
 from .incoming import IncomingRequest
+from .incoming import TrustedProxies
+from .incoming import from_environ
 from .metrics import REQUEST_METRICS
 from .metrics import observe_generation
 from .metrics import observe_reload
 from .observability import log_access
 from .observability import redact
 from .observability import request_id
-from .paths import normalize_path
 from .proxy import Forwarder
 from .routing import Route
 from .settings import Settings
@@ -55,9 +56,9 @@ class Gateway:
     def __init__(self, settings: Settings, forwarder: Forwarder | None = None) -> None:
         self.settings = settings
         self.registry = ValidatorRegistry(settings.token_cache_url)
-        self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None,
-                                                 trusted_proxies=settings.trusted_proxies)
-        self.usage_plans = UsagePlanEnforcer(build_limiter(settings), self.forwarder.client_address)
+        self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
+        self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None)
+        self.usage_plans = UsagePlanEnforcer(build_limiter(settings), self.trusted_proxies.client_address)
         self._lock = threading.Lock()
         self._generation = itertools.count(1)
         self._round_robin = itertools.count()
@@ -146,23 +147,8 @@ class Gateway:
                        **decision)
 
     def _incoming(self, request: Request, rid: str) -> IncomingRequest:
-        environ = request.environ
-        headers = _headers_of(environ)
-        if len(headers) > self.settings.max_header_count:
-            raise BadRequestError(f"more than {self.settings.max_header_count} headers", reason="too_many_headers")
-        raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.path
-        raw_path = raw_uri.split("?", 1)[0]
-        if "://" in raw_path:                  # absolute-form request target
-            raw_path = "/" + raw_path.split("://", 1)[1].partition("/")[2]
-        path = normalize_path(raw_path)
-        query_string = environ.get("QUERY_STRING", "")
-        return IncomingRequest(
-            method=request.method, scheme=environ.get("wsgi.url_scheme", "http"), host=headers.get("host", ""),
-            path=path, query_string=query_string, headers=headers,
-            query=_parse_query(request) if query_string else {},
-            cookies=dict(request.cookies) if "cookie" in headers else {},
-            remote_addr=environ.get("REMOTE_ADDR", ""), request_id=rid,
-        )
+        return from_environ(request.environ, request_id=rid, trusted_proxies=self.trusted_proxies,
+                            max_header_count=self.settings.max_header_count)
 
     def _check_body(self, request: Request, route: Route) -> None:
         limit = route.max_body_bytes if route.max_body_bytes is not None else self.settings.max_body_bytes
@@ -245,31 +231,6 @@ class Gateway:
         if query_string == incoming.query_string:
             return incoming
         return dataclasses.replace(incoming, query_string=query_string)
-
-
-def _headers_of(environ: t.Mapping[str, t.Any]) -> dict[str, str]:
-    """Lower-cased request headers straight from the WSGI environ.
-
-    WSGI servers join a repeated header with commas; :mod:`gateway_app.auth.tokens` refuses
-    a credential header holding one.
-    """
-    headers: dict[str, str] = {}
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            headers[key[5:].replace("_", "-").lower()] = value
-    if "CONTENT_TYPE" in environ and environ["CONTENT_TYPE"]:
-        headers["content-type"] = environ["CONTENT_TYPE"]
-    if "CONTENT_LENGTH" in environ and environ["CONTENT_LENGTH"]:
-        headers["content-length"] = environ["CONTENT_LENGTH"]
-    return headers
-
-
-def _parse_query(request: Request) -> dict[str, list[str]]:
-    """:raises BadRequestError: raw bytes in the query string that are not UTF-8."""
-    try:
-        return {k: request.args.getlist(k) for k in request.args}
-    except UnicodeDecodeError:
-        raise BadRequestError("the query string is not valid UTF-8", reason="query_invalid") from None
 
 
 class _ClientBody:

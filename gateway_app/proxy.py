@@ -6,9 +6,10 @@ and gunzip a 3xx body to prepare the next hop) and never keeps upstream cookies 
 would grow for ever, shared by every client of the thread). Its :class:`_ForwardingAdapter`
 goes straight to the urllib3 pool of the target.
 
-The URL is built here, byte for byte, and never goes through requests' re-quoting.
-urllib3 still percent-encodes bytes that cannot appear in a request target and
-upper-cases existing escapes (``%2f`` -> ``%2F``), which RFC 3986 treats as equal.
+The request target is built here and sent byte for byte: it goes through neither requests'
+re-quoting nor urllib3's (which would turn every ``%`` of a query holding one stray ``%``
+into ``%25``, so the upstream would read another query than the policy did). Its parts were
+checked when the request was read (:mod:`gateway_app.incoming`): visible ASCII only.
 Foreign exceptions become :class:`UpstreamError` / :class:`UpstreamTimeoutError` here.
 URLs never reach a message or a log line: a query string may carry a token.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import http.cookiejar
-import ipaddress
 import logging
 import os
 import socket
@@ -42,6 +42,7 @@ from gateway_app.errors import GatewayError
 from gateway_app.errors import PayloadTooLargeError
 from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
+from gateway_app.incoming import is_forwarding_header
 
 if t.TYPE_CHECKING:
     from gateway_app.incoming import IncomingRequest
@@ -63,12 +64,8 @@ _NOT_SETTABLE_BY_ROUTE = HOP_BY_HOP_HEADERS | {"content-length"}
 _NOT_COPIED_FROM_UPSTREAM = HOP_BY_HOP_HEADERS
 _NOT_COPIED_FROM_UPSTREAM_WITH_ID = HOP_BY_HOP_HEADERS | {"x-request-id"}
 
-# What a client could forge about where the request came from or which URL it asked for:
-# dropped unless the peer is a trusted proxy. URL overrides (IIS, Symfony) are always dropped.
-_FORWARDING_HEADERS = frozenset({
-    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix",
-    "x-forwarded-server", "forwarded", "x-real-ip", "x-client-ip", "true-client-ip",
-})
+# URL overrides (IIS, Symfony) are dropped even from trusted proxies; the other forwarding
+# headers a client could forge are dropped unless the peer is trusted (incoming.is_forwarding_header).
 _URL_OVERRIDE_HEADERS = frozenset({"x-original-url", "x-rewrite-url"})
 
 _NO_HEADERS: t.Mapping[str, str] = types.MappingProxyType({})
@@ -146,12 +143,17 @@ class _ForwardingAdapter(requests.adapters.HTTPAdapter):
         self._pools: dict[tuple[str, bool | str, t.Any], urllib3.HTTPConnectionPool] = {}
         self._timeouts: dict[t.Any, urllib3.Timeout] = {}
 
+    def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WIRE_TARGET_POOLS
+
     def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: t.Any = None,
              verify: bool | str = True, cert: t.Any = None, proxies: t.Any = None) -> requests.Response:
         if not isinstance(request, _ForwardedRequest) or proxies:
             return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
         answer = self._pool(request, verify, cert).urlopen(
-            method=request.method, url=request.request_target, body=request.body, headers=request.headers,
+            method=request.method, url=request.request_target, wire_target=request.request_target,
+            body=request.body, headers=request.headers,
             redirect=False, assert_same_host=False, preload_content=False, decode_content=False,
             retries=self.max_retries, timeout=self._timeout(timeout),
             chunked=not (request.body is None or "Content-Length" in request.headers),
@@ -197,6 +199,21 @@ class _ForwardingAdapter(requests.adapters.HTTPAdapter):
             pool.close()
 
 
+class _WireTargetPool(urllib3.HTTPConnectionPool):
+    """A pool that sends the ``wire_target`` it is given as it is (urllib3 would re-encode it)."""
+
+    def _make_request(self, conn: t.Any, method: str, url: str, *args: t.Any, wire_target: str | None = None,
+                      **kwargs: t.Any) -> t.Any:
+        return super()._make_request(conn, method, wire_target or url, *args, **kwargs)
+
+
+class _WireTargetHTTPSPool(_WireTargetPool, urllib3.HTTPSConnectionPool):
+    pass
+
+
+_WIRE_TARGET_POOLS = {"http": _WireTargetPool, "https": _WireTargetHTTPSPool}
+
+
 class _ForwardingSession(requests.Session):
     """A Session for relaying: no environment look-ups, no redirects, no cookie jar."""
 
@@ -215,15 +232,13 @@ class _ForwardingSession(requests.Session):
 class Forwarder:
     """Sends requests to upstream targets over per-thread connection pools.
 
-    ``preserve_host`` sends the client's Host (unless the target rewrites it);
-    ``max_body_bytes`` caps request bodies (None: no cap); ``trusted_proxies`` (addresses or
-    CIDR networks) are the peers whose X-Forwarded-* and Forwarded headers are kept.
+    ``preserve_host`` sends the client's (normalized) Host unless the target rewrites it;
+    ``max_body_bytes`` caps request bodies (None: no cap). Forwarding headers are kept only
+    from a request whose ``trusted_peer`` is set (:func:`gateway_app.incoming.from_environ`).
     """
 
     def __init__(self, *, pool_connections: int = 10, pool_maxsize: int = 32,
-                 preserve_host: bool = True, max_body_bytes: int | None = None,
-                 trusted_proxies: t.Iterable[str] = ()) -> None:
-        self._trusted_networks = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+                 preserve_host: bool = True, max_body_bytes: int | None = None) -> None:
         self._pool_connections = pool_connections
         self._pool_maxsize = pool_maxsize
         self._preserve_host = preserve_host
@@ -307,14 +322,14 @@ class Forwarder:
         """The client's end-to-end headers, minus removals, plus the gateway's own."""
         client = request.headers
         dropped = _NOT_COPIED_FROM_CLIENT | _URL_OVERRIDE_HEADERS
-        if not self._trusted(request.remote_addr):
-            dropped = dropped | _FORWARDING_HEADERS
         connection = client.get("connection")
         if connection:
             dropped = dropped | _header_names(connection)
         if remove_headers:
             dropped = dropped | {name.lower() for name in remove_headers}
-        headers = {name: value for name, value in client.items() if name not in dropped}
+        trusted = request.trusted_peer
+        headers = {name: value for name, value in client.items()
+                   if name not in dropped and (trusted or not is_forwarding_header(name))}
         self._set_forwarding_headers(headers, request)
         host = target.host_rewrite or (request.host if self._preserve_host else None)
         if host:
@@ -332,7 +347,9 @@ class Forwarder:
     def _set_forwarding_headers(self, headers: dict[str, str], request: IncomingRequest) -> None:
         """X-Forwarded-*: the peer's address appended; proto and host set unless a trusted proxy sent them.
 
-        Client copies are already gone when the peer is not a trusted proxy.
+        Client copies are already gone when the peer is not a trusted proxy. The proto is the
+        scheme the gateway decided (:func:`gateway_app.incoming.from_environ`), the host the
+        normalized Host that was routed.
         """
         address = request.remote_addr
         if address:
@@ -343,29 +360,6 @@ class Forwarder:
             headers.setdefault("x-forwarded-host", request.host)
         if request.request_id:
             headers["x-request-id"] = request.request_id
-
-    def client_address(self, request: IncomingRequest) -> str:
-        """The client's IP: the peer, or when the peer is a trusted proxy, the nearest address in
-        ``X-Forwarded-For`` that is not one (read right to left, as each proxy appends its peer)."""
-        address = request.remote_addr
-        if not self._trusted(address):
-            return address
-        for hop in reversed(request.headers.get("x-forwarded-for", "").split(",")):
-            hop = hop.strip()
-            if hop:
-                address = hop
-                if not self._trusted(hop):
-                    break
-        return address
-
-    def _trusted(self, address: str) -> bool:
-        if not self._trusted_networks or not address:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted_networks)
 
     def _send(self, method: str, target: UpstreamTarget, request_target: str, headers: CaseInsensitiveDict[str],
               payload: bytes | t.Iterator[bytes] | None) -> requests.Response:
@@ -391,6 +385,7 @@ class Forwarder:
 
 
 def _request_target(target: UpstreamTarget, path: str, query_string: str) -> str:
+    """The origin-form target sent upstream: base path + path, and the client's query as it came."""
     if not path.startswith("/"):
         path = "/" + path
     path = target.base_path + path

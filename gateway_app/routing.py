@@ -1,8 +1,15 @@
 """Routes and the compiled route table: host -> virtual host -> first matching route.
 
 Hosts are matched as Envoy does: an exact domain wins over a ``*.suffix`` wildcard
-(longest suffix first), which wins over ``*``; ports are ignored. Within a virtual
-host, routes are tried in declaration order and the first match wins.
+(longest suffix first), which wins over ``*``; ports are ignored. Domains and the request's
+host name are compared in one form: lower-case, one trailing root dot removed (RFC 1034 §3.1;
+the request's is :func:`gateway_app.incoming.normalize_host`). Within a virtual host, routes
+are tried in declaration order and the first match wins.
+
+A route that rewrites its path (Gloo ``prefixRewrite``, route-table ``pathRewrite``) matches
+its prefix on segment boundaries only, and the rewritten path must already be in the normal
+form of :func:`gateway_app.paths.normalize_path`, so a rewrite never produces a path that an
+upstream resolves to another route's.
 """
 
 from __future__ import annotations
@@ -13,8 +20,11 @@ import json
 import re
 import typing as t
 
+from .errors import BadRequestError
 from .errors import RouteNotFoundError
 from .incoming import IncomingRequest
+from .incoming import split_port
+from .paths import normalize_path
 
 if t.TYPE_CHECKING:
     from .auth.pipeline import AuthPipeline
@@ -44,12 +54,18 @@ class HeaderMatcher:
 
 @dataclasses.dataclass(frozen=True)
 class PathMatcher:
-    """One of prefix / exact / regex (full match, as Envoy's RE2 safe_regex)."""
+    """One of prefix / exact / regex (full match, as Envoy's RE2 safe_regex).
+
+    ``segment_boundary``: a prefix matches only a whole segment run (``/assets`` matches
+    ``/assets`` and ``/assets/x``, not ``/assets..`` or ``/assetsx``); set on the matchers
+    of routes that rewrite their path (:meth:`PathRewrite.for_route`).
+    """
 
     kind: str                       # "prefix" | "exact" | "regex"
     value: str
     regex: re.Pattern[str] | None = None
     case_sensitive: bool = True
+    segment_boundary: bool = False
 
     def matches(self, path: str) -> bool:
         if self.kind == "regex":
@@ -58,7 +74,11 @@ class PathMatcher:
         candidate = path if self.case_sensitive else path.lower()
         if self.kind == "exact":
             return candidate == self.value
-        return candidate.startswith(self.value)
+        if not candidate.startswith(self.value):
+            return False
+        end = len(self.value)
+        return (not self.segment_boundary or end == len(candidate) or self.value.endswith("/")
+                or candidate[end] == "/")
 
     def describe(self) -> str:
         return f"{self.kind} {self.value}"
@@ -93,23 +113,49 @@ class Matcher:
 
 @dataclasses.dataclass(frozen=True)
 class PathRewrite:
-    """Replace the matched prefix (Gloo ``prefixRewrite`` / ``pathRewrite``)."""
+    """Replace the matched prefix (Gloo ``prefixRewrite`` / route-table ``pathRewrite``).
 
-    prefixes: tuple[str, ...]          # longest first
-    replacement: str
+    ``prefixes`` are the prefix/exact matchers whose match is replaced, longest first.
+    """
+
+    prefixes: tuple[PathMatcher, ...]
+    replacement: str                   # starts with '/'
+
+    @classmethod
+    def for_route(cls, matchers: t.Sequence[Matcher],
+                  replacement: str) -> tuple[tuple[Matcher, ...], "PathRewrite"]:
+        """A route's matchers, their rewritten prefixes bound to segment boundaries, and its rewrite.
+
+        Each matcher's last path condition is the one replaced (delegation puts the parent's
+        first); a route with regex matchers only rewrites from ``/``.
+        """
+        bounded = tuple(dataclasses.replace(m, paths=m.paths[:-1] + tuple(
+            dataclasses.replace(p, segment_boundary=True) if p.kind == "prefix" else p for p in m.paths[-1:]))
+            for m in matchers)
+        rewritten = {p for m in bounded for p in m.paths[-1:] if p.kind in ("prefix", "exact")}
+        if not rewritten:
+            rewritten = {PathMatcher("prefix", "/")}
+        return bounded, cls(tuple(sorted(rewritten, key=lambda p: (-len(p.value), p.kind, p.value))), replacement)
 
     def apply(self, path: str) -> str:
+        """The upstream path for ``path`` (a normalized path), unchanged when no prefix matches.
+
+        :raises BadRequestError: ``rewrite_invalid``: the result is not in normal form (it would
+            hold a dot-segment or an empty segment that the upstream resolves on its own).
+        """
         for prefix in self.prefixes:
-            if path.startswith(prefix):
+            if prefix.matches(path):
                 break
         else:
             return path
-        rest = path[len(prefix):]
+        rest = path[len(prefix.value):]
         result = self.replacement + rest
         if self.replacement.endswith("/") and rest.startswith("/"):
             result = self.replacement + rest[1:]
         if not result.startswith("/"):
             result = "/" + result
+        if normalize_path(result) != result:
+            raise BadRequestError("the rewritten path is not a normal path", reason="rewrite_invalid")
         return result
 
 
@@ -142,6 +188,10 @@ class Route:
         return json.dumps([self.api_product_id, self.usage_plan, sorted(self.labels.items())])
 
     def upstream_path(self, path: str) -> str:
+        """The path to forward for the (normalized) request path.
+
+        :raises BadRequestError: the rewrite would produce a path not in normal form.
+        """
         return self.path_rewrite.apply(path) if self.path_rewrite else path
 
 
@@ -176,6 +226,8 @@ class Router:
 
     def _index(self, domain: str, vhost: VirtualHost) -> None:
         domain = strip_port(domain)
+        if domain.endswith(".") and domain != ".":
+            domain = domain[:-1]               # RFC 1034 §3.1: the root dot, as the request's host
         if domain == "*":
             self._any = vhost
         elif domain.startswith("*"):
@@ -217,8 +269,5 @@ class Router:
 
 
 def strip_port(domain: str) -> str:
-    if domain.startswith("["):
-        return domain.split("]", 1)[0] + "]"
-    if domain.count(":") == 1:
-        return domain.rsplit(":", 1)[0]
-    return domain
+    """``example.com:8080`` -> ``example.com`` (a configured domain; wildcards kept)."""
+    return split_port(domain)[0]

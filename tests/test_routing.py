@@ -7,6 +7,7 @@ import typing as t
 
 import pytest
 
+from gateway_app.errors import BadRequestError
 from gateway_app.errors import RouteNotFoundError
 from gateway_app.incoming import IncomingRequest
 from gateway_app.routing import HeaderMatcher
@@ -131,12 +132,40 @@ def test_delegated_matcher_needs_every_path_condition():
 
 
 @pytest.mark.parametrize("rewrite, path, expected", [
-    (PathRewrite(("/petstore",), "/anything/petstore"), "/petstore/pets", "/anything/petstore/pets"),
-    (PathRewrite(("/petstore",), "/"), "/petstore/pets", "/pets"),
-    (PathRewrite(("/petstore",), "/"), "/petstore", "/"),
-    (PathRewrite(("/tracks/status",), "/status/200"), "/tracks/status", "/status/200"),
-    (PathRewrite(("/petstore",), "/x"), "/other", "/other"),
+    (PathRewrite((PathMatcher("prefix", "/petstore"),), "/anything/petstore"), "/petstore/pets",
+     "/anything/petstore/pets"),
+    (PathRewrite((PathMatcher("prefix", "/petstore"),), "/"), "/petstore/pets", "/pets"),
+    (PathRewrite((PathMatcher("prefix", "/petstore"),), "/"), "/petstore", "/"),
+    (PathRewrite((PathMatcher("exact", "/tracks/status"),), "/status/200"), "/tracks/status", "/status/200"),
+    (PathRewrite((PathMatcher("prefix", "/petstore"),), "/x"), "/other", "/other"),
 ], ids=["prefix replaced", "slash replacement does not double slashes", "whole path becomes slash",
         "exact path replaced", "unmatched path unchanged"])
 def test_path_rewrite_replaces_the_matched_prefix(rewrite, path, expected):
     assert rewrite.apply(path) == expected
+
+
+def test_a_prefix_followed_by_a_rewrite_matches_on_segment_boundaries():
+    matchers, rewrite = PathRewrite.for_route((Matcher(paths=(PathMatcher("prefix", "/assets"),)),), "/public/")
+    router = Router([vhost("any", "*", routes=(route("assets", *matchers),))])
+    for path in ("/assets", "/assets/", "/assets/app.js"):
+        assert router.match(request(path)).route.name == "assets"
+    for path in ("/assets..", "/assetsfoo", "/assets../private"):
+        with pytest.raises(RouteNotFoundError):
+            router.match(request(path))
+    assert rewrite.apply("/assets/app.js") == "/public/app.js"
+
+
+def test_a_case_insensitive_prefix_is_rewritten_as_it_matched():
+    matcher = Matcher(paths=(PathMatcher("prefix", "/assets", case_sensitive=False),))
+    _, rewrite = PathRewrite.for_route((matcher,), "/public")
+    assert rewrite.apply("/ASSETS/x") == "/public/x"
+
+
+@pytest.mark.parametrize(("replacement", "path"), [("/public/.", "/assets/x"), ("/p/..", "/assets/x"),
+                                                    ("/p//", "/assets/x")],
+                         ids=["a dot-segment made by the rewrite", "a parent segment", "an empty segment"])
+def test_a_rewritten_path_not_in_normal_form_is_refused(replacement, path):
+    rewrite = PathRewrite((PathMatcher("prefix", "/assets", segment_boundary=True),), replacement)
+    with pytest.raises(BadRequestError) as info:
+        rewrite.apply(path)
+    assert info.value.reason == "rewrite_invalid"

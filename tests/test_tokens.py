@@ -20,7 +20,8 @@ from gateway_app.incoming import IncomingRequest
 def make_request(headers=None, query=None, cookies=None) -> IncomingRequest:
     return IncomingRequest(method="GET", scheme="http", host="gw", path="/", query_string="",
                            headers={k.lower(): v for k, v in (headers or {}).items()}, query=query or {},
-                           cookies=cookies or {})
+                           cookies={name: (value,) if isinstance(value, str) else tuple(value)
+                                    for name, value in (cookies or {}).items()})
 
 
 def test_default_limit_is_8192_characters():
@@ -87,11 +88,44 @@ def test_tokens_outside_visible_ascii_are_malformed(token):
     assert info.value.reason == "token_malformed"
 
 
-@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Bearer  x", "Bearer x y", "Bearer x "],
-                         ids=["no token", "empty token", "two spaces", "two tokens", "trailing space"])
+@pytest.mark.parametrize("header", [
+    "Bearer", "Bearer ", "Bearer x y", "Bearer x ", "Bearer\tx", "Bearer x=y", "Bearer =x", 'Bearer "x"',
+    "Bearer x;y", "Bearer x%41", "Bearer tök",
+], ids=["no token", "empty token", "two tokens", "trailing space", "tab separator", "'=' inside the token",
+        "'=' first", "quoted token", "semicolon", "percent escape", "non-ASCII"])
 def test_malformed_bearer_credentials_are_invalid(header):
-    with pytest.raises(InvalidTokenError):
+    with pytest.raises(InvalidTokenError) as info:
         TokenSource().extract(make_request({"Authorization": header}))
+    assert info.value.reason == "token_malformed"
+
+
+@pytest.mark.parametrize(("header", "token"), [
+    ("Bearer  abc", "abc"),
+    ("Bearer abc==", "abc=="),
+    ("Bearer a-b.c_d~e+f/g", "a-b.c_d~e+f/g"),
+    ("bearer eyJ.eyJ.sig", "eyJ.eyJ.sig"),
+], ids=["1*SP between scheme and token (RFC 9110 §11.4)", "trailing padding", "every b64token character",
+        "case-insensitive scheme with a JWT"])
+def test_bearer_credentials_the_rfc_grammar_allows_are_accepted(header, token):
+    assert TokenSource().extract(make_request({"Authorization": header})).value == token
+
+
+def test_a_repeated_token_cookie_with_different_values_is_ambiguous():
+    """``Cookie: session=<valid>; session=<forged>``: last-wins parsers would trust the forged one."""
+    source = parse_token_source(Node({"cookie": "session"}, "t.yaml"))
+    with pytest.raises(AmbiguousTokenError):
+        source.extract(make_request(cookies={"session": ("valid", "forged")}))
+
+
+def test_a_repeated_token_cookie_with_one_value_is_one_token():
+    source = parse_token_source(Node({"cookie": "session"}, "t.yaml"))
+    assert source.extract(make_request(cookies={"session": ("same", "same")})).value == "same"
+
+
+def test_a_token_header_holding_a_comma_is_refused_whatever_its_scheme():
+    with pytest.raises(BadRequestError) as info:
+        TokenSource().extract(make_request({"Authorization": "Basic dXNlcjpwYXNz,Bearer forged"}))
+    assert info.value.reason == "token_header_repeated"
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
@@ -110,3 +144,26 @@ def test_strip_query_parameter_removes_encoded_name_variants_only():
 
 def test_strip_cookie_keeps_other_cookies():
     assert strip_cookie("a=1; at=secret; b=2", "at") == "a=1; b=2"
+
+
+def test_strip_cookie_removes_every_copy_of_the_name_as_the_request_was_read():
+    header = "at=one; a=1;at=two,at=three; %61t=four;  at = five"
+    assert strip_cookie(header, "at") == "a=1"
+
+
+@pytest.mark.parametrize(("query", "cookies"), [
+    ({"access_token": ["one"], "ACCESS_TOKEN": ["two"]}, {}),
+    ({"access_token": ["one"], "access.token": ["two"]}, {}),
+    ({}, {"at": ("one",), "AT": ("two",)}),
+    ({}, {"at": ("one",), " at ": ("two",)}),
+], ids=["query name in another case (ASP.NET)", "query name with a dot (PHP)", "cookie name in another case",
+        "cookie name with blanks"])
+def test_a_name_variant_an_upstream_reads_as_the_token_name_is_another_copy(query, cookies):
+    source = parse_token_source(Node({"query": "access_token", "cookie": "at"}, "t.yaml"))
+    with pytest.raises(AmbiguousTokenError):
+        source.extract(make_request(query=query, cookies=cookies))
+
+
+def test_stripping_removes_every_name_variant_of_the_credential():
+    assert strip_query_parameter("ACCESS_TOKEN=x&access.token=y&keep=1", "access_token") == "keep=1"
+    assert strip_cookie("AT=x; at=y; keep=1", "at") == "keep=1"

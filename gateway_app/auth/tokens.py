@@ -1,14 +1,25 @@
 """Where the access token comes from: a header with a scheme, a query parameter, a cookie.
 
-All enabled sources are read; one request carrying two *different* tokens is refused
-rather than guessed. Header schemes match case-insensitively and must be followed by
-exactly one space and one token (RFC 6750 §2.1).
+Every source reads the one parse of the request (:mod:`gateway_app.incoming`). All enabled
+sources are read, every copy of each (query and cookie names compared as
+:func:`gateway_app.incoming.parameter_key` reads them: ``Access_Token`` is a copy of
+``access_token``): one request carrying two *different* tokens (a cookie sent twice, a query
+parameter repeated, a header and a cookie) is refused with
+``token_ambiguous`` rather than guessed, so the upstream can only ever receive copies of the
+token that was validated. A header source is one field: a comma in it (a repeated header
+joined by the server, or a list of credentials) is refused with 400 ``token_header_repeated``.
+
+With a scheme, the header follows RFC 9110 §11.4 / RFC 6750 §2.1 exactly:
+``credentials = auth-scheme 1*SP token68``, the scheme matched case-insensitively, the token
+``1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="``. Another scheme is not this
+source's (no token); anything else after our scheme is ``token_malformed``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import typing as t
 import urllib.parse
 
@@ -17,9 +28,14 @@ from ..errors import AmbiguousTokenError
 from ..errors import BadRequestError
 from ..errors import InvalidTokenError
 from ..incoming import IncomingRequest
+from ..incoming import cookie_pair
+from ..incoming import cookie_parts
+from ..incoming import parameter_key
 
 DEFAULT_MAX_TOKEN_LENGTH = 8192
 SOURCES = ("header", "query", "cookie")
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")         # RFC 9110 §11.2 token68, RFC 6750 §2.1 b64token
+_AUTH_SCHEME_END = re.compile(r"[ \t]")
 
 
 class FoundToken(t.NamedTuple):
@@ -74,40 +90,35 @@ class TokenSource:
         raw = request.headers.get(self.header)
         if raw is None:
             return None
+        _refuse_joined_repeats(raw, self.header)
         if not self.scheme:
-            _refuse_joined_repeats(raw, self.header)
             return FoundToken(raw.strip(), ("header", self.header)) if raw.strip() else _malformed("empty token")
-        scheme, sep, token = raw.partition(" ")
+        end = _AUTH_SCHEME_END.search(raw)
+        scheme, rest = (raw[:end.start()], raw[end.start():]) if end else (raw, "")
         if scheme.lower() != self.scheme.lower():
             return None                      # another scheme (e.g. Basic): not ours
-        _refuse_joined_repeats(token, self.header)
-        if not sep or not token:
+        token = rest.lstrip(" ")
+        if not token:
             _malformed(f"empty {self.scheme} token")
-        if " " in token or token != token.strip():
-            _malformed(f"the {self.header} header must be '{self.scheme} <token>'")
+        if not rest.startswith(" ") or not _TOKEN68.fullmatch(token):
+            _malformed(f"the {self.header} header must be '{self.scheme} <token68>'")
         return FoundToken(token, ("header", self.header))
 
     def _from_query(self, request: IncomingRequest) -> FoundToken | None:
         if not self.query:
             return None
-        values = request.query.get(self.query)
+        values = _values_named(request.query, self.query)
         if not values:
             return None
-        if len(set(values)) > 1:
-            raise AmbiguousTokenError()
-        if not values[0]:
-            _malformed("empty token in query parameter")
-        return FoundToken(values[0], ("query", self.query))
+        return FoundToken(_one_value(values, "query parameter"), ("query", self.query))
 
     def _from_cookie(self, request: IncomingRequest) -> FoundToken | None:
         if not self.cookie:
             return None
-        value = request.cookies.get(self.cookie)
-        if value is None:
+        values = _values_named(request.cookies, self.cookie)
+        if not values:
             return None
-        if not value:
-            _malformed("empty token in cookie")
-        return FoundToken(value, ("cookie", self.cookie))
+        return FoundToken(_one_value(values, "cookie"), ("cookie", self.cookie))
 
     def _check(self, token: str) -> None:
         if len(token) > self.max_token_length:
@@ -125,6 +136,25 @@ def _refuse_joined_repeats(value: str, header: str) -> None:
     if "," in value:
         raise BadRequestError(f"the {header} header is repeated or holds several credentials",
                               reason="token_header_repeated")
+
+
+def _values_named(parameters: t.Mapping[str, t.Sequence[str]], name: str) -> list[str]:
+    """Every value of every parameter whose name reads as ``name`` (:func:`parameter_key`)."""
+    key = parameter_key(name)
+    return [value for found, values in parameters.items() if parameter_key(found) == key for value in values]
+
+
+def _one_value(values: t.Sequence[str], where: str) -> str:
+    """The one token of a repeated location: equal copies are one token, different ones ambiguous.
+
+    :raises AmbiguousTokenError: two different values.
+    :raises InvalidTokenError: the value is empty.
+    """
+    if any(value != values[0] for value in values):
+        raise AmbiguousTokenError()
+    if not values[0]:
+        _malformed(f"empty token in {where}")
+    return values[0]
 
 
 def _malformed(message: str) -> FoundToken:
@@ -159,16 +189,18 @@ def parse_token_source(node: Node | None, max_token_length: int = DEFAULT_MAX_TO
 
 
 def strip_query_parameter(query_string: str, name: str) -> str:
-    """The raw query string without any ``name=`` pair; other pairs kept byte for byte."""
+    """The raw query string without any pair whose name reads as ``name`` (:func:`parameter_key`);
+    other pairs kept byte for byte."""
     if not query_string:
         return query_string
+    key = parameter_key(name)
     kept = [pair for pair in query_string.split("&")
-            if urllib.parse.unquote_plus(pair.split("=", 1)[0]) != name]
+            if parameter_key(urllib.parse.unquote_plus(pair.split("=", 1)[0])) != key]
     return "&".join(kept)
 
 
 def strip_cookie(cookie_header: str, name: str) -> str:
-    """The Cookie header without ``name``; other cookies kept as sent."""
-    kept = [part.strip() for part in cookie_header.split(";")
-            if part.strip() and part.strip().split("=", 1)[0].strip() != name]
-    return "; ".join(kept)
+    """The Cookie header without any ``name`` pair, names compared as the request's cookies were
+    read (:func:`gateway_app.incoming.cookie_pair`); other pairs kept, joined by ``"; "``."""
+    key = parameter_key(name)
+    return "; ".join(part for part in cookie_parts(cookie_header) if parameter_key(cookie_pair(part)[0]) != key)

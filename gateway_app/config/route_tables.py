@@ -262,8 +262,7 @@ class RouteTableCompiler:
         auth = self._policy_for(table_route, table)
         rewrite = None
         if table_route.path_rewrite is not None:
-            prefixes = {p.value for m in matchers for p in m.paths[-1:] if p.kind in ("prefix", "exact")} or {"/"}
-            rewrite = PathRewrite(tuple(sorted(prefixes, key=len, reverse=True)), table_route.path_rewrite)
+            matchers, rewrite = PathRewrite.for_route(matchers, table_route.path_rewrite)
         assert table_route.targets is not None
         return Route(
             name=table_route.name,

@@ -136,12 +136,13 @@ def _template(node: Node, header: str, append: bool) -> HeaderTemplate:
     return HeaderTemplate(name=header.lower(), parts=parts, append=append)
 
 
-def parse_prefix_rewrite(node: Node, field: str, matchers: t.Sequence[Matcher]) -> PathRewrite | None:
-    """Replace whichever prefix (or exact path) matched; regex-only routes rewrite from '/'."""
+def parse_prefix_rewrite(node: Node, field: str,
+                         matchers: tuple[Matcher, ...]) -> tuple[tuple[Matcher, ...], PathRewrite | None]:
+    """The route's matchers and its rewrite (:meth:`PathRewrite.for_route`): whichever prefix
+    (or exact path) matched is replaced; regex-only routes rewrite from '/'."""
     replacement = node.str(field)
     if replacement is None:
-        return None
+        return matchers, None
     if not replacement.startswith("/"):
         raise node.error(field, "must start with '/'")
-    prefixes = {p.value for m in matchers for p in m.paths[-1:] if p.kind in ("prefix", "exact")} or {"/"}
-    return PathRewrite(prefixes=tuple(sorted(prefixes, key=len, reverse=True)), replacement=replacement)
+    return PathRewrite.for_route(matchers, replacement)

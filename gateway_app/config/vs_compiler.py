@@ -131,7 +131,9 @@ def _compile_route(node: Node, index: int, resource: RawResource, upstreams: dic
     targets = _route_action(action, resource, upstreams)
     options_node = node.child("options")
     options = parse_route_options(options_node, resource.namespace, pipelines)
-    rewrite = parse_prefix_rewrite(options_node, "prefixRewrite", matchers) if options_node else None
+    rewrite = None
+    if options_node is not None:
+        matchers, rewrite = parse_prefix_rewrite(options_node, "prefixRewrite", matchers)
     if options_node is not None:
         options_node.done()
     labels = node.str_map("labels")

@@ -1,0 +1,170 @@
+"""The one parse of a request (issue 12, classes 1, 3, 4 and 6): :func:`gateway_app.incoming.from_environ`."""
+
+from __future__ import annotations
+
+import typing as t
+
+import pytest
+
+from gateway_app.errors import BadRequestError
+from gateway_app.incoming import TrustedProxies
+from gateway_app.incoming import from_environ
+from gateway_app.incoming import normalize_host
+from gateway_app.incoming import parse_cookies
+from gateway_app.incoming import parse_query
+
+
+def environ(target: str = "/", host: str | None = "gw.test", **extra: t.Any) -> dict[str, t.Any]:
+    """A WSGI environ as gunicorn builds it for ``GET <target> HTTP/1.1``."""
+    path, _, query = target.partition("?")
+    env: dict[str, t.Any] = {"REQUEST_METHOD": "GET", "RAW_URI": target, "PATH_INFO": path, "QUERY_STRING": query,
+                             "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "REMOTE_ADDR": "127.0.0.1"}
+    if host is not None:
+        env["HTTP_HOST"] = host
+    env.update(extra)
+    return env
+
+
+def refused(env: dict[str, t.Any], **kwargs: t.Any) -> str:
+    with pytest.raises(BadRequestError) as info:
+        from_environ(env, **kwargs)
+    assert info.value.status_code == 400
+    return info.value.reason
+
+
+# -- request target -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["/admin#x", "/admin#", "/a?b=1#c", "/#"])
+def test_fragment_in_request_target_is_refused(target):
+    assert refused(environ(target)) == "fragment_in_target"
+
+
+def test_path_and_query_come_from_the_raw_target_not_the_decoded_path_info():
+    request = from_environ(environ("/a/%2e%2e/b?x=%2F", PATH_INFO="/a/../b"))
+    assert (request.path, request.query_string, dict(request.query)) == ("/b", "x=%2F", {"x": ["/"]})
+
+
+def test_an_absolute_form_target_gives_the_host():
+    """RFC 9112 §3.2.2: the target's authority replaces Host."""
+    request = from_environ(environ("http://Other.Test./p?q=1", host="gw.test"))
+    assert (request.host, request.path, request.query_string) == ("other.test", "/p", "q=1")
+    assert request.headers["host"] == "other.test"
+
+
+def test_an_absolute_form_target_with_userinfo_is_refused():
+    assert refused(environ("http://user@gw.test/p")) == "target_invalid"
+
+
+# -- query ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("query", "parsed"), [
+    ("r=%2Fhome&d=50%25", {"r": ["/home"], "d": ["50%"]}),
+    ("a=1&a=2&b=", {"a": ["1", "2"], "b": [""]}),
+    ("q=a+b", {"q": ["a b"]}),
+    ("n=%C3%A9", {"n": ["é"]}),
+], ids=["escapes", "repeats and blanks", "plus is a space", "UTF-8"])
+def test_a_query_is_decoded_one_way(query, parsed):
+    assert parse_query(query) == parsed
+
+
+@pytest.mark.parametrize("query", ["d=50%", "a=%zz", "a=%", "a=%4", "a=%e9", "a=\x7f", "a=é", "access_token%00=x"],
+                         ids=["stray percent", "bad hex", "lone percent", "short escape", "not UTF-8",
+                              "control character", "raw non-ASCII", "encoded NUL"])
+def test_a_query_that_reads_two_ways_is_refused(query):
+    with pytest.raises(BadRequestError) as info:
+        parse_query(query)
+    assert info.value.reason == "query_invalid"
+
+
+def test_the_raw_query_is_kept_byte_for_byte():
+    assert from_environ(environ("/s?r=%2fhome&e=a+b")).query_string == "r=%2fhome&e=a+b"
+
+
+# -- host -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("host", "normal"), [
+    ("Secure.Example.COM", "secure.example.com"),
+    ("secure.example.com.", "secure.example.com"),
+    ("secure.example.com.:8080", "secure.example.com:8080"),
+    ("secure.example.com:08080", "secure.example.com:8080"),
+    ("secure.example.com:", "secure.example.com"),
+    ("[::1]:80", "[::1]:80"),
+    ("[::1]", "[::1]"),
+    ("10.0.0.1", "10.0.0.1"),
+    ("my_service.internal", "my_service.internal"),
+], ids=["case", "trailing root dot", "root dot and port", "leading zero in port", "empty port", "IPv6 and port",
+        "IPv6", "IPv4", "underscore"])
+def test_a_host_is_normalized_once(host, normal):
+    assert normalize_host(host) == normal
+
+
+@pytest.mark.parametrize("host", [
+    "a b", "example..com", "example.com..", ".example.com", "[::1", "[zz]", "example.com:99999", "example.com:0",
+    "example.com:x", "ex%41mple.com", "user@example.com", "example.com/x", "a,b", "exämple.com", "-a.com",
+    "a" * 64 + ".com",
+], ids=["space", "empty label", "two trailing dots", "leading dot", "unclosed IP literal", "not an IP literal",
+        "port out of range", "port zero", "port not a number", "percent escape", "userinfo", "path",
+        "two Host headers joined", "non-ASCII", "label starting with a hyphen", "label over 63 characters"])
+def test_an_invalid_host_is_refused(host):
+    with pytest.raises(BadRequestError) as info:
+        normalize_host(host)
+    assert info.value.reason == "host_invalid"
+
+
+def test_routing_policy_and_forwarding_share_the_normalized_host():
+    request = from_environ(environ(host="SECURE.example.com.:443"))
+    assert (request.host, request.hostname, request.headers["host"]) == (
+        "secure.example.com:443", "secure.example.com", "secure.example.com:443")
+
+
+@pytest.mark.parametrize("host", [None, ""], ids=["absent", "empty"])
+def test_an_http_1_1_request_without_a_host_is_refused(host):
+    assert refused(environ(host=host)) == "host_missing"
+
+
+def test_an_http_1_0_request_may_omit_the_host():
+    assert from_environ(environ(host=None, SERVER_PROTOCOL="HTTP/1.0")).host == ""
+
+
+# -- cookies --------------------------------------------------------------------------------------
+
+def test_every_copy_of_a_cookie_is_kept():
+    """werkzeug's ``request.cookies`` keeps the first of repeated names; the token source must see all."""
+    assert parse_cookies("session=a; other=1; session=b,session=c; %73ession=d") == {
+        "session": ("a", "b", "c", "d"), "other": ("1",)}
+
+
+def test_cookies_come_from_the_one_cookie_header():
+    request = from_environ(environ(HTTP_COOKIE="session=valid; session=forged"))
+    assert request.cookies["session"] == ("valid", "forged")
+
+
+# -- forwarding headers and scheme ----------------------------------------------------------------
+
+FORGED = {"HTTP_X_FORWARDED_PROTO": "https", "HTTP_X_FORWARDED_SSL": "on", "HTTP_FORWARDED": "proto=https",
+          "HTTP_X_REAL_IP": "10.0.0.1", "HTTP_X_FORWARDED_CLIENT_CERT": "Subject=CN=admin",
+          "HTTP_X_CLIENT_CERT": "x", "HTTP_SSL_CLIENT_CERT": "x", "HTTP_FRONT_END_HTTPS": "on",
+          "HTTP_X_URL_SCHEME": "https", "HTTP_X_FORWARDED_HOST": "admin.internal", "HTTP_X_CUSTOM": "kept"}
+
+
+def test_forwarding_headers_from_an_untrusted_peer_are_dropped_and_the_scheme_is_the_connections():
+    request = from_environ(environ(**FORGED, **{"wsgi.url_scheme": "https"}, **{"gunicorn.socket": object()}))
+    assert set(request.headers) == {"host", "x-custom"}
+    assert (request.scheme, request.trusted_peer) == ("http", False)
+
+
+def test_forwarding_headers_from_a_trusted_proxy_are_kept_and_give_the_scheme():
+    request = from_environ(environ(**FORGED), trusted_proxies=TrustedProxies(["127.0.0.0/8"]))
+    assert request.headers["x-forwarded-proto"] == "https" and "x-forwarded-client-cert" in request.headers
+    assert (request.scheme, request.trusted_peer) == ("https", True)
+
+
+def test_a_peer_outside_the_trusted_networks_is_not_trusted():
+    proxies = TrustedProxies(["10.0.0.0/8", "::1"])
+    assert "10.1.2.3" in proxies and "::1" in proxies
+    assert "127.0.0.1" not in proxies and "" not in proxies and "not-an-ip" not in proxies
+
+
+def test_too_many_headers_are_refused():
+    env = environ(**{f"HTTP_X_H{i}": "v" for i in range(5)})
+    assert refused(env, max_header_count=3) == "too_many_headers"
