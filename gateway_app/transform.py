@@ -6,19 +6,20 @@ A template is literal text with ``{{ ... }}`` calls. Supported calls:
   metadata at that ``:``-separated path (the namespace argument is optional);
 - ``header("x-name")`` / ``request_header("x-name")`` — a request header.
 
-A template that renders empty sets no header. Every header a transformation sets is
+Metadata values become header text by :func:`gateway_app.header_values.header_text` (the
+encoding of claims everywhere). A template that renders empty sets no header. Every header a transformation sets is
 first removed from the client's request, so a client cannot forge it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import typing as t
 
 from .auth.state import AuthState
 from .errors import ConfigError
+from .header_values import header_text
 from .incoming import IncomingRequest
 
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -39,27 +40,13 @@ def _metadata_lookup(path: list[str]) -> Part:
             if not isinstance(value, dict) or key not in value:
                 return ""
             value = value[key]
-        return metadata_to_text(value)
+        return header_text(value) or ""
     return lookup
 
 
 def _header_lookup(name: str) -> Part:
     lowered = name.lower()
     return lambda request, state: request.headers.get(lowered, "")
-
-
-def metadata_to_text(value: t.Any) -> str:
-    """Strings as is; lists of scalars comma-joined; numbers, booleans and objects as JSON text.
-
-    The same rules as claim headers (``claimsToHeaders``/``forwardHeaders``); None gives "".
-    """
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) for v in value):
-        return ",".join(v if isinstance(v, str) else json.dumps(v) for v in value)
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def compile_template(text: str, where: str = "template") -> tuple[Part, ...]:

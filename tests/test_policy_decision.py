@@ -77,15 +77,26 @@ def test_unknown_object_keys_are_ignored():
     {"allowed": True, "headers": {"x-n": 1}},
     {"allowed": True, "headers": ["x-a: b"]},
     {"allowed": True, "headers": {"x-a": ["b"]}},
+    {"allowed": True, "headers": {"x-a\r\nx-admin": "yes"}},
+    {"allowed": True, "headers": {"x a": "b"}},
 ], ids=["no allowed", "allowed as a string", "allowed as a number", "allowed null",
         "status as a string", "status below 100", "status above 599", "status as a float", "status as a boolean",
-        "a header value that is a number", "headers as a list", "a header value that is a list"])
+        "a header value that is a number", "headers as a list", "a header value that is a list",
+        "a header name with CRLF", "a header name with a space"])
 def test_malformed_objects_deny_as_invalid_even_when_allowed_is_true(value):
     decision = Decision.from_result(value)
 
     assert (decision.allowed, decision.reason, decision.http_status, decision.headers) == (
         False, "policy_result_invalid", 403, {})
     assert decision.detail.startswith("invalid policy result:")
+
+
+def test_policy_header_values_become_valid_header_text():
+    """Commas and quotes are kept; CR, LF and non-ASCII are percent-encoded (gateway_app.header_values)."""
+    decision = Decision.from_result({"allowed": False, "headers": {
+        "www-authenticate": 'Bearer realm="api", error="x"', "x-user": "山田\r\nx-admin: yes"}})
+    assert decision.headers == {"www-authenticate": 'Bearer realm="api", error="x"',
+                                "x-user": "UTF-8''%E5%B1%B1%E7%94%B0%0D%0Ax-admin%3A%20yes"}
 
 
 def test_allowed_decision_has_no_error():

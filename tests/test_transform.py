@@ -10,7 +10,6 @@ from gateway_app.incoming import IncomingRequest
 from gateway_app.transform import HeaderTemplate
 from gateway_app.transform import HeaderTransforms
 from gateway_app.transform import compile_template
-from gateway_app.transform import metadata_to_text
 
 SEED_TEMPLATE = '{{ dynamic_metadata("config_0:sub", "envoy.filters.http.ext_authz")}}'
 REQUEST = IncomingRequest(method="GET", scheme="http", host="h", path="/", query_string="",
@@ -61,12 +60,13 @@ def test_bad_templates_are_config_errors(text, message):
         compile_template(text, where="conf/vs.yaml: VirtualService default/vs: spec...x-customer")
 
 
-@pytest.mark.parametrize("value, expected", [
-    (None, ""), ("a", "a"), (["a", "b"], "a,b"), ([1, True], "1,true"), (3.5, "3.5"), (False, "false"),
-    ({"b": 1, "a": [1]}, '{"a":[1],"b":1}'), ([["x"]], '[["x"]]'),
-], ids=["none", "string", "strings", "scalars", "float", "false", "object sorted compact", "nested array"])
-def test_metadata_to_text(value, expected):
-    assert metadata_to_text(value) == expected
+def test_metadata_is_rendered_as_header_text():
+    """The one encoding of claims (gateway_app.header_values.header_text), inside a template's literal text."""
+    transforms = HeaderTransforms((HeaderTemplate("x-who", compile_template(
+        'user={{ dynamic_metadata("config_0:name") }}')),))
+    headers: dict[str, str] = {}
+    transforms.render(REQUEST, AuthState(metadata={"config_0": {"name": "山田\r\nx: y"}}), headers)
+    assert headers == {"x-who": "user=UTF-8''%E5%B1%B1%E7%94%B0%0D%0Ax%3A%20y"}
 
 
 def test_empty_render_sets_no_header():

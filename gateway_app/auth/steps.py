@@ -16,6 +16,7 @@ from ..errors import AccessDeniedError
 from ..errors import InsufficientScopeError
 from ..errors import MissingTokenError
 from ..errors import PolicyError
+from ..header_values import header_text
 from ..incoming import IncomingRequest
 from ..policy.decision import Decision
 from ..policy.input_document import build_input
@@ -67,20 +68,6 @@ def claim_value(claims: t.Mapping[str, t.Any], name: str) -> t.Any:
             return None
         value = value[part]
     return value
-
-
-def claim_to_header_value(value: t.Any) -> str | None:
-    """Strings as is; lists of scalars comma-joined; numbers/booleans/objects as JSON.
-
-    None (a missing claim), an empty string and an empty list give None: no header.
-    """
-    if value is None or value == "" or value == []:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) for v in value):
-        return ",".join(v if isinstance(v, str) else json.dumps(v) for v in value)
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 class ClaimsCheck(t.Protocol):
@@ -153,7 +140,7 @@ class OAuth2Step:
             if isinstance(user, str) and user:
                 state.subject = user
         for mapping in self.claim_headers:
-            value = claim_to_header_value(claim_value(claims, mapping.claim))
+            value = header_text(claim_value(claims, mapping.claim))
             if value is None:
                 continue
             current = state.upstream_headers.get(mapping.header)

@@ -6,10 +6,11 @@ is ``true``. OPA-Envoy's richer result is an object::
     {"allowed": bool, "headers": {str: str}, "http_status": 100..599, "body": any,
      "dynamic_metadata": {str: any}}
 
-where ``allowed`` is required and must be a boolean, ``headers`` (optional) must map strings to
-strings, ``http_status`` (optional, 403 by default on deny) must be an integer status, and
-``dynamic_metadata`` (optional, as opa-envoy-plugin's) must be an object: on allow it joins the
-request's dynamic metadata (``usagePlan`` there picks the usage plan).
+where ``allowed`` is required and must be a boolean, ``headers`` (optional) must map header
+names (RFC 9110 tokens) to strings (made valid header text by
+:func:`gateway_app.header_values.field_text`), ``http_status`` (optional, 403 by default on deny)
+must be an integer status, and ``dynamic_metadata`` (optional, as opa-envoy-plugin's) must be an
+object: on allow it joins the request's dynamic metadata (``usagePlan`` there picks the usage plan).
 Other keys are ignored. Anything else denies:
 
 =================================  =========================
@@ -31,6 +32,8 @@ import typing as t
 from ..describe import describe_type
 from ..errors import AccessDeniedError
 from ..errors import PolicyError
+from ..header_values import field_text
+from ..header_values import is_token
 
 ALLOWED = "policy_allowed"
 DENIED = "policy_denied"
@@ -121,20 +124,22 @@ def _from_object(result: dict[str, t.Any]) -> Decision:
         return _invalid(f"'allowed' must be a boolean, got {describe_type(allowed)}")
     headers = result.get("headers", {})
     if not _is_str_map(headers):
-        return _invalid("'headers' must map strings to strings")
+        return _invalid("'headers' must map header names to strings")
     status = result.get("http_status")
     if status is not None and not _is_status(status):
         return _invalid(f"'http_status' must be an integer from 100 to 599, got {status!r:.40}")
     metadata = result.get("dynamic_metadata", {})
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         return _invalid("'dynamic_metadata' must be an object")
+    headers = {name: field_text(value) for name, value in headers.items()}
     if allowed:
-        return _allow(dict(headers), dict(metadata))
-    return _deny(DENIED, status=status, headers=dict(headers), body=result.get("body"))
+        return _allow(headers, dict(metadata))
+    return _deny(DENIED, status=status, headers=headers, body=result.get("body"))
 
 
 def _is_str_map(value: t.Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    return isinstance(value, dict) and all(isinstance(k, str) and is_token(k) and isinstance(v, str)
+                                           for k, v in value.items())
 
 
 def _is_status(value: t.Any) -> bool:
