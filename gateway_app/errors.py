@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import typing as t
 
 from flask import Flask
@@ -99,10 +100,10 @@ class AuthenticationError(GatewayError):
     def challenge(self) -> str:
         parts = []
         if self.realm:
-            parts.append(f'realm="{self.realm}"')
+            parts.append(f'realm="{_challenge_text(self.realm)}"')
         if self.error_code:
             parts.append(f'error="{self.error_code}"')
-            parts.append(f'error_description="{_quote(self.message)}"')
+            parts.append(f'error_description="{_challenge_text(self.message)}"')
         return "Bearer" + (" " + ", ".join(parts) if parts else "")
 
 
@@ -143,7 +144,7 @@ class InsufficientScopeError(AccessDeniedError):
     public_message = "the access token lacks a required scope"
 
     def challenge(self) -> str:
-        return f'Bearer error="insufficient_scope", error_description="{_quote(self.message)}"'
+        return f'Bearer error="insufficient_scope", error_description="{_challenge_text(self.message)}"'
 
 
 class PolicyError(AccessDeniedError):
@@ -198,8 +199,20 @@ class UpstreamTimeoutError(UpstreamError):
     public_message = "the upstream service did not answer in time"
 
 
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', "'")
+_CHALLENGE_TEXT_MAX = 200
+_NOT_CHALLENGE_TEXT = re.compile(r'[^\x20-\x21\x23-\x5b\x5d-\x7e]')
+
+
+def _challenge_text(text: str) -> str:
+    """``text`` as a ``WWW-Authenticate`` parameter value can hold it (RFC 6750 §3).
+
+    RFC 6750 limits ``error_description`` to ``%x20-21 / %x23-5B / %x5D-7E``: no quote, no
+    backslash, nothing outside printable ASCII. A quote becomes ``'``; any other character
+    outside the set becomes ``?``, so no input (a claim, an issuer, a header) reaches the
+    challenge as anything else; at most 200 characters.
+    """
+    text = text.replace('"', "'")[:_CHALLENGE_TEXT_MAX]
+    return _NOT_CHALLENGE_TEXT.sub("?", text)
 
 
 def error_body(error: GatewayError, request_id: str | None) -> dict[str, t.Any]:
