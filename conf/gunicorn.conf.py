@@ -10,7 +10,8 @@ Hooks (run by the gunicorn master unless said otherwise):
   fresh temporary directory when unset) and emptied of a previous run's files, before any
   worker imports ``prometheus_client``.
 * ``post_worker_init`` (in each worker, after the app is built): ``SIGHUP`` sent to a worker
-  reloads its config in place, validated first (``pkill -HUP -P <master pid>``).
+  reloads its config in place, validated first (``pkill -HUP -P <master pid>``); relayed
+  answers keep the upstream's ``Date`` and ``Server`` (``gateway_app.server_response``).
 * ``child_exit``: a dead worker's live gauges are dropped from the metrics.
 * ``on_exit``: the temporary metrics directory is removed.
 
@@ -85,7 +86,9 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """In the worker: SIGHUP forces a validated config reload of this worker."""
+    """In the worker: SIGHUP forces a validated config reload; answers keep the upstream's Date and Server."""
+    from gateway_app import server_response
+    server_response.install()
     gateway = getattr(worker.wsgi, "extensions", {}).get("gateway")
     if gateway is not None:
         from gateway_app.reload import install_reload_signal

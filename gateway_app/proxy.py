@@ -32,9 +32,11 @@ import weakref
 import flask
 import requests
 import requests.adapters
+import urllib3.connection
 import urllib3.exceptions
 import urllib3.util
 from requests.structures import CaseInsensitiveDict
+from werkzeug.datastructures import Headers
 
 from gateway_app.errors import BadRequestError
 from gateway_app.errors import ConfigError
@@ -42,6 +44,7 @@ from gateway_app.errors import GatewayError
 from gateway_app.errors import PayloadTooLargeError
 from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
+from gateway_app.header_values import relayed_text
 from gateway_app.incoming import is_forwarding_header
 
 if t.TYPE_CHECKING:
@@ -176,6 +179,7 @@ class _ForwardingAdapter(requests.adapters.HTTPAdapter):
                 self._close_pools()
             pool = self.get_connection_with_tls_context(request, verify, cert=cert)
             self.cert_verify(pool, request.url, verify, cert)  # type: ignore[arg-type]
+            pool.ConnectionCls = _FINAL_ANSWER_CONNECTIONS[pool.scheme]
             self._pools[key] = pool
         return pool
 
@@ -212,6 +216,34 @@ class _WireTargetHTTPSPool(_WireTargetPool, urllib3.HTTPSConnectionPool):
 
 
 _WIRE_TARGET_POOLS = {"http": _WireTargetPool, "https": _WireTargetHTTPSPool}
+
+
+class _FinalAnswer(http.client.HTTPResponse):
+    """An upstream answer read past every interim (1xx) response, not only ``100 Continue``.
+
+    http.client skips ``100 Continue`` alone: a ``103 Early Hints`` would be taken for the
+    answer and the real one left on the pooled connection. Interim answers are not relayed
+    (WSGI has no way to send them; gunicorn answers ``Expect: 100-continue`` itself), so
+    they are read and dropped here. ``101 Switching Protocols`` is final (RFC 9110 §15.2).
+    """
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)         # the interim answer's fields
+
+
+class _FinalAnswerHTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _FinalAnswer
+
+
+class _FinalAnswerHTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _FinalAnswer
+
+
+_FINAL_ANSWER_CONNECTIONS = {"http": _FinalAnswerHTTPConnection, "https": _FinalAnswerHTTPSConnection}
 
 
 class _ForwardingSession(requests.Session):
@@ -465,7 +497,14 @@ def _translate(error: BaseException, name: str) -> UpstreamError:
         return UpstreamTimeoutError(f"upstream {name} {what}")
     what, cause = _describe(causes)
     log.warning("upstream %s %s (%s)", name, what, type(cause).__name__)
-    return UpstreamError(f"upstream {name} {what}")
+    reason = "upstream_response_invalid" if what == _INVALID_ANSWER else None
+    return UpstreamError(f"upstream {name} {what}", reason=reason)
+
+
+_INVALID_ANSWER = "sent an answer that is not valid HTTP"
+# RFC 9112 §6.3: e.g. two different Content-Lengths; a proxy discards the answer and sends 502.
+_INVALID_ANSWER_ERRORS = (urllib3.exceptions.InvalidHeader, http.client.BadStatusLine, http.client.LineTooLong,
+                          urllib3.exceptions.InvalidChunkLength)
 
 
 def _is_timeout(error: BaseException) -> bool:
@@ -489,6 +528,9 @@ def _describe(causes: list[BaseException]) -> tuple[str, BaseException]:
             return "closed the connection without answering", cause
         if isinstance(cause, ConnectionResetError):
             return "reset the connection", cause
+    for cause in causes:
+        if isinstance(cause, _INVALID_ANSWER_ERRORS) and not isinstance(cause, http.client.RemoteDisconnected):
+            return _INVALID_ANSWER, cause
     return "could not be reached", causes[-1]
 
 
@@ -507,9 +549,19 @@ def _causes(error: BaseException, limit: int = 16) -> list[BaseException]:
 
 
 class _ProxiedResponse(flask.Response):
-    """A response that adds no Content-Type of its own when the upstream sent none."""
+    """The upstream's answer as werkzeug would send it, minus werkzeug's own edits.
+
+    werkzeug adds a Content-Type when none is given, makes ``Location`` and
+    ``Content-Location`` absolute URIs (percent-encoding what is not ASCII), strips
+    representation headers from a 304 and upper-cases the reason phrase: none of that is
+    the gateway's to do, so the headers and status line go out as :func:`_client_response`
+    built them.
+    """
 
     default_mimetype = None
+
+    def get_wsgi_headers(self, environ: dict[str, t.Any]) -> Headers:
+        return Headers(self.headers)
 
 
 class _UpstreamBody:
@@ -570,22 +622,33 @@ class _UpstreamBody:
 
 
 def _client_response(upstream: requests.Response, request_id: str, name: str) -> flask.Response:
+    """The client's answer: the upstream's status line, headers (:func:`_response_headers`) and body."""
     headers = _response_headers(upstream.raw.headers, request_id)
     body = _UpstreamBody(upstream, name)
     body.prefetch()
-    return _ProxiedResponse(body, status=upstream.status_code,
-                            headers=headers, direct_passthrough=True)
+    status = f"{upstream.status_code} {relayed_text(upstream.reason or '')}".rstrip()
+    return _ProxiedResponse(body, status=status, headers=headers, direct_passthrough=True)
 
 
 def _response_headers(upstream_headers: urllib3.HTTPHeaderDict, request_id: str) -> list[tuple[str, str]]:
-    """Upstream headers minus hop-by-hop ones, repeats (Set-Cookie) kept, plus X-Request-Id."""
+    """Upstream headers minus hop-by-hop ones (RFC 9110 §7.6.1), plus X-Request-Id.
+
+    Repeats (Set-Cookie) stay separate and in order. A Content-Length the upstream repeated
+    with one value (urllib3 refuses different ones) is sent once. Obs-folds and control
+    characters become SP (:func:`gateway_app.header_values.relayed_text`).
+    """
     dropped = _NOT_COPIED_FROM_UPSTREAM_WITH_ID if request_id else _NOT_COPIED_FROM_UPSTREAM
     connection = upstream_headers.get("connection")
     if connection:
         dropped = dropped | _header_names(connection)
     if "transfer-encoding" in upstream_headers:
         dropped = dropped | {"content-length"}
-    headers = [(name, value) for name, value in upstream_headers.items() if name.lower() not in dropped]
+    headers = [(name, relayed_text(value)) for name, value in upstream_headers.items()
+               if name.lower() not in dropped and name.lower() != "content-length"]
+    if "content-length" not in dropped:
+        lengths = upstream_headers.getlist("content-length")
+        if lengths:
+            headers.append(("Content-Length", lengths[0].split(",")[0].strip()))
     if request_id:
         headers.append(("X-Request-Id", request_id))
     return headers
