@@ -218,13 +218,22 @@ class _WireTargetHTTPSPool(_WireTargetPool, urllib3.HTTPSConnectionPool):
 _WIRE_TARGET_POOLS = {"http": _WireTargetPool, "https": _WireTargetHTTPSPool}
 
 
+class _InvalidAnswerError(http.client.HTTPException):
+    """The upstream's answer head is not valid HTTP/1.1; it is discarded (RFC 9112 §6.3: 502)."""
+
+
 class _FinalAnswer(http.client.HTTPResponse):
-    """An upstream answer read past every interim (1xx) response, not only ``100 Continue``.
+    """An upstream answer read past every interim (1xx) response, and refused when its head is invalid.
 
     http.client skips ``100 Continue`` alone: a ``103 Early Hints`` would be taken for the
     answer and the real one left on the pooled connection. Interim answers are not relayed
     (WSGI has no way to send them; gunicorn answers ``Expect: 100-continue`` itself), so
-    they are read and dropped here. ``101 Switching Protocols`` is final (RFC 9110 §15.2).
+    they are read and dropped here. The gateway never asks to upgrade, so a ``101`` is invalid
+    (RFC 9110 §15.2.2). http.client takes a field line it cannot parse (``Bad Name: x``, a space
+    before the colon) for the start of the body, dropping the fields after it, and reads a
+    ``Content-Length`` it cannot parse as "until close": both are refused here.
+
+    :raises _InvalidAnswerError: from :meth:`begin`.
     """
 
     def _read_status(self) -> tuple[str, int, str]:
@@ -233,6 +242,15 @@ class _FinalAnswer(http.client.HTTPResponse):
             if not 100 <= status < 200 or status == 101:
                 return version, status, reason
             http.client.parse_headers(self.fp)         # the interim answer's fields
+
+    def begin(self) -> None:
+        super().begin()
+        if self.status == 101:
+            raise _InvalidAnswerError("101 Switching Protocols without an upgrade request")
+        if self.msg.defects or self.msg.get_payload():
+            raise _InvalidAnswerError("a field line that is not name: value")
+        if self.length is None and not self.chunked and "content-length" in self.msg:
+            raise _InvalidAnswerError("an invalid Content-Length")
 
 
 class _FinalAnswerHTTPConnection(urllib3.connection.HTTPConnection):
@@ -503,8 +521,8 @@ def _translate(error: BaseException, name: str) -> UpstreamError:
 
 _INVALID_ANSWER = "sent an answer that is not valid HTTP"
 # RFC 9112 §6.3: e.g. two different Content-Lengths; a proxy discards the answer and sends 502.
-_INVALID_ANSWER_ERRORS = (urllib3.exceptions.InvalidHeader, http.client.BadStatusLine, http.client.LineTooLong,
-                          urllib3.exceptions.InvalidChunkLength)
+_INVALID_ANSWER_ERRORS = (_InvalidAnswerError, urllib3.exceptions.InvalidHeader, http.client.BadStatusLine,
+                          http.client.LineTooLong, urllib3.exceptions.InvalidChunkLength)
 
 
 def _is_timeout(error: BaseException) -> bool:

@@ -273,13 +273,30 @@ def test_an_obs_folded_upstream_header_is_unfolded_not_a_500(gateway, upstream):
     assert answer.values("x-ctl") == ["c d"]
 
 
-def test_two_different_upstream_content_lengths_answer_502(gateway, upstream):
-    """RFC 9112 §6.3: a proxy discards a response with an invalid Content-Length and answers 502."""
-    upstream.respond_with(CannedResponse(200, [("Content-Length", "2"), ("Content-Length", "5")], b"hello",
-                                         framing="none", close=True))
+@pytest.mark.parametrize("canned", [
+    CannedResponse(200, [("Content-Length", "2"), ("Content-Length", "5")], b"hello", framing="none"),
+    CannedResponse(200, [("Content-Length", "2, 2")], b"ok", framing="none"),
+    CannedResponse(200, [("Bad Name", "x"), ("X-After", "1")], b"ok"),
+    CannedResponse(200, [("X-Space ", "y")], b"ok"),
+    CannedResponse(200, [("X-\x7f", "z")], b"ok"),
+    CannedResponse(101, [("Upgrade", "websocket"), ("Connection", "Upgrade")]),
+], ids=["two different Content-Lengths", "a Content-Length list", "a space inside a field name",
+        "a space before the colon", "a control character in a field name", "101 without an upgrade request"])
+def test_an_upstream_answer_that_is_not_valid_http_answers_502_at_once(gateway, upstream, canned):
+    """RFC 9112 §6.3 / §5.1: a proxy discards an invalid answer and sends 502 (before the fix: a
+    field line http.client could not parse was taken for the body's start, and the gateway waited
+    for the upstream to close; a 101 was relayed)."""
+    upstream.respond_with(canned)
     answer = exchange(gateway.port)
     assert answer.status == 502
     assert json.loads(answer.body)["error"] == "upstream_response_invalid"
+
+
+def test_header_name_case_is_kept(gateway, upstream):
+    upstream.respond_with(CannedResponse(200, [("x-lower", "1"), ("X-MiXeD", "2")], b"ok"))
+    headers = exchange(gateway.port).headers
+    assert [(name, value) for name, value in headers if name.lower() in ("x-lower", "x-mixed")] == [
+        ("x-lower", "1"), ("X-MiXeD", "2")]
 
 
 def test_hop_by_hop_headers_are_dropped_and_the_request_id_is_the_gateways(gateway, upstream):
