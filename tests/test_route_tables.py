@@ -117,6 +117,33 @@ def test_delegation_by_name_combines_parent_and_child_matchers(build):
         router.match(request("/api/pets", host="shop.test", method="POST"))  # parent allows GET only
 
 
+REWRITING = table("rewriting", """\
+  hosts: [shop.test]
+  http:
+  - name: assets
+    matchers: [{uri: {prefix: /assets, ignoreCase: true}}]
+    forwardTo: {destinations: [{url: 'http://127.0.0.1:7000'}], pathRewrite: /public/}
+  - name: private
+    labels: {plan: a}
+    matchers: [{uri: {prefix: /private}}]
+    forwardTo: {destinations: [{url: 'http://127.0.0.1:7000'}]}
+  - name: rest
+    matchers: [{uri: {prefix: /}}]
+    forwardTo: {destinations: [{url: 'http://127.0.0.1:7000'}]}
+""")
+
+
+def test_a_path_rewrite_route_matches_its_prefix_on_segment_boundaries(build):
+    """``pathRewrite`` as ``prefixRewrite``: ``/assets../private`` must not become ``/public/../private``."""
+    router = build({"tables.yaml": REWRITING}).config.router
+    assets = router.match(request("/ASSETS/app.js", host="shop.test")).route
+    assert (assets.name, assets.upstream_path("/ASSETS/app.js")) == ("assets", "/public/app.js")
+    assert router.match(request("/assets", host="shop.test")).route.upstream_path("/assets") == "/public/"
+    for path in ("/assets../private", "/assetsx"):
+        route = router.match(request(path, host="shop.test")).route
+        assert (route.name, route.upstream_path(path)) == ("rest", path)
+
+
 @pytest.mark.parametrize("files, message", [
     ({"t.yaml": table("root", "  hosts: [a.test]\n  http:\n  - delegate: {routeTables: [{name: ghost}]}\n")},
      "RouteTable */ghost not found"),

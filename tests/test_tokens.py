@@ -167,3 +167,7 @@ def test_a_name_variant_an_upstream_reads_as_the_token_name_is_another_copy(quer
 def test_stripping_removes_every_name_variant_of_the_credential():
     assert strip_query_parameter("ACCESS_TOKEN=x&access.token=y&keep=1", "access_token") == "keep=1"
     assert strip_cookie("AT=x; at=y; keep=1", "at") == "keep=1"
+
+
+def test_strip_cookie_keeps_a_value_holding_a_comma_intact():
+    assert strip_cookie('prefs={"a":1,"b":2}; at=x', "at") == 'prefs={"a":1,"b":2}'

@@ -200,7 +200,13 @@ def strip_query_parameter(query_string: str, name: str) -> str:
 
 
 def strip_cookie(cookie_header: str, name: str) -> str:
-    """The Cookie header without any ``name`` pair, names compared as the request's cookies were
-    read (:func:`gateway_app.incoming.cookie_pair`); other pairs kept, joined by ``"; "``."""
+    """The Cookie header without any pair whose name reads as ``name`` (:func:`parameter_key`).
+
+    Pairs are the ``;``-separated parts, kept as sent and joined by ``"; "``; a part holding a
+    ``,``-joined repeat (how servers join two Cookie headers) is dropped whole when any of its
+    pieces is the credential, as :func:`gateway_app.incoming.cookie_parts` reads it.
+    """
     key = parameter_key(name)
-    return "; ".join(part for part in cookie_parts(cookie_header) if parameter_key(cookie_pair(part)[0]) != key)
+    kept = [part for raw in cookie_header.split(";") if (part := raw.strip(" \t"))
+            and all(parameter_key(cookie_pair(piece)[0]) != key for piece in cookie_parts(part))]
+    return "; ".join(kept)
