@@ -27,7 +27,8 @@ and authorized is what is forwarded. Its rules, each refused with 400 and a stab
   names are compared as :func:`parameter_key` reads them.
 - **Forwarding headers**: every header a client could forge about the connection
   (:func:`is_forwarding_header`) is dropped unless the peer is a trusted proxy
-  (``GATEWAY_TRUSTED_PROXIES``). The scheme is the connection's: ``https`` only over TLS, or
+  (``GATEWAY_TRUSTED_PROXIES``); URL and method overrides (:data:`OVERRIDE_HEADERS`) are
+  dropped from every peer, so the upstream serves the method and URL that were routed. The scheme is the connection's: ``https`` only over TLS, or
   when a trusted proxy says so in ``X-Forwarded-Proto``.
 """
 
@@ -60,7 +61,12 @@ FORWARDING_HEADERS = frozenset({
     "forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "x-cluster-client-ip", "client-ip",
     "x-original-forwarded-for", "cf-connecting-ip", "fastly-client-ip", "x-envoy-external-address",
     "x-client-verify", "x-client-dn", "x-client-san", "x-url-scheme", "x-scheme", "front-end-https",
-    "x-original-url", "x-rewrite-url", "x-original-host", "x-host",
+    "x-original-host", "x-host",
+})
+# Headers that make an upstream serve another URL or method than the one routed and authorized
+# (IIS, Symfony, Express method-override, Spring, Rails): dropped from every peer.
+OVERRIDE_HEADERS = frozenset({
+    "x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override",
 })
 
 
@@ -176,7 +182,7 @@ def _headers_of(environ: t.Mapping[str, t.Any], trusted: bool) -> dict[str, str]
     for key, value in environ.items():
         if key.startswith("HTTP_"):
             name = key[5:].replace("_", "-").lower()
-            if trusted or not is_forwarding_header(name):
+            if name not in OVERRIDE_HEADERS and (trusted or not is_forwarding_header(name)):
                 headers[name] = value
     if environ.get("CONTENT_TYPE"):
         headers["content-type"] = environ["CONTENT_TYPE"]

@@ -45,6 +45,7 @@ from gateway_app.errors import PayloadTooLargeError
 from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
 from gateway_app.header_values import relayed_text
+from gateway_app.incoming import OVERRIDE_HEADERS
 from gateway_app.incoming import is_forwarding_header
 
 if t.TYPE_CHECKING:
@@ -67,9 +68,8 @@ _NOT_SETTABLE_BY_ROUTE = HOP_BY_HOP_HEADERS | {"content-length"}
 _NOT_COPIED_FROM_UPSTREAM = HOP_BY_HOP_HEADERS
 _NOT_COPIED_FROM_UPSTREAM_WITH_ID = HOP_BY_HOP_HEADERS | {"x-request-id"}
 
-# URL overrides (IIS, Symfony) are dropped even from trusted proxies; the other forwarding
-# headers a client could forge are dropped unless the peer is trusted (incoming.is_forwarding_header).
-_URL_OVERRIDE_HEADERS = frozenset({"x-original-url", "x-rewrite-url"})
+# URL and method overrides are dropped from every peer; the other forwarding headers a client
+# could forge unless the peer is trusted (incoming.OVERRIDE_HEADERS, incoming.is_forwarding_header).
 
 _NO_HEADERS: t.Mapping[str, str] = types.MappingProxyType({})
 _NO_PROXIES: dict[str, str] = {}
@@ -371,7 +371,7 @@ class Forwarder:
                          remove_headers: t.Iterable[str]) -> CaseInsensitiveDict[str]:
         """The client's end-to-end headers, minus removals, plus the gateway's own."""
         client = request.headers
-        dropped = _NOT_COPIED_FROM_CLIENT | _URL_OVERRIDE_HEADERS
+        dropped = _NOT_COPIED_FROM_CLIENT | OVERRIDE_HEADERS
         connection = client.get("connection")
         if connection:
             dropped = dropped | _header_names(connection)

@@ -168,3 +168,10 @@ def test_a_peer_outside_the_trusted_networks_is_not_trusted():
 def test_too_many_headers_are_refused():
     env = environ(**{f"HTTP_X_H{i}": "v" for i in range(5)})
     assert refused(env, max_header_count=3) == "too_many_headers"
+
+
+def test_url_and_method_overrides_are_dropped_even_from_a_trusted_proxy():
+    """``X-HTTP-Method-Override: DELETE`` on a GET route would make Express or Rails run a DELETE."""
+    env = environ(HTTP_X_HTTP_METHOD_OVERRIDE="DELETE", HTTP_X_ORIGINAL_URL="/admin", HTTP_X_METHOD_OVERRIDE="PUT")
+    for proxies in (TrustedProxies(), TrustedProxies(["127.0.0.1"])):
+        assert set(from_environ(env, trusted_proxies=proxies).headers) == {"host"}

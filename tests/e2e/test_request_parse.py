@@ -353,6 +353,7 @@ FORGED_FORWARDING = [
     ("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-Host", "admin.internal"), ("X-Forwarded-Port", "443"),
     ("X-Real-IP", "10.0.0.1"), ("X-Forwarded-Client-Cert", "Hash=abc;Subject=\"CN=admin\""),
     ("X-Client-Cert", "-----BEGIN CERTIFICATE-----"), ("Ssl-Client-Cert", "x"), ("X-SSL-Client-Verify", "SUCCESS"),
+    ("X-HTTP-Method-Override", "DELETE"), ("X-Original-URL", "/admin"),
 ]
 
 
