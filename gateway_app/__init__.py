@@ -1,35 +1,22 @@
-"""An API gateway: OAuth 2.0 access tokens and Rego policies in front of upstream APIs."""
+"""An API gateway: OAuth 2.0 access tokens and Rego policies in front of upstream APIs.
+
+The package imports nothing itself: gunicorn's master imports :mod:`gateway_app.worker` (the
+worker class) before its ``on_starting`` hook prepares multi-process metrics, and
+``prometheus_client`` must not be imported before that (:mod:`gateway_app.metrics`). The names
+below are loaded on first use (PEP 562).
+"""
 
 from __future__ import annotations
 
-import pathlib
+import importlib
+import typing as t
 
-from flask import Flask
-
-from .errors import register_error_handlers
-from .gateway import Gateway
-from .observability import configure_logging
-from .reload import start_watcher
-from .settings import Settings
-from .views import register_views
-
-
-def create_app(config_dir: str | pathlib.Path | None = None, rego_dir: str | pathlib.Path | None = None,
-               settings: Settings | None = None) -> Flask:
-    """Build the app from a config and a Rego directory (defaults: ``GATEWAY_*`` env, then conf/ and rego/).
-
-    :raises ConfigError: the configuration is invalid; start-up stops.
-    """
-    settings = settings or Settings.from_env(config_dir=config_dir, rego_dir=rego_dir)
-    configure_logging(settings)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = None
-    gateway = Gateway(settings)
-    app.extensions["gateway"] = gateway
-    register_error_handlers(app)
-    register_views(app, gateway)
-    start_watcher(gateway)
-    return app
-
+_EXPORTS = {"create_app": ".app", "Gateway": ".gateway", "Settings": ".settings"}
 
 __all__ = ["create_app", "Gateway", "Settings"]
+
+
+def __getattr__(name: str) -> t.Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
