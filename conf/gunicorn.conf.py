@@ -29,7 +29,11 @@ import tempfile
 
 # One worker per core keeps the CPU busy; threads cover I/O waits (IdP, upstream).
 workers = int(os.environ.get("GATEWAY_WORKERS", multiprocessing.cpu_count()))
-worker_class = "gthread"
+# gthread, except that each request head is read whole in the worker's event loop before it takes
+# a thread: a head not complete within GATEWAY_HEAD_TIMEOUT seconds (default 10) gets 408 and is
+# closed; later waits on the client (body, answer) end after GATEWAY_CLIENT_TIMEOUT seconds
+# (default 30). See gateway_app/worker.py and README "Security and limits".
+worker_class = "gateway_app.worker.HeadReadingWorker"
 # Threads per worker. The gateway's own work is CPU-bound Python: more threads than a few only
 # add GIL contention (measured here: 4 threads gave ~10% more requests/s than 8 on a local
 # upstream). Raise it when upstreams or the IdP are slow, since a waiting request holds a thread.

@@ -1,0 +1,326 @@
+"""Slow clients do not stop the gateway (issue 12, class 11): the head-reading worker, end to end.
+
+Real gunicorn with ``conf/gunicorn.conf.py`` (``gateway_app.worker.HeadReadingWorker``). Clients
+that trickle their request head one line a second hold no pool thread, so an open route keeps
+answering; a head slower than ``GATEWAY_HEAD_TIMEOUT`` is answered 408 and closed. A
+differential test sends the same bytes to a plain gthread worker and to the head-reading worker
+running a WSGI app that echoes what it sees: the answers must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import socket
+import threading
+import time
+import typing as t
+
+import pytest
+import requests
+
+from tests.support.servers import GUNICORN
+from tests.support.servers import ServerProcess
+from tests.support.servers import free_port
+from tests.support.servers import gateway_server
+from tests.support.servers import render_config
+
+CONFIG = """\
+apiVersion: gloo.solo.io/v1
+kind: Upstream
+metadata: {name: httpbin, namespace: gloo-system}
+spec:
+  static: {hosts: [{addr: 127.0.0.1, port: {UPSTREAM_PORT}}]}
+---
+apiVersion: gateway.solo.io/v1
+kind: VirtualService
+metadata: {name: open, namespace: gloo-system}
+spec:
+  virtualHost:
+    domains: ['*']
+    routes:
+    - matchers: [{prefix: /}]
+      routeAction: {single: {upstream: {name: httpbin, namespace: gloo-system}}}
+"""
+
+TRICKLING_CLIENTS = 64
+TRICKLED_LINES = 6           # one a second: the heads take ~6 s, within the default 10 s deadline
+OPEN_ROUTE_TIMEOUT = 2.0     # the issue's bound: the open route answers within 2 s
+
+
+def trickled_head(path: str, lines: int) -> list[bytes]:
+    """A request head as the lines a slow client sends one by one (the empty line last)."""
+    head = [f"GET {path} HTTP/1.1\r\n".encode(), b"Host: gateway.test\r\n"]
+    head += [f"X-Trickle-{n}: {n}\r\n".encode() for n in range(lines - 2)]
+    return head + [b"Connection: close\r\n\r\n"]
+
+
+class TricklingClient:
+    """One connection that sends its head one line every ``interval`` seconds, then reads the answer."""
+
+    def __init__(self, port: int, lines: list[bytes], interval: float = 1.0) -> None:
+        self.port = port
+        self.lines = lines
+        self.interval = interval
+        self.lines_sent = 0
+        self.first_line_sent = threading.Event()
+        self.answer = b""
+
+    def run(self) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                for index, line in enumerate(self.lines):
+                    if index:
+                        time.sleep(self.interval)
+                    sock.sendall(line)
+                    self.lines_sent += 1
+                    self.first_line_sent.set()
+            except OSError:
+                pass                        # closed by the gateway before the head was whole
+            finally:
+                self.first_line_sent.set()
+            self.answer = read_until_closed(sock)
+        return self.answer
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except OSError:
+        pass
+    return data
+
+
+def status_of(answer: bytes) -> int | None:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else None
+
+
+class OpenRouteProbe:
+    """Requests to an open route, one after another, each allowed ``OPEN_ROUTE_TIMEOUT`` seconds."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.statuses: list[int | str] = []
+
+    def run_until(self, done: t.Callable[[], bool]) -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            while not done():
+                try:
+                    self.statuses.append(session.get(self.url, timeout=OPEN_ROUTE_TIMEOUT).status_code)
+                except requests.RequestException as error:
+                    self.statuses.append(type(error).__name__)
+
+    @property
+    def failures(self) -> list[int | str]:
+        return [status for status in self.statuses if status != 200]
+
+
+def trickle_while_probing(gateway: ServerProcess, clients: list[TricklingClient]) -> tuple[OpenRouteProbe, list]:
+    """Start every trickling client, probe the open route until the first one is answered, collect answers."""
+    probe = OpenRouteProbe(gateway.url + "/anything/public")
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        futures = [pool.submit(client.run) for client in clients]
+        for client in clients:
+            client.first_line_sent.wait(10)
+        probe.run_until(lambda: any(future.done() for future in futures))
+        answers = [future.result(timeout=60) for future in futures]
+    return probe, answers
+
+
+@pytest.fixture(scope="module")
+def gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
+    """The gateway as shipped: conf/gunicorn.conf.py, 2 workers x 4 threads, the default head deadline."""
+    tmp = tmp_path_factory.mktemp("slow-clients")
+    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port)
+    (tmp / "rego").mkdir()
+    env = {"GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "4", "GATEWAY_LOG_LEVEL": "info"}
+    with gateway_server(tmp, conf, tmp / "rego", workers=2, threads=4, env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def impatient_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
+    """One worker with one thread, a 2 s head deadline and client timeout: any thread a slow client took would show."""
+    tmp = tmp_path_factory.mktemp("impatient")
+    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port)
+    (tmp / "rego").mkdir()
+    env = {"GATEWAY_HEAD_TIMEOUT": "2", "GATEWAY_CLIENT_TIMEOUT": "2", "GATEWAY_LOG_LEVEL": "info"}
+    with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=1, env=env, name="impatient") as server:
+        yield server
+
+
+def test_64_clients_trickling_their_heads_do_not_stop_an_open_route(gateway):
+    clients = [TricklingClient(gateway.port, trickled_head(f"/anything/slow-{n}", TRICKLED_LINES))
+               for n in range(TRICKLING_CLIENTS)]
+    probe, answers = trickle_while_probing(gateway, clients)
+    assert probe.failures == []
+    assert len(probe.statuses) >= 5, "the open route was answered while the heads trickled in"
+    # Slow but within the deadline: every trickling client is served too.
+    assert [status_of(answer) for answer in answers] == [200] * TRICKLING_CLIENTS
+
+
+def test_a_head_slower_than_the_deadline_is_answered_408_and_closed(impatient_gateway):
+    clients = [TricklingClient(impatient_gateway.port, trickled_head("/anything/late", 8)) for _ in range(4)]
+    probe, answers = trickle_while_probing(impatient_gateway, clients)
+    assert probe.failures == []
+    assert len(probe.statuses) >= 1
+    for client, answer in zip(clients, answers):
+        assert status_of(answer) == 408
+        assert b"Connection: close" in answer
+        assert client.lines_sent < len(client.lines), "closed before the head was whole"
+
+
+def test_a_client_that_sends_nothing_is_closed_without_an_answer(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
+        assert read_until_closed(sock) == b""
+
+
+def test_a_kept_alive_connection_trickling_its_next_head_holds_no_thread(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
+        sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        first = read_answer(sock)
+        assert status_of(first) == 200
+        client = TricklingClient(impatient_gateway.port, trickled_head("/anything/second", 2))
+        sock.sendall(client.lines[0])
+        with requests.Session() as session:
+            session.trust_env = False
+            assert session.get(impatient_gateway.url + "/anything/public", timeout=OPEN_ROUTE_TIMEOUT).status_code == 200
+        for line in client.lines[1:]:
+            sock.sendall(line)
+        assert status_of(read_until_closed(sock)) == 200
+
+
+def test_clients_that_keep_a_finished_connection_open_do_not_stall_the_worker(impatient_gateway):
+    """After ``Connection: close`` the gateway reads until the client closes (RFC 9112 §9.6), never on the loop."""
+    holders = [socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) for _ in range(5)]
+    try:
+        for sock in holders:
+            sock.sendall(b"GET /anything/held HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n")
+        answers = [read_until_closed(sock) for sock in holders]   # the gateway half-closes: EOF
+        with requests.Session() as session:
+            session.trust_env = False
+            statuses = [session.get(impatient_gateway.url + "/anything/public", timeout=OPEN_ROUTE_TIMEOUT).status_code
+                        for _ in range(3)]
+    finally:
+        for sock in holders:
+            sock.close()
+    assert [status_of(answer) for answer in answers] == [200] * 5
+    assert statuses == [200] * 3
+
+
+def test_a_body_that_stops_arriving_is_answered_400_after_the_client_timeout(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
+        sock.sendall(b"POST /anything/stalled HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\nabc")
+        answer = read_answer(sock)
+    assert status_of(answer) == 400
+    assert b'"body_invalid"' in answer
+    with requests.Session() as session:
+        session.trust_env = False
+        assert session.get(impatient_gateway.url + "/anything/public", timeout=OPEN_ROUTE_TIMEOUT).status_code == 200
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One answer with a Content-Length body, from a connection that stays open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+# --- The same bytes, the same request: plain gthread against the head-reading worker ---------
+
+def echo_app(environ: dict, start_response: t.Callable) -> list[bytes]:
+    """What a WSGI app sees of a request, as JSON: the request line, every header in order, the body."""
+    seen = {
+        "request_line": [environ["REQUEST_METHOD"], environ["RAW_URI"], environ["SERVER_PROTOCOL"]],
+        "path": [environ["PATH_INFO"], environ["QUERY_STRING"]],
+        "headers": [[key, value] for key, value in environ.items()
+                    if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")],
+        "body": environ["wsgi.input"].read().decode("latin-1"),
+    }
+    body = json.dumps(seen).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+LIMITS = ["--limit-request-line", "200", "--limit-request-fields", "10", "--limit-request-field_size", "300"]
+
+
+def echo_server(tmp_dir, name: str, worker_class: str) -> ServerProcess:
+    port = free_port()
+    argv = [GUNICORN, "-k", worker_class, "-w", "1", "--threads", "2", *LIMITS, "--no-control-socket",
+            "--graceful-timeout", "1", "-b", f"127.0.0.1:{port}", "tests.e2e.test_slow_clients:echo_app"]
+    return ServerProcess(name, argv, port, tmp_dir, ready_url=f"http://127.0.0.1:{port}/ready")
+
+
+@pytest.fixture(scope="module")
+def echo_servers(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[ServerProcess, ServerProcess]]:
+    tmp = tmp_path_factory.mktemp("echo")
+    with echo_server(tmp, "echo-gthread", "gthread") as plain, \
+            echo_server(tmp, "echo-head-reading", "gateway_app.worker.HeadReadingWorker") as head_reading:
+        yield plain, head_reading
+
+
+def exchange(port: int, packets: list[bytes], pause: float = 0.0) -> bytes:
+    """Send ``packets`` (``pause`` seconds apart) on one connection; everything read until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for packet in packets:
+            sock.sendall(packet)
+            if pause:
+                time.sleep(pause)
+        return read_until_closed(sock)
+
+
+def without_date(answer: bytes) -> bytes:
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.lower().startswith(b"date:"))
+
+
+def split_every(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+GET = b"GET /p/a%2Fb?q=1&r=%25 HTTP/1.1\r\nHost: x\r\nX-One: 1\r\nx-two:  2 \r\nConnection: close\r\n\r\n"
+PIPELINED = (b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+             b"POST /second HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+             b"POST /third HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+             b"GET /fourth?x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+CASES = {
+    "one packet": ([GET], 0.0),
+    "a head in one-byte packets": (split_every(GET, 1), 0.002),
+    "four pipelined requests in one packet": ([PIPELINED], 0.0),
+    "pipelined requests in 7-byte packets": (split_every(PIPELINED, 7), 0.002),
+    "the next request's head arriving after a pause": ([PIPELINED[:40], PIPELINED[40:]], 0.2),
+    "an empty line before the request line": ([b"\r\n" + GET], 0.0),
+    "a bare LF, refused": ([b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n"], 0.0),
+    "a request line over the limit, refused": ([b"GET /" + b"a" * 300], 0.0),
+    "obs-fold, refused": ([b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n"], 0.0),
+    "more header fields than the limit, refused": (
+        [b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(12)) + b"\r\n"], 0.0),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_the_app_sees_byte_for_byte_what_a_plain_gthread_worker_gives(echo_servers, case):
+    packets, pause = CASES[case]
+    plain, head_reading = echo_servers
+    expected = without_date(exchange(plain.port, packets, pause))
+    assert expected.startswith(b"HTTP/1.1 ")
+    assert without_date(exchange(head_reading.port, packets, pause)) == expected
+
+
+def test_a_head_larger_than_gunicorns_limits_is_answered_431_at_once(echo_servers):
+    _, head_reading = echo_servers
+    head = b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"v" * 290 + b"\r\n"
+    answer = exchange(head_reading.port, [head * 12])
+    assert status_of(answer) == 431
