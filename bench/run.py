@@ -2,6 +2,7 @@
 
 Starts on 127.0.0.1 nginx (the upstream, a small JSON), the test OAuth server, the gateway
 under gunicorn with the shipped ``conf/gunicorn.conf.py`` (plus a per-worker request counter),
+the same gateway with gunicorn's plain gthread worker (the cost of the head-reading worker),
 and the naive Flask + ``requests`` proxy with the same gunicorn settings; then drives each
 setup with ``wrk -t2 -c32``, in short rounds that alternate the order (A B C, C B A, …) so
 drift cancels in the ratios, and prints the median of the rounds. ``--memory`` instead measures worker RSS after
@@ -52,6 +53,8 @@ TARGETS = (  # (label, numerator, denominator, comparison, bound)
     ("p99 introspection / p99 no-auth", "introspection", "open", "p99<=", 1.2),
     ("JWT + usage plan / JWT, in-process counters (rps)", "jwt-limited", "jwt", ">=", 0.98),
     ("JWT + usage plan / JWT, Redis counters (rps)", "jwt-limited-redis", "jwt-redis", ">=", 0.95),
+    # issue 12: the head-reading worker costs at most 3 % against gunicorn's plain gthread worker.
+    ("no-auth, head-reading worker / plain gthread (rps)", "open", "open-gthread", ">=", 0.97),
 )
 
 
@@ -89,11 +92,12 @@ class Stack(contextlib.ExitStack):
             pids.write(f"{server.process.pid}\n")
         return server
 
-    def gunicorn(self, name: str, app: str, env: t.Mapping[str, str]) -> ServerProcess:
+    def gunicorn(self, name: str, app: str, env: t.Mapping[str, str], options: t.Sequence[str] = ()) -> ServerProcess:
+        """``app`` under gunicorn with the bench config; ``options`` (command line) override it."""
         port = free_port()
         counts = self.root / "counts" / name
         counts.mkdir(parents=True)
-        argv = [GUNICORN, "-c", str(GUNICORN_CONF), "--no-control-socket", "-b", f"127.0.0.1:{port}", app]
+        argv = [GUNICORN, "-c", str(GUNICORN_CONF), *options, "--no-control-socket", "-b", f"127.0.0.1:{port}", app]
         server = ServerProcess(name, argv, port, self.root / "logs",
                                env={"BENCH_COUNTS_DIR": str(counts), "GATEWAY_MAX_REQUESTS": "0", **env},
                                ready_url=f"http://127.0.0.1:{port}/open", start_timeout=60)
@@ -153,8 +157,10 @@ def _start_nginx(stack: Stack, root: pathlib.Path) -> ServerProcess:
 def _setups(args: argparse.Namespace, stack: Stack, root: pathlib.Path, upstream: ServerProcess,
             gateway: ServerProcess, gateway_env: dict[str, str], jwt_token: str, opaque: list[str]) -> list[Setup]:
     naive = stack.gunicorn("naive", "bench.naive_proxy:app", {"NAIVE_UPSTREAM": upstream.url})
+    plain = stack.gunicorn("gateway-gthread", "wsgi:app", gateway_env, options=["-k", "gthread"])
     setups = [
         Setup("direct", "upstream direct (nginx)", upstream, [("/open", None)]),
+        Setup("open-gthread", "gateway, no auth, plain gthread worker", plain, [("/open", None)]),
         Setup("open", "gateway, no auth", gateway, [("/open", None)]),
         Setup("jwt", "gateway, JWT + Rego + claim header", gateway, [("/jwt", jwt_token)]),
         Setup("jwt-limited", "gateway, JWT + Rego + claim header + usage plan (per worker)", gateway,
@@ -177,8 +183,8 @@ def _setups(args: argparse.Namespace, stack: Stack, root: pathlib.Path, upstream
                        Setup("jwt-limited-redis", "gateway with Redis, JWT + Rego + header + usage plan (Redis)",
                              shared, [("/jwt-limited", jwt_token)])]
     # The no-auth run sits between the two auth runs it is compared with, so each pair is adjacent in time.
-    order = ["direct", "jwt-limited", "jwt", "open", "introspection", "naive", "open-nolog", "introspection-redis",
-             "jwt-redis", "jwt-limited-redis"]
+    order = ["direct", "open-gthread", "jwt-limited", "jwt", "open", "introspection", "naive", "open-nolog",
+             "introspection-redis", "jwt-redis", "jwt-limited-redis"]
     return sorted(setups, key=lambda s: order.index(s.key) if s.key in order else len(order))
 
 
