@@ -84,6 +84,14 @@ class PathMatcher:
         return f"{self.kind} {self.value}"
 
 
+class Condition(t.Protocol):
+    """A compiled condition over the whole request, such as a Traefik rule."""
+
+    def matches(self, request: IncomingRequest) -> bool: ...
+
+    def describe(self) -> str: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Matcher:
     """All conditions of one matcher must hold; a route matches if any of its matchers does."""
@@ -91,8 +99,11 @@ class Matcher:
     paths: tuple[PathMatcher, ...] = ()          # all must match (delegation adds the parent's)
     methods: frozenset[str] = frozenset()        # empty: any method
     headers: tuple[HeaderMatcher, ...] = ()
+    condition: "Condition | None" = None          # a compiled rule (Traefik ``match``)
 
     def matches(self, request: IncomingRequest) -> bool:
+        if self.condition is not None and not self.condition.matches(request):
+            return False
         if self.methods and request.method not in self.methods:
             return False
         for path in self.paths:
@@ -104,6 +115,8 @@ class Matcher:
         return True
 
     def describe(self) -> str:
+        if self.condition is not None and not (self.paths or self.methods or self.headers):
+            return self.condition.describe()
         parts = [p.describe() for p in self.paths] or ["prefix /"]
         if self.methods:
             parts.append("methods " + ",".join(sorted(self.methods)))

@@ -45,12 +45,12 @@ def test_and_stops_at_the_first_false_and_or_at_the_first_true():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("jwt and", "unexpected end"),
-    ("(jwt or policy", "missing ')'"),
-    ("jwt policy", "unexpected 'policy'"),
-    ("and jwt", "unexpected 'and'"),
-    ("jwt and unknown", "no config named 'unknown'"),
-    ("jwt + policy", "unexpected text"),
+    ("jwt and", "column 8: expected a name, '!' or '(', found end of expression"),
+    ("(jwt or policy", "column 15: expected ')', found end of expression"),
+    ("jwt policy", "column 5: expected '&&', '||' or the end, found 'policy'"),
+    ("and jwt", "column 1: expected a name, '!' or '(', found 'and'"),
+    ("jwt and unknown", "column 9: no config named 'unknown'"),
+    ("jwt + policy", "column 5: unexpected character '+'"),
 ], ids=["dangling operator", "unclosed parenthesis", "two names in a row", "leading operator",
         "unknown config name", "unknown symbol"])
 def test_bad_expressions_are_config_errors(text, message):
