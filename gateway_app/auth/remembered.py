@@ -49,7 +49,8 @@ def rememberable(steps: t.Sequence[AuthStep], has_boolean_expr: bool) -> bool:
     if has_boolean_expr or not steps or not isinstance(steps[0], OAuth2Step):
         return False
     check = steps[0].claims_check
-    if check is not None and not _deterministic(getattr(check, "engine", None), getattr(check, "query", None)):
+    if check is not None and not getattr(check, "deterministic", False) \
+            and not _deterministic(getattr(check, "engine", None), getattr(check, "query", None)):
         return False
     for step in steps[1:]:
         if not isinstance(step, OpaStep) or step.shadow is not None:

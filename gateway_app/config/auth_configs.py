@@ -166,7 +166,7 @@ def _parse_oauth2(node: Node, index: int, name: str, namespace: str, ctx: AuthBu
             raise validation.error("cacheTimeout", "applies to introspection only")
         validator_node.data = dict(validator_node.data)
         validator_node.data.setdefault("cacheTimeout", cache_timeout)
-    validator, user_id_claim = _validator(kind, validator_node, namespace, ctx)
+    validator, user_id_claim = token_validator(kind, validator_node, namespace, ctx)
     validator = _with_stale_if_error(validation, kind, validator, ctx)
     token_source = parse_token_source(validation.child("tokenSource"))
     step = OAuth2Step(
@@ -192,7 +192,11 @@ def _claims_check(validation: Node, expression: str) -> RegoClaimsCheck:
         raise validation.error("claims", e.detail) from e
 
 
-def _validator(kind: str, node: Node, namespace: str, ctx: AuthBuildContext) -> tuple[t.Any, str | None]:
+def token_validator(kind: str, node: Node, namespace: str, ctx: AuthBuildContext) -> tuple[t.Any, str | None]:
+    """The shared validator for a ``jwt`` or ``introspection`` mapping, and its user id claim.
+
+    :raises ConfigError: from the settings' parser.
+    """
     if kind == "jwt":
         settings = parse_jwt_settings(node)
         key = ("jwt", settings)

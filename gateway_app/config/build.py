@@ -3,7 +3,8 @@
 Every resource gets a status, ``ACCEPTED`` or ``REJECTED: <reason>``; a config with any
 rejection is not served. Kinds: ``Secret``, ``Upstream``, ``ConfigMap`` (Rego modules in
 ``data``), ``AuthConfig``, ``VirtualService``, ``RouteTable``, ``ExtAuthPolicy``,
-``ExtAuthServer`` (accepted; auth runs in-process).
+``ExtAuthServer`` (accepted; auth runs in-process), and Traefik's ``Middleware`` and
+``IngressRoute`` (:mod:`gateway_app.traefik`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from ..policy.engine import load_module
 from ..routing import Router
 from ..routing import VirtualHost
 from ..routing import strip_port
+from ..traefik.ingress_routes import compile_ingress_route
+from ..traefik.ingress_routes import traefik_virtual_hosts
+from ..traefik.middlewares import parse_middleware
 from .auth_configs import AuthBuildContext
 from .auth_configs import ValidatorRegistry
 from .auth_configs import parse_auth_pipeline
@@ -39,7 +43,7 @@ from .usage_plans import parse_usage_plan
 from .vs_compiler import compile_virtual_service
 
 KINDS = ("Secret", "Upstream", "ConfigMap", "AuthConfig", "ExtAuthServer", "ExtAuthPolicy",
-         "VirtualService", "RouteTable", "UsagePlan", "UsagePlanSettings")
+         "VirtualService", "RouteTable", "UsagePlan", "UsagePlanSettings", "Middleware", "IngressRoute")
 
 
 @dataclasses.dataclass
@@ -94,6 +98,7 @@ class _Builder:
         self.rego_modules: dict[str, RegoModule] = {}
         self.configmap_modules: dict[tuple[str, str], list[RegoModule]] = {}
         self.auth_pipelines: dict[tuple[str, str], t.Any] = {}
+        self.middlewares: dict[tuple[str, str], t.Any] = {}
         self.secrets = SecretStore([])
         self.usage_plans = UsagePlans()
 
@@ -242,6 +247,10 @@ class _Builder:
             pipeline = self._guard(resource, parse)
             if pipeline is not None:
                 self.auth_pipelines[(resource.namespace, resource.name)] = pipeline
+        for resource in self.by_kind["Middleware"]:
+            middleware = self._guard(resource, lambda r=resource: parse_middleware(r, ctx))
+            if middleware is not None:
+                self.middlewares[(resource.namespace, resource.name)] = middleware
 
     def build_routes(self, ctx: AuthBuildContext) -> list[VirtualHost]:
         vhosts: list[VirtualHost] = []
@@ -253,7 +262,20 @@ class _Builder:
         compiler = RouteTableCompiler(self.by_kind["RouteTable"], self.by_kind["ExtAuthPolicy"], self.upstreams, ctx,
                                       usage_plans={r.name for r in self.by_kind["UsagePlan"]})
         vhosts.extend(compiler.compile(self._guard, self._reject))
+        vhosts.extend(self._traefik_routes())
         return vhosts
+
+    def _traefik_routes(self) -> list[VirtualHost]:
+        routes = []
+        for resource in self.by_kind["IngressRoute"]:
+            routes.extend(self._guard(resource, lambda r=resource: compile_ingress_route(
+                r, self.upstreams, self.middlewares)) or ())
+        try:
+            return traefik_virtual_hosts(routes)
+        except ConfigError as e:
+            self.statuses.append(ResourceStatus("IngressRoute", "-", "(all)", e.where.partition(":")[0], None,
+                                                str(e)))
+            return []
 
 
 def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,

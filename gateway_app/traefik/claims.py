@@ -36,6 +36,8 @@ _MISSING = object()
 class TraefikClaimsCheck:
     """A compiled ``claims`` expression: ``allows(claims)``; the ``claims_check`` of an oauth2 step."""
 
+    deterministic = True          # a function of the claims only: its outcome may be remembered
+
     def __init__(self, expression: str, where: str, label: str = "claims") -> None:
         self.expression = expression
         self._predicate = compile_calls(expression, _FUNCTIONS, label, where, "claims")

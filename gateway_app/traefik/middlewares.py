@@ -1,0 +1,223 @@
+"""Traefik ``Middleware`` resources translated into the gateway's auth model.
+
+``spec.plugin.oAuthIntrospection`` (Traefik Hub's OAuth 2.0 Token Introspection middleware)
+becomes one :class:`OAuth2Step` built by the same parsers as an ``AuthConfig``'s
+``oauth2.accessTokenValidation.introspection``: the same token sources, introspection client,
+token cache, claim headers and forwarding. Only names change:
+
+=================================================  =============================================
+Traefik Hub                                        gateway (``AuthConfig``)
+=================================================  =============================================
+``tokenSource.{header,headerAuthScheme,query,cookie}``  ``tokenSource`` (same names)
+``clientConfig.url``                               ``introspection.introspectionUrl``
+``clientConfig.headers`` (``urn:k8s:secret:N:K``)   ``introspection.headers`` (Secret values)
+``clientConfig.tokenTypeHint``                     ``introspection.tokenTypeHint``
+``clientConfig.timeoutSeconds`` / ``maxRetries``    ``introspection.timeout`` / ``retries``
+``clientConfig.tls.{ca,cert,key,insecureSkipVerify}``  ``introspection.tls.{caBundle,clientCertificate,clientKey,insecureSkipVerify}``
+``claims`` (Traefik's claims language)              ``claims`` (:mod:`gateway_app.traefik.claims`)
+``forwardHeaders``                                 ``forwardHeaders``
+``forwardAuthorization`` (default false)           ``tokenSource.removeFromRequest`` = not it
+``usernameClaim``                                  ``usernameClaim``
+=================================================  =============================================
+
+A missing or invalid token is answered 401, as Traefik Hub does; a ``claims`` expression that
+does not hold is 403.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing as t
+
+from ..auth.pipeline import AuthPipeline
+from ..auth.remembered import rememberable
+from ..auth.steps import AuthStep
+from ..auth.steps import ClaimHeader
+from ..auth.steps import OAuth2Step
+from ..auth.tokens import parse_token_source
+from ..config.auth_configs import AuthBuildContext
+from ..config.auth_configs import token_validator
+from ..config.fields import Node
+from ..config.loader import LineMap
+from ..config.loader import RawResource
+from ..errors import ConfigError
+from .claims import TraefikClaimsCheck
+
+API_VERSIONS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
+README_SECTION = "README.md, section 'Coming from Traefik Hub'"
+SUPPORTED_PLUGINS = ("oAuthIntrospection",)
+SUPPORTED_KINDS = tuple(f"plugin.{p}" for p in SUPPORTED_PLUGINS)
+TRAEFIK_STATUS_ON_AUTHENTICATION_FAILURE = 401
+
+# Traefik Hub's names -> the introspection settings' names (and back, for error messages)
+_CLIENT_CONFIG = {"url": "introspectionUrl", "headers": "headers", "tokenTypeHint": "tokenTypeHint",
+                  "timeoutSeconds": "timeout", "maxRetries": "retries", "tls": "tls"}
+_TLS = {"ca": "caBundle", "cert": "clientCertificate", "key": "clientKey", "insecureSkipVerify": "insecureSkipVerify"}
+_SECRET_URN = re.compile(r"^urn:k8s:secret:([^:]+):([^:]+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Middleware:
+    """One compiled Middleware: what it adds to a route that lists it."""
+
+    name: str                                   # "apps/oauth2-token-introspection"
+    kind: str                                   # "plugin.oAuthIntrospection"
+    steps: tuple[AuthStep, ...] = ()
+
+
+def check_api_version(resource: RawResource) -> None:
+    """:raises ConfigError: not one of Traefik's CRD API versions."""
+    if resource.api_version not in API_VERSIONS:
+        raise ConfigError(f"apiVersion must be {' or '.join(API_VERSIONS)}, got {resource.api_version!r}",
+                          where=resource.where, line=resource.line)
+
+
+def nearest(name: str, known: t.Iterable[str]) -> str:
+    """`` (did you mean X?)`` for a misspelt name, else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def parse_middleware(resource: RawResource, ctx: AuthBuildContext) -> Middleware:
+    """One ``Middleware``; its kind is the one key of ``spec``.
+
+    :raises ConfigError: wrong apiVersion, unsupported kind, or a bad option of a supported one.
+    """
+    check_api_version(resource)
+    spec = Node(resource.body.get("spec"), resource.where)
+    kinds = [str(k) for k in spec.data]
+    if len(kinds) != 1:
+        raise spec.error(None, f"needs exactly one middleware kind, found {len(kinds)} ({', '.join(kinds)})")
+    name = f"{resource.namespace}/{resource.name}"
+    if kinds[0] != "plugin":
+        raise spec.error(kinds[0], f"Middleware kind {kinds[0]!r} is not supported "
+                                   f"(supported: {', '.join(SUPPORTED_KINDS)}); see {README_SECTION}")
+    plugin = spec.child("plugin")
+    assert plugin is not None
+    plugins = [str(k) for k in plugin.data]
+    if len(plugins) != 1 or plugins[0] not in SUPPORTED_PLUGINS:
+        found = plugins[0] if len(plugins) == 1 else ", ".join(plugins) or "none"
+        raise plugin.error(plugins[0] if len(plugins) == 1 else None,
+                           f"Middleware plugin {found!r} is not supported{nearest(found, SUPPORTED_PLUGINS)} "
+                           f"(supported: {', '.join(SUPPORTED_KINDS)}); see {README_SECTION}")
+    node = plugin.child(plugins[0], required=True)
+    assert node is not None
+    step = introspection_step(node, resource.namespace, ctx)
+    return Middleware(name=name, kind=f"plugin.{plugins[0]}", steps=(step,))
+
+
+def introspection_step(node: Node, namespace: str, ctx: AuthBuildContext) -> OAuth2Step:
+    """``spec.plugin.oAuthIntrospection`` -> an oauth2 step with an introspection validator."""
+    known = ("tokenSource", "clientConfig", "claims", "forwardHeaders", "forwardAuthorization", "usernameClaim")
+    _refuse_unknown(node, known)
+    forward_authorization = node.bool("forwardAuthorization")
+    token_source = dataclasses.replace(parse_token_source(node.child("tokenSource")),
+                                       remove_from_request=not forward_authorization)
+    client = node.child("clientConfig", required=True)
+    assert client is not None
+    validator, _ = token_validator("introspection", _introspection_node(client, namespace, ctx), namespace, ctx)
+    claims = node.str("claims")
+    headers = tuple(ClaimHeader(claim=claim, header=header.lower())
+                    for header, claim in node.str_map("forwardHeaders").items())
+    username_claim = node.str("usernameClaim")
+    node.done()
+    return OAuth2Step(index=0, name="oAuthIntrospection", token_source=token_source, validator=validator,
+                      validator_kind="introspection", claim_headers=headers, username_claim=username_claim,
+                      claims_check=_claims(node, claims) if claims else None, claims_expression=claims)
+
+
+def _claims(node: Node, expression: str) -> TraefikClaimsCheck:
+    try:
+        return TraefikClaimsCheck(expression, node.where, node.field_path("claims"))
+    except ConfigError as e:
+        raise ConfigError(e.detail, where=node.where, line=node.data.key_lines.get("claims")) from e
+
+
+def _refuse_unknown(node: Node, known: t.Sequence[str]) -> None:
+    for key in node.data:
+        if key not in known:
+            raise node.error(str(key), f"unknown field{nearest(str(key), known)} (known: {', '.join(known)}); "
+                                       f"see {README_SECTION}")
+
+
+def _introspection_node(client: Node, namespace: str, ctx: AuthBuildContext) -> Node:
+    """``clientConfig`` renamed into an ``introspection`` mapping, lines kept for errors."""
+    _refuse_unknown(client, tuple(_CLIENT_CONFIG))
+    data = _renamed(client.data, _CLIENT_CONFIG)
+    for field in _CLIENT_CONFIG:
+        client.raw(field)
+    if "headers" in data:
+        headers = client.child("headers")
+        assert headers is not None
+        data["headers"] = _header_values(headers, namespace, ctx)
+    if "tls" in data:
+        tls = client.child("tls")
+        assert tls is not None
+        _refuse_unknown(tls, tuple(_TLS))
+        for field in ("ca", "cert", "key"):
+            value = tls.data.get(field)
+            if isinstance(value, str) and ("-----BEGIN" in value or value.startswith("urn:")):
+                raise tls.error(field, "inline PEM and Secret references are not supported here; "
+                                       f"give the path of a PEM file (see {README_SECTION})")
+        data["tls"] = _renamed(tls.data, _TLS)
+    return _TraefikNamedNode(data, client.where, client.path)
+
+
+def _renamed(data: t.Mapping[t.Any, t.Any], names: t.Mapping[str, str]) -> LineMap:
+    result = LineMap()
+    result.line = getattr(data, "line", 0)
+    result.key_lines = {}
+    lines = getattr(data, "key_lines", {})
+    for key, value in data.items():
+        new = names.get(str(key), str(key))
+        result[new] = value
+        result.key_lines[new] = lines.get(str(key))
+    return result
+
+
+def _header_values(node: Node, namespace: str, ctx: AuthBuildContext) -> dict[str, str]:
+    """Header values as written, or the value of a ``urn:k8s:secret:NAME:KEY`` reference."""
+    result = {}
+    for header, value in ((str(k), v) for k, v in node.data.items()):
+        if not isinstance(value, str):
+            raise node.error(header, "expected a string")
+        if "{{" in value:
+            raise node.error(header, "Go templates over the request are not supported yet; "
+                                     f"use a plain value (see {README_SECTION})")
+        urn = _SECRET_URN.match(value.strip())
+        if urn:
+            ref = Node({"name": urn.group(1), "key": urn.group(2)}, node.where, node.field_path(header))
+            value = ctx.secrets.resolve(ref, namespace).reveal()
+        result[header] = value
+    return result
+
+
+class _TraefikNamedNode(Node):
+    """A translated node whose errors name Traefik's fields (``clientConfig.url``, ``tls.ca``)."""
+
+    _BACK = {**{v: k for k, v in _CLIENT_CONFIG.items()}, **{v: k for k, v in _TLS.items()}}
+
+    def error(self, field: str | None, message: str) -> ConfigError:
+        error = super().error(field, message)
+        detail = error.detail
+        for gloo, traefik in self._BACK.items():
+            detail = re.sub(rf"\b{gloo}\b", traefik, detail)
+        return ConfigError(detail, where=error.where, line=error.line)
+
+    def child(self, field: str, *, required: bool = False) -> Node | None:
+        found = super().child(field, required=required)
+        return None if found is None else _TraefikNamedNode(found.data, found.where, found.path)
+
+
+def pipeline_for(middlewares: t.Sequence[Middleware]) -> AuthPipeline | None:
+    """The auth steps of a route's middlewares, in order, as one pipeline (401 on a bad token)."""
+    with_auth = [m for m in middlewares if m.steps]
+    if not with_auth:
+        return None
+    steps = tuple(dataclasses.replace(step, index=index)
+                  for index, step in enumerate(s for m in with_auth for s in m.steps))
+    return AuthPipeline(name="+".join(m.name for m in with_auth), steps=steps,
+                        authentication_failure_status=TRAEFIK_STATUS_ON_AUTHENTICATION_FAILURE,
+                        remember_outcomes=rememberable(steps, False))

@@ -1,0 +1,262 @@
+"""Traefik ``Middleware`` (oAuthIntrospection) and ``IngressRoute`` resources: translated into the
+route table and auth pipeline, through the Flask test client (IdP and upstream mocked)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import pytest
+
+from gateway_app.config.build import build_config
+from tests.conftest import write_tree
+from tests.factories import upstream_yaml
+
+IDP = "http://idp.test/realms/demo/protocol/openid-connect/token/introspect"
+UPSTREAM = "http://upstream.test:8000"
+GOOD = "good-token-1234567890"
+
+UPSTREAM_YAML = upstream_yaml("whoami", "apps")
+
+MIDDLEWARE = """
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata:
+  name: oauth2-token-introspection
+  namespace: apps
+spec:
+  plugin:
+    oAuthIntrospection:
+      tokenSource:
+        header: Authorization
+        headerAuthScheme: Bearer
+        query: token
+        cookie: session
+      clientConfig:
+        url: "%(idp)s"
+        headers:
+          Authorization: urn:k8s:secret:introspection:basic
+        tokenTypeHint: access_token
+        timeoutSeconds: 2
+        maxRetries: 0
+      forwardHeaders:
+        Group: grp
+        Expires-At: exp
+      claims: Equals(`grp`, `admin`) || SplitContains(`scope`, ` `, `superuser`)
+      usernameClaim: preferred_username
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: introspection, namespace: apps}
+stringData: {basic: Basic ZXhhbXBsZTpleGFtcGxl}
+""" % {"idp": IDP}
+
+INGRESS_ROUTE = """
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata:
+  name: whoami
+  namespace: apps
+spec:
+  entryPoints: [web]
+  routes:
+  - match: Host(`api.example.com`) && PathPrefix(`/secure`)
+    kind: Rule
+    services:
+    - name: whoami
+      port: 80
+    middlewares:
+    - name: oauth2-token-introspection
+  - match: Host(`api.example.com`) && PathPrefix(`/open`)
+    kind: Rule
+    services:
+    - name: whoami
+      port: 80
+"""
+
+
+def _app(make_app, *extra: str):
+    files = {"upstream.yaml": UPSTREAM_YAML, "middleware.yaml": MIDDLEWARE, "ingress.yaml": INGRESS_ROUTE}
+    files.update({f"extra{i}.yaml": text for i, text in enumerate(extra)})
+    return make_app(files)
+
+
+def _idp(requests_mock, claims=None):
+    def answer(request, context):
+        form = dict(pair.split("=", 1) for pair in request.text.split("&"))
+        assert request.headers["Authorization"] == "Basic ZXhhbXBsZTpleGFtcGxl"
+        if form.get("token") == GOOD:
+            return {"active": True, "exp": int(time.time()) + 3600, "preferred_username": "ada",
+                    **(claims if claims is not None else {"grp": "admin"})}
+        return {"active": False}
+    return requests_mock.post(IDP, json=answer)
+
+
+def _upstream(requests_mock, path="/secure"):
+    return requests_mock.get(f"{UPSTREAM}{path}", json={"ok": True})
+
+
+@pytest.mark.parametrize("how", ["header", "query", "cookie"])
+def test_token_from_each_source_is_introspected_and_removed_before_forwarding(make_app, requests_mock, how):
+    app = _app(make_app)
+    _idp(requests_mock)
+    upstream = _upstream(requests_mock)
+    client = app.test_client()
+    if how == "header":
+        response = client.get("/secure", headers={"Host": "api.example.com", "Authorization": f"Bearer {GOOD}"})
+    elif how == "query":
+        response = client.get(f"/secure?token={GOOD}&x=1", headers={"Host": "api.example.com"})
+    else:
+        client.set_cookie("session", GOOD, domain="api.example.com")
+        response = client.get("/secure", headers={"Host": "api.example.com", "Cookie": f"session={GOOD}; a=b"})
+    assert response.status_code == 200
+    sent = upstream.last_request
+    assert "Authorization" not in sent.headers
+    assert GOOD not in sent.url and GOOD not in sent.headers.get("Cookie", "")
+    assert sent.headers["Group"] == "admin"
+
+
+def test_missing_token_is_401_as_traefik_hub_answers(make_app, requests_mock):
+    app = _app(make_app)
+    idp, upstream = _idp(requests_mock), _upstream(requests_mock)
+    response = app.test_client().get("/secure", headers={"Host": "api.example.com"})
+    assert response.status_code == 401
+    assert idp.call_count == 0 and upstream.call_count == 0
+
+
+def test_inactive_token_is_401(make_app, requests_mock):
+    app = _app(make_app)
+    _idp(requests_mock)
+    response = app.test_client().get("/secure", headers={"Host": "api.example.com",
+                                                         "Authorization": "Bearer inactive-token-123456"})
+    assert response.status_code == 401
+
+
+def test_claims_expression_that_does_not_hold_is_403(make_app, requests_mock):
+    app = _app(make_app)
+    _idp(requests_mock, claims={"grp": "dev", "scope": "read write"})
+    upstream = _upstream(requests_mock)
+    response = app.test_client().get("/secure", headers={"Host": "api.example.com",
+                                                         "Authorization": f"Bearer {GOOD}"})
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "claims_mismatch"
+    assert upstream.call_count == 0
+
+
+def test_claims_expression_or_branch_allows(make_app, requests_mock):
+    app = _app(make_app)
+    _idp(requests_mock, claims={"grp": "dev", "scope": "read superuser"})
+    _upstream(requests_mock)
+    response = app.test_client().get("/secure", headers={"Host": "api.example.com",
+                                                         "Authorization": f"Bearer {GOOD}"})
+    assert response.status_code == 200
+
+
+def test_route_without_middleware_is_open_and_other_hosts_are_not_routed(make_app, requests_mock):
+    app = _app(make_app)
+    _upstream(requests_mock, "/open")
+    client = app.test_client()
+    assert client.get("/open", headers={"Host": "api.example.com"}).status_code == 200
+    assert client.get("/open", headers={"Host": "other.example.com"}).status_code == 404
+
+
+def test_forward_authorization_true_keeps_the_credential(make_app, requests_mock):
+    app = _app(make_app, MIDDLEWARE.replace("usernameClaim: preferred_username",
+                                            "usernameClaim: preferred_username\n      forwardAuthorization: true")
+               .replace("name: oauth2-token-introspection", "name: keep").replace("name: introspection,", "name: s2,")
+               .replace("secret:introspection:", "secret:s2:"),
+               INGRESS_ROUTE.replace("name: whoami\n  namespace", "name: keep\n  namespace")
+               .replace("/secure", "/keep").replace("/open", "/keep-open")
+               .replace("- name: oauth2-token-introspection", "- name: keep"))
+    _idp(requests_mock)
+    upstream = _upstream(requests_mock, "/keep")
+    response = app.test_client().get("/keep", headers={"Host": "api.example.com", "Authorization": f"Bearer {GOOD}"})
+    assert response.status_code == 200
+    assert upstream.last_request.headers["Authorization"] == f"Bearer {GOOD}"
+
+
+def _statuses(tmp_path: pathlib.Path, files) -> list[str]:
+    result = build_config(write_tree(tmp_path / "conf", files), write_tree(tmp_path / "rego", {}))
+    return [s.describe() for s in result.errors]
+
+
+def test_higher_priority_and_longer_rules_are_tried_first(tmp_path):
+    ingress = INGRESS_ROUTE + """
+  - match: PathPrefix(`/`)
+    kind: Rule
+    priority: 1000
+    services: [{name: whoami, port: 80}]
+"""
+    result = build_config(write_tree(tmp_path / "conf", {"u.yaml": UPSTREAM_YAML, "m.yaml": MIDDLEWARE,
+                                                         "i.yaml": ingress}),
+                          write_tree(tmp_path / "rego", {}))
+    assert result.config is not None
+    hosts = {vh.domains: [r.name for r in vh.routes] for vh in result.config.router.virtual_hosts}
+    assert hosts[("api.example.com",)] == ["apps/whoami/routes[2]", "apps/whoami/routes[0]", "apps/whoami/routes[1]"]
+    assert hosts[("*",)] == ["apps/whoami/routes[2]"]
+
+
+def test_a_host_claimed_by_a_virtual_service_and_an_ingress_route_is_reported(tmp_path):
+    vs = """
+apiVersion: gateway.solo.io/v1
+kind: VirtualService
+metadata: {name: gloo, namespace: apps}
+spec:
+  virtualHost:
+    domains: [api.example.com]
+    routes:
+    - routeAction: {single: {upstream: {name: whoami}}}
+"""
+    errors = _statuses(tmp_path, {"u.yaml": UPSTREAM_YAML, "m.yaml": MIDDLEWARE, "i.yaml": INGRESS_ROUTE,
+                                  "vs.yaml": vs})
+    assert any("'api.example.com' is claimed by both" in e and "IngressRoute apps/whoami" in e
+               and "VirtualService apps/gloo" in e for e in errors), errors
+
+
+def test_two_routes_with_the_same_rule_and_priority_are_reported(tmp_path):
+    twin = INGRESS_ROUTE.replace("name: whoami\n  namespace", "name: twin\n  namespace")
+    errors = _statuses(tmp_path, {"u.yaml": UPSTREAM_YAML, "m.yaml": MIDDLEWARE, "i.yaml": INGRESS_ROUTE,
+                                  "twin.yaml": twin})
+    assert any("apps/whoami/routes[0] and apps/twin/routes[0] have the same rule and priority" in e
+               for e in errors), errors
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"i.yaml": INGRESS_ROUTE.replace("PathPrefix(`/secure`)", "PathPrefix(`/secure`")},
+     ["IngressRoute apps/whoami", "i.yaml:10)", "spec.routes[0].match: line 1, column 48: expected ',' or ')'"]),
+    ({"i.yaml": INGRESS_ROUTE.replace("- name: oauth2-token-introspection", "- name: nope")},
+     ["IngressRoute apps/whoami", "spec.routes[0].middlewares[0].name: Middleware apps/nope not found"]),
+    ({"i.yaml": INGRESS_ROUTE.replace("- name: whoami\n      port: 80\n    middlewares", "- name: web\n"
+                                      "      port: 80\n    middlewares")},
+     ["services[0].name: Upstream apps/web not found: declare the Kubernetes Service web as an Upstream"]),
+    ({"m.yaml": MIDDLEWARE.replace("plugin:\n    oAuthIntrospection:", "rateLimit:\n    average:")},
+     ["Middleware apps/oauth2-token-introspection", "Middleware kind 'rateLimit' is not supported "
+      "(supported: plugin.oAuthIntrospection); see README.md, section 'Coming from Traefik Hub'"]),
+    ({"m.yaml": MIDDLEWARE.replace("oAuthIntrospection:", "oAuthIntrospecton:")},
+     ["plugin 'oAuthIntrospecton' is not supported (did you mean oAuthIntrospection?)"]),
+    ({"m.yaml": MIDDLEWARE.replace("forwardHeaders:", "forwardHeader:")},
+     ["spec.plugin.oAuthIntrospection.forwardHeader: unknown field (did you mean forwardHeaders?)"]),
+    ({"m.yaml": MIDDLEWARE.replace("timeoutSeconds: 2", "timeoutSecond: 2")},
+     ["clientConfig.timeoutSecond: unknown field (did you mean timeoutSeconds?)"]),
+    ({"m.yaml": MIDDLEWARE.replace(f'url: "{IDP}"', 'url: "ftp://idp"')},
+     ["spec.plugin.oAuthIntrospection.clientConfig.url: must be an http:// or https:// URL"]),
+    ({"m.yaml": MIDDLEWARE.replace("Equals(`grp`, `admin`) ||", "Equals(`grp`) ||")},
+     ["spec.plugin.oAuthIntrospection.claims: line 1, column 1: Equals takes 2 arguments"]),
+    ({"m.yaml": MIDDLEWARE.replace("secret:introspection:basic", "secret:introspection:nokey")},
+     ["Secret apps/introspection has no key 'nokey'"]),
+    ({"m.yaml": MIDDLEWARE.replace("traefik.io/v1alpha1", "traefik.io/v2")},
+     ["apiVersion must be traefik.io/v1alpha1 or traefik.containo.us/v1alpha1"]),
+], ids=["malformed rule", "dangling middleware", "kubernetes service without upstream", "unsupported kind",
+        "misspelt plugin", "misspelt field", "misspelt client option", "bad url names traefik's field",
+        "malformed claims", "dangling secret key", "unknown api version"])
+def test_broken_traefik_resources_are_rejected_with_where_and_why(tmp_path, files, expected):
+    errors = _statuses(tmp_path, {"u.yaml": UPSTREAM_YAML, "m.yaml": MIDDLEWARE, "i.yaml": INGRESS_ROUTE, **files})
+    text = "\n".join(errors)
+    for part in expected:
+        assert part in text, text
+
+
+def test_the_older_api_group_is_accepted(tmp_path):
+    files = {"u.yaml": UPSTREAM_YAML, "m.yaml": MIDDLEWARE.replace("traefik.io/", "traefik.containo.us/"),
+             "i.yaml": INGRESS_ROUTE.replace("traefik.io/", "traefik.containo.us/")}
+    assert _statuses(tmp_path, files) == []
