@@ -3,6 +3,7 @@ route table and auth pipeline, through the Flask test client (IdP and upstream m
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import time
 
@@ -260,3 +261,22 @@ def test_the_older_api_group_is_accepted(tmp_path):
     files = {"u.yaml": UPSTREAM_YAML, "m.yaml": MIDDLEWARE.replace("traefik.io/", "traefik.containo.us/"),
              "i.yaml": INGRESS_ROUTE.replace("traefik.io/", "traefik.containo.us/")}
     assert _statuses(tmp_path, files) == []
+
+
+def test_username_claim_is_the_subject_of_the_access_record(make_app, requests_mock, caplog):
+    app = _app(make_app)
+    _idp(requests_mock)
+    _upstream(requests_mock)
+    access = logging.getLogger("gateway_app.access")
+    access.addHandler(caplog.handler)          # the app's logging does not propagate to the root
+    try:
+        with caplog.at_level("INFO", logger="gateway_app.access"):
+            response = app.test_client().get("/secure", headers={"Host": "api.example.com",
+                                                                 "Authorization": f"Bearer {GOOD}"})
+    finally:
+        access.removeHandler(caplog.handler)
+    assert response.status_code == 200
+    fields = [r.fields for r in caplog.records if r.name == "gateway_app.access"][-1]
+    assert fields["sub"] == "ada"
+    assert fields["route"] == "apps/whoami/routes[0]"
+    assert fields["auth_config"] == "apps/oauth2-token-introspection"

@@ -2,7 +2,8 @@
 
 Built on authlib's server components: the client_credentials grant, RFC 7662
 introspection, RFC 7009 revocation and RFC 9068 JWT access tokens. It answers on
-Hydra's paths so the walkthrough's curl commands work unchanged::
+Hydra's paths so the walkthrough's curl commands work unchanged (and on Keycloak's
+``/realms/<realm>/protocol/openid-connect/token[/introspect]`` for the Traefik Hub guide)::
 
     python -m tests.support.oauth_server --host 127.0.0.1 --port 4444 --port 4445
     gunicorn -w 1 --threads 8 -b 127.0.0.1:4444 'tests.support.oauth_server:create_app()'
@@ -73,6 +74,7 @@ class Client(ClientMixin):
     signing_alg: str = "RS256"
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME
     audience: list[str] = dataclasses.field(default_factory=list)
+    claims: dict[str, t.Any] = dataclasses.field(default_factory=dict)   # added to introspection answers
 
     @classmethod
     def from_metadata(cls, metadata: t.Mapping[str, t.Any]) -> Client:
@@ -97,6 +99,8 @@ class Client(ClientMixin):
             raise ClientMetadataError("token_lifetime must be a positive integer")
         if not isinstance(self.scope, str):
             raise ClientMetadataError("scope must be a space-separated string")
+        if not isinstance(self.claims, dict):
+            raise ClientMetadataError("claims must be an object")
 
     def to_dict(self) -> dict[str, t.Any]:
         return dataclasses.asdict(self)
@@ -146,6 +150,7 @@ class IssuedToken(TokenMixin):
     audience: list[str]
     token_format: str
     revoked: bool = False
+    claims: dict[str, t.Any] = dataclasses.field(default_factory=dict)
 
     def check_client(self, client: Client) -> bool:
         return client.client_id == self.client_id
@@ -176,6 +181,7 @@ class IssuedToken(TokenMixin):
             "iss": self.issuer,
             "token_type": "Bearer",
             "token_use": "access_token",
+            **self.claims,
         }
 
 
@@ -370,7 +376,7 @@ def _record_token(state: OAuthState, issuer: t.Callable[[], str]) -> t.Callable[
             expires_at, iss = issued_at + token["expires_in"], issuer()
             audience = list(client.audience)
         state.save_token(IssuedToken(access_token, client.client_id, token["scope"], issued_at,
-                                     expires_at, iss, audience, client.token_format))
+                                     expires_at, iss, audience, client.token_format, claims=dict(client.claims)))
 
     return save_token
 
@@ -401,13 +407,15 @@ def create_app(config: dict[str, t.Any] | None = None) -> Flask:
 
 def _register_oauth_routes(app: Flask, server: AuthorizationServer, state: OAuthState) -> None:
     @app.post("/oauth2/token")
-    def token():
+    @app.post("/realms/<realm>/protocol/openid-connect/token")          # Keycloak's paths
+    def token(realm: str | None = None):
         state.count("token_calls")
         return server.create_token_response()
 
     @app.post("/oauth2/introspect")
     @app.post("/admin/oauth2/introspect")
-    def introspect():
+    @app.post("/realms/<realm>/protocol/openid-connect/token/introspect")
+    def introspect(realm: str | None = None):
         state.count("introspection_calls")
         return server.create_endpoint_response(_Introspection.ENDPOINT_NAME)
 
