@@ -30,11 +30,14 @@ from ..errors import ConfigError
 from ..routing import Matcher
 from ..routing import Route
 from ..routing import VirtualHost
+from ..transform import HeaderTransforms
 from .middlewares import README_SECTION
 from .middlewares import Middleware
 from .middlewares import check_api_version
 from .middlewares import nearest
 from .middlewares import pipeline_for
+from .rewrites import PathChanges
+from .rewrites import PathStep
 from .rules import Rule
 from .rules import compile_rule
 
@@ -93,12 +96,23 @@ def _compile_route(node: Node, index: int, resource: RawResource, upstreams: dic
     targets = _services(node, resource, upstreams)
     _done(node, _ROUTE_FIELDS)
     auth = pipeline_for(chain)
+    transforms = HeaderTransforms(tuple(h for m in chain for h in m.headers)) if any(m.headers for m in chain) \
+        else None
     route = Route(name=f"{resource.namespace}/{resource.name}/routes[{index}]",
                   source=f"{resource.where}: routes[{index}]", matchers=(Matcher(condition=rule),),
-                  targets=targets, auth=auth, managed_headers=managed_headers(auth, None))
+                  targets=targets, auth=auth, transforms=transforms, path_rewrite=_path_changes(chain),
+                  managed_headers=managed_headers(auth, transforms))
     return TraefikRoute(route=route, rule=rule, priority=rule.default_priority if priority is None else priority,
                         owner=f"IngressRoute {resource.namespace}/{resource.name}",
                         order=(resource.file, resource.index, index))
+
+
+def _path_changes(chain: t.Sequence[Middleware]) -> PathChanges | None:
+    with_path = [m for m in chain if m.path_step is not None]
+    if not with_path:
+        return None
+    return PathChanges(steps=tuple(t.cast(PathStep, m.path_step) for m in with_path),
+                       replacement=", ".join(m.path_description for m in with_path))
 
 
 def _rule(node: Node) -> Rule:

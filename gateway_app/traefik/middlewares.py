@@ -43,12 +43,16 @@ from ..config.fields import Node
 from ..config.loader import LineMap
 from ..config.loader import RawResource
 from ..errors import ConfigError
+from ..transform import HeaderTemplate
 from .claims import TraefikClaimsCheck
+from .rewrites import PATH_KINDS
+from .rewrites import PathStep
+from .rewrites import parse_headers
 
 API_VERSIONS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
 README_SECTION = "README.md, section 'Coming from Traefik Hub'"
 SUPPORTED_PLUGINS = ("oAuthIntrospection",)
-SUPPORTED_KINDS = tuple(f"plugin.{p}" for p in SUPPORTED_PLUGINS)
+SUPPORTED_KINDS = (*(f"plugin.{p}" for p in SUPPORTED_PLUGINS), "headers", *PATH_KINDS)
 TRAEFIK_STATUS_ON_AUTHENTICATION_FAILURE = 401
 
 # Traefik Hub's names -> the introspection settings' names (and back, for error messages)
@@ -63,8 +67,11 @@ class Middleware:
     """One compiled Middleware: what it adds to a route that lists it."""
 
     name: str                                   # "apps/oauth2-token-introspection"
-    kind: str                                   # "plugin.oAuthIntrospection"
+    kind: str                                   # "plugin.oAuthIntrospection", "stripPrefix"
     steps: tuple[AuthStep, ...] = ()
+    headers: tuple[HeaderTemplate, ...] = ()
+    path_step: PathStep | None = None
+    path_description: str = ""
 
 
 def check_api_version(resource: RawResource) -> None:
@@ -90,10 +97,15 @@ def parse_middleware(resource: RawResource, ctx: AuthBuildContext) -> Middleware
     kinds = [str(k) for k in spec.data]
     if len(kinds) != 1:
         raise spec.error(None, f"needs exactly one middleware kind, found {len(kinds)} ({', '.join(kinds)})")
-    name = f"{resource.namespace}/{resource.name}"
-    if kinds[0] != "plugin":
-        raise spec.error(kinds[0], f"Middleware kind {kinds[0]!r} is not supported "
-                                   f"(supported: {', '.join(SUPPORTED_KINDS)}); see {README_SECTION}")
+    name, kind = f"{resource.namespace}/{resource.name}", kinds[0]
+    if kind == "headers":
+        return Middleware(name=name, kind=kind, headers=parse_headers(_child(spec, kind)))
+    if kind in PATH_KINDS:
+        step, description = PATH_KINDS[kind](_child(spec, kind))
+        return Middleware(name=name, kind=kind, path_step=step, path_description=description)
+    if kind != "plugin":
+        raise spec.error(kind, f"Middleware kind {kind!r} is not supported{nearest(kind, SUPPORTED_KINDS)} "
+                               f"(supported: {', '.join(SUPPORTED_KINDS)}); see {README_SECTION}")
     plugin = spec.child("plugin")
     assert plugin is not None
     plugins = [str(k) for k in plugin.data]
@@ -106,6 +118,12 @@ def parse_middleware(resource: RawResource, ctx: AuthBuildContext) -> Middleware
     assert node is not None
     step = introspection_step(node, resource.namespace, ctx)
     return Middleware(name=name, kind=f"plugin.{plugins[0]}", steps=(step,))
+
+
+def _child(spec: Node, kind: str) -> Node:
+    node = spec.child(kind, required=True)
+    assert node is not None
+    return node
 
 
 def introspection_step(node: Node, namespace: str, ctx: AuthBuildContext) -> OAuth2Step:
