@@ -49,14 +49,19 @@ def _header_lookup(name: str) -> Part:
     return lambda request, state: request.headers.get(lowered, "")
 
 
-def compile_template(text: str, where: str = "template") -> tuple[Part, ...]:
-    """Split a template into callables. :raises ConfigError: unknown call or bad syntax."""
+def compile_template(text: str, where: str = "template",
+                     compile_call: t.Callable[[str, str], Part] | None = None) -> tuple[Part, ...]:
+    """Split a template into callables; ``compile_call(expression, where)`` compiles each
+    ``{{ expression }}`` (default: the Gloo calls above; Traefik's Go-template forms use another).
+
+    :raises ConfigError: unknown call or bad syntax.
+    """
     parts: list[Part] = []
     position = 0
     for call in _CALL.finditer(text):
         if call.start() > position:
             parts.append(_literal(text[position:call.start()]))
-        parts.append(_compile_call(call.group(1), where))
+        parts.append((compile_call or _compile_call)(call.group(1), where))
         position = call.end()
     tail = text[position:]
     if "{{" in tail or "}}" in tail:

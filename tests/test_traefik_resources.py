@@ -281,3 +281,42 @@ def test_username_claim_is_the_subject_of_the_access_record(make_app, requests_m
     assert fields["sub"] == "ada"
     assert fields["route"] == "apps/whoami/routes[0]"
     assert fields["auth_config"] == "apps/oauth2-token-introspection"
+
+
+TEMPLATED = MIDDLEWARE.replace(
+    "          Authorization: urn:k8s:secret:introspection:basic",
+    "          Authorization: urn:k8s:secret:introspection:basic\n"
+    "          X-Forwarded-Host: '{{ .Request.Host }}'\n"
+    "          X-Original: '{{ .Request.Method }} {{ .Request.URL }} {{ .Request.Header.Get \"X-Tenant\" }}'")
+
+
+def test_templated_idp_headers_are_rendered_per_request_and_key_the_cache(make_app, requests_mock):
+    idp = _idp(requests_mock)
+    requests_mock.get(f"{UPSTREAM}/secure", json={})
+    app = make_app({"upstream.yaml": UPSTREAM_YAML, "middleware.yaml": TEMPLATED, "ingress.yaml": INGRESS_ROUTE,
+                    "b.yaml": INGRESS_ROUTE.replace("api.example.com", "b.example.com")
+                    .replace("name: whoami\n  namespace", "name: b\n  namespace")})
+    client = app.test_client()
+    bearer = {"Authorization": f"Bearer {GOOD}", "X-Tenant": "acme"}
+    assert client.get("/secure?a=1", headers={"Host": "api.example.com", **bearer}).status_code == 200
+    sent = idp.last_request.headers
+    assert sent["X-Forwarded-Host"] == "api.example.com"
+    assert sent["X-Original"] == "GET /secure?a=1 acme"
+    assert client.get("/secure?a=1", headers={"Host": "api.example.com", **bearer}).status_code == 200
+    assert idp.call_count == 1
+    assert client.get("/secure?a=1", headers={"Host": "b.example.com", **bearer}).status_code == 200
+    assert idp.call_count == 2
+    assert idp.last_request.headers["X-Forwarded-Host"] == "b.example.com"
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ .Request.RemoteAddr }}", "unsupported template {{ .Request.RemoteAddr }} (supported: {{ .Request.Host }}"),
+    ('{{ .Request.Header.Get "X" | printf "%s" }}', "unsupported template"),
+    ("{{ .Request.Host ", "unbalanced"),
+], ids=["unknown field", "pipeline", "unbalanced braces"])
+def test_unsupported_templates_are_refused_at_validation(tmp_path, template, message):
+    middleware = MIDDLEWARE.replace("          Authorization: urn:k8s:secret:introspection:basic",
+                                    f"          X-Custom: '{template}'")
+    errors = _statuses(tmp_path, {"u.yaml": UPSTREAM_YAML, "m.yaml": middleware, "i.yaml": INGRESS_ROUTE})
+    text = "\n".join(errors)
+    assert "spec.plugin.oAuthIntrospection.clientConfig.headers.X-Custom" in text and message in text, text

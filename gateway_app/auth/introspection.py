@@ -284,20 +284,23 @@ class IntrospectionValidator:
             self._session.close()
 
     # -- the one public operation ---------------------------------------------------------
-    def validate(self, token: str) -> TokenInfo:
+    def validate(self, token: str, request_headers: t.Mapping[str, str] | None = None) -> TokenInfo:
         """The token's state as the IdP reports it, from the cache when fresh.
+
+        ``request_headers`` are extra headers for the IdP rendered from the incoming request
+        (Traefik Hub's templated ``clientConfig.headers``); answers are cached per token *and* them.
 
         :raises InvalidTokenError: malformed, inactive, expired or not yet valid token.
         :raises IdentityProviderError: the IdP is unreachable, failing, or answering garbage.
         """
         self._check_shape(token)
-        key = self._key(token)
+        key = self._key(token) if not request_headers else self._key(_headers_key(request_headers) + token)
         entry = self._cache.get(key)
         if entry is not None:
             self._metrics.cache_hits.inc()
         else:
             self._metrics.cache_misses.inc()
-            entry = self._flight.do(key, lambda: self._introspect_and_store(key, token))
+            entry = self._flight.do(key, lambda: self._introspect_and_store(key, token, request_headers))
         return self._token_info(key, entry)
 
     # -- steps ----------------------------------------------------------------------------
@@ -309,19 +312,20 @@ class IntrospectionValidator:
         if not (token.isascii() and token.isprintable()) or " " in token:     # visible ASCII only
             raise InvalidTokenError("the access token contains invalid characters", reason="token_malformed")
 
-    def _introspect_and_store(self, key: str, token: str) -> dict[str, t.Any]:
+    def _introspect_and_store(self, key: str, token: str,
+                              request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
         cached = self._cache.get(key)   # a flight that finished just before this one started
         if cached is not None:
             return cached
-        entry = self._introspect(token)
+        entry = self._introspect(token, request_headers)
         ttl = self._ttl(entry)
         if ttl > 0:
             self._cache.set(key, entry, ttl)
         return entry
 
-    def _introspect(self, token: str) -> dict[str, t.Any]:
+    def _introspect(self, token: str, request_headers: t.Mapping[str, str] | None = None) -> dict[str, t.Any]:
         """Ask the IdP, retrying; return a cache entry ``{"active": bool, "claims": {...}}``."""
-        answer = self._fetch_answer(token)
+        answer = self._fetch_answer(token, request_headers)
         active = answer.get("active")
         if not isinstance(active, bool):
             self._metrics.error("bad_answer")
@@ -366,11 +370,11 @@ class IntrospectionValidator:
         return info
 
     # -- talking to the IdP ---------------------------------------------------------------
-    def _fetch_answer(self, token: str) -> dict[str, t.Any]:
+    def _fetch_answer(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
         attempts = 1 + self.settings.retries
         for attempt in range(attempts):
             try:
-                return self._ask_once(token)
+                return self._ask_once(token, request_headers)
             except _Failure as failure:
                 if not failure.retryable or attempt == attempts - 1:
                     self._fail(failure, token, attempts=attempt + 1)
@@ -379,9 +383,9 @@ class IntrospectionValidator:
                 self._sleep(min(self.settings.retry_backoff * 2 ** attempt, MAX_RETRY_BACKOFF))
         raise AssertionError("unreachable")
 
-    def _ask_once(self, token: str) -> dict[str, t.Any]:
+    def _ask_once(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
         """One POST; the parsed JSON object, or a :class:`_Failure` saying why not."""
-        data, headers = self._request_parts(token)
+        data, headers = self._request_parts(token, request_headers)
         with self._counter_lock:
             self.calls += 1
         started = time.perf_counter()
@@ -417,11 +421,13 @@ class IntrospectionValidator:
         except requests.RequestException as e:
             raise _Failure(f"request failed ({type(e).__name__})", detail=str(e)) from e
 
-    def _request_parts(self, token: str) -> tuple[dict[str, str], dict[str, str]]:
+    def _request_parts(self, token: str, request_headers: t.Mapping[str, str] | None = None,
+                       ) -> tuple[dict[str, str], dict[str, str]]:
         data = {"token": token}
         if self.settings.token_type_hint:
             data["token_type_hint"] = self.settings.token_type_hint
         headers = dict(self.settings.headers)
+        headers.update(request_headers or {})
         headers["Accept"] = "application/json"
         self._client_auth.apply(data, headers)
         return data, headers
@@ -436,6 +442,11 @@ class IntrospectionValidator:
             failure.content_type, body[:EXCERPT_CHARS], detail[:EXCERPT_CHARS * 2],
         )
         raise IdentityProviderError(f"token introspection failed: {failure.why}") from None
+
+
+def _headers_key(headers: t.Mapping[str, str]) -> str:
+    """A prefix that keeps cache entries of one token apart per rendered request headers."""
+    return hash_key(*(f"{name.lower()}:{value}" for name, value in sorted(headers.items()))) + ":"
 
 
 def _failure_reason(failure: _Failure) -> str:

@@ -89,6 +89,8 @@ class OAuth2Step:
     username_claim: str | None = None
     claims_check: ClaimsCheck | None = None
     claims_expression: str | None = None
+    # extra IdP headers rendered from the request (Traefik Hub's templated clientConfig.headers)
+    request_headers: t.Callable[[IncomingRequest], t.Mapping[str, str]] | None = None
 
     @property
     def metadata_key(self) -> str:
@@ -102,7 +104,10 @@ class OAuth2Step:
         found = self.token_source.extract(ctx.request)
         if found is None:
             raise MissingTokenError()
-        info = self.validator.validate(found.value)
+        if self.request_headers is None:
+            info = self.validator.validate(found.value)
+        else:
+            info = self.validator.validate(found.value, self.request_headers(ctx.request))
         ctx.state.token_location = found.location
         ctx.state.token_source = found.location[0]
         return info

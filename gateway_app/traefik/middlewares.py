@@ -5,20 +5,19 @@ becomes one :class:`OAuth2Step` built by the same parsers as an ``AuthConfig``'s
 ``oauth2.accessTokenValidation.introspection``: the same token sources, introspection client,
 token cache, claim headers and forwarding. Only names change:
 
-=================================================  =============================================
-Traefik Hub                                        gateway (``AuthConfig``)
-=================================================  =============================================
-``tokenSource.{header,headerAuthScheme,query,cookie}``  ``tokenSource`` (same names)
-``clientConfig.url``                               ``introspection.introspectionUrl``
-``clientConfig.headers`` (``urn:k8s:secret:N:K``)   ``introspection.headers`` (Secret values)
-``clientConfig.tokenTypeHint``                     ``introspection.tokenTypeHint``
-``clientConfig.timeoutSeconds`` / ``maxRetries``    ``introspection.timeout`` / ``retries``
-``clientConfig.tls.{ca,cert,key,insecureSkipVerify}``  ``introspection.tls.{caBundle,clientCertificate,clientKey,insecureSkipVerify}``
-``claims`` (Traefik's claims language)              ``claims`` (:mod:`gateway_app.traefik.claims`)
-``forwardHeaders``                                 ``forwardHeaders``
-``forwardAuthorization`` (default false)           ``tokenSource.removeFromRequest`` = not it
-``usernameClaim``                                  ``usernameClaim``
-=================================================  =============================================
+- ``tokenSource.{header, headerAuthScheme, query, cookie}`` -> ``tokenSource`` (same names);
+- ``clientConfig.url`` -> ``introspection.introspectionUrl``;
+- ``clientConfig.headers`` -> ``introspection.headers``; ``urn:k8s:secret:NAME:KEY`` values are
+  read from a Secret; Go-template values (``{{ .Request.Host }}``, :mod:`.request_templates`)
+  are rendered per request and are part of the token cache key;
+- ``clientConfig.tokenTypeHint`` / ``timeoutSeconds`` / ``maxRetries`` -> ``tokenTypeHint`` /
+  ``timeout`` / ``retries``;
+- ``clientConfig.tls.{ca, cert, key, insecureSkipVerify}`` -> ``tls.{caBundle, clientCertificate,
+  clientKey, insecureSkipVerify}`` (PEM file paths);
+- ``claims`` -> a :class:`TraefikClaimsCheck` (Traefik's claims language, no Rego);
+- ``forwardHeaders`` (header -> claim) -> claim headers;
+- ``forwardAuthorization`` (default false) -> ``tokenSource.removeFromRequest`` = not it;
+- ``usernameClaim`` -> ``usernameClaim`` (the subject of the access record).
 
 A missing or invalid token is answered 401, as Traefik Hub does; a ``claims`` expression that
 does not hold is 403.
@@ -45,6 +44,8 @@ from ..config.loader import RawResource
 from ..errors import ConfigError
 from ..transform import HeaderTemplate
 from .claims import TraefikClaimsCheck
+from .request_templates import RequestHeaders
+from .request_templates import is_template
 from .rewrites import PATH_KINDS
 from .rewrites import PathStep
 from .rewrites import parse_headers
@@ -135,7 +136,10 @@ def introspection_step(node: Node, namespace: str, ctx: AuthBuildContext) -> OAu
                                        remove_from_request=not forward_authorization)
     client = node.child("clientConfig", required=True)
     assert client is not None
-    validator, _ = token_validator("introspection", _introspection_node(client, namespace, ctx), namespace, ctx)
+    settings_node = _introspection_node(client, namespace, ctx)
+    templates = {name: value for name, value in settings_node.data.get("headers", {}).items() if is_template(value)}
+    request_headers = RequestHeaders(templates, client.where).render if templates else None
+    validator, _ = token_validator("introspection", settings_node, namespace, ctx)
     claims = node.str("claims")
     headers = tuple(ClaimHeader(claim=claim, header=header.lower())
                     for header, claim in node.str_map("forwardHeaders").items())
@@ -143,7 +147,8 @@ def introspection_step(node: Node, namespace: str, ctx: AuthBuildContext) -> OAu
     node.done()
     return OAuth2Step(index=0, name="oAuthIntrospection", token_source=token_source, validator=validator,
                       validator_kind="introspection", claim_headers=headers, username_claim=username_claim,
-                      claims_check=_claims(node, claims) if claims else None, claims_expression=claims)
+                      claims_check=_claims(node, claims) if claims else None, claims_expression=claims,
+                      request_headers=request_headers)
 
 
 def _claims(node: Node, expression: str) -> TraefikClaimsCheck:
@@ -201,9 +206,13 @@ def _header_values(node: Node, namespace: str, ctx: AuthBuildContext) -> dict[st
     for header, value in ((str(k), v) for k, v in node.data.items()):
         if not isinstance(value, str):
             raise node.error(header, "expected a string")
-        if "{{" in value:
-            raise node.error(header, "Go templates over the request are not supported yet; "
-                                     f"use a plain value (see {README_SECTION})")
+        if is_template(value):
+            try:
+                RequestHeaders({header: value}, node.where)
+            except ConfigError as e:
+                raise node.error(header, e.detail) from e
+            result[header] = value          # rendered per request; the text keys the validator
+            continue
         urn = _SECRET_URN.match(value.strip())
         if urn:
             ref = Node({"name": urn.group(1), "key": urn.group(2)}, node.where, node.field_path(header))
