@@ -35,6 +35,7 @@ from ..auth.remembered import rememberable
 from ..auth.steps import AuthStep
 from ..auth.steps import ClaimHeader
 from ..auth.steps import OAuth2Step
+from ..auth.tokens import TokenSource
 from ..auth.tokens import parse_token_source
 from ..config.auth_configs import AuthBuildContext
 from ..config.auth_configs import token_validator
@@ -43,6 +44,7 @@ from ..config.loader import LineMap
 from ..config.loader import RawResource
 from ..errors import ConfigError
 from ..transform import HeaderTemplate
+from . import jwt_plugin
 from .claims import TraefikClaimsCheck
 from .request_templates import RequestHeaders
 from .request_templates import is_template
@@ -52,7 +54,7 @@ from .rewrites import parse_headers
 
 API_VERSIONS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
 README_SECTION = "README.md, section 'Coming from Traefik Hub'"
-SUPPORTED_PLUGINS = ("oAuthIntrospection",)
+SUPPORTED_PLUGINS = ("oAuthIntrospection", "jwt")
 SUPPORTED_KINDS = (*(f"plugin.{p}" for p in SUPPORTED_PLUGINS), "headers", *PATH_KINDS)
 TRAEFIK_STATUS_ON_AUTHENTICATION_FAILURE = 401
 
@@ -117,7 +119,11 @@ def parse_middleware(resource: RawResource, ctx: AuthBuildContext) -> Middleware
                            f"(supported: {', '.join(SUPPORTED_KINDS)}); see {README_SECTION}")
     node = plugin.child(plugins[0], required=True)
     assert node is not None
-    step = introspection_step(node, resource.namespace, ctx)
+    if plugins[0] == "jwt":
+        _refuse_unknown(node, jwt_plugin.FIELDS)
+        step = jwt_plugin.jwt_step(node, resource.namespace, ctx, oauth2_step)
+    else:
+        step = introspection_step(node, resource.namespace, ctx)
     return Middleware(name=name, kind=f"plugin.{plugins[0]}", steps=(step,))
 
 
@@ -129,26 +135,35 @@ def _child(spec: Node, kind: str) -> Node:
 
 def introspection_step(node: Node, namespace: str, ctx: AuthBuildContext) -> OAuth2Step:
     """``spec.plugin.oAuthIntrospection`` -> an oauth2 step with an introspection validator."""
-    known = ("tokenSource", "clientConfig", "claims", "forwardHeaders", "forwardAuthorization", "usernameClaim")
-    _refuse_unknown(node, known)
-    forward_authorization = node.bool("forwardAuthorization")
-    token_source = dataclasses.replace(parse_token_source(node.child("tokenSource")),
-                                       remove_from_request=not forward_authorization)
+    _refuse_unknown(node, ("tokenSource", "clientConfig", *_STEP_FIELDS))
+    token_source = parse_token_source(node.child("tokenSource"))
     client = node.child("clientConfig", required=True)
     assert client is not None
     settings_node = _introspection_node(client, namespace, ctx)
     templates = {name: value for name, value in settings_node.data.get("headers", {}).items() if is_template(value)}
-    request_headers = RequestHeaders(templates, client.where).render if templates else None
     validator, _ = token_validator("introspection", settings_node, namespace, ctx)
+    step = oauth2_step(node, token_source, validator, "introspection")
+    if templates:
+        step = dataclasses.replace(step, request_headers=RequestHeaders(templates, client.where).render)
+    return step
+
+
+_STEP_FIELDS = ("claims", "forwardHeaders", "forwardAuthorization", "usernameClaim")
+
+
+def oauth2_step(node: Node, token_source: TokenSource, validator: t.Any, kind: str) -> OAuth2Step:
+    """The options every Traefik Hub token middleware shares: ``claims``, ``forwardHeaders``,
+    ``forwardAuthorization`` (default false: the credential is removed) and ``usernameClaim``."""
+    forward_authorization = node.bool("forwardAuthorization")
     claims = node.str("claims")
     headers = tuple(ClaimHeader(claim=claim, header=header.lower())
                     for header, claim in node.str_map("forwardHeaders").items())
     username_claim = node.str("usernameClaim")
     node.done()
-    return OAuth2Step(index=0, name="oAuthIntrospection", token_source=token_source, validator=validator,
-                      validator_kind="introspection", claim_headers=headers, username_claim=username_claim,
-                      claims_check=_claims(node, claims) if claims else None, claims_expression=claims,
-                      request_headers=request_headers)
+    return OAuth2Step(index=0, name=kind, validator=validator, validator_kind=kind, claim_headers=headers,
+                      token_source=dataclasses.replace(token_source, remove_from_request=not forward_authorization),
+                      username_claim=username_claim, claims_expression=claims,
+                      claims_check=_claims(node, claims) if claims else None)
 
 
 def _claims(node: Node, expression: str) -> TraefikClaimsCheck:
