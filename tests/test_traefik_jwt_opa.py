@@ -117,3 +117,84 @@ def test_unsafe_or_broken_jwt_middlewares_are_rejected(tmp_path, source, message
                           write_tree(tmp_path / "rego", {}))
     text = "\n".join(s.describe() for s in result.errors)
     assert message in text, text
+
+
+POLICY = """\
+      policy: |
+        package example.policies
+
+        default allow = false
+
+        json_content {
+          input.headers["Accept"] == "application/json"
+        }
+
+        allow {
+          not json_content
+          input.method == "GET"
+          startswith(input.path, "/x")
+        }
+
+        grp := input.headers["X-Team"]
+      allow: data.example.policies.allow
+      forwardHeaders:
+        Group: data.example.policies.grp
+        Missing: data.example.policies.nothing"""
+
+
+def test_opa_policy_from_traefik_hub_decides_on_traefik_input_and_forwards_headers(make_app, requests_mock):
+    app = _app(make_app, middleware("opa", "    opa:\n" + POLICY), ingress("opa"))
+    upstream = requests_mock.get(f"{UPSTREAM}/x", json={})
+    client = app.test_client()
+    response = client.get("/x", headers={"X-Team": "blue", "Group": "forged", "Missing": "forged"})
+    assert response.status_code == 200
+    sent = upstream.last_request.headers
+    assert sent["Group"] == "blue"
+    assert "Missing" not in sent
+    assert client.get("/x", headers={"Accept": "application/json"}).status_code == 403
+    assert client.post("/x").status_code == 403
+
+
+def test_opa_after_jwt_runs_in_middleware_order(make_app, requests_mock, key):
+    app = _app(make_app, jwt_middleware("      jwksFile: |\n" + indented(jwks_json(public_jwk(key, kid="main")), 8)),
+               middleware("opa", "    opa:\n" + POLICY), ingress("jwt", "opa"))
+    requests_mock.get(f"{UPSTREAM}/x", json={})
+    client = app.test_client()
+    assert client.get("/x").status_code == 401
+    token = make_jwt(claims(grp="admin"), key)
+    assert client.get("/x", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert client.get("/x", headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}).status_code \
+        == 403
+
+
+def test_opa_bundle_path_loads_its_rego_files(make_app, requests_mock, tmp_path):
+    import io
+    import tarfile
+    source = "package bundled\n\nimport rego.v1\n\nallow if input.method == \"GET\"\n"
+    bundle = tmp_path / "bundle.tar.gz"
+    with tarfile.open(bundle, "w:gz") as archive:
+        info = tarfile.TarInfo("policies/main.rego")
+        info.size = len(source)
+        archive.addfile(info, io.BytesIO(source.encode()))
+    app = _app(make_app, middleware("opa", f"    opa:\n      bundlePath: {bundle}\n      allow: data.bundled.allow"),
+               ingress("opa"))
+    requests_mock.get(f"{UPSTREAM}/x", json={})
+    client = app.test_client()
+    assert client.get("/x").status_code == 200
+    assert client.delete("/x").status_code == 403
+
+
+@pytest.mark.parametrize("body, message", [
+    ("      policy: 'package p\n\n        allow {'\n      allow: data.p.allow", "spec.plugin.opa.policy"),
+    ("      allow: data.p.allow", "one of policy, bundlePath is required"),
+    ("      policy: /nonexistent/policy.rego\n      allow: data.p.allow", "file '/nonexistent/policy.rego' does "
+                                                                           "not exist"),
+    ("      policy: |\n        package p\n        allow := true\n      allowed: data.p.allow",
+     "spec.plugin.opa.allowed: unknown field (did you mean allow?)"),
+    ("      policy: |\n        package p\n        allow := true", "needs 'allow' or 'forwardHeaders'"),
+], ids=["rego syntax error", "no policy", "missing policy file", "misspelt field", "nothing to do"])
+def test_broken_opa_middlewares_are_rejected(tmp_path, body, message):
+    result = build_config(write_tree(tmp_path / "conf", {"m.yaml": middleware("opa", "    opa:\n" + body)}),
+                          write_tree(tmp_path / "rego", {}))
+    text = "\n".join(s.describe() for s in result.errors)
+    assert message in text, text

@@ -232,7 +232,7 @@ def test_two_routes_with_the_same_rule_and_priority_are_reported(tmp_path):
      ["services[0].name: Upstream apps/web not found: declare the Kubernetes Service web as an Upstream"]),
     ({"m.yaml": MIDDLEWARE.replace("plugin:\n    oAuthIntrospection:", "rateLimit:\n    average:")},
      ["Middleware apps/oauth2-token-introspection", "Middleware kind 'rateLimit' is not supported "
-      "(supported: plugin.oAuthIntrospection, plugin.jwt, headers, stripPrefix, addPrefix, replacePath, replacePathRegex); "
+      "(supported: plugin.oAuthIntrospection, plugin.jwt, plugin.opa, headers, stripPrefix, addPrefix, replacePath, replacePathRegex); "
       "see README.md, section 'Coming from Traefik Hub'"]),
     ({"m.yaml": MIDDLEWARE.replace("oAuthIntrospection:", "oAuthIntrospecton:")},
      ["plugin 'oAuthIntrospecton' is not supported (did you mean oAuthIntrospection?)"]),

@@ -83,7 +83,7 @@ def test_routes_shows_the_path_changes(tmp_path):
 
 @pytest.mark.parametrize("body, message", [
     ("  rateLimit:\n    average: 100", "Middleware kind 'rateLimit' is not supported (supported: "
-                                       "plugin.oAuthIntrospection, plugin.jwt, headers, stripPrefix, addPrefix, replacePath, "
+                                       "plugin.oAuthIntrospection, plugin.jwt, plugin.opa, headers, stripPrefix, addPrefix, replacePath, "
                                        "replacePathRegex)"),
     ("  stripPrefixes:\n    prefixes: [/a]", "(did you mean stripPrefix?)"),
     ("  headers:\n    customResponseHeaders: {X-A: b}", "spec.headers.customResponseHeaders: unknown field"),

@@ -45,6 +45,7 @@ from ..config.loader import RawResource
 from ..errors import ConfigError
 from ..transform import HeaderTemplate
 from . import jwt_plugin
+from . import opa_plugin
 from .claims import TraefikClaimsCheck
 from .request_templates import RequestHeaders
 from .request_templates import is_template
@@ -54,7 +55,7 @@ from .rewrites import parse_headers
 
 API_VERSIONS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
 README_SECTION = "README.md, section 'Coming from Traefik Hub'"
-SUPPORTED_PLUGINS = ("oAuthIntrospection", "jwt")
+SUPPORTED_PLUGINS = ("oAuthIntrospection", "jwt", "opa")
 SUPPORTED_KINDS = (*(f"plugin.{p}" for p in SUPPORTED_PLUGINS), "headers", *PATH_KINDS)
 TRAEFIK_STATUS_ON_AUTHENTICATION_FAILURE = 401
 
@@ -119,9 +120,13 @@ def parse_middleware(resource: RawResource, ctx: AuthBuildContext) -> Middleware
                            f"(supported: {', '.join(SUPPORTED_KINDS)}); see {README_SECTION}")
     node = plugin.child(plugins[0], required=True)
     assert node is not None
+    step: AuthStep
     if plugins[0] == "jwt":
         _refuse_unknown(node, jwt_plugin.FIELDS)
         step = jwt_plugin.jwt_step(node, resource.namespace, ctx, oauth2_step)
+    elif plugins[0] == "opa":
+        _refuse_unknown(node, opa_plugin.FIELDS)
+        step = opa_plugin.opa_step(node, name, ctx)
     else:
         step = introspection_step(node, resource.namespace, ctx)
     return Middleware(name=name, kind=f"plugin.{plugins[0]}", steps=(step,))
@@ -260,6 +265,7 @@ def pipeline_for(middlewares: t.Sequence[Middleware]) -> AuthPipeline | None:
         return None
     steps = tuple(dataclasses.replace(step, index=index)
                   for index, step in enumerate(s for m in with_auth for s in m.steps))
+    traefik_input = any(isinstance(step, opa_plugin.TraefikOpaStep) for step in steps)
     return AuthPipeline(name="+".join(m.name for m in with_auth), steps=steps,
                         authentication_failure_status=TRAEFIK_STATUS_ON_AUTHENTICATION_FAILURE,
-                        remember_outcomes=rememberable(steps, False))
+                        remember_outcomes=not traefik_input and rememberable(steps, False))
