@@ -167,9 +167,19 @@ class PathRewrite:
             result = self.replacement + rest[1:]
         if not result.startswith("/"):
             result = "/" + result
-        if normalize_path(result) != result:
-            raise BadRequestError("the rewritten path is not a normal path", reason="rewrite_invalid")
-        return result
+        return checked_rewrite(result)
+
+
+def checked_rewrite(path: str) -> str:
+    """A rewritten upstream path, refused unless it is already in normal form (Gloo rewrites and
+    Traefik's path middlewares alike).
+
+    :raises BadRequestError: ``rewrite_invalid``: it would hold a dot-segment, an empty segment or
+        an escape that the upstream resolves on its own.
+    """
+    if normalize_path(path) != path:
+        raise BadRequestError("the rewritten path is not a normal path", reason="rewrite_invalid")
+    return path
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -7,6 +7,7 @@ import pytest
 from gateway_app.config.build import build_config
 from gateway_app.errors import BadRequestError
 from gateway_app.traefik.rewrites import PathChanges
+from gateway_app.traefik.rewrites import parse_add_prefix
 from gateway_app.traefik.rewrites import parse_replace_path_regex
 from gateway_app.traefik.rewrites import parse_strip_prefix
 from gateway_app.config.fields import Node
@@ -60,15 +61,18 @@ def test_path_middlewares_apply_in_order_and_headers_are_set_and_removed(make_ap
     assert "X-Debug" not in sent
 
 
-def test_a_rewritten_path_is_normalized_and_checked_again():
+def test_a_rewritten_path_must_be_normal_or_is_refused_as_gloo_rewrites_are():
     strip, _ = parse_strip_prefix(Node({"prefixes": ["/api"]}, "t"))
     changes = PathChanges(steps=(strip,), replacement="stripPrefix /api")
     assert changes.apply("/api") == "/"
-    regex, _ = parse_replace_path_regex(Node({"regex": "^/a/(.*)", "replacement": "/b/$1/../c"}, "t"))
-    assert PathChanges(steps=(regex,), replacement="").apply("/a/x") == "/b/c"
+    dots, _ = parse_replace_path_regex(Node({"regex": "^/a/(.*)", "replacement": "/b/$1/../c"}, "t"))
     smuggle, _ = parse_replace_path_regex(Node({"regex": "^/a/(.*)", "replacement": "/b/${1}%2f"}, "t"))
-    with pytest.raises(BadRequestError):
-        PathChanges(steps=(smuggle,), replacement="").apply("/a/x")
+    double, _ = parse_add_prefix(Node({"prefix": "/v1/"}, "t"))
+    for step, reason in ((dots, "rewrite_invalid"), (smuggle, "path_invalid")):
+        with pytest.raises(BadRequestError) as caught:
+            PathChanges(steps=(step,), replacement="").apply("/a/x")
+        assert caught.value.reason == reason
+    assert PathChanges(steps=(double,), replacement="").apply("/a") == "/v1/a"
 
 
 def test_routes_shows_the_path_changes(tmp_path):

@@ -22,6 +22,7 @@ def matches(rule: str, **kwargs) -> bool:
 @pytest.mark.parametrize("rule, kwargs, expected", [
     ("Host(`api.example.com`)", {}, True),
     ("Host(`API.example.com`)", {"host": "api.example.com:8080"}, True),
+    ("Host(`api.example.com.`)", {}, True),
     ("Host(`other.example.com`)", {}, False),
     ("Host(`a.example.com`, `api.example.com`)", {}, True),
     ("HostRegexp(`^.+\\.example\\.com$`)", {}, True),

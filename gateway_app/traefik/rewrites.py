@@ -5,8 +5,9 @@
 Headers become the route's :class:`HeaderTransforms` (an empty value removes the header, as in
 Traefik: every header a route sets is first removed from the client's request). Path changes
 apply, in the route's middleware order, to the path sent upstream only: rules, auth and
-policies see the request's normalized path. The rewritten path is normalized and checked again
-with :func:`gateway_app.paths.normalize_path`, so a rewrite cannot smuggle ``..`` or ``%2F``.
+policies see the request's normalized path. The rewritten path must already be in normal form
+(:func:`gateway_app.routing.checked_rewrite`, the rule Gloo rewrites follow), else 400
+``rewrite_invalid``: a rewrite cannot smuggle ``..``, ``//`` or ``%2F`` to the upstream.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 import typing as t
 
 from ..config.fields import Node
-from ..paths import normalize_path
+from ..routing import checked_rewrite
 from ..transform import HeaderTemplate
 from ..transform import compile_template
 
@@ -32,10 +33,10 @@ class PathChanges:
     replacement: str                 # what ``routes`` shows: "stripPrefix /api, addPrefix /v1"
 
     def apply(self, path: str) -> str:
-        """:raises BadRequestError: the rewritten path is one the gateway refuses."""
+        """:raises BadRequestError: ``rewrite_invalid``, the rewritten path is not in normal form."""
         for step in self.steps:
             path = step(path)
-        return normalize_path(path)
+        return checked_rewrite(path)
 
 
 def parse_headers(node: Node) -> tuple[HeaderTemplate, ...]:

@@ -100,10 +100,12 @@ def _top_level_hosts(source: Source) -> tuple[str, ...]:
 
 
 def _bare_host(host: str) -> str:
+    """Lower-cased, port and one root dot removed, as the router reads a request's host."""
     host = host.lower()
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return host[:-1] if host.endswith(".") and not host.endswith("..") else host
 
 
 # -- matchers ----------------------------------------------------------------------------
