@@ -5,9 +5,9 @@
   data (``data.json``/``data.yaml``) is refused, since data documents are not loaded here;
 - ``allow``: the query that decides (``data.example.policies.allow``); true lets the request
   through, anything else is 403. Without ``allow`` the middleware only forwards headers;
-- ``forwardHeaders``: header -> query; a defined value is sent upstream (strings as is, lists
-  comma-joined, other values as JSON), an undefined one sends nothing; the client's copy is
-  always removed.
+- ``forwardHeaders``: header -> query; a defined value is sent upstream in the one header
+  encoding of claims and policies (:func:`gateway_app.header_values.header_text`), an undefined
+  one sends nothing; the client's copy is always removed.
 
 The ``input`` document is Traefik's shape (:func:`traefik_input`), built once per request from
 the same normalized request that routing, auth and forwarding use.
@@ -27,11 +27,11 @@ from ..config.auth_configs import AuthBuildContext
 from ..config.fields import Node
 from ..errors import ConfigError
 from ..errors import PolicyError
+from ..header_values import header_text
 from ..incoming import IncomingRequest
 from ..policy.engine import PolicyEngine
 from ..policy.engine import RegoModule
 from ..policy.engine import load_module
-from ..transform import metadata_to_text
 
 FIELDS = ("policy", "bundlePath", "allow", "forwardHeaders")
 MAX_BUNDLE_BYTES = 8 << 20
@@ -78,7 +78,7 @@ class TraefikOpaStep(OpaStep):
                 value = self.engine.evaluate(query, ctx.policy_input)
             except PolicyError:
                 continue                   # an erroring header query sends nothing; it never allows
-            text = metadata_to_text(value)
+            text = header_text(value)
             if text:
                 ctx.state.upstream_headers[header] = text
 
