@@ -228,6 +228,22 @@ def test_request_spec_adds_the_host_header_and_splits_the_query_from_the_path():
     assert (request.path, request.query_string, request.headers["host"]) == ("/a", "b=1", "h.example")
 
 
+def test_request_spec_is_read_as_the_gateway_reads_a_request():
+    """One parse: the policy input ``eval`` shows is the one the gateway would build."""
+    request = request_from_spec({"path": "/a/./b/../c?x=%2F", "host": "H.Example.:8080",
+                                 "headers": {"X-Forwarded-Proto": "https", "Cookie": "s=1; s=2"}})
+
+    assert (request.path, request.host, dict(request.query)) == ("/a/c", "h.example:8080", {"x": ["/"]})
+    assert "x-forwarded-proto" not in request.headers and request.cookies == {"s": ("1", "2")}
+
+
+@pytest.mark.parametrize("spec", [{"path": "/a#b"}, {"path": "/s?d=50%"}, {"host": "a b"}],
+                         ids=["fragment", "stray percent", "bad host"])
+def test_request_spec_the_gateway_would_refuse_is_a_config_error(spec):
+    with pytest.raises(ConfigError, match="the gateway would refuse this request"):
+        request_from_spec(spec)
+
+
 # -- argparse -------------------------------------------------------------------------------
 
 

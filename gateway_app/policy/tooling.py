@@ -28,9 +28,11 @@ import yaml
 from ..auth.state import AuthState
 from ..auth.state import TokenInfo
 from ..config.fields import Node
+from ..errors import BadRequestError
 from ..errors import ConfigError
 from ..errors import PolicyError
 from ..incoming import IncomingRequest
+from ..incoming import from_environ
 from .decision import Decision
 from .engine import EngineMessage
 from .engine import PolicyEngine
@@ -200,25 +202,35 @@ def input_from_request(spec: t.Mapping[str, t.Any], claims: t.Mapping[str, t.Any
 def request_from_spec(spec: t.Mapping[str, t.Any]) -> IncomingRequest:
     """An :class:`IncomingRequest` from ``{method, path, host, headers, query, scheme, id}``.
 
-    A ``?query`` in ``path`` is used when ``query`` is absent; a ``host`` header is added
-    from ``host`` when the headers lack one, as any HTTP/1.1 client sends it.
+    The request is read as the gateway reads one from a client that is not a trusted proxy
+    (:func:`gateway_app.incoming.from_environ`): the path normalized, the host normalized,
+    forwarding headers dropped. A ``?query`` in ``path`` is used when ``query`` is absent; a
+    ``host`` header is taken from ``host`` when the headers lack one, as any HTTP/1.1 client
+    sends it.
+
+    :raises ConfigError: an unknown field, or a request the gateway would refuse (400).
     """
     node = Node(dict(spec) if isinstance(spec, t.Mapping) else spec, where="--request", path="request")
     path, _, query_in_path = node.str("path", default="/").partition("?")
     host = node.str("host", default="localhost")
     headers = {name.lower(): value for name, value in node.str_map("headers").items()}
     headers.setdefault("host", host)
-    request = IncomingRequest(
-        method=node.str("method", default="GET").upper(),
-        scheme=node.str("scheme", default="http"),
-        host=host,
-        path=path or "/",
-        query_string=node.str("query", default=query_in_path),
-        headers=headers,
-        request_id=node.str("id", default="eval"),
-    )
+    query = node.str("query", default=query_in_path)
+    environ: dict[str, t.Any] = {
+        "REQUEST_METHOD": node.str("method", default="GET").upper(),
+        "RAW_URI": f"{path or '/'}?{query}" if query else (path or "/"),
+        "wsgi.url_scheme": node.str("scheme", default="http"),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+    }
+    request_id = node.str("id", default="eval")
     node.done()
-    return request
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = value
+    try:
+        return from_environ(environ, request_id=request_id)
+    except BadRequestError as e:
+        raise ConfigError(f"the gateway would refuse this request: {e} ({e.reason})", where="--request") from None
 
 
 def redact_input(document: t.Any) -> t.Any:
