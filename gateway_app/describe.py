@@ -1,7 +1,9 @@
-"""Name a value's JSON/YAML type in error messages ("expected a string, got a list")."""
+"""Words for error messages: a value's JSON/YAML type ("expected a string, got a list") and the
+nearest known name for a misspelt one ("did you mean forwardHeaders?")."""
 
 from __future__ import annotations
 
+import difflib
 import typing as t
 
 
@@ -21,3 +23,9 @@ def describe_type(value: t.Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def did_you_mean(name: str, known: t.Iterable[str]) -> str:
+    """`` (did you mean X?)`` when one known name is close to ``name`` (difflib ratio >= 0.6), else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -320,3 +320,28 @@ def test_unsupported_templates_are_refused_at_validation(tmp_path, template, mes
     errors = _statuses(tmp_path, {"u.yaml": UPSTREAM_YAML, "m.yaml": middleware, "i.yaml": INGRESS_ROUTE})
     text = "\n".join(errors)
     assert "spec.plugin.oAuthIntrospection.clientConfig.headers.X-Custom" in text and message in text, text
+
+
+@pytest.mark.parametrize("document, message", [
+    (MIDDLEWARE.replace("kind: Middleware", "kind: Middlewares"),
+     "unknown kind 'Middlewares' (did you mean Middleware?) (known: "),
+    (INGRESS_ROUTE.replace("kind: IngressRoute", "kind: IngressRouteTCP"),
+     "unknown kind 'IngressRouteTCP' (did you mean IngressRoute?) (known: "),
+    (INGRESS_ROUTE.replace("kind: IngressRoute", "kind: TraefikService"),
+     "Traefik resources other than Middleware and IngressRoute are not supported: see README.md, section "
+     "'Coming from Traefik Hub'"),
+    (INGRESS_ROUTE.replace("  entryPoints: [web]", "  entryPoint: [web]"),
+     "spec.entryPoint: unknown field (did you mean entryPoints?) (known: entryPoints, tls, routes); see README.md"),
+], ids=["misspelt kind", "tcp route", "other traefik kind", "misspelt spec field"])
+def test_unknown_kinds_and_fields_name_the_nearest_and_the_readme_section(tmp_path, document, message):
+    errors = _statuses(tmp_path, {"u.yaml": UPSTREAM_YAML, "m.yaml": MIDDLEWARE, "x.yaml": document})
+    assert any(message in e for e in errors), errors
+
+
+def test_validate_notes_that_entry_points_are_ignored(tmp_path):
+    result = build_config(write_tree(tmp_path / "conf", {"u.yaml": UPSTREAM_YAML, "m.yaml": MIDDLEWARE,
+                                                         "i.yaml": INGRESS_ROUTE}),
+                          write_tree(tmp_path / "rego", {}))
+    lines = [s.describe() for s in result.statuses if s.kind == "IngressRoute"]
+    assert len(lines) == 1
+    assert lines[0].endswith("ACCEPTED (note: entryPoints web ignored: the gateway has one listener)")

@@ -13,6 +13,7 @@ import dataclasses
 import pathlib
 import typing as t
 
+from ..describe import did_you_mean
 from ..errors import ConfigError
 from ..errors import GatewayError
 from ..policy.engine import RegoModule
@@ -22,7 +23,10 @@ from ..routing import Router
 from ..routing import VirtualHost
 from ..routing import strip_port
 from ..traefik.ingress_routes import compile_ingress_route
+from ..traefik.ingress_routes import ignored_fields_note
 from ..traefik.ingress_routes import traefik_virtual_hosts
+from ..traefik.middlewares import README_SECTION
+from ..traefik.middlewares import TRAEFIK_GROUPS
 from ..traefik.middlewares import parse_middleware
 from .auth_configs import AuthBuildContext
 from .auth_configs import ValidatorRegistry
@@ -54,6 +58,7 @@ class ResourceStatus:
     file: str
     line: int | None = None
     error: str | None = None
+    note: str | None = None           # what an accepted resource has that is ignored
 
     @property
     def accepted(self) -> bool:
@@ -62,6 +67,8 @@ class ResourceStatus:
     def describe(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         state = "ACCEPTED" if self.accepted else f"REJECTED: {self.error}"
+        if self.accepted and self.note:
+            state += f" (note: {self.note})"
         return f"{self.kind} {self.namespace}/{self.name} ({where}): {state}"
 
 
@@ -151,7 +158,7 @@ class _Builder:
                 seen[resource.key] = resource
                 if resource.kind not in self.by_kind:
                     status = self._status(resource)
-                    status.error = f"unknown kind {resource.kind!r} (known: {', '.join(KINDS)})"
+                    status.error = unknown_kind(resource)
                     continue
                 self.by_kind[resource.kind].append(resource)
 
@@ -270,6 +277,7 @@ class _Builder:
         for resource in self.by_kind["IngressRoute"]:
             routes.extend(self._guard(resource, lambda r=resource: compile_ingress_route(
                 r, self.upstreams, self.middlewares)) or ())
+            self.status_by_key[resource.key].note = ignored_fields_note(resource)
         try:
             return traefik_virtual_hosts(routes)
         except ConfigError as e:
@@ -301,6 +309,14 @@ def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
     config = GatewayConfig(router=router, generation=generation, validators=tuple(builder.registry.all()),
                            statuses=tuple(builder.statuses), usage_plans=builder.usage_plans)
     return BuildResult(config, builder.statuses)
+
+
+def unknown_kind(resource: RawResource) -> str:
+    """Why a kind is refused: the nearest known kind, and for Traefik's CRDs the README section."""
+    message = f"unknown kind {resource.kind!r}{did_you_mean(resource.kind, KINDS)} (known: {', '.join(KINDS)})"
+    if resource.api_version.split("/")[0] in TRAEFIK_GROUPS:
+        message += f"; Traefik resources other than Middleware and IngressRoute are not supported: see {README_SECTION}"
+    return message
 
 
 def _check_domains(vhosts: list[VirtualHost]) -> None:

@@ -31,11 +31,10 @@ from ..routing import Matcher
 from ..routing import Route
 from ..routing import VirtualHost
 from ..transform import HeaderTransforms
-from .middlewares import README_SECTION
 from .middlewares import Middleware
 from .middlewares import check_api_version
-from .middlewares import nearest
 from .middlewares import pipeline_for
+from .middlewares import refuse_unknown
 from .rewrites import PathChanges
 from .rewrites import PathStep
 from .rules import Rule
@@ -76,11 +75,23 @@ def compile_ingress_route(resource: RawResource, upstreams: dict[tuple[str, str]
     return routes
 
 
+def ignored_fields_note(resource: RawResource) -> str | None:
+    """What ``validate`` says of accepted but ignored fields: ``entryPoints`` and ``tls``."""
+    spec = resource.body.get("spec")
+    if not isinstance(spec, dict):
+        return None
+    notes = []
+    entry_points = spec.get("entryPoints")
+    if entry_points:
+        names = ", ".join(map(str, entry_points)) if isinstance(entry_points, list) else str(entry_points)
+        notes.append(f"entryPoints {names} ignored: the gateway has one listener")
+    if spec.get("tls"):
+        notes.append("tls ignored: TLS ends at gunicorn or in front of it")
+    return "; ".join(notes) or None
+
+
 def _done(node: Node, known: t.Sequence[str]) -> None:
-    for key in node.data:
-        if key not in known:
-            raise node.error(str(key), f"unknown field{nearest(str(key), known)} (known: {', '.join(known)}); "
-                                       f"see {README_SECTION}")
+    refuse_unknown(node, known)
     node.done()
 
 

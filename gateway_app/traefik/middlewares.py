@@ -26,7 +26,6 @@ does not hold is 403.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import typing as t
 
@@ -42,6 +41,7 @@ from ..config.auth_configs import token_validator
 from ..config.fields import Node
 from ..config.loader import LineMap
 from ..config.loader import RawResource
+from ..describe import did_you_mean
 from ..errors import ConfigError
 from ..transform import HeaderTemplate
 from . import jwt_plugin
@@ -54,6 +54,7 @@ from .rewrites import PathStep
 from .rewrites import parse_headers
 
 API_VERSIONS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
+TRAEFIK_GROUPS = ("traefik.io", "traefik.containo.us")
 README_SECTION = "README.md, section 'Coming from Traefik Hub'"
 SUPPORTED_PLUGINS = ("oAuthIntrospection", "jwt", "opa")
 SUPPORTED_KINDS = (*(f"plugin.{p}" for p in SUPPORTED_PLUGINS), "headers", *PATH_KINDS)
@@ -85,12 +86,6 @@ def check_api_version(resource: RawResource) -> None:
                           where=resource.where, line=resource.line)
 
 
-def nearest(name: str, known: t.Iterable[str]) -> str:
-    """`` (did you mean X?)`` for a misspelt name, else ""."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def parse_middleware(resource: RawResource, ctx: AuthBuildContext) -> Middleware:
     """One ``Middleware``; its kind is the one key of ``spec``.
 
@@ -108,7 +103,7 @@ def parse_middleware(resource: RawResource, ctx: AuthBuildContext) -> Middleware
         step, description = PATH_KINDS[kind](_child(spec, kind))
         return Middleware(name=name, kind=kind, path_step=step, path_description=description)
     if kind != "plugin":
-        raise spec.error(kind, f"Middleware kind {kind!r} is not supported{nearest(kind, SUPPORTED_KINDS)} "
+        raise spec.error(kind, f"Middleware kind {kind!r} is not supported{did_you_mean(kind, SUPPORTED_KINDS)} "
                                f"(supported: {', '.join(SUPPORTED_KINDS)}); see {README_SECTION}")
     plugin = spec.child("plugin")
     assert plugin is not None
@@ -116,16 +111,16 @@ def parse_middleware(resource: RawResource, ctx: AuthBuildContext) -> Middleware
     if len(plugins) != 1 or plugins[0] not in SUPPORTED_PLUGINS:
         found = plugins[0] if len(plugins) == 1 else ", ".join(plugins) or "none"
         raise plugin.error(plugins[0] if len(plugins) == 1 else None,
-                           f"Middleware plugin {found!r} is not supported{nearest(found, SUPPORTED_PLUGINS)} "
+                           f"Middleware plugin {found!r} is not supported{did_you_mean(found, SUPPORTED_PLUGINS)} "
                            f"(supported: {', '.join(SUPPORTED_KINDS)}); see {README_SECTION}")
     node = plugin.child(plugins[0], required=True)
     assert node is not None
     step: AuthStep
     if plugins[0] == "jwt":
-        _refuse_unknown(node, jwt_plugin.FIELDS)
+        refuse_unknown(node, jwt_plugin.FIELDS)
         step = jwt_plugin.jwt_step(node, resource.namespace, ctx, oauth2_step)
     elif plugins[0] == "opa":
-        _refuse_unknown(node, opa_plugin.FIELDS)
+        refuse_unknown(node, opa_plugin.FIELDS)
         step = opa_plugin.opa_step(node, name, ctx)
     else:
         step = introspection_step(node, resource.namespace, ctx)
@@ -140,7 +135,7 @@ def _child(spec: Node, kind: str) -> Node:
 
 def introspection_step(node: Node, namespace: str, ctx: AuthBuildContext) -> OAuth2Step:
     """``spec.plugin.oAuthIntrospection`` -> an oauth2 step with an introspection validator."""
-    _refuse_unknown(node, ("tokenSource", "clientConfig", *_STEP_FIELDS))
+    refuse_unknown(node, ("tokenSource", "clientConfig", *_STEP_FIELDS))
     token_source = parse_token_source(node.child("tokenSource"))
     client = node.child("clientConfig", required=True)
     assert client is not None
@@ -178,16 +173,17 @@ def _claims(node: Node, expression: str) -> TraefikClaimsCheck:
         raise ConfigError(e.detail, where=node.where, line=node.data.key_lines.get("claims")) from e
 
 
-def _refuse_unknown(node: Node, known: t.Sequence[str]) -> None:
+def refuse_unknown(node: Node, known: t.Sequence[str]) -> None:
+    """:raises ConfigError: a field not in ``known``, naming the nearest one and the README section."""
     for key in node.data:
         if key not in known:
-            raise node.error(str(key), f"unknown field{nearest(str(key), known)} (known: {', '.join(known)}); "
-                                       f"see {README_SECTION}")
+            raise node.error(str(key), f"unknown field{did_you_mean(str(key), known)} "
+                                       f"(known: {', '.join(known)}); see {README_SECTION}")
 
 
 def _introspection_node(client: Node, namespace: str, ctx: AuthBuildContext) -> Node:
     """``clientConfig`` renamed into an ``introspection`` mapping, lines kept for errors."""
-    _refuse_unknown(client, tuple(_CLIENT_CONFIG))
+    refuse_unknown(client, tuple(_CLIENT_CONFIG))
     data = _renamed(client.data, _CLIENT_CONFIG)
     for field in _CLIENT_CONFIG:
         client.raw(field)
@@ -198,7 +194,7 @@ def _introspection_node(client: Node, namespace: str, ctx: AuthBuildContext) -> 
     if "tls" in data:
         tls = client.child("tls")
         assert tls is not None
-        _refuse_unknown(tls, tuple(_TLS))
+        refuse_unknown(tls, tuple(_TLS))
         for field in ("ca", "cert", "key"):
             value = tls.data.get(field)
             if isinstance(value, str) and ("-----BEGIN" in value or value.startswith("urn:")):
