@@ -242,15 +242,12 @@ class Router:
         self._any: VirtualHost | None = None
         for vhost in self.virtual_hosts:
             for domain in vhost.domains:
-                self._index(domain.lower(), vhost)
+                self._index(domain_key(domain), vhost)
         self._suffixes.sort(key=lambda item: -len(item[0]))
         self._prefixes.sort(key=lambda item: -len(item[0]))
         self._host_cache: dict[str, VirtualHost | None] = {}
 
     def _index(self, domain: str, vhost: VirtualHost) -> None:
-        domain = strip_port(domain)
-        if domain.endswith(".") and domain != ".":
-            domain = domain[:-1]               # RFC 1034 §3.1: the root dot, as the request's host
         if domain == "*":
             self._any = vhost
         elif domain.startswith("*"):
@@ -291,6 +288,9 @@ class Router:
         raise RouteNotFoundError()
 
 
-def strip_port(domain: str) -> str:
-    """``example.com:8080`` -> ``example.com`` (a configured domain; wildcards kept)."""
-    return split_port(domain)[0]
+def domain_key(domain: str) -> str:
+    """A configured domain as hosts are matched against it: ``API.example.com.:8080`` ->
+    ``api.example.com`` (lower-case, port ignored, one root dot removed as from the request's
+    host, RFC 1034 §3.1; wildcards kept)."""
+    domain = split_port(domain.lower())[0]
+    return domain[:-1] if domain.endswith(".") and domain != "." else domain

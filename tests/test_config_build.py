@@ -353,8 +353,10 @@ def test_broken_config_is_rejected_naming_file_resource_and_field(build, files, 
         assert part in message
 
 
-def test_two_virtual_services_claiming_one_domain_with_different_ports_are_rejected(build):
-    other = VS_HEAD.replace("broken", "other").replace("'*'", "'API.example.com:8080'")
+@pytest.mark.parametrize("variant", ["'API.example.com:8080'", "'api.example.com.'"],
+                         ids=["another case and a port", "a trailing root dot"])
+def test_two_virtual_services_claiming_one_domain_are_rejected(build, variant):
+    other = VS_HEAD.replace("broken", "other").replace("'*'", variant)
     first = VS_HEAD.replace("'*'", "api.example.com")
     route = "    - routeAction: {single: {url: 'http://127.0.0.1:1'}}\n"
     result = build({"a.yaml": first + route, "b.yaml": other + route})

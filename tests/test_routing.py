@@ -169,3 +169,8 @@ def test_a_rewritten_path_not_in_normal_form_is_refused(replacement, path):
     with pytest.raises(BadRequestError) as info:
         rewrite.apply(path)
     assert info.value.reason == "rewrite_invalid"
+
+
+def test_a_configured_domain_with_a_root_dot_or_port_matches_the_normalized_host():
+    router = Router([vhost("secure", "Secure.Example.com.:443")])
+    assert router.match(request("/", host="secure.example.com")).virtual_host.name == "secure"

@@ -21,7 +21,7 @@ from ..policy.engine import load_rego_directory
 from ..policy.engine import load_module
 from ..routing import Router
 from ..routing import VirtualHost
-from ..routing import strip_port
+from ..routing import domain_key
 from ..traefik.ingress_routes import compile_ingress_route
 from ..traefik.ingress_routes import ignored_fields_note
 from ..traefik.ingress_routes import traefik_virtual_hosts
@@ -323,7 +323,7 @@ def _check_domains(vhosts: list[VirtualHost]) -> None:
     owner: dict[str, str] = {}
     for vhost in vhosts:
         for domain in vhost.domains:
-            key = strip_port(domain.lower())          # ports are ignored when matching hosts
+            key = domain_key(domain)                  # as hosts are matched: port and root dot ignored
             if key in owner:
                 raise ConfigError(f"domain {domain!r} is claimed by both {owner[key]} and {vhost.name}")
             owner[key] = vhost.name

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pathlib
 import re
 import socket
 import time
@@ -147,17 +148,27 @@ class Exchange(t.NamedTuple):
     forwarded: list[RecordedRequest]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[ServerProcess, RecordingUpstream]]:
-    tmp = tmp_path_factory.mktemp("request-parse")
+def start(tmp: pathlib.Path, **env: str) -> t.Iterator[tuple[ServerProcess, RecordingUpstream]]:
+    """The gateway under conf/gunicorn.conf.py with :data:`CONFIG`, in front of a recording upstream."""
     rego = "\n".join("    " + line for line in ECHO_REGO.splitlines())
     text = CONFIG % {"rego": rego, "jwks": jwks_json(public_jwk(KEY, kid="main", alg="RS256"))}
     with RecordingUpstream() as upstream:
         conf = render_config(text, tmp / "conf", UPSTREAM_PORT=upstream.port)
         (tmp / "rego").mkdir()
         with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4,
-                            env={"GATEWAY_LOG_LEVEL": "info"}) as gateway:
+                            env={"GATEWAY_LOG_LEVEL": "info", **env}) as gateway:
             yield gateway, upstream
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[ServerProcess, RecordingUpstream]]:
+    yield from start(tmp_path_factory.mktemp("request-parse"))
+
+
+@pytest.fixture(scope="module")
+def trusted_stack(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[ServerProcess, RecordingUpstream]]:
+    """The same gateway, with 127.0.0.1 listed in GATEWAY_TRUSTED_PROXIES."""
+    yield from start(tmp_path_factory.mktemp("request-parse-trusted"), GATEWAY_TRUSTED_PROXIES="127.0.0.1")
 
 
 def send(stack: tuple[ServerProcess, RecordingUpstream], target: str, headers: t.Sequence[tuple[str, str]] = (),
@@ -372,6 +383,18 @@ def test_forwarding_headers_from_an_untrusted_loopback_peer_are_dropped(stack):
     for name, _ in FORGED_FORWARDING:
         if name.lower() not in ("x-forwarded-proto", "x-forwarded-for", "x-forwarded-host"):
             assert name.lower() not in sent, name
+
+
+def test_forwarding_headers_from_a_trusted_proxy_are_kept_and_give_the_scheme(trusted_stack):
+    """With gunicorn's own trust off, the gateway alone decides: a listed proxy's headers count."""
+    exchange = send(trusted_stack, "/echo", [bearer(ALICE), ("X-Forwarded-Proto", "https"),
+                                             ("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Client-Cert", "x")])
+    assert exchange.status == 200
+    [request] = exchange.forwarded
+    assert (policy_saw(request)["scheme"], policy_saw(request)["forwarded_proto"]) == ("https", "https")
+    assert request.header_values("x-forwarded-proto") == ["https"]
+    assert request.header_values("x-forwarded-for") == ["203.0.113.9, 127.0.0.1"]
+    assert request.header_values("x-forwarded-client-cert") == ["x"]
 
 
 def test_query_and_path_the_policy_saw_are_what_the_upstream_parses(stack):
