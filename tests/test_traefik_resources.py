@@ -3,6 +3,7 @@ route table and auth pipeline, through the Flask test client (IdP and upstream m
 
 from __future__ import annotations
 
+import json
 import logging
 import pathlib
 import time
@@ -345,3 +346,36 @@ def test_validate_notes_that_entry_points_are_ignored(tmp_path):
     lines = [s.describe() for s in result.statuses if s.kind == "IngressRoute"]
     assert len(lines) == 1
     assert lines[0].endswith("ACCEPTED (note: entryPoints web ignored: the gateway has one listener)")
+
+
+def test_tls_ca_cert_and_key_given_as_pem_text_or_secret_reach_the_idp(tmp_path):
+    from tests.test_introspection_tls import TOKEN
+    from tests.test_introspection_tls import https_idp
+    from tls_material import write_tls_material
+
+    (tmp_path / "tls").mkdir()
+    material = write_tls_material(tmp_path / "tls")
+    ca_pem = material.ca_cert.read_text()
+    secret = f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: idp-client, namespace: apps}}
+stringData:
+  tls.crt: {json.dumps(material.client_cert.read_text())}
+  tls.key: {json.dumps(material.client_key.read_text())}
+"""
+    with https_idp(material, require_client_cert=True) as url:
+        middleware = MIDDLEWARE.replace(f'url: "{IDP}"', f'url: "{url}"').replace(
+            "        maxRetries: 0", "        maxRetries: 0\n        tls:\n          ca: |\n"
+            + "\n".join("            " + line for line in ca_pem.splitlines())
+            + "\n          cert: urn:k8s:secret:idp-client:tls.crt\n          key: urn:k8s:secret:idp-client:tls.key")
+        result = build_config(write_tree(tmp_path / "conf", {"u.yaml": UPSTREAM_YAML, "m.yaml": middleware,
+                                                             "i.yaml": INGRESS_ROUTE, "s.yaml": secret}),
+                              write_tree(tmp_path / "rego", {}))
+        assert result.config is not None, [s.describe() for s in result.errors]
+        route = result.config.router.virtual_hosts[0].routes[0]
+        validator = route.auth.steps[0].validator
+        assert "gateway-pem-" in validator.settings.tls.ca_bundle
+        assert validator.validate(TOKEN).claims["sub"] == "alice"
+        for path in (validator.settings.tls.ca_bundle, validator.settings.tls.client_key):
+            assert oct(pathlib.Path(path).stat().st_mode & 0o777) == "0o600"

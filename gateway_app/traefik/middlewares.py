@@ -13,7 +13,8 @@ token cache, claim headers and forwarding. Only names change:
 - ``clientConfig.tokenTypeHint`` / ``timeoutSeconds`` / ``maxRetries`` -> ``tokenTypeHint`` /
   ``timeout`` / ``retries``;
 - ``clientConfig.tls.{ca, cert, key, insecureSkipVerify}`` -> ``tls.{caBundle, clientCertificate,
-  clientKey, insecureSkipVerify}`` (PEM file paths);
+  clientKey, insecureSkipVerify}``: a file path, PEM text or ``urn:k8s:secret:NAME:KEY``
+  (the last two written to a private file, :mod:`.pem_files`);
 - ``claims`` -> a :class:`TraefikClaimsCheck` (Traefik's claims language, no Rego);
 - ``forwardHeaders`` (header -> claim) -> claim headers;
 - ``forwardAuthorization`` (default false) -> ``tokenSource.removeFromRequest`` = not it;
@@ -47,6 +48,7 @@ from ..transform import HeaderTemplate
 from . import jwt_plugin
 from . import opa_plugin
 from .claims import TraefikClaimsCheck
+from .pem_files import pem_file
 from .request_templates import RequestHeaders
 from .request_templates import is_template
 from .rewrites import PATH_KINDS
@@ -195,13 +197,25 @@ def _introspection_node(client: Node, namespace: str, ctx: AuthBuildContext) -> 
         tls = client.child("tls")
         assert tls is not None
         refuse_unknown(tls, tuple(_TLS))
+        data["tls"] = _renamed(tls.data, _TLS)
         for field in ("ca", "cert", "key"):
             value = tls.data.get(field)
-            if isinstance(value, str) and ("-----BEGIN" in value or value.startswith("urn:")):
-                raise tls.error(field, "inline PEM and Secret references are not supported here; "
-                                       f"give the path of a PEM file (see {README_SECTION})")
-        data["tls"] = _renamed(tls.data, _TLS)
+            if isinstance(value, str):
+                data["tls"][_TLS[field]] = _pem_path(tls, field, value, namespace, ctx)
     return _TraefikNamedNode(data, client.where, client.path)
+
+
+def _pem_path(node: Node, field: str, value: str, namespace: str, ctx: AuthBuildContext) -> str:
+    """``tls.ca``/``cert``/``key``: a file path as is; PEM text or a Secret reference as a private file."""
+    urn = _SECRET_URN.match(value.strip())
+    if urn:
+        ref = Node({"name": urn.group(1), "key": urn.group(2)}, node.where, node.field_path(field))
+        value = ctx.secrets.resolve(ref, namespace).reveal()
+    if "-----BEGIN" not in value:
+        if urn:
+            raise node.error(field, f"Secret {urn.group(1)} key {urn.group(2)} does not hold PEM text")
+        return value
+    return pem_file(value)
 
 
 def _renamed(data: t.Mapping[t.Any, t.Any], names: t.Mapping[str, str]) -> LineMap:
