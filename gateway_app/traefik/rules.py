@@ -37,6 +37,7 @@ from ..boolean_language import Source
 from ..boolean_language import compile_calls
 from ..boolean_language import tokenize
 from ..incoming import IncomingRequest
+from ..routing import domain_key
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 # v2 names and other matchers Traefik users meet, and what to write instead
@@ -90,22 +91,13 @@ def _top_level_hosts(source: Source) -> tuple[str, ...]:
     depth, hosts, index = 0, [], 1
     while tokens[index].kind != ")":
         if tokens[index].kind == "string":
-            hosts.append(_bare_host(tokens[index].text))
+            hosts.append(domain_key(tokens[index].text))
         index += 1
     for token in tokens[index + 1:]:
         depth += {"(": 1, ")": -1}.get(token.kind, 0)
         if depth == 0 and token.kind == "||":
             return ()
     return tuple(hosts)
-
-
-def _bare_host(host: str) -> str:
-    """Lower-cased, port and one root dot removed, as the router reads a request's host."""
-    host = host.lower()
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host[:-1] if host.endswith(".") and not host.endswith("..") else host
 
 
 # -- matchers ----------------------------------------------------------------------------
@@ -117,7 +109,7 @@ def _regex(call: Call, source: Source, index: int, flags: int = 0) -> re.Pattern
 
 
 def _host(call: Call, source: Source) -> Predicate:
-    hosts = frozenset(_bare_host(h) for h in call.arguments)
+    hosts = frozenset(domain_key(h) for h in call.arguments)
     return lambda request: request.hostname in hosts
 
 
