@@ -149,8 +149,8 @@ def from_environ(environ: t.Mapping[str, t.Any], *, request_id: str = "",
     """
     remote_addr = environ.get("REMOTE_ADDR", "") or ""
     trusted = remote_addr in trusted_proxies
-    headers = _headers_of(environ, trusted)
-    if max_header_count is not None and len(headers) > max_header_count:
+    headers, fields = _headers_of(environ, trusted)
+    if max_header_count is not None and fields > max_header_count:
         raise BadRequestError(f"more than {max_header_count} headers", reason="too_many_headers")
     authority, raw_path, query_string = _split_target(_raw_target(environ))
     if authority is None:
@@ -173,22 +173,25 @@ def is_forwarding_header(name: str) -> bool:
     return name in FORWARDING_HEADERS or name.startswith(FORWARDING_HEADER_PREFIXES)
 
 
-def _headers_of(environ: t.Mapping[str, t.Any], trusted: bool) -> dict[str, str]:
-    """Lower-cased request headers from the environ, forwarding headers dropped unless ``trusted``.
+def _headers_of(environ: t.Mapping[str, t.Any], trusted: bool) -> tuple[dict[str, str], int]:
+    """Lower-cased request headers from the environ, forwarding headers dropped unless ``trusted``,
+    and how many header fields were received (dropped ones included).
 
     WSGI servers join a repeated header with commas (gunicorn without a space).
     """
     headers: dict[str, str] = {}
+    fields = 0
     for key, value in environ.items():
         if key.startswith("HTTP_"):
+            fields += 1
             name = key[5:].replace("_", "-").lower()
             if name not in OVERRIDE_HEADERS and (trusted or not is_forwarding_header(name)):
                 headers[name] = value
-    if environ.get("CONTENT_TYPE"):
-        headers["content-type"] = environ["CONTENT_TYPE"]
-    if environ.get("CONTENT_LENGTH"):
-        headers["content-length"] = environ["CONTENT_LENGTH"]
-    return headers
+    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+        if environ.get(key):
+            headers[name] = environ[key]
+            fields += 1
+    return headers, fields
 
 
 def _raw_target(environ: t.Mapping[str, t.Any]) -> str:

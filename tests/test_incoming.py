@@ -170,6 +170,11 @@ def test_too_many_headers_are_refused():
     assert refused(env, max_header_count=3) == "too_many_headers"
 
 
+def test_dropped_forwarding_headers_still_count_against_the_header_limit():
+    env = environ(**{f"HTTP_X_FORWARDED_H{i}": "v" for i in range(5)})
+    assert refused(env, max_header_count=3) == "too_many_headers"
+
+
 def test_url_and_method_overrides_are_dropped_even_from_a_trusted_proxy():
     """``X-HTTP-Method-Override: DELETE`` on a GET route would make Express or Rails run a DELETE."""
     env = environ(HTTP_X_HTTP_METHOD_OVERRIDE="DELETE", HTTP_X_ORIGINAL_URL="/admin", HTTP_X_METHOD_OVERRIDE="PUT")
