@@ -200,11 +200,27 @@ class Parser:
 
 
 def _all(operands: tuple[Predicate, ...]) -> Predicate:
-    return lambda value: all(operand(value) for operand in operands)
+    """Left to right, stopping at the first false (nested closures: no generator per call)."""
+    result = operands[0]
+    for operand in operands[1:]:
+        result = _and(result, operand)
+    return result
 
 
 def _any(operands: tuple[Predicate, ...]) -> Predicate:
-    return lambda value: any(operand(value) for operand in operands)
+    """Left to right, stopping at the first true."""
+    result = operands[0]
+    for operand in operands[1:]:
+        result = _or(result, operand)
+    return result
+
+
+def _and(left: Predicate, right: Predicate) -> Predicate:
+    return lambda value: left(value) and right(value)
+
+
+def _or(left: Predicate, right: Predicate) -> Predicate:
+    return lambda value: left(value) or right(value)
 
 
 @dataclasses.dataclass(frozen=True)
