@@ -195,8 +195,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
     """gunicorn's gthread worker that reads each request head in its event loop, within a deadline.
 
     ``gunicorn -k gateway_app.worker.HeadReadingWorker`` (``conf/gunicorn.conf.py`` sets it).
-    Settings: gunicorn's own (``threads``, ``keepalive``, ``limit_request_*``) and
-    ``GATEWAY_HEAD_TIMEOUT`` (see the module docstring).
+    Settings: gunicorn's own (``threads``, ``keepalive``, ``limit_request_*``),
+    ``GATEWAY_HEAD_TIMEOUT`` and ``GATEWAY_CLIENT_TIMEOUT`` (see the module docstring).
     """
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
