@@ -5,7 +5,9 @@ under gunicorn with the shipped ``conf/gunicorn.conf.py`` (plus a per-worker req
 the same gateway with gunicorn's plain gthread worker (the cost of the head-reading worker),
 and the naive Flask + ``requests`` proxy with the same gunicorn settings; then drives each
 setup with ``wrk -t2 -c32``, in short rounds that alternate the order (A B C, C B A, …) so
-drift cancels in the ratios, and prints the median of the rounds. ``--memory`` instead measures worker RSS after
+drift cancels in the ratios, and prints the median of the rounds, and each setup's CPU per request
+(its gunicorn processes, plus Redis where it has one). ``--only`` measures a subset of setups
+(e.g. the usage-plan pairs). ``--memory`` instead measures worker RSS after
 1,000 and 100,000 requests. Every process started here is stopped on exit.
 """
 
@@ -56,6 +58,10 @@ TARGETS = (  # (label, numerator, denominator, comparison, bound)
     # issue 12: the head-reading worker costs at most 3 % against gunicorn's plain gthread worker.
     ("no-auth, head-reading worker / plain gthread (rps)", "open", "open-gthread", ">=", 0.97),
 )
+CPU_RATIOS = (  # (label, with the stage, without): throughput ratio estimated from CPU per request
+    ("usage plan, in-process counters: throughput ratio from CPU", "jwt-limited", "jwt"),
+    ("usage plan, Redis counters: throughput ratio from CPU", "jwt-limited-redis", "jwt-redis"),
+)
 
 
 @dataclasses.dataclass
@@ -68,6 +74,8 @@ class Setup:
     requests: list[tuple[str, str | None]]
     results: list[WrkResult] = dataclasses.field(default_factory=list)
     served: dict[int, int] = dataclasses.field(default_factory=dict)
+    cpu_us: list[float] = dataclasses.field(default_factory=list)     # CPU per request, per round
+    helpers: tuple[ServerProcess, ...] = ()                            # e.g. the Redis it talks to
 
     @property
     def url(self) -> str:
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.memory:
             return _memory(args, gateway, jwt_token, opaque)
         setups = _setups(args, stack, root, upstream, gateway, gateway_env, jwt_token, opaque)
+        if args.only:
+            setups = [s for s in setups if s.key in args.only.split(",")]
         report = Report(args, setups, idp)
         report.prepare()
         report.measure()
@@ -137,6 +147,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--only", help="comma-separated setup keys to measure, e.g. "
+                                       "jwt,jwt-limited,jwt-redis,jwt-limited-redis (the usage-plan ratios)")
     parser.add_argument("--no-extras", action="store_true",
                         help="skip the access-log-off and Redis rows")
     parser.add_argument("--results", help="also write the report (markdown) to this file")
@@ -179,9 +191,9 @@ def _setups(args: argparse.Namespace, stack: Stack, root: pathlib.Path, upstream
             setups.insert(5, Setup("introspection-redis", "gateway, introspection, Redis-shared cache + Rego + header",
                                    shared, [("/introspection", token) for token in opaque]))
             setups += [Setup("jwt-redis", "gateway with Redis, JWT + Rego + claim header", shared,
-                             [("/jwt", jwt_token)]),
+                             [("/jwt", jwt_token)], helpers=(redis,)),
                        Setup("jwt-limited-redis", "gateway with Redis, JWT + Rego + header + usage plan (Redis)",
-                             shared, [("/jwt-limited", jwt_token)])]
+                             shared, [("/jwt-limited", jwt_token)], helpers=(redis,))]
     # The no-auth run sits between the two auth runs it is compared with, so each pair is adjacent in time.
     order = ["direct", "open-gthread", "jwt-limited", "jwt", "open", "introspection", "naive", "open-nolog",
              "introspection-redis", "jwt-redis", "jwt-limited-redis"]
@@ -231,8 +243,11 @@ class Report:
             # pair one way in one round and the other way in the next.
             for setup in self.setups if round_number % 2 == 0 else self.setups[::-1]:
                 counts = _worker_counts(setup.server)
+                cpu = _cpu_seconds(setup)
                 result = self._wrk(setup, self.args.duration)
                 setup.results.append(result)
+                if result.requests:
+                    setup.cpu_us.append((_cpu_seconds(setup) - cpu) / result.requests * 1e6)
                 for pid, served in _worker_counts(setup.server).items():
                     setup.served[pid] = setup.served.get(pid, 0) + served - counts.get(pid, 0)
                 print(f"# round {round_number + 1}: {setup.key:20} {result.requests_per_second:9.0f} req/s "
@@ -280,6 +295,19 @@ class Report:
             met = value >= bound if comparison == ">=" else value <= bound
             lines.append(f"| {label} | {value:.2f} | {comparison.replace('p99', '')} {bound} | "
                          f"{'yes' if met else 'NO'} | {', '.join(f'{r:.2f}' for r in ratios)} |")
+        lines += ["", "CPU per request: user + system CPU of the gateway's gunicorn processes (and of the "
+                  "Redis server it talks to, where it has one) over each measured run, divided by the requests "
+                  "served. On a CPU-bound machine throughput is inversely proportional to it, and unlike "
+                  "requests/s it does not depend on what else the machine runs.", "",
+                  "| setup | CPU µs per request (median) | per round |", "| --- | ---: | --- |"]
+        for s in self.setups:
+            if s.cpu_us:
+                lines.append(f"| {s.label} | {statistics.median(s.cpu_us):.0f} | "
+                             f"{', '.join(f'{c:.0f}' for c in s.cpu_us)} |")
+        for label, top, bottom in CPU_RATIOS:
+            if top in by_key and bottom in by_key and by_key[top].cpu_us and by_key[bottom].cpu_us:
+                ratio = statistics.median(by_key[bottom].cpu_us) / statistics.median(by_key[top].cpu_us)
+                lines.append(f"| **{label}** (CPU of {bottom} / CPU of {top}) | {ratio:.3f} | |")
         lines += ["", "Introspection calls the IdP received (10 distinct tokens):", ""]
         workers = _gunicorn_shape().split(" ")[0]
         for key, calls in self.introspection_calls.items():
@@ -319,6 +347,29 @@ def _check_decisions(http: requests.Session, setup: Setup) -> str:
             raise SystemExit(f"{setup.key} admits requests without a token ({refused})")
         line += f", without a token -> {refused}"
     return line
+
+
+def _cpu_seconds(setup: Setup) -> float:
+    """User + system CPU seconds of the setup's server process tree and its helpers, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for server in (setup.server, *setup.helpers):
+        process = getattr(server, "process", None)
+        if process is None:
+            continue
+        for pid in _process_tree(process.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])       # utime, stime
+    return total / ticks
+
+
+def _process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for child in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            pids.extend(_process_tree(int(child)))
+    return pids
 
 
 def _worker_counts(server: ServerProcess) -> dict[int, int]:

@@ -55,6 +55,7 @@ log = logging.getLogger("gateway_app.usage_plans")
 
 METADATA_KEY = "usagePlan"             # in dynamic metadata, as Gloo's rate-limit actions read it
 CONSUMER_HASH_CHARS = 16
+MAX_REMEMBERED_HASHES = 10_000
 
 
 def build_limiter(settings: Settings) -> Limiter:
@@ -75,6 +76,7 @@ class UsagePlanEnforcer:
         self._counters: dict[tuple[str, str], t.Any] = {}
         self._lock = threading.Lock()
         self._unknown_logged: set[str] = set()
+        self._hashes: dict[str, str] = {}
 
     def admit(self, request: IncomingRequest, route: Route, state: AuthState, plans: UsagePlans,
               record: dict[str, t.Any]) -> dict[str, str]:
@@ -98,7 +100,7 @@ class UsagePlanEnforcer:
             if name is None:
                 return {}
         plan = plans.plans[name]
-        consumer_hash = hash_key(consumer)[:CONSUMER_HASH_CHARS]
+        consumer_hash = self._hash(consumer)
         partition = (route.api_product_id or f"route:{route.name}") if plan.scope == "apiProduct" else "*"
         record.update(usage_plan=plan.name, consumer=consumer_hash)
         try:
@@ -114,6 +116,15 @@ class UsagePlanEnforcer:
         headers["Retry-After"] = str(_seconds(usage.retry_after_us))
         reason = "quota_exceeded" if usage.binding == "quota" else "rate_limited"
         raise RateLimitedError(f"usage plan {plan.name}: {reason.replace('_', ' ')}", reason=reason, headers=headers)
+
+    def _hash(self, consumer: str) -> str:
+        """The consumer's short SHA-256, remembered for the next requests of the same consumer."""
+        hashed = self._hashes.get(consumer)
+        if hashed is None:
+            if len(self._hashes) >= MAX_REMEMBERED_HASHES:
+                self._hashes.clear()
+            hashed = self._hashes[consumer] = hash_key(consumer)[:CONSUMER_HASH_CHARS]
+        return hashed
 
     def _plan_name(self, route: Route, state: AuthState, plans: UsagePlans) -> str | None:
         chosen = _requested_plan(state, plans)

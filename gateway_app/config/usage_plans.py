@@ -31,9 +31,12 @@ SCOPES = ("apiProduct", "global")
 DEFAULT_CONSUMER_CLAIMS = ("client_id", "sub")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class UsagePlan:
-    """A named rate limit (GCRA) and optional quota (fixed window); ``scope`` as in the module doc."""
+    """A named rate limit (GCRA) and optional quota (fixed window); ``scope`` as in the module doc.
+
+    Compared and hashed by identity: each config generation has its own plan objects.
+    """
 
     name: str
     rate: Rate
