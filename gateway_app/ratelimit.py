@@ -287,7 +287,8 @@ class RedisLimiter:
     def _hit(self, key: str, rate: Rate, quota: Rate | None) -> Usage:
         now = "" if self._clock is None else str(self._clock())
         args = [now, rate.limit, rate.period_us, quota.limit if quota else 0, quota.period_us if quota else 0]
-        keys = [KEY_PREFIX + key, KEY_PREFIX + key + ":q:"]
+        tagged = f"{KEY_PREFIX}{{{key}}}"               # one hash tag: both keys in one Redis Cluster slot
+        keys = [tagged, tagged + ":q:"]
         _, rate_ok, wait, remaining, count, quota_reset = self._script(keys=keys, args=args)
         rate_step = (bool(rate_ok), 0, int(remaining), int(wait))
         quota_step = None

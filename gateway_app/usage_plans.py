@@ -4,7 +4,7 @@ Who is counted: the validated token's consumer (``client_id``, else ``sub``, or 
 ``consumerClaim``), read from the claims a validator produced, never from anything the client
 sends. A request without a validated identity (no auth on the route, or ``failureModeAllow``
 let it through) is counted per client IP on the ``anonymousPlan`` if one is set, else not at all;
-the IP is the peer, or the client a trusted proxy names (the forwarder's one trust rule).
+the IP is the peer, or the client a trusted proxy names (the one trust rule, incoming.TrustedProxies).
 
 Which plan, first found wins:
 
