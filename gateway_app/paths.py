@@ -5,8 +5,12 @@
 - dot-segments are removed and repeated slashes merged;
 - refused with 400:
 
-  - encoded ``/`` or ``\\`` or NUL (``%2F``, ``%5C``, ``%00``), a raw backslash, control or
-    non-ASCII bytes, a malformed escape: upstreams disagree on what they mean;
+  - encoded ``/`` or ``\\`` (``%2F``, ``%5C``), encoded control characters (``%00``-``%1F``,
+    ``%7F``: NUL stops C-based readers, CR LF split log lines and headers), a raw backslash,
+    control or non-ASCII bytes, a malformed escape: upstreams disagree on what they mean;
+  - percent-escapes that do not decode to valid UTF-8 (``%ff``, the overlong ``%c0%af`` for
+    ``/``): lenient decoders read them as ``/`` or ``.``; the query has the same rule
+    (:func:`gateway_app.incoming.parse_query`);
   - a double-encoded escape (``%252e``): an upstream that decodes twice would see ``.``;
   - a ``;`` anywhere in the path: Tomcat, Jetty and Spring drop ``;params`` from segments,
     so ``/admin;x/secret`` would be routed as an open path and served as ``/admin/secret``;
@@ -19,12 +23,13 @@ from __future__ import annotations
 
 import re
 import string
+import urllib.parse
 
 from .errors import BadRequestError
 
 MAX_PATH_LENGTH = 4096
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
-_FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "00"})
+_FORBIDDEN_ESCAPES = frozenset({"2F", "5C", "7F"} | {f"{code:02X}" for code in range(0x20)})
 _ESCAPE = re.compile(r"%(..)?", re.S)
 _DOUBLE_ESCAPE = re.compile(r"%25[0-9A-Fa-f]{2}")
 _SAFE_PATH = re.compile(r"^(/[A-Za-z0-9\-._~!$&'()*+,=:@]+)*/?$")
@@ -36,6 +41,7 @@ def normalize_path(raw: str) -> str:
         return raw or "/"                         # fast path: nothing to decode or resolve
     _check_characters(raw)
     decoded = _ESCAPE.sub(_decode_escape, raw)
+    _check_utf8(decoded)
     return _remove_dot_segments(decoded)
 
 
@@ -52,6 +58,15 @@ def _check_characters(raw: str) -> None:
         raise BadRequestError("';' path parameters are not allowed", reason="path_invalid")
     if _DOUBLE_ESCAPE.search(raw):
         raise BadRequestError("double-encoded percent-escape in path", reason="path_invalid")
+
+
+def _check_utf8(path: str) -> None:
+    """:raises BadRequestError: the escapes do not decode to UTF-8 (RFC 3986 §2.5, RFC 3629 §3)."""
+    if "%" in path:
+        try:
+            urllib.parse.unquote_to_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequestError("percent-escapes in the path are not valid UTF-8", reason="path_invalid") from None
 
 
 def _decode_escape(match: re.Match[str]) -> str:

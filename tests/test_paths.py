@@ -138,6 +138,28 @@ def test_normalize_path_refuses_ambiguous_paths_with_400(raw):
     assert info.value.reason in ("path_invalid", "path_too_long")
 
 
+@pytest.mark.parametrize("raw", [
+    "/public/..%c0%af/secret", "/public/%c0%ae%c0%ae/secret", "/public/%ff", "/public/%e9", "/public/%e2%82",
+    "/public/%ed%a0%80",
+], ids=["overlong slash", "overlong dots", "byte ff", "latin-1 e-acute", "truncated sequence", "UTF-16 surrogate"])
+def test_percent_escapes_that_are_not_utf8_are_refused(raw):
+    """Lenient decoders read ``%c0%af`` as ``/``; the query has the same rule (``query_invalid``)."""
+    with pytest.raises(BadRequestError) as info:
+        normalize_path(raw)
+    assert info.value.reason == "path_invalid"
+
+
+@pytest.mark.parametrize("escape", [f"%{code:02x}" for code in (*range(0x20), 0x7F)] + ["%0A%0D", "%7f"])
+def test_encoded_control_characters_in_the_path_are_refused(escape):
+    with pytest.raises(BadRequestError) as info:
+        normalize_path(f"/public/{escape}")
+    assert info.value.reason == "path_invalid"
+
+
+def test_encoded_utf8_in_the_path_is_kept_encoded():
+    assert normalize_path("/public/caf%c3%a9/%E5%B1%B1") == "/public/caf%C3%A9/%E5%B1%B1"
+
+
 def test_a_path_of_exactly_the_maximum_length_is_accepted():
     path = "/" + "a" * (MAX_PATH_LENGTH - 1)
     assert normalize_path(path) == path

@@ -241,6 +241,15 @@ def test_a_query_that_reads_two_ways_is_refused(stack, target):
     assert exchange.forwarded == []
 
 
+@pytest.mark.parametrize("target", ["/public/..%c0%af/secret", "/public/%ff", "/public/%0A%0D", "/public/%7f"],
+                         ids=["overlong slash", "not UTF-8", "encoded CR LF", "encoded DEL"])
+def test_path_escapes_that_are_not_utf8_or_are_control_characters_are_refused(stack, target):
+    """``/public/..%c0%af/secret`` was forwarded as ``/public/..%C0%AF/secret`` (red team F6)."""
+    exchange = send(stack, target)
+    assert (exchange.status, reason(exchange)) == (400, "path_invalid")
+    assert exchange.forwarded == []
+
+
 # -- 2. rewrites are checked again --------------------------------------------------------------
 
 def test_prefix_rewrite_cannot_reach_a_protected_path(stack):
