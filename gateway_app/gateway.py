@@ -141,7 +141,7 @@ class Gateway:
             REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
             if decision:
                 decision["generation"] = config.generation
-            log_access(method=request.method, path=incoming.path if incoming else environ.get("PATH_INFO"),
+            log_access(method=request.method, path=incoming.path if incoming else _sent_path(environ),
                        route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
                        auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
                        **decision)
@@ -256,6 +256,14 @@ class _ClientBody:
             if self._left < 0:
                 raise PayloadTooLargeError()
         return data
+
+
+def _sent_path(environ: t.Mapping[str, t.Any]) -> str | None:
+    """The path of the request target as the client sent it (gunicorn's ``RAW_URI``, query dropped:
+    it may carry a token), for the access record of a request refused before it was parsed.
+    """
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    return raw.partition("?")[0] if raw else environ.get("PATH_INFO")
 
 
 def _redacted_input(document: dict[str, t.Any]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sys
 import typing as t
 import uuid
@@ -16,6 +17,9 @@ from .settings import Settings
 
 access_log = logging.getLogger("gateway_app.access")
 
+# C0 controls, DEL and C1 controls: terminal escapes (ESC), NUL (grep then reads the log as binary),
+# CR/LF (forged lines). ECMA-48 §5 / Unicode category Cc.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 _REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -23,6 +27,19 @@ def redact(token: str) -> str:
     """``abcd…#1a2b3c4d``: enough to correlate log lines, useless to an attacker."""
     digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{token[:4]}…#{digest}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every C0 control, DEL and C1 control written as ``\\xNN``, so a log line is printable.
+
+    The one home of the rule for every logged value (plain and JSON formats, messages and
+    exception text alike); other characters are kept as they are.
+    """
+    return _CONTROLS.sub(_hex_escape, text)
+
+
+def _hex_escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 def request_id(incoming: str | None, trust: bool) -> str:
@@ -43,7 +60,8 @@ class _JsonFormatter(logging.Formatter):
             payload["msg"] = record.getMessage()
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+        # json.dumps escapes C0 and (ensure_ascii) every non-ASCII character, but leaves DEL raw.
+        return json.dumps(payload, default=str).replace("\x7f", "\\u007f")
 
 
 class _PlainFormatter(logging.Formatter):
@@ -52,7 +70,11 @@ class _PlainFormatter(logging.Formatter):
         if fields:
             record.msg = " ".join(f"{k}={_plain(v)}" for k, v in fields.items())
             record.args = None
-        return super().format(record)
+        elif _CONTROLS.search(message := record.getMessage()):
+            record = logging.makeLogRecord(record.__dict__)   # other handlers keep the message as logged
+            record.msg, record.args = escape_controls(message), None
+        # A traceback keeps its line breaks; any other control in it is escaped.
+        return "\n".join(escape_controls(line) for line in super().format(record).split("\n"))
 
 
 def _plain(value: t.Any) -> str:
@@ -60,11 +82,11 @@ def _plain(value: t.Any) -> str:
     if value is None:
         return "-"
     text = value if isinstance(value, str) else str(value)
-    if text and " " not in text:
+    if text and " " not in text and not _CONTROLS.search(text):
         return text
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return f'"{text}"'               # what json.dumps gives for such text, without its cost
-    return json.dumps(text)
+    return json.dumps(text).replace("\x7f", "\\u007f")
 
 
 def configure_logging(settings: Settings) -> None:

@@ -261,3 +261,22 @@ def test_health_endpoints_do_not_reach_routes(make_app, requests_mock):
     assert client.get("/__gateway/health/live").get_json() == {"status": "ok"}
     ready = client.get("/__gateway/health/ready")
     assert ready.status_code == 200 and json.loads(ready.data)["status"] == "ready"
+
+
+def test_a_refused_request_is_logged_with_the_path_as_sent_without_its_query(make_app):
+    """The red team's ``/public/%00%1b[31mRED...`` : the record holds the sent target, never the decoded bytes."""
+    app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_OPEN})
+    sent = "/public/%00%1b[31mRED%1b[0m%08%08%7f"
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    access = logging.getLogger("gateway_app.access")
+    access.addHandler(handler)
+    try:
+        answer = app.test_client().get(sent + "?access_token=" + GOOD,
+                                       environ_overrides={"RAW_URI": sent + "?access_token=" + GOOD})
+    finally:
+        access.removeHandler(handler)
+    assert answer.status_code == 400
+    [record] = records
+    assert record.fields["path"] == sent
