@@ -28,7 +28,10 @@ and authorized is what is forwarded. Its rules, each refused with 400 and a stab
 - **Forwarding headers**: every header a client could forge about the connection
   (:func:`is_forwarding_header`) is dropped unless the peer is a trusted proxy
   (``GATEWAY_TRUSTED_PROXIES``); URL and method overrides (:data:`OVERRIDE_HEADERS`) are
-  dropped from every peer, so the upstream serves the method and URL that were routed. The scheme is the connection's: ``https`` only over TLS, or
+  dropped from every peer, so the upstream serves the method and URL that were routed; so is a
+  query carrying ``_method`` (:data:`METHOD_OVERRIDE_PARAMETERS`, ``method_override``).
+  Identity headers an authenticating proxy would set (``X-Remote-User``, ``X-Auth-Request-*``…)
+  count as forwarding headers. The scheme is the connection's: ``https`` only over TLS, or
   when a trusted proxy says so in ``X-Forwarded-Proto``.
 """
 
@@ -55,19 +58,32 @@ _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})|%00")
 _COOKIE_SEPARATORS = re.compile(r"[;,]")
 
 # Headers a client could forge about where the request came from, which URL or scheme it used
-# or which TLS client certificate it showed. Names and prefixes, lower-cased.
-FORWARDING_HEADER_PREFIXES = ("x-forwarded-", "x-ssl-", "ssl-client-", "x-client-cert", "x-arr-")
+# or which TLS client certificate it showed (nginx, Envoy, Akamai, Cloudflare, Fastly, IIS ARR).
+# Names and prefixes, lower-cased.
+FORWARDING_HEADER_PREFIXES = ("x-forwarded-", "x-ssl-", "ssl-client-", "x-client-cert", "x-arr-", "x-envoy-",
+                              "x-remote-")
 FORWARDING_HEADERS = frozenset({
-    "forwarded", "x-real-ip", "x-client-ip", "true-client-ip", "x-cluster-client-ip", "client-ip",
-    "x-original-forwarded-for", "cf-connecting-ip", "fastly-client-ip", "x-envoy-external-address",
-    "x-client-verify", "x-client-dn", "x-client-san", "x-url-scheme", "x-scheme", "front-end-https",
-    "x-original-host", "x-host",
+    "forwarded", "x-forwarded", "via", "x-real-ip", "x-client-ip", "true-client-ip", "x-cluster-client-ip",
+    "client-ip", "x-original-forwarded-for", "cf-connecting-ip", "cf-connecting-ipv6", "cf-visitor",
+    "fastly-client-ip", "fastly-ssl", "x-originating-ip", "x-proxyuser-ip", "x-client-verify", "x-client-dn",
+    "x-client-san", "x-url-scheme", "x-scheme", "front-end-https", "x-original-host", "x-host",
 })
+# Headers in which an authenticating proxy in front of an upstream asserts who the user is
+# (oauth2-proxy, nginx auth_request, Apache, Authelia, Grafana auth proxy, Kong, AWS ALB, Google IAP,
+# Azure App Service). Names and prefixes, lower-cased; dropped like forwarding headers.
+IDENTITY_HEADER_PREFIXES = ("x-auth-request-", "x-authenticated-", "x-webauth-", "x-amzn-oidc-",
+                            "x-goog-authenticated-user-", "x-ms-client-principal", "x-consumer-")
+IDENTITY_HEADERS = frozenset({"remote-user", "remote-groups", "remote-email", "remote-name"})
 # Headers that make an upstream serve another URL or method than the one routed and authorized
-# (IIS, Symfony, Express method-override, Spring, Rails): dropped from every peer.
+# (IIS, Symfony, Express method-override, Spring, Rails, nginx auth_request): dropped from every peer.
 OVERRIDE_HEADERS = frozenset({
-    "x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override",
+    "x-original-url", "x-rewrite-url", "x-original-uri", "x-original-method", "x-http-method-override",
+    "x-http-method", "x-method-override", "x-method",
 })
+# Query parameters that make a framework serve another method than the one authorized
+# (Symfony ``_method`` with http_method_override, Laravel, Rails Rack::MethodOverride):
+# a query carrying one is refused with ``method_override``.
+METHOD_OVERRIDE_PARAMETERS = frozenset({"_method"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,8 +185,11 @@ def from_environ(environ: t.Mapping[str, t.Any], *, request_id: str = "",
 
 
 def is_forwarding_header(name: str) -> bool:
-    """Whether a (lower-cased) header claims something about the connection a client could forge."""
-    return name in FORWARDING_HEADERS or name.startswith(FORWARDING_HEADER_PREFIXES)
+    """Whether a (lower-cased) header claims something a client could forge: about the connection
+    (:data:`FORWARDING_HEADERS`) or, as an authenticating proxy would, about the user
+    (:data:`IDENTITY_HEADERS`). Kept only from a trusted proxy."""
+    return (name in FORWARDING_HEADERS or name.startswith(FORWARDING_HEADER_PREFIXES)
+            or name in IDENTITY_HEADERS or name.startswith(IDENTITY_HEADER_PREFIXES))
 
 
 def _headers_of(environ: t.Mapping[str, t.Any], trusted: bool) -> tuple[dict[str, str], int]:
@@ -298,12 +317,16 @@ def parse_query(query_string: str) -> dict[str, list[str]]:
     if _STRAY_PERCENT.search(query_string):
         raise BadRequestError("the query string holds a '%' that is not a percent-escape", reason="query_invalid")
     try:
-        return urllib.parse.parse_qs(query_string, keep_blank_values=True, errors="strict",
-                                     max_num_fields=MAX_QUERY_FIELDS)
+        query = urllib.parse.parse_qs(query_string, keep_blank_values=True, errors="strict",
+                                      max_num_fields=MAX_QUERY_FIELDS)
     except UnicodeDecodeError:
         raise BadRequestError("the query string is not valid UTF-8", reason="query_invalid") from None
     except ValueError:
         raise BadRequestError(f"more than {MAX_QUERY_FIELDS} query parameters", reason="query_invalid") from None
+    if any(parameter_key(name) in METHOD_OVERRIDE_PARAMETERS for name in query):
+        raise BadRequestError("a method override ('_method') is not forwarded: send the method itself",
+                              reason="method_override")
+    return query
 
 
 def cookie_parts(header: str) -> list[str]:

@@ -180,3 +180,41 @@ def test_url_and_method_overrides_are_dropped_even_from_a_trusted_proxy():
     env = environ(HTTP_X_HTTP_METHOD_OVERRIDE="DELETE", HTTP_X_ORIGINAL_URL="/admin", HTTP_X_METHOD_OVERRIDE="PUT")
     for proxies in (TrustedProxies(), TrustedProxies(["127.0.0.1"])):
         assert set(from_environ(env, trusted_proxies=proxies).headers) == {"host"}
+
+
+# Red team F7: each reached the upstream from an untrusted peer.
+PROXY_AND_IDENTITY_HEADERS = [
+    "X-Envoy-Original-Path", "X-Envoy-Internal", "X-Envoy-Decorator-Operation", "X-Originating-IP",
+    "X-Remote-Addr", "X-ProxyUser-Ip", "X-Client-IP", "True-Client-IP", "CF-Connecting-IP", "Fastly-Client-IP",
+    "Via", "X-Remote-User", "Remote-User", "X-Auth-Request-User", "X-Auth-Request-Email", "X-Authenticated-User",
+    "X-WebAuth-User", "X-Amzn-Oidc-Identity", "X-Amzn-Oidc-Data", "X-Goog-Authenticated-User-Email",
+    "X-MS-CLIENT-PRINCIPAL", "X-MS-CLIENT-PRINCIPAL-NAME", "X-Forwarded-User", "X-Forwarded-Email",
+]
+
+
+def wsgi_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+@pytest.mark.parametrize("header", PROXY_AND_IDENTITY_HEADERS)
+def test_proxy_and_identity_headers_from_an_untrusted_peer_are_dropped(header):
+    request = from_environ(environ(**{wsgi_key(header): "evil"}))
+    assert set(request.headers) == {"host"}
+
+
+@pytest.mark.parametrize("header", ["X-Remote-User", "X-Auth-Request-User", "X-Envoy-Internal", "Via"])
+def test_proxy_and_identity_headers_from_a_trusted_proxy_are_kept(header):
+    request = from_environ(environ(**{wsgi_key(header): "alice"}), trusted_proxies=TrustedProxies(["127.0.0.1"]))
+    assert request.headers[header.lower()] == "alice"
+
+
+@pytest.mark.parametrize("header", ["X-Original-URI", "X-Original-Method", "X-Method"])
+def test_nginx_style_url_and_method_overrides_are_dropped_even_from_a_trusted_proxy(header):
+    for proxies in (TrustedProxies(), TrustedProxies(["127.0.0.1"])):
+        assert set(from_environ(environ(**{wsgi_key(header): "DELETE"}), trusted_proxies=proxies).headers) == {"host"}
+
+
+@pytest.mark.parametrize("query", ["_method=DELETE", "a=1&_method=PUT", "_METHOD=DELETE", "%5Fmethod=DELETE"])
+def test_a_query_carrying_a_method_override_is_refused(query):
+    """Symfony (http_method_override), Laravel and Rails would serve a DELETE on an authorized GET."""
+    assert refused(environ(f"/x?{query}")) == "method_override"

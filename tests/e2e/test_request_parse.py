@@ -394,6 +394,33 @@ def test_forwarding_headers_from_an_untrusted_loopback_peer_are_dropped(stack):
             assert name.lower() not in sent, name
 
 
+FORGED_PROXY_AND_IDENTITY = [
+    ("X-Original-URI", "/admin"), ("X-Original-Method", "DELETE"), ("X-Method", "DELETE"),
+    ("X-Envoy-Original-Path", "/admin"), ("X-Envoy-Internal", "true"), ("X-Originating-IP", "10.0.0.1"),
+    ("X-Remote-Addr", "10.0.0.1"), ("X-ProxyUser-Ip", "10.0.0.1"), ("X-Client-IP", "10.0.0.1"),
+    ("True-Client-IP", "10.0.0.1"), ("CF-Connecting-IP", "10.0.0.1"), ("Fastly-Client-IP", "10.0.0.1"),
+    ("Via", "1.1 trusted"), ("X-Remote-User", "admin"), ("Remote-User", "admin"), ("X-Auth-Request-User", "admin"),
+    ("X-Authenticated-User", "admin"), ("X-WebAuth-User", "admin"), ("X-Amzn-Oidc-Identity", "admin"),
+    ("X-Goog-Authenticated-User-Email", "admin@example.com"), ("X-MS-CLIENT-PRINCIPAL-NAME", "admin"),
+    ("X-Forwarded-User", "admin"), ("X-Forwarded-Email", "admin@example.com"),
+]
+
+
+def test_proxy_and_identity_headers_from_an_untrusted_peer_do_not_reach_the_upstream(stack):
+    """Red team F7: on an open route, each of these reached the upstream from 127.0.0.1."""
+    exchange = send(stack, "/public/x", FORGED_PROXY_AND_IDENTITY)
+    assert exchange.status == 200
+    [request] = exchange.forwarded
+    sent = {name.lower() for name, _ in request.headers}
+    assert sent.isdisjoint(name.lower() for name, _ in FORGED_PROXY_AND_IDENTITY), sent
+
+
+def test_a_method_override_in_the_query_is_refused(stack):
+    exchange = send(stack, "/public/x?_method=DELETE")
+    assert (exchange.status, reason(exchange)) == (400, "method_override")
+    assert exchange.forwarded == []
+
+
 def test_forwarding_headers_from_a_trusted_proxy_are_kept_and_give_the_scheme(trusted_stack):
     """With gunicorn's own trust off, the gateway alone decides: a listed proxy's headers count."""
     exchange = send(trusted_stack, "/echo", [bearer(ALICE), ("X-Forwarded-Proto", "https"),
