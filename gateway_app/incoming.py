@@ -12,7 +12,9 @@ and authorized is what is forwarded. Its rules, each refused with 400 and a stab
   (RFC 9112 §3.2.2); a target with userinfo is refused.
 - **Query** (RFC 3986 §2.4, §3.4): forwarded byte for byte. It must read one way only:
   visible ASCII, every ``%`` followed by two hex digits, no ``%00`` (C-based readers stop at
-  NUL), and UTF-8 once decoded; otherwise ``query_invalid``. ``query`` holds it decoded as ``application/x-www-form-urlencoded``
+  NUL), no raw ``;`` (Rack 2, Python's ``parse_qs`` before 3.9.2 and HTML 4 split pairs on it,
+  so ``a=1;access_token=x`` would carry a second credential; ``%3B`` is accepted), and UTF-8
+  once decoded; otherwise ``query_invalid``. ``query`` holds it decoded as ``application/x-www-form-urlencoded``
   (``+`` is a space, pairs split on ``&``), as OPA-Envoy's ``parsed_query``.
 - **Host** (RFC 9110 §7.2, RFC 3986 §3.2.2, RFC 1034 §3.1): lower-cased, one trailing root dot
   removed, the port checked (1-5 digits, at most 65535; an empty port is dropped). The name is
@@ -42,6 +44,7 @@ import ipaddress
 import re
 import ssl
 import typing as t
+import unicodedata
 import urllib.parse
 
 from .errors import BadRequestError
@@ -316,6 +319,9 @@ def parse_query(query_string: str) -> dict[str, list[str]]:
                               reason="query_invalid")
     if _STRAY_PERCENT.search(query_string):
         raise BadRequestError("the query string holds a '%' that is not a percent-escape", reason="query_invalid")
+    if ";" in query_string:
+        raise BadRequestError("a raw ';' in the query string separates parameters for some servers: "
+                              "send it as %3B", reason="query_invalid")
     try:
         query = urllib.parse.parse_qs(query_string, keep_blank_values=True, errors="strict",
                                       max_num_fields=MAX_QUERY_FIELDS)
@@ -346,12 +352,26 @@ def cookie_pair(part: str) -> tuple[str, str]:
 
 
 def parameter_key(name: str) -> str:
-    """A query parameter or cookie name as compared when it may carry a credential.
+    """A query parameter or cookie name as compared when it may carry a credential: the one
+    name every upstream's reading of it comes down to (``access_token`` for all of these).
 
-    Lower-cased (ASP.NET compares names case-insensitively), surrounding blanks dropped and
-    ``.`` and spaces read as ``_`` (PHP), so ``ACCESS.token`` is another copy of ``access_token``.
+    - Unicode compatibility-normalized and case-folded (NFKC, then ``str.casefold``): ASP.NET
+      compares names case-insensitively, and Unicode case rules fold ``ſ`` to ``s`` and
+      fullwidth letters to ASCII (``ACCESS_TOKEN``, ``acceſs_token``);
+    - surrounding blanks and quotes and a leading ``$`` dropped (RFC 2109 cookie syntax, which
+      Tomcat and Python's ``http.cookies`` still read: ``"session"``, ``$session``);
+    - PHP's reading of ``$_GET`` and ``$_COOKIE`` names: ``name[...]`` is the array ``name``
+      (``access_token[]``, ``access_token[0]``, ``access_token[a]``); a first ``[`` without a
+      closing ``]`` becomes ``_`` (``access[token``); ``.`` and spaces become ``_``
+      (``ACCESS.token``, ``access token``).
+
+    ``;`` never separates query parameters here because :func:`parse_query` refuses it.
     """
-    return name.strip(" \t").lower().replace(".", "_").replace(" ", "_")
+    key = unicodedata.normalize("NFKC", name).casefold().strip(" \t").strip('"').lstrip("$").strip(" \t")
+    bracket = key.find("[")
+    if bracket >= 0:
+        key = key[:bracket] if "]" in key[bracket:] else f"{key[:bracket]}_{key[bracket + 1:]}"
+    return key.replace(".", "_").replace(" ", "_")
 
 
 def parse_cookies(header: str) -> dict[str, tuple[str, ...]]:

@@ -218,3 +218,14 @@ def test_nginx_style_url_and_method_overrides_are_dropped_even_from_a_trusted_pr
 def test_a_query_carrying_a_method_override_is_refused(query):
     """Symfony (http_method_override), Laravel and Rails would serve a DELETE on an authorized GET."""
     assert refused(environ(f"/x?{query}")) == "method_override"
+
+
+
+@pytest.mark.parametrize("query", ["a=1;access_token=EVIL", ";", "a=b;c"])
+def test_a_raw_semicolon_in_the_query_is_refused(query):
+    """Rack 2 and old ``parse_qs`` split pairs on ``;``: ``a=1;access_token=x`` carries a second token."""
+    assert refused(environ(f"/x?{query}")) == "query_invalid"
+
+
+def test_an_encoded_semicolon_in_the_query_is_a_value():
+    assert from_environ(environ("/x?a=1%3Baccess_token=x")).query == {"a": ["1;access_token=x"]}

@@ -15,6 +15,9 @@ from gateway_app.errors import BadRequestError
 from gateway_app.errors import ConfigError
 from gateway_app.errors import InvalidTokenError
 from gateway_app.incoming import IncomingRequest
+from gateway_app.incoming import parameter_key
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def make_request(headers=None, query=None, cookies=None) -> IncomingRequest:
@@ -171,3 +174,64 @@ def test_stripping_removes_every_name_variant_of_the_credential():
 
 def test_strip_cookie_keeps_a_value_holding_a_comma_intact():
     assert strip_cookie('prefs={"a":1,"b":2}; at=x', "at") == 'prefs={"a":1,"b":2}'
+
+
+# Red team F3: with a valid token in Authorization, each of these reached the upstream.
+@pytest.mark.parametrize(("query", "cookies"), [
+    ({"access[token": ["EVIL"]}, {}),
+    ({"access_token[]": ["EVIL"]}, {}),
+    ({"access_token[0]": ["EVIL"]}, {}),
+    ({"access_token[a]": ["EVIL"]}, {}),
+    ({"acce\u017fs_token": ["EVIL"]}, {}),
+    ({"\uff41ccess_token": ["EVIL"]}, {}),
+    ({}, {"session[]": ("EVIL",)}),
+    ({}, {"session[0]": ("EVIL",)}),
+    ({}, {'"session"': ("EVIL",)}),
+    ({}, {"$session": ("EVIL",)}),
+], ids=["unclosed bracket (PHP reads access_token)", "PHP list", "PHP index", "PHP key",
+        "long s folds to s", "fullwidth letters (NFKC)", "cookie PHP list", "cookie PHP index", "quoted cookie name",
+        "dollar cookie name (RFC 2109)"])
+def test_a_credential_name_variant_next_to_a_header_token_is_ambiguous(query, cookies):
+    source = parse_token_source(Node({"header": "Authorization", "headerAuthScheme": "Bearer",
+                                      "query": "access_token", "cookie": "session"}, "t.yaml"))
+    request = make_request(headers={"Authorization": "Bearer good-token-123"}, query=query, cookies=cookies)
+    with pytest.raises(AmbiguousTokenError):
+        source.extract(request)
+
+
+def test_stripping_removes_php_quoted_and_folded_name_variants():
+    query = "access%5Btoken=a&access_token%5B%5D=b&access_token[0]=c&acce%C5%BFs_token=d&keep=1"
+    assert strip_query_parameter(query, "access_token") == "keep=1"
+    assert strip_cookie('session[]=a; "session"=b; $session=c; keep=1', "session") == "keep=1"
+
+
+def test_names_that_only_share_a_prefix_are_other_parameters():
+    assert {parameter_key(name) for name in ("access_token2", "access_tokens[]", "xaccess_token", "access")} \
+        == {"access_token2", "access_tokens", "xaccess_token", "access"}
+
+
+_FOLDS_TO = {"s": ["s", "S", "\u017f", "\uff53"], "a": ["a", "A", "\uff41"], "k": ["k", "K", "\u212a"]}
+
+
+@st.composite
+def name_variants(draw: st.DrawFn, name: str) -> str:
+    """A spelling of ``name`` that PHP, ASP.NET, RFC 2109 cookie parsers or Unicode case rules read as ``name``."""
+    chars = []
+    for index, char in enumerate(name):
+        if char == "_":
+            options = ["_", ".", " "] + (["["] if "[" not in chars else [])
+            chars.append(draw(st.sampled_from(options)))
+        else:
+            chars.append(draw(st.sampled_from(_FOLDS_TO.get(char, [char, char.upper()]))))
+    variant = "".join(chars)
+    if "[" not in variant:
+        variant += draw(st.sampled_from(["", "[]", "[0]", "[a]", "[a][b]"]))
+    variant = draw(st.sampled_from(["", " ", '"', "$"])) + variant
+    if variant.startswith('"'):
+        variant += '"'
+    return variant
+
+
+@given(name_variants("access_token"))
+def test_every_spelling_an_upstream_reads_as_the_name_has_the_same_parameter_key(variant):
+    assert parameter_key(variant) == "access_token"

@@ -343,6 +343,27 @@ def test_a_repeated_query_token_with_a_forged_copy_is_refused(stack):
     assert exchange.forwarded == []
 
 
+@pytest.mark.parametrize(("target", "headers"), [
+    ("/echo?access[token=EVIL", []), ("/echo?access%5Btoken=EVIL", []), ("/echo?access_token[]=EVIL", []),
+    ("/echo?access_token[0]=EVIL", []), ("/echo?access_token[a]=EVIL", []), ("/echo?acce%C5%BFs_token=EVIL", []),
+    ("/echo", [("Cookie", "session[]=EVIL")]), ("/echo", [("Cookie", "session[0]=EVIL")]),
+    ("/echo", [("Cookie", '"session"=EVIL')]), ("/echo", [("Cookie", "$session=EVIL")]),
+], ids=["unclosed bracket", "encoded unclosed bracket", "PHP list", "PHP index", "PHP key", "long s",
+        "cookie PHP list", "cookie PHP index", "quoted cookie name", "dollar cookie name"])
+def test_a_credential_name_variant_next_to_a_valid_header_token_is_refused(stack, target, headers):
+    """Red team F3: each carried an unvalidated credential to the upstream next to a valid one."""
+    exchange = send(stack, target, [bearer(ALICE), *headers])
+    assert (exchange.status, reason(exchange)) == (403, "token_ambiguous")
+    assert exchange.forwarded == []
+
+
+def test_a_raw_semicolon_in_the_query_is_refused(stack):
+    """Rack 2 and old ``parse_qs`` read ``a=1;access_token=EVIL`` as a second credential."""
+    exchange = send(stack, "/echo?a=1;access_token=EVIL", [bearer(ALICE)])
+    assert (exchange.status, reason(exchange)) == (400, "query_invalid")
+    assert exchange.forwarded == []
+
+
 def test_a_repeated_authorization_header_is_refused(stack):
     exchange = send(stack, "/echo", [bearer(ALICE), bearer(FORGED_ADMIN)])
     assert exchange.status == 400
