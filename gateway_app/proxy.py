@@ -245,6 +245,8 @@ class _FinalAnswer(http.client.HTTPResponse):
 
     def begin(self) -> None:
         super().begin()
+        if self.length == 0:                            # HEAD, 204, 304: the head ends the answer
+            self.chunked = False
         if self.status == 101:
             raise _InvalidAnswerError("101 Switching Protocols without an upgrade request")
         if self.msg.defects or self.msg.get_payload():
@@ -586,14 +588,17 @@ class _UpstreamBody:
     """The upstream body as read off the wire (still encoded), closing the upstream at the end.
 
     ``close()`` runs at the end, on client disconnect and for bodiless answers (HEAD,
-    204, 304), so the connection always goes back to the pool or is dropped.
+    204, 304), so the connection always goes back to the pool or is dropped. A bodiless
+    answer is never read as a stream: urllib3 would wait for chunks when a 204 or 304 says
+    ``Transfer-Encoding: chunked`` (RFC 9112 §6.3: such an answer ends with its head).
     """
 
     __slots__ = ("_upstream", "_chunks", "_name", "_first")
 
     def __init__(self, upstream: requests.Response, name: str) -> None:
         self._upstream = upstream
-        self._chunks = upstream.raw.stream(CHUNK_SIZE, decode_content=False)
+        bodiless = upstream.raw.length_remaining == 0        # HEAD, 1xx, 204, 304 or Content-Length: 0
+        self._chunks = iter(()) if bodiless else upstream.raw.stream(CHUNK_SIZE, decode_content=False)
         self._name = name
         self._first: bytes | None = None
 
