@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..config.fields import Node
 from ..errors import IdentityProviderError
+from ..json_input import loads
 from ..metrics import IdpMetrics
 
 log = logging.getLogger("gateway_app.auth.jwks")
@@ -125,9 +125,9 @@ def load_jwks_json(text: str | bytes) -> KeySet:
     :raises ValueError: not JSON, not a JWKS, or no usable signature key.
     """
     try:
-        document = json.loads(text)
+        document = loads(text)
     except ValueError as e:
-        raise ValueError(f"is not JSON ({e})") from e
+        raise ValueError(f"is not JSON the gateway accepts ({e})") from None
     return parse_jwks(document)
 
 
@@ -165,8 +165,8 @@ def _build_key(jwk: t.Any) -> VerificationKey | str:
         return f"unsupported {kty} curve {crv!r}"
     try:
         key = jwt.PyJWK(jwk, algorithm=build_alg)
-    except jwt.PyJWTError as e:
-        return f"cannot build the key ({type(e).__name__})"
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return f"cannot build the key ({type(e).__name__})"      # members of the wrong type or size
     public_key = _public_part(key.key, jwk.get("kid"))
     weakness = key.Algorithm.check_key_length(public_key)
     if weakness:
@@ -477,10 +477,10 @@ class JwksCache:
         except requests.RequestException as e:
             raise IdentityProviderError(f"{what} fetch from {url} failed: {type(e).__name__}") from e
         try:
-            return json.loads(body)
+            return loads(body)
         except ValueError as e:
             raise IdentityProviderError(f"{what} from {url} is not JSON "
-                                        f"(Content-Type {content_type or 'missing'})") from e
+                                        f"(Content-Type {content_type or 'missing'}): {e}") from None
 
     def _read_body(self, response: requests.Response, url: str, what: str) -> bytes:
         """The body, bounded in size and in total time (``timeout`` is per socket read)."""
