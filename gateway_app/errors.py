@@ -207,6 +207,13 @@ class IdentityProviderError(GatewayError):
     public_message = "the identity provider is unavailable"
 
 
+class IdpOverloadedError(IdentityProviderError):
+    """Too many calls to one IdP endpoint are already in flight: answered at once, never queued."""
+
+    reason = "idp_overloaded"
+    public_message = "the identity provider is busy"
+
+
 class UpstreamError(GatewayError):
     status_code = 502
     reason = "upstream_unavailable"

@@ -28,9 +28,11 @@ from ..config.fields import Node
 from ..config.secrets import SecretStore
 from ..describe import describe_type
 from ..errors import IdentityProviderError
+from ..errors import IdpOverloadedError
 from ..errors import InvalidTokenError
 from ..json_input import loads
 from ..metrics import IdpMetrics
+from . import idp_http
 from .client_auth import ClientAuthSettings
 from .client_auth import build_client_auth
 from .client_auth import parse_client_authentication
@@ -88,9 +90,11 @@ class IntrospectionSettings:
     client_auth: ClientAuthSettings
     headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
     token_type_hint: str = "access_token"
-    timeout: float = DEFAULT_TIMEOUT
-    retries: int = DEFAULT_RETRIES
+    timeout: float = DEFAULT_TIMEOUT                 # total, for one validation, retries included
+    retries: int = DEFAULT_RETRIES                   # connection errors and 5xx; timeouts only with retry_on_timeout
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_on_timeout: bool = False
+    max_concurrent_calls: int = idp_http.DEFAULT_MAX_CONCURRENT_CALLS
     cache_timeout: float = DEFAULT_CACHE_TIMEOUT
     negative_cache_timeout: float = DEFAULT_NEGATIVE_CACHE_TIMEOUT
     max_cache_entries: int = DEFAULT_MAX_CACHE_ENTRIES
@@ -138,6 +142,9 @@ def parse_introspection_settings(node: Node, secrets: SecretStore, default_names
         timeout=node.duration("timeout", default=DEFAULT_TIMEOUT, minimum=0.001),
         retries=node.int("retries", default=DEFAULT_RETRIES, minimum=0, maximum=10),
         retry_backoff=node.duration("retryBackoff", default=DEFAULT_RETRY_BACKOFF),
+        retry_on_timeout=node.bool("retryOnTimeout"),
+        max_concurrent_calls=node.int("maxConcurrentCalls", default=idp_http.DEFAULT_MAX_CONCURRENT_CALLS,
+                                      minimum=1, maximum=256),
         cache_timeout=node.duration("cacheTimeout", default=DEFAULT_CACHE_TIMEOUT),
         negative_cache_timeout=node.duration("negativeCacheTimeout", default=DEFAULT_NEGATIVE_CACHE_TIMEOUT),
         max_cache_entries=node.int("maxCacheEntries", default=DEFAULT_MAX_CACHE_ENTRIES, minimum=1),
@@ -276,7 +283,8 @@ class IntrospectionValidator:
         self._key = KeyHasher(settings.fingerprint)       # hash_key(fingerprint, token)
         self._client_auth = build_client_auth(settings.client_auth, clock=clock)
         self._owns_session = session is None
-        self._session = session if session is not None else _new_session()
+        self._session = session if session is not None else idp_http.new_session()
+        self._limit = idp_http.call_limit(settings.introspection_url, settings.max_concurrent_calls)
         self._cache: CacheBackend = cache if cache is not None else TTLCache(settings.max_cache_entries)
         self._flight: SingleFlight[dict[str, t.Any]] = SingleFlight()
         self._infos: dict[str, tuple[dict[str, t.Any], TokenInfo]] = {}   # cache key -> (entry, its TokenInfo)
@@ -389,16 +397,31 @@ class IntrospectionValidator:
 
     # -- talking to the IdP ---------------------------------------------------------------
     def _fetch_answer(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
+        """The IdP's answer, within one slot of the endpoint's concurrency limit and ``timeout`` in total.
+
+        :raises IdpOverloadedError: ``maxConcurrentCalls`` calls to this endpoint are in flight.
+        :raises IdentityProviderError: every attempt failed, or the deadline passed.
+        """
+        try:
+            with self._limit.slot(), idp_http.deadline(self.settings.timeout):
+                return self._attempts(token, request_headers)
+        except IdpOverloadedError:
+            self._metrics.error("overloaded")
+            raise
+
+    def _attempts(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
         attempts = 1 + self.settings.retries
         for attempt in range(attempts):
             try:
                 return self._ask_once(token, request_headers)
             except _Failure as failure:
-                if not failure.retryable or attempt == attempts - 1:
+                backoff = min(self.settings.retry_backoff * 2 ** attempt, MAX_RETRY_BACKOFF)
+                left = idp_http.remaining() or 0.0
+                if not failure.retryable or attempt == attempts - 1 or left <= backoff:
                     self._fail(failure, token, attempts=attempt + 1)
                 log.info("introspection attempt %d/%d at %s failed: %s; retrying",
                          attempt + 1, attempts, self.settings.introspection_url, failure.why)
-                self._sleep(min(self.settings.retry_backoff * 2 ** attempt, MAX_RETRY_BACKOFF))
+                self._sleep(backoff)
         raise AssertionError("unreachable")
 
     def _ask_once(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
@@ -416,27 +439,30 @@ class IntrospectionValidator:
             self._metrics.observe_call(time.perf_counter() - started)
 
     def _post(self, data: dict[str, str], headers: dict[str, str]) -> dict[str, t.Any]:
-        timeout = self.settings.timeout
         try:
             with self._session.post(
                 self.settings.introspection_url,
                 data=data,
                 headers=headers,
-                timeout=(timeout, timeout),
+                timeout=idp_http.timeouts(self.settings.timeout),
                 allow_redirects=False,
                 verify=self.settings.tls.verify,
                 cert=self.settings.tls.cert,
                 stream=True,
             ) as response:
-                body = _read_limited(response)
+                try:
+                    body = idp_http.read_body(response, MAX_ANSWER_BYTES)
+                except idp_http.BodyTooLargeError as e:
+                    raise _Failure(str(e), status=response.status_code,
+                                   content_type=response.headers.get("Content-Type", "")) from None
                 return _parse_answer(response, body)
         except requests.exceptions.SSLError as e:
             raise _Failure("TLS handshake failed", detail=str(e)) from e
-        except requests.Timeout as e:
-            raise _Failure("timed out", retryable=True, detail=str(e)) from e
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
-            raise _Failure("connection failed", retryable=True, detail=str(e)) from e
         except requests.RequestException as e:
+            if idp_http.is_timeout(e):
+                raise _Failure("timed out", retryable=self.settings.retry_on_timeout, detail=str(e)) from e
+            if isinstance(e, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+                raise _Failure("connection failed", retryable=True, detail=str(e)) from e
             raise _Failure(f"request failed ({type(e).__name__})", detail=str(e)) from e
 
     def _request_parts(self, token: str, request_headers: t.Mapping[str, str] | None = None,
@@ -482,24 +508,6 @@ def _failure_reason(failure: _Failure) -> str:
     if failure.status != 200:
         return "status_4xx"
     return "bad_answer"
-
-
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    return session
-
-
-def _read_limited(response: requests.Response) -> bytes:
-    chunks = []
-    size = 0
-    for chunk in response.iter_content(chunk_size=65536):
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise _Failure(f"answer larger than {MAX_ANSWER_BYTES} bytes", status=response.status_code,
-                           content_type=response.headers.get("Content-Type", ""))
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse_answer(response: requests.Response, body: bytes) -> dict[str, t.Any]:
