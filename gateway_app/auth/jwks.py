@@ -16,6 +16,7 @@ No background thread is started: gunicorn forks workers after the app is built.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -382,16 +383,24 @@ class JwksCache:
         """
         if self._key_set is None:
             return self._first_fetch()
-        with self._lock:
+        if not self._lock.acquire(timeout=idp_http.QUEUE_WAIT):
+            return self._key_set                 # another request is fetching: never queue behind it
+        try:
             now = self._clock()
             if now - self._last_refetch >= self.min_fetch_interval:
                 self._last_refetch = now
                 self._try_fetch("unknown kid")
             assert self._key_set is not None
             return self._key_set
+        finally:
+            self._lock.release()
 
     def _first_fetch(self) -> KeySet:
-        with self._lock:
+        """:raises IdentityProviderError: the fetch failed, or another request is fetching (never queue
+        behind a slow JWKS endpoint: one request waits for it, the others answer 503 at once)."""
+        if not self._lock.acquire(timeout=idp_http.QUEUE_WAIT):
+            raise IdentityProviderError(f"no JWKS from {self.source} yet; another request is fetching it")
+        with _held(self._lock):
             if self._key_set is not None:
                 return self._key_set
             if self._clock() < self._refresh_due:
@@ -488,6 +497,15 @@ class JwksCache:
         except ValueError as e:
             raise IdentityProviderError(f"{what} from {url} is not JSON "
                                         f"(Content-Type {content_type or 'missing'}): {e}") from None
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock) -> t.Iterator[None]:
+    """Release an already acquired ``lock`` when the block ends."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def build_key_source(settings: JwksSettings, *, timeout: float, session: requests.Session | None = None,
