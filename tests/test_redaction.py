@@ -107,7 +107,7 @@ def test_the_debug_route_log_never_holds_the_token_its_source_read(make_app, req
     logger = logging.getLogger("gateway_app")
     logger.addHandler(handler)
     try:
-        response = client.get("/pets", query_string=query, headers=headers)
+        response = client.get(f"/pets?{query}", headers=headers)
     finally:
         logger.removeHandler(handler)
     assert response.status_code == 200
