@@ -170,7 +170,6 @@ class JwtValidator:
         :raises InvalidTokenError: the token is refused; ``reason`` says why.
         :raises IdentityProviderError: no keys could ever be fetched.
         """
-        check_token_shape(token)
         key = self._key(token)
         remembered = self._verified.get(key)
         key_set = self.keys.current()
@@ -180,6 +179,7 @@ class JwtValidator:
             return info
         info = self._shared_info(token, key_set) if self._shared is not None else None
         if info is None:
+            check_token_shape(token)                 # a remembered token had this shape when verified
             header = _read_header(token)
             alg = self._check_header(header)
             candidates = self._candidate_keys(header.get("kid"), alg)
