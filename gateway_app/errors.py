@@ -3,6 +3,13 @@
 Modules raise *meanings* (``InvalidTokenError``, ``IdentityProviderError``); only
 :func:`register_error_handlers` chooses statuses, bodies and challenge headers.
 Messages never contain a token or a secret.
+
+What clients read is decided here, once: an error's message reaches the body and
+``WWW-Authenticate`` only when its class says the message describes the client's own request
+(``message_is_public``). Every other error (the IdP, the JWKS, the upstream, a policy, a bug)
+answers its fixed ``public_message``; its message, which may name internal URLs, hosts,
+expected issuers or policy source, goes to the log only. A new error class is private unless
+it says otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ class GatewayError(Exception):
     status_code = 500
     reason = "internal_error"
     public_message = "internal error"
+    message_is_public = False        # True: the message describes the client's request and may be shown
 
     def __init__(self, message: str | None = None, *, reason: str | None = None,
                  status_code: int | None = None) -> None:
@@ -37,7 +45,8 @@ class GatewayError(Exception):
 
     @property
     def message(self) -> str:
-        return str(self)
+        """What a client may read: the message when it is public, else the class's ``public_message``."""
+        return str(self) if self.message_is_public else self.public_message
 
     def challenge(self) -> str | None:
         """The ``WWW-Authenticate`` value to send, if any."""
@@ -55,6 +64,7 @@ class ConfigError(GatewayError):
     """
 
     reason = "config_error"
+    message_is_public = True         # only ever shown to the operator (CLI, logs)
 
     def __init__(self, message: str, *, where: str = "", line: int | None = None) -> None:
         self.where = where
@@ -70,18 +80,21 @@ class BadRequestError(GatewayError):
     status_code = 400
     reason = "bad_request"
     public_message = "malformed request"
+    message_is_public = True
 
 
 class PayloadTooLargeError(GatewayError):
     status_code = 413
     reason = "payload_too_large"
     public_message = "request body too large for this route"
+    message_is_public = True
 
 
 class RouteNotFoundError(GatewayError):
     status_code = 404
     reason = "route_not_found"
     public_message = "no route matches this request"
+    message_is_public = True
 
 
 class AuthenticationError(GatewayError):
@@ -90,6 +103,7 @@ class AuthenticationError(GatewayError):
     status_code = 403
     reason = "unauthenticated"
     public_message = "authentication failed"
+    message_is_public = True         # about the client's token: expired, wrong kid, malformed...
     error_code: str | None = None
 
     def __init__(self, message: str | None = None, *, reason: str | None = None,
@@ -127,6 +141,7 @@ class AccessDeniedError(GatewayError):
     status_code = 403
     reason = "access_denied"
     public_message = "access denied"
+    message_is_public = True         # e.g. the scopes the token lacks; subclasses below may hide theirs
 
     def __init__(self, message: str | None = None, *, reason: str | None = None,
                  status_code: int | None = None, headers: dict[str, str] | None = None,
@@ -152,6 +167,7 @@ class PolicyError(AccessDeniedError):
 
     reason = "policy_error"
     public_message = "access denied by policy"
+    message_is_public = False        # may quote policy source or engine messages
 
 
 class RateLimitedError(GatewayError):
@@ -180,11 +196,22 @@ class RateLimitUnavailableError(GatewayError):
 
 
 class IdentityProviderError(GatewayError):
-    """The IdP or JWKS endpoint is down, slow or answering garbage."""
+    """The IdP or JWKS endpoint is down, slow or answering garbage.
+
+    The message names the endpoint and what went wrong, for the log; clients read only
+    ``public_message`` (see the module docstring).
+    """
 
     status_code = 503
     reason = "idp_unavailable"
     public_message = "the identity provider is unavailable"
+
+
+class IdpOverloadedError(IdentityProviderError):
+    """Too many calls to one IdP endpoint are already in flight: answered at once, never queued."""
+
+    reason = "idp_overloaded"
+    public_message = "the identity provider is busy"
 
 
 class UpstreamError(GatewayError):
@@ -254,6 +281,7 @@ def register_error_handlers(app: Flask) -> None:
     def _handle_http_exception(error: HTTPException) -> Response:
         wrapped = GatewayError(error.description or error.name, reason=_slug(error.name))
         wrapped.status_code = error.code or 500
+        wrapped.message_is_public = True           # werkzeug's generic descriptions
         return render_error(wrapped, getattr(g, "request_id", None))
 
     @app.errorhandler(Exception)

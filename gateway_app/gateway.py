@@ -7,7 +7,6 @@ request.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import json
@@ -39,7 +38,7 @@ from .metrics import REQUEST_METRICS
 from .metrics import observe_generation
 from .metrics import observe_reload
 from .observability import log_access
-from .observability import redact
+from .observability import redact_input
 from .observability import request_id
 from .proxy import Forwarder
 from .routing import Route
@@ -185,9 +184,11 @@ class Gateway:
 
     def _debug(self, ctx: AuthContext, route: Route) -> None:
         state = ctx.state
-        if self.settings.debug_route and self.settings.debug_route == route.name and ctx.policy_input is not None:
+        if (self.settings.debug_route and self.settings.debug_route == route.name and ctx.policy_input is not None
+                and route.auth is not None):
             log.info("debug route %s input=%s outcome=%s reason=%s", route.name,
-                     _redacted_input(ctx.policy_input), state.outcome, state.reason)
+                     json.dumps(redact_input(ctx.policy_input, route.auth.credential_locations), default=str,
+                                sort_keys=True), state.outcome, state.reason)
         if state.metadata and log.isEnabledFor(logging.DEBUG):
             log.debug("dynamic metadata on response: request_id=%s metadata=%s", ctx.request.request_id,
                       state.metadata)
@@ -265,16 +266,3 @@ def _sent_path(environ: t.Mapping[str, t.Any]) -> str | None:
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     return raw.partition("?")[0] if raw else environ.get("PATH_INFO")
 
-
-def _redacted_input(document: dict[str, t.Any]) -> str:
-    """The input document for debug logs, credential headers replaced by their redaction."""
-    doc = copy.deepcopy(document)
-    for shape in (doc.get("attributes", {}).get("request", {}).get("http", {}),
-                  doc.get("check_request", {}).get("attributes", {}).get("request", {}).get("http", {}),
-                  doc.get("http_request", {})):
-        headers = shape.get("headers") if isinstance(shape, dict) else None
-        if isinstance(headers, dict):
-            for name in ("authorization", "cookie", "proxy-authorization"):
-                if name in headers:
-                    headers[name] = redact(str(headers[name]))
-    return json.dumps(doc, default=str, sort_keys=True)

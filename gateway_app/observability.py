@@ -1,16 +1,20 @@
-"""Logging: set-up, and one access record per request that also carries its auth decision.
+"""Logging: set-up, one access record per request that also carries its auth decision, and redaction.
 
-Tokens never reach a log line: :func:`redact` keeps a short prefix and a hash only.
+Tokens never reach a log line: :func:`redact` keeps a short prefix and a hash only, and
+:func:`redact_input` is the one redactor of documents that hold request data (the policy
+input document logged for ``GATEWAY_DEBUG_ROUTE`` and printed by ``gateway-app eval``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import re
 import sys
 import typing as t
+import urllib.parse
 import uuid
 
 from .settings import Settings
@@ -40,6 +44,88 @@ def escape_controls(text: str) -> str:
 
 def _hex_escape(match: re.Match[str]) -> str:
     return f"\\x{ord(match.group()):02x}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialLocations:
+    """Where a request may carry a credential: header names (lower-case), query parameters, cookies.
+
+    The defaults are where credentials travel whatever the route says: ``Authorization`` and
+    ``Proxy-Authorization`` (RFC 9110 §11.6.2, §11.7.2), the whole ``Cookie`` header, and the
+    ``access_token`` query parameter (RFC 6750 §2.3). A route's token sources add theirs.
+    """
+
+    headers: frozenset[str] = frozenset({"authorization", "proxy-authorization", "cookie"})
+    query: frozenset[str] = frozenset({"access_token"})
+    cookies: frozenset[str] = frozenset()
+
+    def including(self, headers: t.Iterable[str] = (), query: t.Iterable[str] = (),
+                  cookies: t.Iterable[str] = ()) -> CredentialLocations:
+        """These locations plus more (header names are lower-cased)."""
+        return CredentialLocations(self.headers | {h.lower() for h in headers}, self.query | set(query),
+                                   self.cookies | set(cookies))
+
+
+DEFAULT_CREDENTIAL_LOCATIONS = CredentialLocations()
+
+# Keys of the input document (Gloo's and OPA-Envoy's shapes) whose values carry the query.
+_PATH_KEYS = frozenset({"path"})
+_RAW_QUERY_KEYS = frozenset({"query", "query_string"})
+_PARSED_QUERY_KEYS = frozenset({"parsed_query"})
+
+
+def redact_input(document: t.Any, locations: CredentialLocations = DEFAULT_CREDENTIAL_LOCATIONS) -> t.Any:
+    """A copy of ``document`` with every credential location replaced by its :func:`redact` form.
+
+    Walks any JSON-like document: ``headers`` mappings (credential headers), ``path`` strings
+    (the query after ``?``), raw ``query`` strings and ``parsed_query`` mappings (credential
+    parameters). Cookie headers are redacted whole. The input is not changed.
+    """
+    if isinstance(document, dict):
+        return {key: _redact_member(str(key), value, locations) for key, value in document.items()}
+    if isinstance(document, list):
+        return [redact_input(item, locations) for item in document]
+    return document
+
+
+def _redact_member(key: str, value: t.Any, locations: CredentialLocations) -> t.Any:
+    if key == "headers" and isinstance(value, dict):
+        return {name: _redact_credential(item) if str(name).lower() in locations.headers
+                else redact_input(item, locations) for name, item in value.items()}
+    if key in _PATH_KEYS and isinstance(value, str) and "?" in value:
+        path, _, query = value.partition("?")
+        return f"{path}?{_redact_query(query, locations.query)}"
+    if key in _RAW_QUERY_KEYS and isinstance(value, str):
+        return _redact_query(value, locations.query)
+    if key in _PARSED_QUERY_KEYS and isinstance(value, dict):
+        return {name: _redact_values(item) if name in locations.query else item for name, item in value.items()}
+    return redact_input(value, locations)
+
+
+def _redact_values(value: t.Any) -> t.Any:
+    return [redact(str(v)) for v in value] if isinstance(value, list) else redact(str(value))
+
+
+def _redact_credential(value: t.Any) -> str:
+    """``Bearer eyJh…#1a2b3c4d``: the scheme, if any, then the redacted credential."""
+    text = str(value)
+    scheme, sep, credential = text.partition(" ")
+    if sep and credential and scheme.isalpha():
+        return f"{scheme} {redact(credential)}"
+    return redact(text)
+
+
+def _redact_query(query: str, names: frozenset[str]) -> str:
+    """A raw query string with the values of ``names`` redacted; other pairs kept as sent."""
+    if not names or not query:
+        return query
+    pairs = []
+    for pair in query.split("&"):
+        name, sep, value = pair.partition("=")
+        if sep and urllib.parse.unquote_plus(name) in names:
+            pair = f"{name}={redact(urllib.parse.unquote_plus(value))}"
+        pairs.append(pair)
+    return "&".join(pairs)
 
 
 def request_id(incoming: str | None, trust: bool) -> str:

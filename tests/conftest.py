@@ -53,13 +53,13 @@ def jwt_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     import jwt
 
     seen: list[str] = []
-    decode = jwt.decode
+    decode = jwt.PyJWS.decode_complete
 
-    def counting(encoded: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
+    def counting(self: t.Any, encoded: str, *args: t.Any, **kwargs: t.Any) -> t.Any:
         seen.append(encoded)
-        return decode(encoded, *args, **kwargs)
+        return decode(self, encoded, *args, **kwargs)
 
-    monkeypatch.setattr(jwt, "decode", counting)
+    monkeypatch.setattr(jwt.PyJWS, "decode_complete", counting)
     return seen
 
 

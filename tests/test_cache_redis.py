@@ -252,11 +252,27 @@ def _introspection_answer(request, context):
     return {"active": False}
 
 
-def _validator(cache: RedisTokenCache) -> IntrospectionValidator:
-    data = {"introspectionUrl": IDP, "disableClientSecret": True, "retries": 0, "cacheTimeout": "10m",
+def _validator(cache: RedisTokenCache, cache_timeout: str = "10m", **options: t.Any) -> IntrospectionValidator:
+    data = {"introspectionUrl": IDP, "disableClientSecret": True, "retries": 0, "cacheTimeout": cache_timeout,
             "negativeCacheTimeout": "2s"}
     settings = parse_introspection_settings(Node(data, "test.yaml", "introspection"), SecretStore([]), "default")
-    return IntrospectionValidator(settings, cache=cache)
+    return IntrospectionValidator(settings, cache=cache, **options)
+
+
+def test_a_token_revoked_at_the_idp_is_refused_on_real_short_3s_after_another_worker_cached_it_for_real(
+        redis_url, raw, make_cache, requests_mock):
+    """``real`` (10m) in one process and ``real-short`` (2s) in another share Redis: ``real-short`` asks again."""
+    clock = FakeClock()
+    epoch = lambda: 1_700_000_000.0 + clock.now          # noqa: E731 - the validators' wall clock
+    idp = requests_mock.post(IDP, [{"json": {"active": True, "sub": "alice"}}, {"json": {"active": False}}])
+    real = _validator(make_cache(redis_url), clock=epoch)
+    real_short = _validator(make_cache(redis_url), cache_timeout="2s", clock=epoch)
+    assert real.validate("tok-1").subject == "alice"
+    clock.now += 3                                        # revoked at the IdP meanwhile
+    with pytest.raises(InvalidTokenError) as caught:
+        real_short.validate("tok-1")
+    assert caught.value.reason == "token_inactive"
+    assert idp.call_count == 2
 
 
 def test_validators_sharing_redis_ask_the_idp_once_per_token(redis_url, raw, make_cache, requests_mock):

@@ -135,14 +135,13 @@ def _get(client, token: str | None = TOKEN, **headers: str):
     {"text": '{"active": NaN}', "headers": {"Content-Type": "application/json"}},
     {"json": ["active", True]},
     {"json": {"active": 1}},
-    {"json": {"active": True, "exp": "tomorrow"}},
     {"status_code": 502, "text": "bad gateway"},
     {"status_code": 401, "json": {"error": "invalid_client"}},
     {"status_code": 302, "headers": {"Location": "http://login.test/"}},
     {"exc": requests.exceptions.ReadTimeout},
     {"exc": requests.exceptions.ConnectionError},
     {"exc": requests.exceptions.ChunkedEncodingError},
-], ids=["truncated JSON", "NaN", "a list", "active as a number", "exp as a string", "502", "401", "redirect",
+], ids=["truncated JSON", "NaN", "a list", "active as a number", "502", "401", "redirect",
         "slower than the timeout", "refused", "reset mid-answer"])
 def test_idp_faults_answer_503_without_forwarding(make_app, requests_mock, upstream, answer):
     client = _introspection_app(make_app).test_client()
@@ -168,7 +167,7 @@ def test_an_idp_slower_than_its_timeout_answers_503_in_bounded_time(make_app, re
     client = _introspection_app(make_app).test_client()
 
     def slow(request, context):
-        assert request.timeout == (0.2, 0.2)            # the configured timeout reaches requests
+        assert all(0.1 < part <= 0.2 for part in request.timeout)   # the configured deadline bounds each read
         raise requests.exceptions.ReadTimeout("read timed out")
 
     requests_mock.post(IDP, json=slow)

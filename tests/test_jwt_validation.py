@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import typing as t
@@ -160,27 +161,30 @@ def test_expired_jwt_is_rejected_saying_how_long_ago() -> None:
 def test_token_before_its_nbf_is_not_yet_valid() -> None:
     error = refusal(validator(), rsa_token(nbf=int(time.time()) + 120))
     assert error.reason == "token_not_yet_valid"
-    assert "nbf" in str(error)
+    assert re.fullmatch(r"token not valid for another (119|120|121)s", str(error))
 
 
 def test_token_issued_in_the_future_beyond_clock_skew_is_not_yet_valid() -> None:
     error = refusal(validator(), rsa_token(iat=int(time.time()) + 120))
     assert error.reason == "token_not_yet_valid"
-    assert "iat" in str(error)
 
 
-@pytest.mark.parametrize("overrides, reason, fragment", [
-    ({"iss": "https://evil.example/"}, "issuer_mismatch", "https://evil.example/"),
-    ({"iss": None}, "issuer_mismatch", "no iss claim"),
+@pytest.mark.parametrize("overrides, reason, logged", [
+    ({"iss": "https://evil.example/"}, "issuer_mismatch", "expected 'https://idp.example.test/'"),
+    ({"iss": None}, "issuer_mismatch", "issuer None"),
     ({"aud": "api://other"}, "audience_mismatch", "expected one of ['api://default']"),
-    ({"aud": None}, "audience_mismatch", "no aud claim"),
-    ({"exp": None}, "exp_missing", "no exp claim"),
-    ({"exp": "soon"}, "token_malformed", "exp"),
+    ({"aud": None}, "audience_mismatch", "audience None"),
+    ({"exp": None}, "exp_missing", None),
+    ({"exp": "soon"}, "token_claims_invalid", None),
 ], ids=["wrong issuer", "missing issuer", "wrong audience", "missing audience", "missing exp", "exp not a number"])
-def test_claims_that_do_not_match_are_refused(overrides: dict[str, t.Any], reason: str, fragment: str) -> None:
-    error = refusal(validator(), rsa_token(**overrides))
+def test_claims_that_do_not_match_are_refused_and_only_the_log_names_what_was_expected(
+        overrides: dict[str, t.Any], reason: str, logged: str | None, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway_app.auth.jwt"):
+        error = refusal(validator(), rsa_token(**overrides))
     assert error.reason == reason
-    assert fragment in str(error)
+    assert "idp.example.test" not in error.message and "api://default" not in error.message
+    if logged:
+        assert logged in caplog.text
 
 
 def test_tampered_payload_fails_signature_verification() -> None:
@@ -251,7 +255,7 @@ MALFORMED = {
     "header a JSON list": f"{b64url(b'[1]')}.eyJzdWIiOiJ4In0.c2ln",
     "header without alg": f"{b64url(json.dumps({'kid': 'rsa'}).encode())}.eyJzdWIiOiJ4In0.c2ln",
     "kid not a string": f"{b64url(json.dumps({'alg': 'RS256', 'kid': 7}).encode())}.eyJzdWIiOiJ4In0.c2ln",
-    "20 KB token": "eyJhbGciOiJSUzI1NiJ9." + "A" * 20_000 + ".c2ln",
+    "70 KB token": "eyJhbGciOiJSUzI1NiJ9." + "A" * 70_000 + ".c2ln",
 }
 
 
@@ -268,8 +272,8 @@ def test_signed_payload_that_is_not_json_is_malformed() -> None:
 
 
 def test_oversized_token_message_gives_the_size_not_the_token() -> None:
-    error = refusal(validator(), MALFORMED["20 KB token"])
-    assert "16384" in str(error)
+    error = refusal(validator(), MALFORMED["70 KB token"])
+    assert "65536" in str(error)
     assert len(str(error)) < 200
 
 

@@ -278,3 +278,76 @@ def test_a_reloaded_policy_decides_again_for_a_token_whose_allow_was_remembered(
     (tmp_path / "rego" / "seed.rego").write_text("package test\ndefault allow = false\n")
     assert client.application.extensions["gateway"].reload().config is not None
     assert client.get("/petstore", headers=bearer(jwt)).status_code == 403
+
+
+# -- remembered outcomes end with the reader's own cacheTimeout (issue 12 item 5) -------------
+
+REAL_AUTH = """
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: %(name)s, namespace: apps}
+spec:
+  configs:
+  - oauth2:
+      accessTokenValidation:
+        introspection: {introspectionUrl: '%(idp)s', retries: 0%(extra)s}
+  - opaAuth:
+      modules: [{name: intro}]
+      query: "data.intro.allow == true"
+"""
+
+REAL_ROUTES = """
+apiVersion: gateway.solo.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: apps}
+spec:
+  virtualHost:
+    domains: ['*']
+    routes:
+    - matchers: [{prefix: /real-short}]
+      routeAction: {single: {url: '%(upstream)s'}}
+      options: {extauth: {configRef: {name: real-short, namespace: apps}}}
+    - matchers: [{prefix: /real}]
+      routeAction: {single: {url: '%(upstream)s'}}
+      options: {extauth: {configRef: {name: real, namespace: apps}}}
+"""
+
+
+def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(tmp_path, requests_mock):
+    from conftest import write_tree
+    from gateway_app.auth.state import AuthState
+    from gateway_app.auth.steps import AuthContext
+    from gateway_app.config.auth_configs import ValidatorRegistry
+    from gateway_app.config.build import load_config
+    from gateway_app.errors import InvalidTokenError
+    from gateway_app.incoming import IncomingRequest
+
+    now = [1_700_000_000.0]
+    conf = write_tree(tmp_path / "conf", {
+        "auth.yaml": REAL_AUTH % {"name": "real", "idp": IDP, "extra": ""} + "---"
+        + REAL_AUTH % {"name": "real-short", "idp": IDP, "extra": ", cacheTimeout: 2s"},
+        "routes.yaml": REAL_ROUTES % {"upstream": UPSTREAM}})
+    rego = write_tree(tmp_path / "rego", {"intro.rego": INTROSPECTION_POLICY})
+    config = load_config(conf, rego, ValidatorRegistry(clock=lambda: now[0]))
+    idp = requests_mock.post(IDP, [{"json": {"active": True, "sub": "alice", "scope": "petstore"}},
+                                   {"json": {"active": False}}])
+
+    def authorize(path: str) -> str:
+        incoming = IncomingRequest(method="GET", scheme="http", host="api.test", path=path, query_string="",
+                                   headers={"authorization": "Bearer opaque-token-1"})
+        route = config.router.match(incoming).route
+        assert route.auth is not None and route.auth.remember_outcomes
+        state = AuthState()
+        route.auth.run(AuthContext(incoming, route, state))
+        return state.subject or ""
+
+    assert authorize("/real") == "alice"                    # the IdP's answer, cached for 10 min
+    assert authorize("/real-short") == "alice"              # the same entry; the outcome is remembered
+    now[0] += 1
+    assert authorize("/real-short") == "alice"              # from the remembered outcome
+    assert idp.call_count == 1
+    now[0] += 2                                             # revoked at the IdP; 3 s after real cached it
+    with pytest.raises(InvalidTokenError) as caught:
+        authorize("/real-short")
+    assert caught.value.reason == "token_inactive"
+    assert idp.call_count == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -29,12 +28,18 @@ from ..config.fields import Node
 from ..config.secrets import SecretStore
 from ..describe import describe_type
 from ..errors import IdentityProviderError
+from ..errors import IdpOverloadedError
 from ..errors import InvalidTokenError
+from ..json_input import loads
 from ..metrics import IdpMetrics
+from . import idp_http
 from .client_auth import ClientAuthSettings
 from .client_auth import build_client_auth
 from .client_auth import parse_client_authentication
 from .state import TokenInfo
+from .tokens import DEFAULT_MAX_TOKEN_LENGTH
+from .tokens import MAX_TOKEN_LENGTH
+from .tokens import check_token_shape
 
 log = logging.getLogger("gateway_app.auth.introspection")
 
@@ -45,7 +50,6 @@ MAX_RETRY_BACKOFF = 2.0
 DEFAULT_CACHE_TIMEOUT = 600.0
 DEFAULT_NEGATIVE_CACHE_TIMEOUT = 5.0
 DEFAULT_MAX_CACHE_ENTRIES = 10_000
-DEFAULT_MAX_TOKEN_LENGTH = 8192
 MAX_ANSWER_BYTES = 1 << 20
 EXCERPT_CHARS = 120
 
@@ -86,9 +90,11 @@ class IntrospectionSettings:
     client_auth: ClientAuthSettings
     headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
     token_type_hint: str = "access_token"
-    timeout: float = DEFAULT_TIMEOUT
-    retries: int = DEFAULT_RETRIES
+    timeout: float = DEFAULT_TIMEOUT                 # total, for one validation, retries included
+    retries: int = DEFAULT_RETRIES                   # connection errors and 5xx; timeouts only with retry_on_timeout
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_on_timeout: bool = False
+    max_concurrent_calls: int = idp_http.DEFAULT_MAX_CONCURRENT_CALLS
     cache_timeout: float = DEFAULT_CACHE_TIMEOUT
     negative_cache_timeout: float = DEFAULT_NEGATIVE_CACHE_TIMEOUT
     max_cache_entries: int = DEFAULT_MAX_CACHE_ENTRIES
@@ -136,10 +142,14 @@ def parse_introspection_settings(node: Node, secrets: SecretStore, default_names
         timeout=node.duration("timeout", default=DEFAULT_TIMEOUT, minimum=0.001),
         retries=node.int("retries", default=DEFAULT_RETRIES, minimum=0, maximum=10),
         retry_backoff=node.duration("retryBackoff", default=DEFAULT_RETRY_BACKOFF),
+        retry_on_timeout=node.bool("retryOnTimeout"),
+        max_concurrent_calls=node.int("maxConcurrentCalls", default=idp_http.DEFAULT_MAX_CONCURRENT_CALLS,
+                                      minimum=1, maximum=256),
         cache_timeout=node.duration("cacheTimeout", default=DEFAULT_CACHE_TIMEOUT),
         negative_cache_timeout=node.duration("negativeCacheTimeout", default=DEFAULT_NEGATIVE_CACHE_TIMEOUT),
         max_cache_entries=node.int("maxCacheEntries", default=DEFAULT_MAX_CACHE_ENTRIES, minimum=1),
-        max_token_length=node.int("maxTokenLength", default=DEFAULT_MAX_TOKEN_LENGTH, minimum=1),
+        max_token_length=node.int("maxTokenLength", default=DEFAULT_MAX_TOKEN_LENGTH, minimum=1,
+                                  maximum=MAX_TOKEN_LENGTH),
         leeway=_read_leeway(node),
         tls=_read_tls(node, url),
         user_id_attribute_name=node.str("userIdAttributeName", default="sub"),
@@ -251,6 +261,13 @@ class IntrospectionValidator:
     ``calls`` counts IdP requests (cache hits and misses are counted in the metrics). A cached
     answer is only the token's state: exp/nbf are re-checked on every hit; the pipeline reuses
     its outcome for the same cached answer (see :mod:`gateway_app.auth.remembered`).
+
+    The cache is shared by every validator that asks the same IdP as the same client (the
+    :attr:`IntrospectionSettings.fingerprint`), across reloads and, with Redis, across
+    processes. So each entry records when the IdP gave it (``at``, epoch seconds) and every
+    validator applies its *own* ``cacheTimeout`` / ``negativeCacheTimeout`` and ``leeway``
+    when it reads one: a route with a shorter ``cacheTimeout`` (or a reload that lowers it)
+    asks the IdP again once its own timeout has passed, whoever stored the entry.
     """
 
     def __init__(
@@ -266,7 +283,8 @@ class IntrospectionValidator:
         self._key = KeyHasher(settings.fingerprint)       # hash_key(fingerprint, token)
         self._client_auth = build_client_auth(settings.client_auth, clock=clock)
         self._owns_session = session is None
-        self._session = session if session is not None else _new_session()
+        self._session = session if session is not None else idp_http.new_session()
+        self._limit = idp_http.call_limit(settings.introspection_url, settings.max_concurrent_calls)
         self._cache: CacheBackend = cache if cache is not None else TTLCache(settings.max_cache_entries)
         self._flight: SingleFlight[dict[str, t.Any]] = SingleFlight()
         self._infos: dict[str, tuple[dict[str, t.Any], TokenInfo]] = {}   # cache key -> (entry, its TokenInfo)
@@ -293,9 +311,9 @@ class IntrospectionValidator:
         :raises InvalidTokenError: malformed, inactive, expired or not yet valid token.
         :raises IdentityProviderError: the IdP is unreachable, failing, or answering garbage.
         """
-        self._check_shape(token)
+        check_token_shape(token, self.settings.max_token_length)
         key = self._key(token) if not request_headers else self._key(_headers_key(request_headers) + token)
-        entry = self._cache.get(key)
+        entry = self._fresh(self._cache.get(key))
         if entry is not None:
             self._metrics.cache_hits.inc()
         else:
@@ -304,17 +322,24 @@ class IntrospectionValidator:
         return self._token_info(key, entry)
 
     # -- steps ----------------------------------------------------------------------------
-    def _check_shape(self, token: str) -> None:
-        if not isinstance(token, str) or not token:
-            raise InvalidTokenError("the access token is empty", reason="token_malformed")
-        if len(token) > self.settings.max_token_length:
-            raise InvalidTokenError("the access token is too long", reason="token_malformed")
-        if not (token.isascii() and token.isprintable()) or " " in token:     # visible ASCII only
-            raise InvalidTokenError("the access token contains invalid characters", reason="token_malformed")
+    def _fresh(self, entry: dict[str, t.Any] | None) -> dict[str, t.Any] | None:
+        """``entry`` if it is younger than *this* validator's cache timeout for its kind, else None.
+
+        Entries come from a cache shared with validators of other settings (and, with Redis,
+        other processes): each reader applies its own ``cacheTimeout`` / ``negativeCacheTimeout``.
+        """
+        if not isinstance(entry, dict) or not isinstance(entry.get("active"), bool):
+            return None
+        stored_at = entry.get("at")
+        if not isinstance(stored_at, (int, float)) or isinstance(stored_at, bool):
+            return None
+        limit = self.settings.cache_timeout if entry["active"] else self.settings.negative_cache_timeout
+        age = self._clock() - stored_at
+        return entry if 0 <= age < limit or -1 < age < 0 else None   # a second of clock skew between processes
 
     def _introspect_and_store(self, key: str, token: str,
                               request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
-        cached = self._cache.get(key)   # a flight that finished just before this one started
+        cached = self._fresh(self._cache.get(key))   # a flight that finished just before this one started
         if cached is not None:
             return cached
         entry = self._introspect(token, request_headers)
@@ -324,20 +349,25 @@ class IntrospectionValidator:
         return entry
 
     def _introspect(self, token: str, request_headers: t.Mapping[str, str] | None = None) -> dict[str, t.Any]:
-        """Ask the IdP, retrying; return a cache entry ``{"active": bool, "claims": {...}}``."""
+        """Ask the IdP, retrying; return a cache entry ``{"active": bool, "claims": {...}, "at": epoch s}``.
+
+        An active answer whose claims have the wrong types (:mod:`gateway_app.auth.claim_types`)
+        is kept as an inactive entry with ``reason: token_claims_invalid``.
+        """
         answer = self._fetch_answer(token, request_headers)
         active = answer.get("active")
+        now = self._clock()
         if not isinstance(active, bool):
             self._metrics.error("bad_answer")
             self._fail(_Failure(f"'active' is {describe_type(active)}, not a boolean", status=200), token)
         if not active:
-            return {"active": False, "claims": {}}
-        for claim in ("exp", "nbf", "iat"):
-            value = answer.get(claim)
-            if value is not None and not _is_number(value):
-                self._metrics.error("bad_answer")
-                self._fail(_Failure(f"'{claim}' is {describe_type(value)}, not a number", status=200), token)
-        return {"active": True, "claims": answer}
+            return {"active": False, "claims": {}, "at": now}
+        try:
+            TokenInfo.from_claims(answer, "introspection")
+        except InvalidTokenError as e:
+            log.warning("introspection at %s: active answer refused: %s", self.settings.introspection_url, e)
+            return {"active": False, "claims": {}, "at": now, "reason": e.reason}
+        return {"active": True, "claims": answer, "at": now}
 
     def _ttl(self, entry: dict[str, t.Any]) -> float:
         if not entry["active"]:
@@ -351,6 +381,8 @@ class IntrospectionValidator:
     def _token_info(self, key: str, entry: dict[str, t.Any]) -> TokenInfo:
         """The entry's TokenInfo, built once per cache entry; its times checked on every call."""
         if not entry["active"]:
+            if entry.get("reason") == "token_claims_invalid":
+                raise InvalidTokenError("the token's claims have the wrong types", reason="token_claims_invalid")
             raise InvalidTokenError("the access token is not active", reason="token_inactive")
         known = self._infos.get(key)
         if known is not None and known[0] is entry:
@@ -360,27 +392,36 @@ class IntrospectionValidator:
             if len(self._infos) >= self.settings.max_cache_entries:
                 self._infos.clear()        # rebuilt on the next hits; the cache itself is untouched
             self._infos[key] = (entry, info)
-        now = self._clock()
-        leeway = self.settings.leeway
-        if info.expires_at is not None and now >= info.expires_at + leeway:
-            raise InvalidTokenError("the access token has expired", reason="token_expired")
-        nbf = info.claims.get("nbf")
-        if nbf is not None and now < float(nbf) - leeway:
-            raise InvalidTokenError("the access token is not valid yet", reason="token_not_yet_valid")
+        info.check_times(self._clock(), self.settings.leeway)
         return info
 
     # -- talking to the IdP ---------------------------------------------------------------
     def _fetch_answer(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
+        """The IdP's answer, within one slot of the endpoint's concurrency limit and ``timeout`` in total.
+
+        :raises IdpOverloadedError: ``maxConcurrentCalls`` calls to this endpoint are in flight.
+        :raises IdentityProviderError: every attempt failed, or the deadline passed.
+        """
+        try:
+            with self._limit.slot(), idp_http.deadline(self.settings.timeout):
+                return self._attempts(token, request_headers)
+        except IdpOverloadedError:
+            self._metrics.error("overloaded")
+            raise
+
+    def _attempts(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
         attempts = 1 + self.settings.retries
         for attempt in range(attempts):
             try:
                 return self._ask_once(token, request_headers)
             except _Failure as failure:
-                if not failure.retryable or attempt == attempts - 1:
+                backoff = min(self.settings.retry_backoff * 2 ** attempt, MAX_RETRY_BACKOFF)
+                left = idp_http.remaining() or 0.0
+                if not failure.retryable or attempt == attempts - 1 or left <= backoff:
                     self._fail(failure, token, attempts=attempt + 1)
                 log.info("introspection attempt %d/%d at %s failed: %s; retrying",
                          attempt + 1, attempts, self.settings.introspection_url, failure.why)
-                self._sleep(min(self.settings.retry_backoff * 2 ** attempt, MAX_RETRY_BACKOFF))
+                self._sleep(backoff)
         raise AssertionError("unreachable")
 
     def _ask_once(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
@@ -398,27 +439,30 @@ class IntrospectionValidator:
             self._metrics.observe_call(time.perf_counter() - started)
 
     def _post(self, data: dict[str, str], headers: dict[str, str]) -> dict[str, t.Any]:
-        timeout = self.settings.timeout
         try:
             with self._session.post(
                 self.settings.introspection_url,
                 data=data,
                 headers=headers,
-                timeout=(timeout, timeout),
+                timeout=idp_http.timeouts(self.settings.timeout),
                 allow_redirects=False,
                 verify=self.settings.tls.verify,
                 cert=self.settings.tls.cert,
                 stream=True,
             ) as response:
-                body = _read_limited(response)
+                try:
+                    body = idp_http.read_body(response, MAX_ANSWER_BYTES)
+                except idp_http.BodyTooLargeError as e:
+                    raise _Failure(str(e), status=response.status_code,
+                                   content_type=response.headers.get("Content-Type", "")) from None
                 return _parse_answer(response, body)
         except requests.exceptions.SSLError as e:
             raise _Failure("TLS handshake failed", detail=str(e)) from e
-        except requests.Timeout as e:
-            raise _Failure("timed out", retryable=True, detail=str(e)) from e
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
-            raise _Failure("connection failed", retryable=True, detail=str(e)) from e
         except requests.RequestException as e:
+            if idp_http.is_timeout(e):
+                raise _Failure("timed out", retryable=self.settings.retry_on_timeout, detail=str(e)) from e
+            if isinstance(e, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+                raise _Failure("connection failed", retryable=True, detail=str(e)) from e
             raise _Failure(f"request failed ({type(e).__name__})", detail=str(e)) from e
 
     def _request_parts(self, token: str, request_headers: t.Mapping[str, str] | None = None,
@@ -466,24 +510,6 @@ def _failure_reason(failure: _Failure) -> str:
     return "bad_answer"
 
 
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    return session
-
-
-def _read_limited(response: requests.Response) -> bytes:
-    chunks = []
-    size = 0
-    for chunk in response.iter_content(chunk_size=65536):
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise _Failure(f"answer larger than {MAX_ANSWER_BYTES} bytes", status=response.status_code,
-                           content_type=response.headers.get("Content-Type", ""))
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _parse_answer(response: requests.Response, body: bytes) -> dict[str, t.Any]:
     status = response.status_code
     content_type = response.headers.get("Content-Type", "")
@@ -498,28 +524,18 @@ def _parse_answer(response: requests.Response, body: bytes) -> dict[str, t.Any]:
     if content_type and not _is_json_media_type(content_type):
         raise failure("answer is not application/json")
     try:
-        answer = json.loads(body, parse_constant=_reject_non_finite)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise failure(f"answer is not valid JSON ({type(e).__name__})") from e
+        answer = loads(body)
+    except ValueError as e:
+        raise failure(f"answer is not JSON the gateway accepts: {e}") from None
     if not isinstance(answer, dict):
         raise failure(f"answer is {describe_type(answer)}, not an object")
     return answer
-
-
-def _reject_non_finite(name: str) -> t.NoReturn:
-    """NaN and Infinity are not JSON (RFC 8259); an ``exp`` of NaN would never expire."""
-    raise ValueError(f"non-finite number {name}")
 
 
 def _is_json_media_type(content_type: str) -> bool:
     """``application/json`` or ``application/*+json``; a missing type is judged by parsing the body."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
-
-
-def _is_number(value: t.Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 
 def _redact(text: str, token: str, settings: IntrospectionSettings) -> str:
@@ -534,7 +550,9 @@ def _redact(text: str, token: str, settings: IntrospectionSettings) -> str:
 
 
 def _token_info_of(claims: dict[str, t.Any]) -> TokenInfo:
-    """A TokenInfo over a private copy of the cached claims (deep only where values nest)."""
+    """A TokenInfo over a private copy of the cached claims (deep only where values nest).
+
+    :raises InvalidTokenError: ``token_claims_invalid`` (an entry another process wrote).
+    """
     own = {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in claims.items()}
-    exp = own.get("exp")
-    return TokenInfo(claims=own, kind="introspection", expires_at=float(exp) if exp is not None else None)
+    return TokenInfo.from_claims(own, "introspection")

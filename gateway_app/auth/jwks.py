@@ -16,9 +16,9 @@ No background thread is started: gunicorn forks workers after the app is built.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ..config.fields import Node
 from ..errors import IdentityProviderError
+from ..json_input import loads
+from . import idp_http
 from ..metrics import IdpMetrics
 
 log = logging.getLogger("gateway_app.auth.jwks")
@@ -125,9 +127,9 @@ def load_jwks_json(text: str | bytes) -> KeySet:
     :raises ValueError: not JSON, not a JWKS, or no usable signature key.
     """
     try:
-        document = json.loads(text)
+        document = loads(text)
     except ValueError as e:
-        raise ValueError(f"is not JSON ({e})") from e
+        raise ValueError(f"is not JSON the gateway accepts ({e})") from None
     return parse_jwks(document)
 
 
@@ -165,8 +167,8 @@ def _build_key(jwk: t.Any) -> VerificationKey | str:
         return f"unsupported {kty} curve {crv!r}"
     try:
         key = jwt.PyJWK(jwk, algorithm=build_alg)
-    except jwt.PyJWTError as e:
-        return f"cannot build the key ({type(e).__name__})"
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return f"cannot build the key ({type(e).__name__})"      # members of the wrong type or size
     public_key = _public_part(key.key, jwk.get("kid"))
     weakness = key.Algorithm.check_key_length(public_key)
     if weakness:
@@ -333,7 +335,8 @@ class JwksCache:
         self.refresh_interval = refresh_interval
         self.timeout = timeout
         self.min_fetch_interval = min_fetch_interval
-        self._session = session or _new_session()
+        self._session = session or idp_http.new_session()
+        self._limit = idp_http.call_limit(url or issuer_url or "")
         self._clock = clock
         self._lock = threading.Lock()
         self._key_set: KeySet | None = None
@@ -380,16 +383,24 @@ class JwksCache:
         """
         if self._key_set is None:
             return self._first_fetch()
-        with self._lock:
+        if not self._lock.acquire(timeout=idp_http.QUEUE_WAIT):
+            return self._key_set                 # another request is fetching: never queue behind it
+        try:
             now = self._clock()
             if now - self._last_refetch >= self.min_fetch_interval:
                 self._last_refetch = now
                 self._try_fetch("unknown kid")
             assert self._key_set is not None
             return self._key_set
+        finally:
+            self._lock.release()
 
     def _first_fetch(self) -> KeySet:
-        with self._lock:
+        """:raises IdentityProviderError: the fetch failed, or another request is fetching (never queue
+        behind a slow JWKS endpoint: one request waits for it, the others answer 503 at once)."""
+        if not self._lock.acquire(timeout=idp_http.QUEUE_WAIT):
+            raise IdentityProviderError(f"no JWKS from {self.source} yet; another request is fetching it")
+        with _held(self._lock):
             if self._key_set is not None:
                 return self._key_set
             if self._clock() < self._refresh_due:
@@ -433,9 +444,11 @@ class JwksCache:
         log.info("JWKS loaded from %s: %s", self._jwks_uri, key_set.summary())
 
     def _timed_download(self) -> KeySet:
+        """Discovery (if any) and the JWKS, within ``timeout`` in total and one slot of the endpoint's limit."""
         began = time.perf_counter()
         try:
-            return self._download()
+            with self._limit.slot(), idp_http.deadline(self.timeout):
+                return self._download()
         except IdentityProviderError:
             self._metrics.error("jwks_fetch_failed")
             raise
@@ -468,33 +481,31 @@ class JwksCache:
 
     def _get_json(self, url: str, what: str) -> t.Any:
         try:
-            with self._session.get(url, timeout=self.timeout, stream=True,
+            with self._session.get(url, timeout=idp_http.timeouts(self.timeout), stream=True,
                                    headers={"Accept": "application/json"}) as response:
                 if response.status_code != 200:
                     raise IdentityProviderError(f"{what} fetch from {url} answered HTTP {response.status_code}")
-                body = self._read_body(response, url, what)
+                body = idp_http.read_body(response, MAX_JWKS_BYTES)
                 content_type = response.headers.get("Content-Type", "")
+        except idp_http.BodyTooLargeError as e:
+            raise IdentityProviderError(f"{what} from {url}: {e}") from None
         except requests.RequestException as e:
-            raise IdentityProviderError(f"{what} fetch from {url} failed: {type(e).__name__}") from e
+            late = " (deadline passed)" if idp_http.expired() else ""
+            raise IdentityProviderError(f"{what} fetch from {url} failed: {type(e).__name__}{late}") from e
         try:
-            return json.loads(body)
+            return loads(body)
         except ValueError as e:
             raise IdentityProviderError(f"{what} from {url} is not JSON "
-                                        f"(Content-Type {content_type or 'missing'})") from e
+                                        f"(Content-Type {content_type or 'missing'}): {e}") from None
 
-    def _read_body(self, response: requests.Response, url: str, what: str) -> bytes:
-        """The body, bounded in size and in total time (``timeout`` is per socket read)."""
-        deadline = time.monotonic() + 2 * self.timeout
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_content(chunk_size=16384):
-            size += len(chunk)
-            if size > MAX_JWKS_BYTES:
-                raise IdentityProviderError(f"{what} from {url} is larger than {MAX_JWKS_BYTES} bytes")
-            if time.monotonic() > deadline:
-                raise IdentityProviderError(f"{what} from {url} took too long to download")
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock) -> t.Iterator[None]:
+    """Release an already acquired ``lock`` when the block ends."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def build_key_source(settings: JwksSettings, *, timeout: float, session: requests.Session | None = None,
@@ -508,8 +519,3 @@ def build_key_source(settings: JwksSettings, *, timeout: float, session: request
     return JwksCache(url=url, issuer_url=issuer_url, refresh_interval=settings.refresh_interval,
                      timeout=timeout, session=session, min_fetch_interval=min_fetch_interval, clock=clock)
 
-
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False
-    return session

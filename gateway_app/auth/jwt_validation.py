@@ -1,10 +1,14 @@
 """JWT access tokens verified against a JWKS (``oauth2.accessTokenValidation.jwt``).
 
 :func:`parse_jwt_settings` reads the config once; :class:`JwtValidator` checks the header
-itself (size, shape, ``alg``, ``typ``, ``kid``) before any cryptography, picks the key,
-and lets PyJWT verify the signature and the time, issuer and audience claims. PyJWT's
-exceptions are translated here, and only here, into :class:`InvalidTokenError` with a
-stable ``reason``. Scopes, claim checks and header mapping are the caller's job.
+itself (size, shape, ``alg``, ``typ``, ``kid``) before any cryptography, picks the key, and
+lets PyJWT's JWS layer verify the signature. The payload is then parsed with the gateway's
+own limits (:mod:`gateway_app.json_input`), its claim types checked and its times checked by
+:class:`~gateway_app.auth.state.TokenInfo` (the same rules as introspection), then issuer and
+audience here. PyJWT's exceptions are translated here, and only here, into
+:class:`InvalidTokenError` with a stable ``reason``. Scopes, claim checks and header mapping
+are the caller's job. Refusal messages name no expected issuer or audience (they reach
+clients); the log line says what was expected.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import logging
 import re
 import time
 import typing as t
@@ -25,6 +30,7 @@ from ..cache import TTLCache
 from ..cache import hash_key
 from ..config.fields import Node
 from ..errors import InvalidTokenError
+from ..json_input import loads
 from .jwks import DEFAULT_MIN_FETCH_INTERVAL
 from .jwks import SIGNATURE_ALGORITHMS
 from .jwks import JwksSettings
@@ -33,11 +39,13 @@ from .jwks import VerificationKey
 from .jwks import build_key_source
 from .jwks import parse_jwks_settings
 from .state import TokenInfo
+from .tokens import check_token_shape
 
 if t.TYPE_CHECKING:
     import requests
 
-MAX_TOKEN_LENGTH = 16 * 1024
+log = logging.getLogger("gateway_app.auth.jwt")
+
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -127,23 +135,24 @@ class JwtValidator:
     acceptance here (issuer, audiences, algorithms, ``kid``/``typ`` requirements), with the
     thumbprint of the key that verified them. Another validator takes such an entry only while
     that key is in its own current key set and the ``alg`` is allowed; it re-checks the times.
+
+    ``clock`` (monotonic) paces JWKS refreshes; ``wall_clock`` (epoch seconds) is what
+    ``exp``/``nbf``/``iat`` are compared with.
     """
 
     def __init__(self, settings: JwtSettings, *, session: requests.Session | None = None,
                  min_fetch_interval: float = DEFAULT_MIN_FETCH_INTERVAL,
-                 clock: t.Callable[[], float] = time.monotonic, shared: CacheBackend | None = None) -> None:
+                 clock: t.Callable[[], float] = time.monotonic, shared: CacheBackend | None = None,
+                 wall_clock: t.Callable[[], float] = time.time) -> None:
         self.settings = settings
         self._shared = shared
         self._shared_key = KeyHasher("shared-verified-jwt/v1", acceptance_fingerprint(settings))
         self.keys = build_key_source(settings.jwks, timeout=settings.timeout, session=session,
                                      min_fetch_interval=min_fetch_interval, clock=clock)
         self._allowed = frozenset(settings.algorithms)
-        self._audience = list(settings.audiences) or None
-        self._options: dict[str, t.Any] = {
-            "require": ["exp"],
-            "verify_aud": bool(settings.audiences),
-            "enforce_minimum_key_length": True,
-        }
+        self._audiences = frozenset(settings.audiences)
+        self._jws = jwt.PyJWS(options={"verify_signature": True, "enforce_minimum_key_length": True})
+        self._now = wall_clock
         self._verified: TTLCache[tuple[KeySet, TokenInfo]] = TTLCache(VERIFIED_CACHE_ENTRIES)
         self._key = KeyHasher("verified-jwt/v1")
 
@@ -166,17 +175,36 @@ class JwtValidator:
         key_set = self.keys.current()
         if remembered is not None and remembered[0] is key_set:
             info = remembered[1]
-            self._check_times(info)
+            info.check_times(self._now(), self.settings.clock_skew)
             return info
         info = self._shared_info(token, key_set) if self._shared is not None else None
         if info is None:
+            check_token_shape(token)                 # a remembered token had this shape when verified
             header = _read_header(token)
             alg = self._check_header(header)
             candidates = self._candidate_keys(header.get("kid"), alg)
-            claims, verifier = self._decode_with_any(token, alg, candidates)
-            info = TokenInfo(claims=claims, kind="jwt", expires_at=float(claims["exp"]))
+            payload, verifier = self._verify_with_any(token, alg, candidates)
+            info = self._accept(_read_claims(payload))
             self._share(token, info, verifier, alg)
         self._remember(key, key_set, info)
+        return info
+
+    def _accept(self, claims: dict[str, t.Any]) -> TokenInfo:
+        """Verified claims -> TokenInfo: types, ``exp`` required, times, issuer, audience (RFC 7519 §4.1)."""
+        info = TokenInfo.from_claims(claims, "jwt")
+        if info.expires_at is None:
+            raise InvalidTokenError("the token has no exp claim", reason="exp_missing")
+        info.check_times(self._now(), self.settings.clock_skew)
+        issuer = self.settings.issuer
+        if issuer is not None and claims.get("iss") != issuer:
+            log.info("JWT refused: issuer %s, expected %r", _show(claims.get("iss")), issuer)
+            raise InvalidTokenError("the token's issuer is not accepted here", reason="issuer_mismatch")
+        if self._audiences:
+            aud = claims.get("aud")
+            audiences = {aud} if isinstance(aud, str) else set(aud or ())
+            if not audiences & self._audiences:
+                log.info("JWT refused: audience %s, expected one of %s", _show(aud), sorted(self._audiences))
+                raise InvalidTokenError("the token's audience is not accepted here", reason="audience_mismatch")
         return info
 
     def _shared_info(self, token: str, key_set: KeySet) -> TokenInfo | None:
@@ -189,36 +217,28 @@ class JwtValidator:
         if not (isinstance(claims, dict) and isinstance(thumbprint, str) and isinstance(alg, str)):
             return None
         verifier = key_set.with_thumbprint(thumbprint)
-        exp = _number(claims.get("exp"))
-        if verifier is None or alg not in self._allowed or not verifier.fits(alg) or exp is None:
+        if verifier is None or alg not in self._allowed or not verifier.fits(alg):
             return None
-        info = TokenInfo(claims=claims, kind="jwt", expires_at=exp)
-        self._check_times(info)
+        try:
+            info = TokenInfo.from_claims(claims, "jwt")
+        except InvalidTokenError:
+            return None                                  # not an entry this gateway wrote: verify the token
+        if info.expires_at is None:
+            return None
+        info.check_times(self._now(), self.settings.clock_skew)
         return info
 
     def _share(self, token: str, info: TokenInfo, verifier: VerificationKey, alg: str) -> None:
         if self._shared is None or not verifier.thumbprint or info.expires_at is None:
             return
         entry = {"claims": dict(info.claims), "key": verifier.thumbprint, "alg": alg}
-        self._shared.set(self._shared_key(token), entry, min(VERIFIED_CACHE_TTL, info.expires_at - time.time()))
+        self._shared.set(self._shared_key(token), entry, min(VERIFIED_CACHE_TTL, info.expires_at - self._now()))
 
     def _remember(self, key: str, key_set: KeySet, info: TokenInfo) -> None:
         if self.keys.current() is not key_set:       # the set changed while verifying: don't pin the old one
             return
-        exp = _number(info.claims.get("exp"))
-        if exp is not None:
-            self._verified.set(key, (key_set, info), min(VERIFIED_CACHE_TTL, exp - time.time()))
-
-    def _check_times(self, info: TokenInfo) -> None:
-        """The time checks ``jwt.decode`` makes, for a remembered token."""
-        now, leeway = time.time(), self.settings.clock_skew
-        exp = info.expires_at
-        if exp is not None and exp <= now - leeway:
-            raise InvalidTokenError(f"token expired {now - exp:.0f}s ago", reason="token_expired")
-        if "nbf" in info.claims:
-            nbf = _number(info.claims["nbf"])
-            if nbf is not None and nbf > now + leeway:
-                raise InvalidTokenError("token not valid yet (nbf)", reason="token_not_yet_valid")
+        if info.expires_at is not None:
+            self._verified.set(key, (key_set, info), min(VERIFIED_CACHE_TTL, info.expires_at - self._now()))
 
     def _check_header(self, header: dict[str, t.Any]) -> str:
         alg = header.get("alg")
@@ -264,80 +284,63 @@ class JwtValidator:
                                     reason="kid_unknown")
         return fitting
 
-    def _decode_with_any(self, token: str, alg: str,
-                         keys: tuple[VerificationKey, ...]) -> tuple[dict[str, t.Any], VerificationKey]:
-        """The claims, decoded with the first key whose signature matches (one key when the token
+    def _verify_with_any(self, token: str, alg: str,
+                         keys: tuple[VerificationKey, ...]) -> tuple[bytes, VerificationKey]:
+        """The payload, verified with the first key whose signature matches (one key when the token
         names a kid), and that key."""
         for key in keys[:-1]:
             try:
-                return self._decode(token, alg, key), key
+                return self._verify(token, alg, key), key
             except InvalidTokenError as e:
                 if e.reason != "signature_invalid":
                     raise
-        return self._decode(token, alg, keys[-1]), keys[-1]
+        return self._verify(token, alg, keys[-1]), keys[-1]
 
-    def _decode(self, token: str, alg: str, key: VerificationKey) -> dict[str, t.Any]:
+    def _verify(self, token: str, alg: str, key: VerificationKey) -> bytes:
+        """The JWS payload once its signature verified with ``key`` (RFC 7515 §5.2)."""
         try:
-            return jwt.decode(token, key.key, algorithms=[alg], options=self._options,
-                              audience=self._audience, issuer=self.settings.issuer,
-                              leeway=self.settings.clock_skew)
+            return self._jws.decode_complete(token, key.key, algorithms=[alg])["payload"]
         except jwt.PyJWTError as e:
-            raise self._translate(e, token) from e
+            raise _translate(e) from e
 
-    # -- PyJWT's exceptions -> ours (the one boundary) -------------------------
-    def _translate(self, error: jwt.PyJWTError, token: str) -> InvalidTokenError:
-        if isinstance(error, jwt.ExpiredSignatureError):
-            exp = _number(_verified_claims(token).get("exp"))
-            ago = f" {time.time() - exp:.0f}s ago" if exp is not None else ""
-            return InvalidTokenError(f"token expired{ago}", reason="token_expired")
-        if isinstance(error, jwt.ImmatureSignatureError):
-            return InvalidTokenError(_not_yet_valid_message(error, token), reason="token_not_yet_valid")
-        if isinstance(error, jwt.MissingRequiredClaimError):
-            return self._missing_claim(error.claim)
-        if isinstance(error, jwt.InvalidIssuerError):
-            got = _verified_claims(token).get("iss")
-            return InvalidTokenError(f"issuer mismatch: expected {self.settings.issuer!r}, got {_show(got)}",
-                                     reason="issuer_mismatch")
-        if isinstance(error, jwt.InvalidAudienceError):
-            got = _verified_claims(token).get("aud")
-            return InvalidTokenError(f"audience mismatch: expected one of {list(self.settings.audiences)}, "
-                                     f"got {_show(got)}", reason="audience_mismatch")
-        if isinstance(error, jwt.InvalidSignatureError):
-            return InvalidTokenError("signature verification failed", reason="signature_invalid")
-        if isinstance(error, (jwt.InvalidAlgorithmError, jwt.InvalidKeyError)):
-            return InvalidTokenError(f"alg does not fit the key: {error}", reason="alg_not_allowed")
-        return InvalidTokenError(f"malformed token: {error}", reason="token_malformed")
 
-    def _missing_claim(self, claim: str) -> InvalidTokenError:
-        if claim == "exp":
-            return InvalidTokenError("the token has no exp claim", reason="exp_missing")
-        if claim == "iss":
-            return InvalidTokenError(f"the token has no iss claim; expected {self.settings.issuer!r}",
-                                     reason="issuer_mismatch")
-        if claim == "aud":
-            return InvalidTokenError(f"the token has no aud claim; expected one of {list(self.settings.audiences)}",
-                                     reason="audience_mismatch")
-        return InvalidTokenError(f"the token has no {claim} claim", reason="token_malformed")
+# -- PyJWT's exceptions -> ours (the one boundary) -------------------------
+
+def _translate(error: jwt.PyJWTError) -> InvalidTokenError:
+    if isinstance(error, jwt.InvalidSignatureError):
+        return InvalidTokenError("signature verification failed", reason="signature_invalid")
+    if isinstance(error, (jwt.InvalidAlgorithmError, jwt.InvalidKeyError)):
+        return InvalidTokenError(f"alg does not fit the key: {error}", reason="alg_not_allowed")
+    return InvalidTokenError(f"malformed token: {error}", reason="token_malformed")
 
 
 # -- cheap checks before cryptography ------------------------------------------
 
 def _read_header(token: str) -> dict[str, t.Any]:
-    """The decoded JOSE header, after checking the token's size and shape."""
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidTokenError(f"the token is {len(token)} bytes, more than the {MAX_TOKEN_LENGTH} allowed",
-                                reason="token_malformed")
+    """The decoded JOSE header, after checking the token's shape."""
     segments = token.split(".")
     if len(segments) != 3:
         raise InvalidTokenError(f"a JWT has 3 dot-separated segments, this token has {len(segments)}",
                                 reason="token_malformed")
     try:
-        header = json.loads(_b64decode(segments[0]))
+        header = loads(_b64decode(segments[0]))
     except ValueError as e:
-        raise InvalidTokenError("the token header is not base64url-encoded JSON", reason="token_malformed") from e
+        raise InvalidTokenError(f"the token header is not base64url-encoded JSON: {e}",
+                                reason="token_malformed") from None
     if not isinstance(header, dict):
         raise InvalidTokenError("the token header is not a JSON object", reason="token_malformed")
     return header
+
+
+def _read_claims(payload: bytes) -> dict[str, t.Any]:
+    """The verified payload as a claims object (RFC 7519 §7.2 step 10)."""
+    try:
+        claims = loads(payload)
+    except ValueError as e:
+        raise InvalidTokenError(f"the token payload is not JSON: {e}", reason="token_malformed") from None
+    if not isinstance(claims, dict):
+        raise InvalidTokenError("the token payload is not a JSON object", reason="token_malformed")
+    return claims
 
 
 def _b64decode(segment: str) -> bytes:
@@ -348,36 +351,6 @@ def _b64decode(segment: str) -> bytes:
         return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except binascii.Error as e:
         raise ValueError("not base64url") from e
-
-
-def _verified_claims(token: str) -> dict[str, t.Any]:
-    """The payload, for error messages only: PyJWT checks the signature before any claim."""
-    try:
-        claims = json.loads(_b64decode(token.split(".")[1]))
-    except ValueError:
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
-def _not_yet_valid_message(error: jwt.PyJWTError, token: str) -> str:
-    claims = _verified_claims(token)
-    claim = "iat" if "(iat)" in str(error) else "nbf"
-    when = _number(claims.get(claim))
-    if when is None:
-        return f"token not yet valid ({claim})"
-    ahead = f"{when - time.time():.0f}s"
-    if claim == "iat":
-        return f"token issued in the future (iat is {ahead} ahead)"
-    return f"token not valid for another {ahead} (nbf)"
-
-
-def _number(value: t.Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _show(value: t.Any, limit: int = 80) -> str:

@@ -24,6 +24,8 @@ from ..errors import AccessDeniedError
 from ..errors import AuthenticationError
 from ..errors import GatewayError
 from ..errors import IdentityProviderError
+from ..observability import DEFAULT_CREDENTIAL_LOCATIONS
+from ..observability import CredentialLocations
 from . import remembered
 from .expressions import Evaluate
 from .steps import AuthContext
@@ -86,6 +88,14 @@ class AuthPipeline:
     @functools.cached_property
     def steps_by_name(self) -> dict[str, AuthStep]:
         return {step.name: step for step in self.steps}
+
+    @functools.cached_property
+    def credential_locations(self) -> CredentialLocations:
+        """Every place this config's token sources read, plus the defaults: what log redaction hides."""
+        sources = self.token_sources
+        return DEFAULT_CREDENTIAL_LOCATIONS.including(
+            headers=[s.header for s in sources if s.header], query=[s.query for s in sources if s.query],
+            cookies=[s.cookie for s in sources if s.cookie])
 
     @functools.cached_property
     def token_sources(self) -> tuple[t.Any, ...]:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 import typing as t
+
+from ..errors import InvalidTokenError
+from .claim_types import check_claim_types
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenInfo:
     """A validated token's state: its claims and how long they may be trusted.
 
-    ``kind`` is ``"jwt"`` or ``"introspection"``. ``expires_at`` is the token's ``exp``
-    (epoch seconds) when known.
+    ``kind`` is ``"jwt"`` or ``"introspection"``. ``expires_at`` is the token's ``exp`` and
+    ``not_before`` its ``nbf`` (for a JWT, the later of ``nbf`` and ``iat``), epoch seconds,
+    when known. Build one with :meth:`from_claims`, which checks the claims' types; check its
+    times with :meth:`check_times`, the one home of the exp/nbf rule.
 
     Validators hand out the same TokenInfo for as long as they trust a cached validation, so
     it is shared between requests and threads: nobody changes ``claims``. ``memo`` holds what
@@ -23,7 +27,20 @@ class TokenInfo:
     claims: t.Mapping[str, t.Any]
     kind: str
     expires_at: float | None = None
+    not_before: float | None = None
     memo: dict[t.Any, t.Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_claims(cls, claims: t.Mapping[str, t.Any], kind: str) -> TokenInfo:
+        """A TokenInfo over ``claims`` (not copied), after checking their types (RFC 7519 §4.1).
+
+        :raises InvalidTokenError: reason ``token_claims_invalid``.
+        """
+        check_claim_types(claims)
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        starts = [float(v) for v in (nbf, iat if kind == "jwt" else None) if v is not None]
+        return cls(claims=claims, kind=kind, expires_at=float(exp) if exp is not None else None,
+                   not_before=max(starts) if starts else None)
 
     @property
     def subject(self) -> str | None:
@@ -34,10 +51,23 @@ class TokenInfo:
     def scopes(self) -> list[str]:
         return scopes_of(self.claims)
 
-    def expired(self, now: float | None = None, leeway: float = 0.0) -> bool:
-        if self.expires_at is None:
-            return False
-        return (now if now is not None else time.time()) >= self.expires_at + leeway
+    def expired(self, now: float, leeway: float = 0.0) -> bool:
+        """Whether ``exp`` has passed at ``now`` (epoch seconds), ``leeway`` seconds allowed (RFC 7519 §4.1.4)."""
+        return self.expires_at is not None and now >= self.expires_at + leeway
+
+    def check_times(self, now: float, leeway: float = 0.0) -> None:
+        """Refuse a token outside its validity window: ``exp`` passed or ``nbf`` (``iat``) ahead.
+
+        :param now: epoch seconds. :param leeway: seconds of clock skew allowed either way.
+        :raises InvalidTokenError: reason ``token_expired`` or ``token_not_yet_valid``.
+        """
+        if self.expired(now, leeway):
+            assert self.expires_at is not None
+            raise InvalidTokenError(f"token expired {now - self.expires_at:.0f}s ago",
+                                    reason="token_expired")
+        if self.not_before is not None and now < self.not_before - leeway:
+            raise InvalidTokenError(f"token not valid for another {self.not_before - now:.0f}s",
+                                    reason="token_not_yet_valid")
 
 
 def scopes_of(claims: t.Mapping[str, t.Any]) -> list[str]:

@@ -129,7 +129,8 @@ class OAuth2Step:
 
     def _check_claims(self, info: TokenInfo) -> None:
         if self.claims_check is not None and not self.claims_check.allows(info.claims):
-            raise AccessDeniedError(f"token claims do not satisfy: {self.claims_expression}",
+            log.info("token claims do not satisfy %s (config %s)", self.claims_expression, self.name)
+            raise AccessDeniedError("the token's claims do not satisfy this route's condition",
                                     reason="claims_mismatch")
 
     def _publish(self, info: TokenInfo, state: AuthState) -> None:

@@ -33,6 +33,7 @@ from ..incoming import cookie_parts
 from ..incoming import parameter_key
 
 DEFAULT_MAX_TOKEN_LENGTH = 8192
+MAX_TOKEN_LENGTH = 65536            # the most ``maxTokenLength`` may allow; validators refuse longer tokens
 SOURCES = ("header", "query", "cookie")
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")         # RFC 9110 §11.2 token68, RFC 6750 §2.1 b64token
 _AUTH_SCHEME_END = re.compile(r"[ \t]")
@@ -121,11 +122,21 @@ class TokenSource:
         return FoundToken(_one_value(values, "cookie"), ("cookie", self.cookie))
 
     def _check(self, token: str) -> None:
-        if len(token) > self.max_token_length:
-            raise InvalidTokenError(f"token longer than {self.max_token_length} characters",
-                                    reason="token_malformed")
-        if not token.isascii() or not token.isprintable() or " " in token:
-            raise InvalidTokenError("token contains characters outside visible ASCII", reason="token_malformed")
+        check_token_shape(token, self.max_token_length)
+
+
+def check_token_shape(token: str, max_length: int = MAX_TOKEN_LENGTH) -> None:
+    """The one rule for what a token may look like: 1 to ``max_length`` visible ASCII characters.
+
+    RFC 6750 §2.1's b64token is a subset; JWTs (RFC 7519) and opaque tokens both fit.
+    :raises InvalidTokenError: reason ``token_malformed``.
+    """
+    if not isinstance(token, str) or not token:
+        raise InvalidTokenError("the access token is empty", reason="token_malformed")
+    if len(token) > max_length:
+        raise InvalidTokenError(f"token longer than {max_length} characters", reason="token_malformed")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise InvalidTokenError("token contains characters outside visible ASCII", reason="token_malformed")
 
 
 def _refuse_joined_repeats(value: str, header: str) -> None:
@@ -176,7 +187,7 @@ def parse_token_source(node: Node | None, max_token_length: int = DEFAULT_MAX_TO
     if len(set(order)) != len(order):
         raise node.error("order", "lists a source twice")
     remove = node.bool("removeFromRequest")
-    max_length = node.int("maxTokenLength", default=max_token_length, minimum=16, maximum=65536)
+    max_length = node.int("maxTokenLength", default=max_token_length, minimum=16, maximum=MAX_TOKEN_LENGTH)
     node.done()
     if header is None and query is None and cookie is None:
         header, scheme = "Authorization", scheme or "Bearer"

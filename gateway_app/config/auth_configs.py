@@ -37,12 +37,13 @@ from .secrets import SecretStore
 class ValidatorRegistry:
     """Validators (and their caches, JWKS) shared by settings, kept across reloads."""
 
-    def __init__(self, token_cache_url: str | None = None) -> None:
+    def __init__(self, token_cache_url: str | None = None, *, clock: t.Callable[[], float] | None = None) -> None:
         self._validators: dict[t.Any, t.Any] = {}
         self._token_caches: dict[tuple[str, int], t.Any] = {}
         self._shared_jwt_cache: t.Any = None
         self._lock = threading.Lock()
         self.token_cache_url = token_cache_url
+        self.clock = clock              # epoch seconds for validators and their caches; None: the real clocks
 
     def token_cache(self, fingerprint: str, max_entries: int) -> t.Any:
         """The token cache of one IdP identity: it outlives validators whose other settings change.
@@ -73,7 +74,11 @@ class ValidatorRegistry:
         if self.token_cache_url:
             from ..cache_redis import RedisTokenCache
             return RedisTokenCache(self.token_cache_url, fallback_max_entries=max_entries)
-        return TTLCache(max_entries)
+        return TTLCache(max_entries, clock=self.clock) if self.clock else TTLCache(max_entries)
+
+    def clock_options(self, wall: str) -> dict[str, t.Any]:
+        """``{wall: clock}`` for a validator's constructor when a clock was injected, else ``{}``."""
+        return {wall: self.clock} if self.clock else {}
 
     def get(self, key: t.Any, factory: t.Callable[[], t.Any]) -> t.Any:
         with self._lock:
@@ -202,12 +207,14 @@ def token_validator(kind: str, node: Node, namespace: str, ctx: AuthBuildContext
         key = ("jwt", settings)
         ctx.used_validator_keys.add(key)
         shared = ctx.validators.shared_jwt_cache()
-        return ctx.validators.get(key, lambda: JwtValidator(settings, shared=shared)), None
+        return ctx.validators.get(key, lambda: JwtValidator(settings, shared=shared,
+                                                             **ctx.validators.clock_options("wall_clock"))), None
     settings = parse_introspection_settings(node, ctx.secrets, namespace)
     key = ("introspection", settings.config_digest)
     ctx.used_validator_keys.add(key)
     cache = ctx.validators.token_cache(settings.fingerprint, settings.max_cache_entries)
-    validator = ctx.validators.get(key, lambda: IntrospectionValidator(settings, cache=cache))
+    validator = ctx.validators.get(key, lambda: IntrospectionValidator(
+        settings, cache=cache, **ctx.validators.clock_options("clock")))
     return validator, getattr(settings, "user_id_attribute_name", None)
 
 

@@ -8,7 +8,7 @@ failure too, so a wrong ``--rego-dir`` cannot pass silently. Exit code 0 or 1.
 ``eval`` evaluates a query against an input document given as a file, or built with
 :func:`~gateway_app.policy.input_document.build_input` from a request description
 ``{method, path, host, headers, query, scheme, id}`` plus token claims (``input.state.jwtAccessToken``).
-It prints the input (credential headers redacted), the raw result and the decision as JSON.
+It prints the input (credentials redacted by :func:`gateway_app.observability.redact_input`), the raw result and the decision as JSON.
 Exit code 0 when allowed, 1 when denied, 2 when the modules, query or arguments are unusable.
 """
 
@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from ..errors import PolicyError
 from ..incoming import IncomingRequest
 from ..incoming import from_environ
+from ..observability import redact_input
 from .decision import Decision
 from .engine import EngineMessage
 from .engine import PolicyEngine
@@ -43,7 +44,6 @@ from .engine import load_rego_directory
 from .input_document import build_input
 
 _TEST_PREFIX = "test_"
-_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
 _SEPARATOR = "-" * 72
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -231,31 +231,6 @@ def request_from_spec(spec: t.Mapping[str, t.Any]) -> IncomingRequest:
         return from_environ(environ, request_id=request_id)
     except BadRequestError as e:
         raise ConfigError(f"the gateway would refuse this request: {e} ({e.reason})", where="--request") from None
-
-
-def redact_input(document: t.Any) -> t.Any:
-    """A copy of ``document`` whose credential header values show only their scheme and length."""
-    if isinstance(document, dict):
-        return {key: _redact_headers(value) if key == "headers" else redact_input(value)
-                for key, value in document.items()}
-    if isinstance(document, list):
-        return [redact_input(item) for item in document]
-    return document
-
-
-def _redact_headers(headers: t.Any) -> t.Any:
-    if not isinstance(headers, dict):
-        return redact_input(headers)
-    return {name: _redact_value(value) if str(name).lower() in _CREDENTIAL_HEADERS else value
-            for name, value in headers.items()}
-
-
-def _redact_value(value: t.Any) -> str:
-    text = str(value)
-    scheme, _, credential = text.partition(" ")
-    if credential:
-        return f"{scheme} <redacted, {len(credential)} characters>"
-    return f"<redacted, {len(text)} characters>"
 
 
 def _json_default(value: t.Any) -> t.Any:
