@@ -40,7 +40,10 @@ from .metrics import observe_reload
 from .observability import log_access
 from .observability import redact_input
 from .observability import request_id
+from .policy.engine import release_thread_engines
 from .proxy import Forwarder
+from .reload import Fingerprint
+from .reload import tree_fingerprint
 from .routing import Route
 from .settings import Settings
 from .usage_plans import UsagePlanEnforcer
@@ -56,40 +59,68 @@ class Gateway:
         self.settings = settings
         self.registry = ValidatorRegistry(settings.token_cache_url)
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
-        self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None)
+        # The body limit has one home: each route's max_body_bytes, set when the config is built.
+        self.forwarder = forwarder or Forwarder()
+        self._body_limit = settings.max_body_bytes or None     # GATEWAY_MAX_BODY_BYTES=0: no limit
         self.usage_plans = UsagePlanEnforcer(build_limiter(settings), self.trusted_proxies.client_address)
         self._lock = threading.Lock()
-        self._generation = itertools.count(1)
         self._round_robin = itertools.count()
+        # Taken BEFORE the first load (which may wait for a remote JWKS): a file written while this
+        # worker boots differs from the snapshot, so the watcher's first check reloads it.
+        self.loaded_fingerprint = tree_fingerprint(settings.config_dir, settings.rego_dir)
         self.config: GatewayConfig = self._first_config()
 
     # -- config ------------------------------------------------------------------
     def _first_config(self) -> GatewayConfig:
-        config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, next(self._generation))
-        for validator in config.validators:
-            warm_up = getattr(validator, "warm_up", None)
-            if warm_up is not None:
-                warm_up()
+        try:
+            config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, 1,
+                                 self._body_limit)
+        finally:
+            release_thread_engines()       # the engines built to check policies, on this thread
+        _warm_up(config)
         observe_generation(config.generation)
         return config
 
-    def reload(self) -> BuildResult:
-        """Build a new generation; swap it in only if every resource is accepted."""
+    def reload(self, fingerprint: Fingerprint | None = None) -> BuildResult:
+        """Build a new generation; swap it in only if every resource is accepted.
+
+        The generation number is the current one plus one: a rejected reload consumes none.
+        ``fingerprint`` is the snapshot of the files taken before they were read; it becomes
+        :attr:`loaded_fingerprint` (also when rejected: the watcher waits for the next change).
+        """
         with self._lock:
-            result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
-                                  next(self._generation))
+            if fingerprint is None:
+                fingerprint = tree_fingerprint(self.settings.config_dir, self.settings.rego_dir)
+            self.loaded_fingerprint = fingerprint
+            try:
+                result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
+                                      self.config.generation + 1, self._body_limit)
+            finally:
+                release_thread_engines()   # the building thread (the watcher) serves no requests
             if result.config is None:
                 for status in result.errors:
                     log.error("config reload rejected: %s", status.describe())
                 observe_reload(accepted=False)
                 return result
+            _warm_up(result.config)        # new remote JWKS: fetched before they serve (or retried)
             self.config = result.config
             observe_reload(accepted=True, generation=result.config.generation)
             log.info("config generation %d loaded", result.config.generation)
             return result
 
     def ready(self) -> bool:
-        return all(getattr(v, "ready", lambda: True)() for v in self.config.validators)
+        """Whether every route can be served: each remote JWKS was fetched at least once."""
+        return not self.waiting_for()
+
+    def waiting_for(self) -> list[str]:
+        """What readiness waits for, one line per auth config and key source, without URLs:
+        ``"jwks: gloo-system/oauth-okta not fetched: JWKS fetch answered HTTP 503"``."""
+        waiting: list[str] = []
+        for auth_name, validator in _validators_by_auth_config(self.config):
+            reason = getattr(validator, "not_ready_reason", lambda: None)()
+            if reason:
+                waiting.append(f"jwks: {auth_name} {reason}")
+        return waiting
 
     # -- requests ----------------------------------------------------------------
     def respond(self, request: Request) -> Response:
@@ -150,8 +181,8 @@ class Gateway:
                             max_header_count=self.settings.max_header_count)
 
     def _check_body(self, request: Request, route: Route) -> None:
-        limit = route.max_body_bytes if route.max_body_bytes is not None else self.settings.max_body_bytes
-        if limit and request.content_length is not None and request.content_length > limit:
+        limit = route.max_body_bytes          # the route's own, else the global one (config build)
+        if limit is not None and request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"request body larger than {limit} bytes")
 
     def _authorize(self, incoming: IncomingRequest, route: Route, state: AuthState,
@@ -232,6 +263,28 @@ class Gateway:
         if query_string == incoming.query_string:
             return incoming
         return dataclasses.replace(incoming, query_string=query_string)
+
+
+def _warm_up(config: GatewayConfig) -> None:
+    """Fetch what validators need before serving (remote JWKS); failures retry in the background."""
+    for validator in config.validators:
+        warm_up = getattr(validator, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+
+
+def _validators_by_auth_config(config: GatewayConfig) -> list[tuple[str, t.Any]]:
+    """``(auth config name, validator)`` for every token-validating step of every route, once each."""
+    pairs: dict[tuple[str, int], tuple[str, t.Any]] = {}
+    for vhost in config.router.virtual_hosts:
+        for route in vhost.routes:
+            if route.auth is None:
+                continue
+            for step in route.auth.steps:
+                validator = getattr(step, "validator", None)
+                if validator is not None:
+                    pairs.setdefault((route.auth.name, id(validator)), (route.auth.name, validator))
+    return sorted(pairs.values(), key=lambda pair: pair[0])
 
 
 class _ClientBody:
