@@ -1,8 +1,10 @@
-"""``gateway-app`` / ``python -m gateway_app``: validate, routes, serve, test-rego, eval."""
+"""gateway-app / python -m gateway_app: validate, routes, serve, test-rego, eval."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
 import os
 import pathlib
 import sys
@@ -13,15 +15,22 @@ from .policy import tooling
 
 
 def _dirs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-dir", default=os.environ.get("GATEWAY_CONFIG_DIR", "conf"))
-    parser.add_argument("--rego-dir", default=os.environ.get("GATEWAY_REGO_DIR", "rego"))
+    parser.add_argument("--config-dir", default=os.environ.get("GATEWAY_CONFIG_DIR", "conf"), metavar="DIR",
+                        help="the YAML resources (default: $GATEWAY_CONFIG_DIR, else conf)")
+    parser.add_argument("--rego-dir", default=os.environ.get("GATEWAY_REGO_DIR", "rego"), metavar="DIR",
+                        help="the Rego modules (default: $GATEWAY_REGO_DIR, else rego)")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """One line per resource, ACCEPTED or REJECTED, then a summary; exit 1 on any rejection."""
+    """One line per resource, ACCEPTED or REJECTED, then a summary; exit 1 on any rejection.
+
+    ``--format json``: one JSON object per resource (:meth:`ResourceStatus.record`) and no summary.
+    """
     result = build_config(pathlib.Path(args.config_dir), pathlib.Path(args.rego_dir))
     for status in result.statuses:
-        print(status.describe())
+        print(json.dumps(status.record()) if args.format == "json" else status.describe())
+    if args.format == "json":
+        return 1 if result.errors else 0
     if args.check_network and result.config is not None:
         failures = _check_network(result.config)
         if failures:
@@ -75,20 +84,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+DESCRIPTION = """\
+The gateway's command line: check and inspect a configuration, run the server, test and
+evaluate Rego policies. Every subcommand has its own --help."""
+
+
+def version() -> str:
+    """The installed package's version (setup.cfg)."""
+    try:
+        return importlib.metadata.version("gateway-app")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway-app", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    validate = sub.add_parser("validate", help="check conf/ and rego/ as the server loads them")
+    parser = argparse.ArgumentParser(prog="gateway-app", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"gateway-app {version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    validate = sub.add_parser("validate", help="check conf/ and rego/ as the server loads them",
+                              description="Load the config and Rego directories exactly as the server does and "
+                                          "print one line per resource, ACCEPTED or REJECTED with file:line. "
+                                          "Exit status 1 on any rejection.")
     _dirs(validate)
     validate.add_argument("--check-network", action="store_true", help="also fetch remote JWKS")
+    validate.add_argument("--format", choices=("text", "json"), default="text",
+                          help="text lines and a summary (default), or one JSON object per resource")
     validate.set_defaults(func=cmd_validate)
-    routes = sub.add_parser("routes", help="print the effective route table")
+    routes = sub.add_parser("routes", help="print the effective route table",
+                            description="Print the routes in match order: host, matchers, destination, "
+                                        "API product and auth.")
     _dirs(routes)
     routes.set_defaults(func=cmd_routes)
-    serve = sub.add_parser("serve", help="run the gateway under gunicorn")
+    serve = sub.add_parser("serve", help="run the gateway under gunicorn",
+                           description="Run gunicorn with the gateway's settings; a broken config is listed "
+                                       "once and the server does not start.")
     _dirs(serve)
-    serve.add_argument("--bind", default="127.0.0.1:8080")
-    serve.add_argument("--gunicorn-config", default="conf/gunicorn.conf.py")
+    serve.add_argument("--bind", default="127.0.0.1:8080", metavar="HOST:PORT",
+                       help="the address to listen on (default 127.0.0.1:8080)")
+    serve.add_argument("--gunicorn-config", default="conf/gunicorn.conf.py", metavar="FILE",
+                       help="the gunicorn settings file (default conf/gunicorn.conf.py)")
     serve.set_defaults(func=cmd_serve)
     tooling.add_subcommands(sub)
     return parser

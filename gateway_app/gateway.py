@@ -39,6 +39,7 @@ from .metrics import REQUEST_METRICS
 from .metrics import observe_generation
 from .metrics import observe_reload
 from .observability import log_access
+from .observability import log_rejections
 from .observability import redact
 from .observability import request_id
 from .proxy import Forwarder
@@ -80,8 +81,7 @@ class Gateway:
             result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
                                   next(self._generation))
             if result.config is None:
-                for status in result.errors:
-                    log.error("config reload rejected: %s", status.describe())
+                log_rejections(log, (status.record() for status in result.errors), "config reload rejected")
                 observe_reload(accepted=False)
                 return result
             self.config = result.config
@@ -141,7 +141,8 @@ class Gateway:
             REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
             if decision:
                 decision["generation"] = config.generation
-            log_access(method=request.method, path=incoming.path if incoming else environ.get("PATH_INFO"),
+            log_access(method=request.method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
+                       path=incoming.path if incoming else environ.get("PATH_INFO"),
                        route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
                        auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
                        **decision)

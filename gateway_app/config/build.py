@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import typing as t
 
 from ..describe import did_you_mean
@@ -48,6 +49,8 @@ from .usage_plans import duplicate_name
 from .usage_plans import parse_settings
 from .usage_plans import parse_usage_plan
 from .vs_compiler import compile_virtual_service
+
+_FIELD = re.compile(r"^(?P<field>[A-Za-z_][\w.\[\]-]*): (?P<reason>.*)$", re.DOTALL)
 
 # Kinds from the Gloo guides that configure what this gateway does not need: accepted, with a notice.
 NOTICE_KINDS = {
@@ -87,6 +90,19 @@ class ResourceStatus:
 
     def describe(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name} ({self.where}): {self.state}"
+
+    def record(self) -> dict[str, t.Any]:
+        """The status as JSON-ready keys: ``kind``, ``resource`` (ns/name), ``file``, ``line``,
+        ``field`` (the field path the reason starts with, or None), ``reason``, ``state``
+        (ACCEPTED or REJECTED), ``notice`` and ``describe`` (the ``validate`` line)."""
+        field, reason = None, self.error
+        match = _FIELD.match(self.error or "")
+        if match:
+            field, reason = match.group("field"), match.group("reason")
+        return {"kind": self.kind, "resource": f"{self.namespace}/{self.name}", "file": self.file,
+                "line": self.line, "field": field, "reason": reason,
+                "state": "ACCEPTED" if self.accepted else "REJECTED", "notice": self.notice,
+                "describe": self.describe()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,11 +126,30 @@ class EngineMessage:
 
     def config_error(self, query: str | None = None) -> ConfigError:
         if self.file == _QUERY_FILE or (query is not None and not self.file):
-            column = f" (column {self.column})" if self.column else ""
-            return ConfigError(f"{self.text}{column}", where=f"Rego query {query!r}")
+            located = _query_syntax_error(query) if query is not None else None
+            message = located or self
+            column = f" at column {message.column}" if message.column else ""
+            return ConfigError(f"{message.text}{column}", where=f"Rego query {query!r}")
         error = ConfigError(self.text, where=self.location)
         error.line = self.line or None  # for reports; the message already reads file:line:column
         return error
+
+
+def _query_syntax_error(query: str) -> EngineMessage | None:
+    """Where a query stops parsing. regorus reports query syntax errors at column 1 with an
+    empty "expecting"; parsed as the body of a rule, the same text gets its real column
+    (an error on the closing line means "at the end of the query"). None when it parses."""
+    lines = query.splitlines() or [""]
+    if len(lines) != 1:
+        return None
+    engine = regorus.Engine()
+    try:
+        engine.add_policy(_QUERY_FILE, f"package __query\n__query if {{\n{query}\n}}\n")
+    except RuntimeError as e:
+        message = EngineMessage.parse(e)
+        column = message.column if message.line == 3 else len(query) + 1
+        return EngineMessage(text=message.text, file=_QUERY_FILE, line=1, column=column)
+    return None
 
 
 def _first_line(text: str) -> str:
