@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import typing as t
@@ -31,6 +32,7 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("gateway_app.config")
 
 CHECK_TIMEOUT = 120.0          # seconds; validate needs no network
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def check_before_fork(settings: Settings | None = None) -> None:
@@ -43,8 +45,10 @@ def check_before_fork(settings: Settings | None = None) -> None:
     configure_logging(settings)
     command = [sys.executable, "-m", "gateway_app", "validate", "--format", "json",
                "--config-dir", str(settings.config_dir), "--rego-dir", str(settings.rego_dir)]
+    # The check must not count as a worker in the multi-process metrics (nor need their directory).
+    env = {name: value for name, value in os.environ.items() if name != METRICS_DIR_ENV}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         log.error("not starting: the config check could not run: %s", e)
         raise SystemExit(1) from None
