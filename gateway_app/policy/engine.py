@@ -126,9 +126,9 @@ class EngineMessage:
 
     def config_error(self, query: str | None = None) -> ConfigError:
         if self.file == _QUERY_FILE or (query is not None and not self.file):
-            located = _query_syntax_error(query) if query is not None else None
+            located = _query_syntax_error(query) if query is not None and self.column <= 1 else None
             message = located or self
-            column = f" at column {message.column}" if message.column else ""
+            column = f" (column {message.column})" if message.column else ""
             return ConfigError(f"{message.text}{column}", where=f"Rego query {query!r}")
         error = ConfigError(self.text, where=self.location)
         error.line = self.line or None  # for reports; the message already reads file:line:column
