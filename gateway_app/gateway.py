@@ -27,6 +27,7 @@ from .config.auth_configs import ValidatorRegistry
 from .config.build import BuildResult
 from .config.build import GatewayConfig
 from .config.build import build_config
+from .config.build import reload_record
 from .config.build import load_config
 from .errors import BadRequestError
 from .errors import GatewayError
@@ -64,6 +65,7 @@ class Gateway:
         self._generation = itertools.count(1)
         self._round_robin = itertools.count()
         self.config: GatewayConfig = self._first_config()
+        self.last_reload: dict[str, t.Any] | None = None     # the admin view's "last_reload"
 
     # -- config ------------------------------------------------------------------
     def _first_config(self) -> GatewayConfig:
@@ -80,6 +82,7 @@ class Gateway:
         with self._lock:
             result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
                                   next(self._generation))
+            self.last_reload = reload_record(result)
             if result.config is None:
                 log_rejections(log, (status.record() for status in result.errors), "config reload rejected")
                 observe_reload(accepted=False)

@@ -155,6 +155,12 @@ class JwtValidator:
         """Fetch the keys now if they are remote; failures are logged and retried on use."""
         self.keys.warm_up()
 
+    def state(self) -> dict[str, t.Any]:
+        """For the admin view: the key source's state and the verified-token cache's size."""
+        keys = getattr(self.keys, "state", None)
+        return {**(keys() if callable(keys) else {}), "issuer": self.settings.issuer,
+                "verified_cache_entries": len(self._verified)}
+
     def validate(self, token: str) -> TokenInfo:
         """Verify ``token`` and return its claims.
 

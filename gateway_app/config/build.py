@@ -11,8 +11,10 @@ resources resolve as :mod:`.refs` says.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import pathlib
 import re
+import time
 import typing as t
 
 from ..describe import did_you_mean
@@ -357,6 +359,18 @@ def unknown_kind(resource: RawResource) -> str:
     if resource.api_version.split("/")[0] in TRAEFIK_GROUPS:
         message += f"; Traefik resources other than Middleware and IngressRoute are not supported: see {README_SECTION}"
     return message
+
+
+def reload_record(result: BuildResult, now: t.Callable[[], float] = time.time) -> dict[str, t.Any]:
+    """What the admin view says of a reload: ``result`` (accepted/rejected), ``at`` (UTC ISO 8601),
+    ``generation`` and, when rejected, the ``rejected`` resources' records."""
+    at = datetime.datetime.fromtimestamp(now(), tz=datetime.timezone.utc).isoformat(timespec="milliseconds")
+    record: dict[str, t.Any] = {"result": "accepted" if result.config is not None else "rejected", "at": at,
+                                "generation": result.config.generation if result.config is not None else None}
+    if result.config is None:
+        record["rejected"] = [{k: v for k, v in status.record().items() if k != "describe"}
+                              for status in result.errors]
+    return record
 
 
 def _check_domains(vhosts: list[VirtualHost]) -> None:

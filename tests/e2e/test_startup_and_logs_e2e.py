@@ -20,6 +20,8 @@ from tests.support.servers import child_environment
 from tests.support.servers import free_port
 from tests.support.servers import gateway_server
 
+from .conftest import token
+
 TYPO_LINE = re.compile(r"AuthConfig gloo-system/oidc-hydra \((?P<file>\S+oidc-hydra\.yaml):(?P<line>\d+)\): REJECTED: "
                        r"spec\.configs\[0\]\.oauth2\.accessTokenValidation\.introspection\.clientSecretReff: "
                        r"unknown field clientSecretReff \(did you mean clientSecretRef\?\)")
@@ -114,3 +116,68 @@ spec:
     access = next(r for r in records if r["logger"] == "gateway_app.access")
     assert access["host"] == "api.example.com"
     assert access["status"] == 200
+
+
+JWT_CONFIG = """\
+kind: Upstream
+metadata: {{name: httpbin, namespace: team}}
+spec: {{static: {{hosts: [{{addr: 127.0.0.1, port: {upstream}}}]}}}}
+---
+kind: AuthConfig
+metadata: {{name: jwt, namespace: team}}
+spec:
+  configs:
+  - oauth2:
+      accessTokenValidation:
+        jwt:
+          remoteJwks: {{url: 'http://127.0.0.1:{idp}/.well-known/jwks.json'}}
+        claimsToHeaders: [{{claim: sub, header: x-customer}}]
+---
+kind: VirtualService
+metadata: {{name: api, namespace: team}}
+spec:
+  virtualHost:
+    domains: ['*']
+    routes:
+    - matchers: [{{prefix: /admin}}]
+      routeAction: {{single: {{upstream: {{name: httpbin}}}}}}
+    - matchers: [{{prefix: /}}]
+      routeAction: {{single: {{upstream: {{name: httpbin}}}}}}
+      options: {{extauth: {{configRef: {{name: jwt}}}}}}
+"""
+
+
+@pytest.fixture
+def jwt_tree(tmp_path: pathlib.Path, oauth, httpbin) -> pathlib.Path:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "rego").mkdir()
+    (tmp_path / "conf" / "api.yaml").write_text(JWT_CONFIG.format(upstream=httpbin.port, idp=oauth.port))
+    return tmp_path
+
+
+def test_gateway_app_status_reads_the_running_gunicorn(jwt_tree):
+    with gateway_server(jwt_tree, jwt_tree / "conf", jwt_tree / "rego", workers=1) as gateway:
+        done = subprocess.run([str(BIN_DIR / "gateway-app"), "status", "--url", gateway.url], capture_output=True,
+                              text=True, timeout=TIMEOUT, env=child_environment())
+
+    assert done.returncode == 0, done.stderr
+    assert "generation 1" in done.stdout
+    assert "ACCEPTED AuthConfig team/jwt" in done.stdout
+    assert re.search(r"JwtValidator: .*key_ids=\['\S+'.*ready=True", done.stdout), done.stdout
+    assert "auth=team/jwt" in done.stdout
+
+
+def test_gateway_app_explain_runs_the_real_pipeline_against_the_real_idp(jwt_tree, oauth):
+    access_token = token(oauth, "jwt-client", "jwt-secret")
+    done = _run([str(BIN_DIR / "gateway-app"), "explain", "--json", "--config-dir", str(jwt_tree / "conf"),
+                 "--rego-dir", str(jwt_tree / "rego"), "GET", "http://gateway.test/headers",
+                 "-H", f"Authorization: Bearer {access_token}"], jwt_tree)
+
+    assert done.returncode == 0, done.stderr
+    assert access_token not in done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    stages = {stage["stage"]: stage for stage in report["stages"]}
+    assert stages["route"]["not_matched"][0]["why"] == "path /headers does not match prefix /admin"
+    assert stages["validation"]["jwt_claims"]["sub"] == "jwt-client"
+    assert stages["upstream"]["headers_set"] == {"x-customer": "jwt-client"}
+    assert stages["upstream"]["url"].endswith("/headers")
