@@ -8,9 +8,9 @@ Hooks (run by the gunicorn master unless said otherwise):
 
 * ``on_starting``: the config is validated before any worker is forked: a broken one is
   listed once (one line per rejected resource) and gunicorn exits with status 1, no traceback
-  (``gateway_app.startup.check_before_fork``). Then Prometheus multi-process mode. ``PROMETHEUS_MULTIPROC_DIR`` is created (a
-  fresh temporary directory when unset) and emptied of a previous run's files, before any
-  worker imports ``prometheus_client``.
+  (``gateway_app.startup.check_before_fork``). Then Prometheus multi-process mode:
+  ``PROMETHEUS_MULTIPROC_DIR`` is created (a fresh temporary directory when unset) and emptied
+  of a previous run's files, before any worker imports ``prometheus_client``.
 * ``post_worker_init`` (in each worker, after the app is built): ``SIGHUP`` sent to a worker
   reloads its config in place, validated first (``pkill -HUP -P <master pid>``); relayed
   answers keep the upstream's ``Date`` and ``Server`` (``gateway_app.server_response``).

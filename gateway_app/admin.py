@@ -4,7 +4,7 @@ One worker's view (a load balancer picks the worker; ``pid`` says which):
 
 * ``generation`` and ``pid``;
 * ``resources``: every resource of the served generation with its state (ACCEPTED, and the
-  notice of kinds that are accepted but not used);
+  note of kinds or fields that are accepted but not used);
 * ``last_reload``: the last reload's ``result`` (``accepted``/``rejected``), ``at`` (UTC,
   ISO 8601), the ``generation`` it built and, when rejected, its ``rejected`` resources with
   their reasons (the last good generation keeps serving);
@@ -26,7 +26,7 @@ from .metrics import idp_label
 if t.TYPE_CHECKING:
     from .gateway import Gateway
 
-RECORD_KEYS = ("kind", "resource", "file", "line", "state", "field", "reason", "notice")
+RECORD_KEYS = ("kind", "resource", "file", "line", "state", "field", "reason", "note")
 
 
 def config_view(gateway: Gateway) -> dict[str, t.Any]:
@@ -83,8 +83,8 @@ def render_status(view: t.Mapping[str, t.Any]) -> str:
         lines.append("last reload: none since start")
     lines.append("resources:")
     for resource in view.get("resources") or ():
-        notice = f" ({resource['notice']})" if resource.get("notice") else ""
-        lines.append(f"  {resource.get('state')}{notice} {resource.get('kind')} {resource.get('resource')}")
+        note = f" (note: {resource['note']})" if resource.get("note") else ""
+        lines.append(f"  {resource.get('state')}{note} {resource.get('kind')} {resource.get('resource')}")
     lines.append("validators:")
     for validator in view.get("validators") or ():
         details = ", ".join(f"{k}={v}" for k, v in validator.items() if k != "type" and v not in (None, "", []))

@@ -49,7 +49,7 @@ def test_the_admin_view_shows_generation_resources_jwks_caches_and_routes(make_a
     assert view["generation"] == 1
     states = {(r["kind"], r["resource"]): r for r in view["resources"]}
     assert states[("AuthConfig", "gloo-system/oidc-hydra")]["state"] == "ACCEPTED"
-    assert states[("VirtualGateway", "gloo-mesh/north-south-gw")]["notice"].startswith("not used")
+    assert states[("VirtualGateway", "gloo-mesh/north-south-gw")]["note"].startswith("not used")
     jwt = next(v for v in view["validators"] if v["type"] == "JwtValidator")
     assert jwt["key_ids"] == ["key-2024"] and jwt["ready"] is True
     assert jwt["idp"] == "jwks.test" and jwt["last_fetch_seconds_ago"] is not None
@@ -82,7 +82,7 @@ def test_the_admin_view_shows_a_rejected_reload_with_its_reasons_and_time(make_a
     assert reload["rejected"] == [{
         "kind": "Upstream", "resource": "default/u", "file": str(tmp_path / "conf" / "bad.yaml"), "line": 3,
         "field": "spec.statik", "reason": "unknown field statik (did you mean static?)", "state": "REJECTED",
-        "notice": None}]
+        "note": None}]
 
 
 def test_admin_error_bodies_carry_the_request_id(make_app, requests_mock):

@@ -96,14 +96,14 @@ class ResourceStatus:
     def record(self) -> dict[str, t.Any]:
         """The status as JSON-ready keys: ``kind``, ``resource`` (ns/name), ``file``, ``line``,
         ``field`` (the field path the reason starts with, or None), ``reason``, ``state``
-        (ACCEPTED or REJECTED), ``notice`` and ``describe`` (the ``validate`` line)."""
+        (ACCEPTED or REJECTED), ``note`` and ``describe`` (the ``validate`` line)."""
         field, reason = None, self.error
         match = _FIELD.match(self.error or "")
         if match:
             field, reason = match.group("field"), match.group("reason")
         return {"kind": self.kind, "resource": f"{self.namespace}/{self.name}", "file": self.file,
                 "line": self.line, "field": field, "reason": reason,
-                "state": "ACCEPTED" if self.accepted else "REJECTED", "notice": self.notice,
+                "state": "ACCEPTED" if self.accepted else "REJECTED", "note": self.note,
                 "describe": self.describe()}
 
 

@@ -3,19 +3,19 @@ and :meth:`Node.done` to reject fields nobody read (oathkeeper's ``additionalPro
 
 **Typos first.** A node remembers every field name the parser asked for. An unknown field is
 reported as ``unknown field <name> (did you mean <nearest>?)``, the nearest being the asked-for
-name that ``difflib`` finds closest (or the camelCase spelling of a snake_case name, as Gloo's
-proto docs write ``remote_jwks`` for ``remoteJwks``). Any error a node raises is preceded by
+name :func:`~gateway_app.describe.nearest_name` finds (the camelCase spelling of a snake_case
+name, as Gloo's proto docs write ``remote_jwks`` for ``remoteJwks``, else ``difflib``'s closest). Any error a node raises is preceded by
 this check for the fields it has seen so far: an unknown field that looks like a missing one is
 the error reported, at its own line, not the "missing required field" it caused.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import typing as t
 
 from ..describe import describe_type
+from ..describe import nearest_name
 from ..errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -43,7 +43,8 @@ class Node:
     def error(self, field: str | None, message: str) -> ConfigError:
         """The error to raise for ``field`` (None: the node itself), unless an unknown field
         that looks like a typo of an absent one explains it: then that typo is the error."""
-        typo = self._typo()
+        reporting_unknown = field is not None and field in self.data and field not in self._asked
+        typo = None if reporting_unknown else self._typo()
         return typo if typo is not None else self._error(field, message)
 
     def _error(self, field: str | None, message: str) -> ConfigError:
@@ -59,7 +60,7 @@ class Node:
         """An unknown field whose nearest known name is a field that is absent."""
         absent = [name for name in self._asked if name not in self.data]
         for field in self._unknown():
-            nearest = nearest_name(field, absent)
+            nearest = nearest_name(field, absent, cutoff=_TYPO_CUTOFF)
             if nearest is not None:
                 return self._unknown_field(field, nearest)
         return None
@@ -182,20 +183,7 @@ class Node:
         return present[0]
 
 
-_TYPO_CUTOFF = 0.8
-
-
-def nearest_name(name: str, known: t.Iterable[str]) -> str | None:
-    """The known field ``name`` most likely misspells: its camelCase form when ``name`` is
-    snake_case (``remote_jwks`` -> ``remoteJwks``), else ``difflib``'s closest match
-    (similarity >= 0.8, case-insensitive), else None."""
-    known = list(known)
-    camel = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
-    if camel != name and camel in known:
-        return camel
-    by_lower = {k.lower(): k for k in known}
-    match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=_TYPO_CUTOFF)
-    return by_lower[match[0]] if match else None
+_TYPO_CUTOFF = 0.8          # stricter when the typo replaces another error (a missing field)
 
 
 def parse_duration(value: t.Any) -> float | None:
