@@ -6,9 +6,11 @@ Every value can be overridden with the ``GATEWAY_*`` env vars below or on the co
 
 Hooks (run by the gunicorn master unless said otherwise):
 
-* ``on_starting``: Prometheus multi-process mode. ``PROMETHEUS_MULTIPROC_DIR`` is created (a
-  fresh temporary directory when unset) and emptied of a previous run's files, before any
-  worker imports ``prometheus_client``.
+* ``on_starting``: the config is validated before any worker is forked: a broken one is
+  listed once (one line per rejected resource) and gunicorn exits with status 1, no traceback
+  (``gateway_app.startup.check_before_fork``). Then Prometheus multi-process mode:
+  ``PROMETHEUS_MULTIPROC_DIR`` is created (a fresh temporary directory when unset) and emptied
+  of a previous run's files, before any worker imports ``prometheus_client``.
 * ``post_worker_init`` (in each worker, after the app is built): ``SIGHUP`` sent to a worker
   reloads its config in place, validated first (``pkill -HUP -P <master pid>``); relayed
   answers keep the upstream's ``Date`` and ``Server`` (``gateway_app.server_response``).
@@ -70,6 +72,11 @@ preload_app = False
 accesslog = None            # the gateway writes its own access log (one line per request)
 errorlog = "-"
 loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+# GATEWAY_LOG_FORMAT=json: gunicorn's own lines are JSON too, in the gateway's format
+# (gateway_app.observability imports nothing heavy: safe in the master before the fork).
+from gateway_app.observability import gunicorn_logconfig  # noqa: E402
+
+logconfig_dict = gunicorn_logconfig(os.environ.get("GATEWAY_LOG_FORMAT", "plain"))
 
 
 _METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -77,7 +84,9 @@ _OWNED_DIR_ENV = "GATEWAY_OWNED_METRICS_DIR"   # set when this file created the 
 
 
 def on_starting(server):
-    """Prepare the multi-process metrics directory before the first worker is forked."""
+    """Check the config, then prepare the multi-process metrics directory, before the first worker is forked."""
+    from gateway_app.startup import check_before_fork
+    check_before_fork()
     directory = os.environ.get(_METRICS_DIR_ENV)
     if not directory:
         directory = tempfile.mkdtemp(prefix="gateway-metrics-")

@@ -149,6 +149,12 @@ EOF
 }
 
 main() {
+  # A broken config is listed once (one REJECTED line per resource) before anything starts.
+  if ! "$PYTHON" -m gateway_app validate --config-dir conf --rego-dir rego >"$DEMO_DIR/validate.log" 2>&1; then
+    echo "demo: the config in conf/ and rego/ is invalid; nothing was started:" >&2
+    grep -v ': ACCEPTED' "$DEMO_DIR/validate.log" >&2
+    exit 1
+  fi
   for port in "$IDP_PUBLIC_PORT" "$IDP_ADMIN_PORT" "$UPSTREAM_PORT" "$GATEWAY_PORT"; do
     if ! port_is_free "$port"; then
       echo "demo: port $port on 127.0.0.1 is already in use" >&2

@@ -3,7 +3,8 @@
 The package imports nothing itself: gunicorn's master imports :mod:`gateway_app.worker` (the
 worker class) before its ``on_starting`` hook prepares multi-process metrics, and
 ``prometheus_client`` must not be imported before that (:mod:`gateway_app.metrics`). The names
-below are loaded on first use (PEP 562).
+below are loaded on first use (PEP 562). The master also imports
+:mod:`gateway_app.observability` (log format) and :mod:`gateway_app.startup` (config check).
 """
 
 from __future__ import annotations

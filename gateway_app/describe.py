@@ -4,6 +4,7 @@ nearest known name for a misspelt one ("did you mean forwardHeaders?")."""
 from __future__ import annotations
 
 import difflib
+import re
 import typing as t
 
 
@@ -26,6 +27,19 @@ def describe_type(value: t.Any) -> str:
 
 
 def did_you_mean(name: str, known: t.Iterable[str]) -> str:
-    """`` (did you mean X?)`` when one known name is close to ``name`` (difflib ratio >= 0.6), else ""."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    """`` (did you mean X?)`` when :func:`nearest_name` finds one, else ""."""
+    close = nearest_name(name, known)
+    return f" (did you mean {close}?)" if close else ""
+
+
+def nearest_name(name: str, known: t.Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The known name ``name`` most likely misspells: its camelCase form when ``name`` is
+    snake_case (``remote_jwks`` -> ``remoteJwks``, as Gloo's proto docs spell fields), else
+    ``difflib``'s closest match (ratio >= ``cutoff``, case-insensitive), else None."""
+    known = list(known)
+    camel = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
+    if camel != name and camel in known:
+        return camel
+    by_lower = {k.lower(): k for k in known}
+    match = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=cutoff)
+    return by_lower[match[0]] if match else None

@@ -26,6 +26,7 @@ from .config.auth_configs import ValidatorRegistry
 from .config.build import BuildResult
 from .config.build import GatewayConfig
 from .config.build import build_config
+from .config.build import reload_record
 from .config.build import load_config
 from .errors import BadRequestError
 from .errors import GatewayError
@@ -38,6 +39,7 @@ from .metrics import REQUEST_METRICS
 from .metrics import observe_generation
 from .metrics import observe_reload
 from .observability import log_access
+from .observability import log_rejections
 from .observability import redact_input
 from .observability import request_id
 from .policy.engine import release_thread_engines
@@ -69,6 +71,7 @@ class Gateway:
         # worker boots differs from the snapshot, so the watcher's first check reloads it.
         self.loaded_fingerprint = tree_fingerprint(settings.config_dir, settings.rego_dir)
         self.config: GatewayConfig = self._first_config()
+        self.last_reload: dict[str, t.Any] | None = None     # the admin view's "last_reload"
 
     # -- config ------------------------------------------------------------------
     def _first_config(self) -> GatewayConfig:
@@ -97,9 +100,9 @@ class Gateway:
                                       self.config.generation + 1, self._body_limit)
             finally:
                 release_thread_engines()   # the building thread (the watcher) serves no requests
+            self.last_reload = reload_record(result)
             if result.config is None:
-                for status in result.errors:
-                    log.error("config reload rejected: %s", status.describe())
+                log_rejections(log, (status.record() for status in result.errors), "config reload rejected")
                 observe_reload(accepted=False)
                 return result
             _warm_up(result.config)        # new remote JWKS: fetched before they serve (or retried)
@@ -171,7 +174,8 @@ class Gateway:
             REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
             if decision:
                 decision["generation"] = config.generation
-            log_access(method=request.method, path=incoming.path if incoming else _sent_path(environ),
+            log_access(method=request.method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
+                       path=incoming.path if incoming else _sent_path(environ),
                        route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
                        auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
                        **decision)

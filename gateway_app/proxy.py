@@ -314,13 +314,20 @@ class Forwarder:
         :raises UpstreamError: the upstream could not be reached or broke the exchange.
         """
         payload, length = self._request_body(request, body)
-        headers = self._request_headers(request, target, add_headers, remove_headers)
+        request_target, headers = self.outgoing(request, target, path=path, add_headers=add_headers,
+                                                remove_headers=remove_headers)
         if length is not None:
             headers["Content-Length"] = str(length)
-        request_target = _request_target(target, request.path if path is None else path,
-                                         request.query_string)
         upstream = self._send(request.method, target, request_target, headers, payload)
         return _client_response(upstream, request.request_id, target.name)
+
+    def outgoing(self, request: IncomingRequest, target: UpstreamTarget, *, path: str | None = None,
+                 add_headers: t.Mapping[str, str] = _NO_HEADERS,
+                 remove_headers: t.Iterable[str] = ()) -> tuple[str, CaseInsensitiveDict[str]]:
+        """The URL and headers :meth:`forward` sends for ``request`` (without a body's length);
+        ``gateway-app explain`` shows them without sending."""
+        headers = self._request_headers(request, target, add_headers, remove_headers)
+        return _request_target(target, request.path if path is None else path, request.query_string), headers
 
     def close(self) -> None:
         """Close every thread's pooled connections (at shutdown, or between tests)."""

@@ -2,8 +2,9 @@
 
 Admin endpoints (``GATEWAY_ADMIN_PREFIX``, default ``/__gateway``): ``/health/live``,
 ``/health/ready`` (503 until the config is loaded and remote JWKS fetched; the body's
-``waiting_for`` lists what is missing) and ``/metrics``
-(Prometheus text format). They take precedence over routed traffic. Every other path
+``waiting_for`` lists what is missing), ``/metrics`` (Prometheus text format) and ``/config``
+(the running config, :mod:`gateway_app.admin`). They take precedence over routed traffic;
+their error bodies carry the request id. Every other path
 skips Flask's URL map and request context: :class:`GatewayDispatcher` hands it to
 :meth:`Gateway.respond`, which renders its own errors.
 """
@@ -14,11 +15,15 @@ import typing as t
 
 from flask import Flask
 from flask import Response
+from flask import g
 from flask import jsonify
+from flask import request
 from werkzeug.wrappers import Request
 
+from .admin import config_view
 from .gateway import Gateway
 from .metrics import exposition
+from .observability import request_id
 
 WSGIApp = t.Callable[[dict[str, t.Any], t.Callable[..., t.Any]], t.Iterable[bytes]]
 
@@ -58,7 +63,15 @@ def register_views(app: Flask, gateway: Gateway) -> None:
         body, content_type = exposition()
         return Response(body, content_type=content_type)
 
+    def running_config() -> Response:
+        return jsonify(config_view(gateway))
+
+    @app.before_request
+    def _request_id() -> None:          # error bodies of admin endpoints carry it (errors.py reads g)
+        g.request_id = request_id(request.headers.get("X-Request-Id"), gateway.settings.trust_request_id)
+
     app.add_url_rule(f"{prefix}/health/live", "health_live", live, methods=["GET"])
     app.add_url_rule(f"{prefix}/health/ready", "health_ready", ready, methods=["GET"])
     app.add_url_rule(f"{prefix}/metrics", "metrics", metrics, methods=["GET"])
+    app.add_url_rule(f"{prefix}/config", "running_config", running_config, methods=["GET"])
     app.wsgi_app = GatewayDispatcher(app.wsgi_app, gateway)  # type: ignore[method-assign]

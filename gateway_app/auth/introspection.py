@@ -296,6 +296,13 @@ class IntrospectionValidator:
         if settings.tls.insecure_skip_verify:
             log.warning("TLS verification disabled for %s", settings.introspection_url)
 
+    def state(self) -> dict[str, t.Any]:
+        """For the admin view (no URL path, no client secret): the IdP's ``host:port``, the
+        client id, and the token cache's size when it is in-process."""
+        size = len(self._cache) if hasattr(self._cache, "__len__") else None
+        return {"idp": self._metrics.idp, "client_id": self.settings.client_id, "token_cache_entries": size,
+                "token_cache": type(self._cache).__name__, "idp_calls": self.calls}
+
     def close(self) -> None:
         """Close the HTTP session if this validator created it."""
         if self._owns_session:

@@ -325,6 +325,10 @@ def start_daemon_thread(target: t.Callable[[], None], name: str) -> None:
     threading.Thread(target=target, name=name, daemon=True).start()
 
 
+def _key_ids(key_set: KeySet) -> list[str]:
+    return sorted({key.kid for key in key_set.keys if key.kid is not None})
+
+
 class StaticJwks:
     """An inline JWKS: always ready, never fetched."""
 
@@ -348,6 +352,9 @@ class StaticJwks:
 
     def close(self) -> None:
         return None
+    def state(self) -> dict[str, t.Any]:
+        """For the admin view: the inline keys' ids."""
+        return {"jwks": "inline", "key_ids": _key_ids(self._key_set)}
 
 
 class JwksCache:
@@ -379,6 +386,7 @@ class JwksCache:
         self._refresh_due = float("-inf")
         self._last_refetch = float("-inf")
         self._last_error = ""
+        self._fetched_at: float | None = None          # clock time of the last successful fetch
         self._metrics = IdpMetrics(url or issuer_url or "", "jwks")
         self._spawn = spawn
         self._retry_cap = min(refresh_interval, MAX_RETRY_INTERVAL)
@@ -390,6 +398,20 @@ class JwksCache:
     @property
     def source(self) -> str:
         return self.url or f"discovery at {self.issuer_url}"
+
+    def state(self) -> dict[str, t.Any]:
+        """For the admin view (no URLs, no key material): the IdP's ``host:port``, the key ids,
+        seconds since the last successful fetch, seconds until the next fetch or retry, and the
+        last fetch error."""
+        now = self._clock()
+        key_set = self._key_set
+        last_ok = self._fetched_at
+        return {"jwks": "remote", "idp": self._metrics.idp, "ready": key_set is not None,
+                "key_ids": _key_ids(key_set) if key_set is not None else [],
+                "last_fetch_seconds_ago": round(now - last_ok, 3) if last_ok is not None else None,
+                "next_fetch_in_seconds": round(max(0.0, self._refresh_due - now), 3)
+                if self._refresh_due != float("-inf") else 0.0,
+                "last_error": self._last_error.replace(self.url or "", self._metrics.idp) or None}
 
     def ready(self) -> bool:
         return self._key_set is not None
@@ -518,6 +540,7 @@ class JwksCache:
                 self._jwks_uri = None
             raise
         self._metrics.jwks_refresh(ok=True)
+        self._fetched_at = started
         self._key_set = key_set
         self._refresh_due = started + self.refresh_interval
         log.info("JWKS loaded from %s: %s", self._jwks_uri, key_set.summary())

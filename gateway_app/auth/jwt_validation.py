@@ -173,6 +173,11 @@ class JwtValidator:
     def close(self) -> None:
         """Stop the key source's background work (a reload no longer uses these settings)."""
         self.keys.close()
+    def state(self) -> dict[str, t.Any]:
+        """For the admin view: the key source's state and the verified-token cache's size."""
+        keys = getattr(self.keys, "state", None)
+        return {**(keys() if callable(keys) else {}), "issuer": self.settings.issuer,
+                "verified_cache_entries": len(self._verified)}
 
     def validate(self, token: str) -> TokenInfo:
         """Verify ``token`` and return its claims.

@@ -79,6 +79,12 @@ class StaleIfErrorValidator:
             self.stale_served += 1
         STALE_SERVED.inc()
 
+    def state(self) -> dict[str, t.Any]:
+        """For the admin view: the wrapped validator's state, the window and answers kept."""
+        inner = getattr(self.inner, "state", None)
+        return {**(inner() if callable(inner) else {}), "stale_if_error_seconds": self.window,
+                "stale_answers_entries": len(self._answers), "stale_served": self.stale_served}
+
     def close(self) -> None:
         """Nothing to release: ``inner`` is closed by whoever owns it."""
 

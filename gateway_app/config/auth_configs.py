@@ -104,7 +104,7 @@ class ValidatorRegistry:
 @dataclasses.dataclass
 class AuthBuildContext:
     secrets: SecretStore
-    modules: t.Callable[[Node], list[RegoModule]]      # resolves opaAuth.modules
+    modules: t.Callable[[Node, str], list[RegoModule]]      # resolves opaAuth.modules in a namespace
     validators: ValidatorRegistry
     used_validator_keys: set[t.Any] = dataclasses.field(default_factory=set)
     engines: dict[tuple[str, ...], PolicyEngine] = dataclasses.field(default_factory=dict)
@@ -151,7 +151,7 @@ def _parse_entry(entry: Node, index: int, namespace: str, ctx: AuthBuildContext)
     entry.done()
     if kind == "oauth2":
         return _parse_oauth2(node, index, name, namespace, ctx)
-    return _parse_opa(node, index, name, ctx)
+    return _parse_opa(node, index, name, namespace, ctx)
 
 
 def _parse_oauth2(node: Node, index: int, name: str, namespace: str, ctx: AuthBuildContext) -> OAuth2Step:
@@ -257,13 +257,13 @@ def _claim_headers(node: Node) -> tuple[ClaimHeader, ...]:
     return tuple(headers)
 
 
-def _parse_opa(node: Node, index: int, name: str, ctx: AuthBuildContext) -> OpaStep:
-    step = _opa_step(node, index, name, ctx, allow_shadow=True)
-    return step
+def _parse_opa(node: Node, index: int, name: str, namespace: str, ctx: AuthBuildContext) -> OpaStep:
+    return _opa_step(node, index, name, namespace, ctx, allow_shadow=True)
 
 
-def _opa_step(node: Node, index: int, name: str, ctx: AuthBuildContext, allow_shadow: bool) -> OpaStep:
-    modules = ctx.modules(node)
+def _opa_step(node: Node, index: int, name: str, namespace: str, ctx: AuthBuildContext,
+              allow_shadow: bool) -> OpaStep:
+    modules = ctx.modules(node, namespace)
     query = node.str("query", required=True)
     shadow_node = node.child("shadow") if allow_shadow else None
     node.raw("options")
@@ -276,5 +276,5 @@ def _opa_step(node: Node, index: int, name: str, ctx: AuthBuildContext, allow_sh
         engine.prepare(query)
     except Exception as e:  # ConfigError from the engine, re-raised with the field's location
         raise node.error("query", str(e)) from e
-    shadow = _opa_step(shadow_node, index, f"{name}.shadow", ctx, allow_shadow=False) if shadow_node else None
+    shadow = _opa_step(shadow_node, index, f"{name}.shadow", namespace, ctx, allow_shadow=False) if shadow_node else None
     return OpaStep(index=index, name=name, engine=engine, query=query, module_names=key, shadow=shadow)

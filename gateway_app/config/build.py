@@ -2,23 +2,27 @@
 
 Every resource gets a status, ``ACCEPTED`` or ``REJECTED: <reason>``; a config with any
 rejection is not served. Kinds: ``Secret``, ``Upstream``, ``ConfigMap`` (Rego modules in
-``data``), ``AuthConfig``, ``VirtualService``, ``RouteTable``, ``ExtAuthPolicy``,
-``ExtAuthServer`` (accepted; auth runs in-process), and Traefik's ``Middleware`` and
-``IngressRoute`` (:mod:`gateway_app.traefik`).
+``data``), ``AuthConfig``, ``VirtualService``, ``RouteTable``, ``ExtAuthPolicy``, Traefik's
+``Middleware`` and ``IngressRoute`` (:mod:`gateway_app.traefik`); and the :data:`NOTICE_KINDS`
+users copy from the Gloo guides, accepted with a one-line notice. References between
+resources resolve as :mod:`.refs` says.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import pathlib
+import re
+import time
 import typing as t
 
 from ..describe import did_you_mean
 from ..errors import ConfigError
 from ..errors import GatewayError
 from ..policy.engine import RegoModule
-from ..policy.engine import load_rego_directory
 from ..policy.engine import load_module
+from ..policy.engine import load_rego_modules
 from ..routing import Router
 from ..routing import VirtualHost
 from ..routing import domain_key
@@ -35,6 +39,8 @@ from .fields import Node
 from .loader import RawResource
 from .loader import config_files
 from .loader import load_file
+from .refs import RefTable
+from .refs import resolve_module
 from .route_tables import RouteTableCompiler
 from .secrets import SecretStore
 from .secrets import parse_secret
@@ -46,8 +52,17 @@ from .usage_plans import parse_settings
 from .usage_plans import parse_usage_plan
 from .vs_compiler import compile_virtual_service
 
-KINDS = ("Secret", "Upstream", "ConfigMap", "AuthConfig", "ExtAuthServer", "ExtAuthPolicy",
-         "VirtualService", "RouteTable", "UsagePlan", "UsagePlanSettings", "Middleware", "IngressRoute")
+_FIELD = re.compile(r"^(?P<field>[A-Za-z_][\w.\[\]-]*): (?P<reason>.*)$", re.DOTALL)
+
+# Kinds from the Gloo guides that configure what this gateway does not need: accepted, with a notice.
+NOTICE_KINDS = {
+    "ExtAuthServer": "not used: auth runs in-process",
+    "VirtualGateway": "not used: the gateway listens where gunicorn binds (--bind, GATEWAY_BIND)",
+    "Workspace": "not used: every resource in the config directory is served",
+    "WorkspaceSettings": "not used: every resource in the config directory is served",
+}
+KINDS = ("Secret", "Upstream", "ConfigMap", "AuthConfig", "ExtAuthPolicy", "VirtualService", "RouteTable",
+         "UsagePlan", "UsagePlanSettings", "Middleware", "IngressRoute", *NOTICE_KINDS)
 
 
 @dataclasses.dataclass
@@ -58,18 +73,38 @@ class ResourceStatus:
     file: str
     line: int | None = None
     error: str | None = None
-    note: str | None = None           # what an accepted resource has that is ignored
+    note: str | None = None           # what an accepted resource has that is ignored or not used
 
     @property
     def accepted(self) -> bool:
         return self.error is None
 
+    @property
+    def state(self) -> str:
+        """``ACCEPTED``, ``ACCEPTED (note: ...)`` or ``REJECTED: reason``."""
+        if not self.accepted:
+            return f"REJECTED: {self.error}"
+        return f"ACCEPTED (note: {self.note})" if self.note else "ACCEPTED"
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
     def describe(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        state = "ACCEPTED" if self.accepted else f"REJECTED: {self.error}"
-        if self.accepted and self.note:
-            state += f" (note: {self.note})"
-        return f"{self.kind} {self.namespace}/{self.name} ({where}): {state}"
+        return f"{self.kind} {self.namespace}/{self.name} ({self.where}): {self.state}"
+
+    def record(self) -> dict[str, t.Any]:
+        """The status as JSON-ready keys: ``kind``, ``resource`` (ns/name), ``file``, ``line``,
+        ``field`` (the field path the reason starts with, or None), ``reason``, ``state``
+        (ACCEPTED or REJECTED), ``note`` and ``describe`` (the ``validate`` line)."""
+        field, reason = None, self.error
+        match = _FIELD.match(self.error or "")
+        if match:
+            field, reason = match.group("field"), match.group("reason")
+        return {"kind": self.kind, "resource": f"{self.namespace}/{self.name}", "file": self.file,
+                "line": self.line, "field": field, "reason": reason,
+                "state": "ACCEPTED" if self.accepted else "REJECTED", "note": self.note,
+                "describe": self.describe()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +136,17 @@ class _Builder:
         self.statuses: list[ResourceStatus] = []
         self.status_by_key: dict[tuple[str, str, str], ResourceStatus] = {}
         self.by_kind: dict[str, list[RawResource]] = {kind: [] for kind in KINDS}
-        self.upstreams: dict[tuple[str, str], tuple[t.Any, ...]] = {}
+        self.upstreams: RefTable[tuple[t.Any, ...]] = RefTable("Upstream")
         self.rego_modules: dict[str, RegoModule] = {}
-        self.configmap_modules: dict[tuple[str, str], list[RegoModule]] = {}
-        self.auth_pipelines: dict[tuple[str, str], t.Any] = {}
-        self.middlewares: dict[tuple[str, str], t.Any] = {}
+        self.rego_rejected: dict[str, str] = {}
+        self.configmap_modules: RefTable[list[RegoModule]] = RefTable("ConfigMap")
+        self.auth_pipelines: RefTable[t.Any] = RefTable("AuthConfig")
+        self.middlewares: RefTable[t.Any] = RefTable("Middleware")
+        self.secret_rejections: dict[tuple[str, str], str] = {}
+        self.ref_tables: dict[str, dict[tuple[str, str], str]] = {
+            "Upstream": self.upstreams.rejected, "ConfigMap": self.configmap_modules.rejected,
+            "AuthConfig": self.auth_pipelines.rejected, "Middleware": self.middlewares.rejected,
+            "Secret": self.secret_rejections}
         self.secrets = SecretStore([])
         self.usage_plans = UsagePlans()
 
@@ -124,6 +165,9 @@ class _Builder:
             self._reject(resource, e)
         except GatewayError as e:
             status.error = str(e)
+        rejected = self.ref_tables.get(resource.kind)
+        if rejected is not None:                 # references to it name this reason (see .refs)
+            rejected[(resource.namespace, resource.name)] = status.error or "rejected"
         return None
 
     def _reject(self, resource: RawResource, error: ConfigError) -> None:
@@ -163,19 +207,26 @@ class _Builder:
                 self.by_kind[resource.kind].append(resource)
 
     def load_rego(self) -> None:
+        """Every module under the Rego directory; a broken one is rejected alone (file:line:column)."""
         try:
-            self.rego_modules = load_rego_directory(self.rego_dir)
+            loaded = load_rego_modules(self.rego_dir)
         except ConfigError as e:
-            file = e.where.partition(":")[0] if e.where else str(self.rego_dir)
-            self.statuses.append(ResourceStatus("RegoModule", "-", pathlib.Path(file).stem, file, e.line,
+            self.statuses.append(ResourceStatus("RegoModule", "-", self.rego_dir.name, str(self.rego_dir), None,
                                                 f"{e.where}: {e.detail}" if e.where else e.detail))
             return
-        for module in self.rego_modules.values():
-            self.statuses.append(ResourceStatus("RegoModule", "-", module.name, module.origin))
+        self.rego_modules = loaded.modules
+        for name, origin in loaded.origins.items():
+            error = loaded.rejected.get(name)
+            if error is None:
+                self.statuses.append(ResourceStatus("RegoModule", "-", name, origin))
+                continue
+            reason = f"{error.where}: {error.detail}" if error.where else error.detail
+            self.rego_rejected[name] = reason
+            self.statuses.append(ResourceStatus("RegoModule", "-", name, origin, error.line, reason))
 
     def build_simple_kinds(self) -> None:
         secrets = [self._guard(r, lambda r=r: parse_secret(r)) for r in self.by_kind["Secret"]]
-        self.secrets = SecretStore([s for s in secrets if s is not None])
+        self.secrets = SecretStore([s for s in secrets if s is not None], self.secret_rejections)
         for resource in self.by_kind["Upstream"]:
             targets = self._guard(resource, lambda r=resource: parse_upstream(r))
             if targets:
@@ -184,8 +235,9 @@ class _Builder:
             modules = self._guard(resource, lambda r=resource: self._configmap(r))
             if modules is not None:
                 self.configmap_modules[(resource.namespace, resource.name)] = modules
-        for resource in self.by_kind["ExtAuthServer"]:
-            self._status(resource)
+        for kind, notice in NOTICE_KINDS.items():
+            for resource in self.by_kind[kind]:
+                self._status(resource).note = notice
 
     def build_usage_plans(self) -> None:
         plans: dict[str, t.Any] = {}
@@ -225,25 +277,15 @@ class _Builder:
             raise node.error("data", "has no Rego module (a key ending in .rego, such as policy.rego)")
         return modules
 
-    def resolve_modules(self, node: Node) -> list[RegoModule]:
-        """``opaAuth.modules[{name, namespace}]``: a ConfigMap in conf/, else a module in rego/."""
+    def resolve_modules(self, node: Node, namespace: str) -> list[RegoModule]:
+        """``opaAuth.modules[{name, namespace}]`` of a resource in ``namespace`` (:func:`.refs.resolve_module`)."""
         refs = node.children("modules", required=True)
         if not refs:
             raise node.error("modules", "needs at least one module")
         modules: list[RegoModule] = []
         for ref in refs:
-            name = ref.str("name", required=True)
-            namespace = ref.str("namespace", default="default")
-            ref.done()
-            found = self.configmap_modules.get((namespace, name))
-            if found is not None:
-                modules.extend(found)
-                continue
-            module = self.rego_modules.get(f"{namespace}/{name}") or self.rego_modules.get(name)
-            if module is None:
-                raise ref.error("name", f"no ConfigMap {namespace}/{name} in the config and no module "
-                                        f"{name}.rego or {namespace}/{name}.rego in {self.rego_dir}")
-            modules.append(module)
+            modules.extend(resolve_module(ref, namespace, self.configmap_modules, self.rego_modules,
+                                          self.rego_rejected, str(self.rego_dir)))
         return modules
 
     def build_auth(self, ctx: AuthBuildContext) -> None:
@@ -334,6 +376,16 @@ def with_body_limit(vhost: VirtualHost, default: int | None) -> VirtualHost:
     routes = tuple(route if route.max_body_bytes is not None else dataclasses.replace(route, max_body_bytes=default)
                    for route in vhost.routes)
     return dataclasses.replace(vhost, routes=routes)
+def reload_record(result: BuildResult, now: t.Callable[[], float] = time.time) -> dict[str, t.Any]:
+    """What the admin view says of a reload: ``result`` (accepted/rejected), ``at`` (UTC ISO 8601),
+    ``generation`` and, when rejected, the ``rejected`` resources' records."""
+    at = datetime.datetime.fromtimestamp(now(), tz=datetime.timezone.utc).isoformat(timespec="milliseconds")
+    record: dict[str, t.Any] = {"result": "accepted" if result.config is not None else "rejected", "at": at,
+                                "generation": result.config.generation if result.config is not None else None}
+    if result.config is None:
+        record["rejected"] = [{k: v for k, v in status.record().items() if k != "describe"}
+                              for status in result.errors]
+    return record
 
 
 def _check_domains(vhosts: list[VirtualHost]) -> None:

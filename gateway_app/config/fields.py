@@ -1,5 +1,12 @@
 """A strict reader over one YAML mapping: typed getters, a field path in every error,
 and :meth:`Node.done` to reject fields nobody read (oathkeeper's ``additionalProperties: false``).
+
+**Typos first.** A node remembers every field name the parser asked for. An unknown field is
+reported as ``unknown field <name> (did you mean <nearest>?)``, the nearest being the asked-for
+name :func:`~gateway_app.describe.nearest_name` finds (the camelCase spelling of a snake_case
+name, as Gloo's proto docs write ``remote_jwks`` for ``remoteJwks``, else ``difflib``'s closest). Any error a node raises is preceded by
+this check for the fields it has seen so far: an unknown field that looks like a missing one is
+the error reported, at its own line, not the "missing required field" it caused.
 """
 
 from __future__ import annotations
@@ -8,6 +15,7 @@ import re
 import typing as t
 
 from ..describe import describe_type
+from ..describe import nearest_name
 from ..errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -29,35 +37,65 @@ class Node:
         self.where = where
         self.path = path
         self._read: set[str] = set()
+        self._asked: set[str] = set()
 
     # -- errors ---------------------------------------------------------------
     def error(self, field: str | None, message: str) -> ConfigError:
-        path = f"{self.path}.{field}" if field else self.path
+        """The error to raise for ``field`` (None: the node itself), unless an unknown field
+        that looks like a typo of an absent one explains it: then that typo is the error."""
+        reporting_unknown = field is not None and field in self.data and field not in self._asked
+        typo = None if reporting_unknown else self._typo()
+        return typo if typo is not None else self._error(field, message)
+
+    def _error(self, field: str | None, message: str) -> ConfigError:
+        path = self.field_path(field) if field else self.path
         lines = getattr(self.data, "key_lines", {})
         line = lines.get(field) if field else getattr(self.data, "line", None)
-        return ConfigError(f"{path}: {message}", where=self.where, line=line)
+        return ConfigError(f"{path}: {message}" if path else message, where=self.where, line=line)
+
+    def _unknown(self) -> list[str]:
+        return sorted(str(k) for k in self.data if k not in self._read and k not in self._asked)
+
+    def _typo(self) -> ConfigError | None:
+        """An unknown field whose nearest known name is a field that is absent."""
+        absent = [name for name in self._asked if name not in self.data]
+        for field in self._unknown():
+            nearest = nearest_name(field, absent, cutoff=_TYPO_CUTOFF)
+            if nearest is not None:
+                return self._unknown_field(field, nearest)
+        return None
+
+    def _unknown_field(self, field: str, nearest: str | None) -> ConfigError:
+        hint = f" (did you mean {nearest}?)" if nearest else ""
+        return self._error(field, f"unknown field {field}{hint}")
 
     def field_path(self, field: str) -> str:
-        return f"{self.path}.{field}"
+        return f"{self.path}.{field}" if self.path else field
 
     # -- presence -------------------------------------------------------------
     def has(self, field: str) -> bool:
+        self._asked.add(field)
         return field in self.data and self.data[field] is not None
 
     def raw(self, field: str, default: t.Any = None) -> t.Any:
         self._read.add(field)
+        self._asked.add(field)
         value = self.data.get(field)
         return default if value is None else value
 
     def done(self) -> None:
-        """Raise on any field that was present but not read."""
+        """Raise on any field that was present but not read, naming the nearest known field."""
+        typo = self._typo()
+        if typo is not None:
+            raise typo
         unknown = sorted(str(k) for k in self.data if k not in self._read)
         if unknown:
-            raise self.error(unknown[0], "unknown field")
+            raise self._unknown_field(unknown[0], nearest_name(unknown[0], sorted(self._asked - {unknown[0]})))
 
     # -- typed getters --------------------------------------------------------
     def _typed(self, field: str, types: tuple[type, ...], label: str, required: bool, default: t.Any) -> t.Any:
         self._read.add(field)
+        self._asked.add(field)
         if not self.has(field):
             if required:
                 raise self.error(None, f"missing required field '{field}'")
@@ -90,6 +128,7 @@ class Node:
     def duration(self, field: str, *, default: float | None = None, minimum: float = 0.0) -> t.Any:
         """Seconds from ``10``, ``1.5``, ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``."""
         self._read.add(field)
+        self._asked.add(field)
         if not self.has(field):
             return default
         value = self.data[field]
@@ -121,6 +160,7 @@ class Node:
 
     def child(self, field: str, *, required: bool = False) -> Node | None:
         self._read.add(field)
+        self._asked.add(field)
         if not self.has(field):
             if required:
                 raise self.error(None, f"missing required field '{field}'")
@@ -141,6 +181,9 @@ class Node:
                 raise self.error(None, f"one of {', '.join(fields)} is required")
             return None
         return present[0]
+
+
+_TYPO_CUTOFF = 0.8          # stricter when the typo replaces another error (a missing field)
 
 
 def parse_duration(value: t.Any) -> float | None:

@@ -9,6 +9,9 @@ import dataclasses
 from ..errors import ConfigError
 from .fields import Node
 from .loader import RawResource
+from .refs import RefTable
+from .refs import lookup
+from .refs import read_ref
 
 DEFAULT_SECRET_KEY = "client-secret"
 
@@ -68,22 +71,20 @@ def parse_secret(resource: RawResource) -> Secret:
 class SecretStore:
     """Secrets by namespace/name, resolving references from other resources."""
 
-    def __init__(self, secrets: list[Secret]) -> None:
-        self._secrets = {(s.namespace, s.name): s for s in secrets}
+    def __init__(self, secrets: list[Secret], rejected: dict[tuple[str, str], str] | None = None) -> None:
+        self._secrets: RefTable[Secret] = RefTable("Secret", {(s.namespace, s.name): s for s in secrets})
+        self._secrets.rejected.update(rejected or {})
 
     def resolve(self, ref: Node, default_namespace: str, key: str | None = None) -> SecretValue:
         """Read ``{name, namespace, key?}`` from ``ref`` and return the value.
 
         Without ``key``: ``client-secret`` if present, else the secret's only value.
-        :raises ConfigError: dangling reference or ambiguous key.
+        :raises ConfigError: dangling reference (see :mod:`.refs`) or ambiguous key.
         """
-        name = ref.str("name", required=True)
-        namespace = ref.str("namespace", default=default_namespace)
+        namespace, name = read_ref(ref, default_namespace)
         key = ref.str("key", default=key)
         ref.done()
-        secret = self._secrets.get((namespace, name))
-        if secret is None:
-            raise ref.error("name", f"Secret {namespace}/{name} not found")
+        secret = lookup(self._secrets, (namespace, name), ref)
         if key is None:
             if DEFAULT_SECRET_KEY in secret.values:
                 key = DEFAULT_SECRET_KEY

@@ -13,13 +13,13 @@ from ..routing import VirtualHost
 from ..transform import HeaderTransforms
 from .fields import Node
 from .loader import RawResource
+from .refs import resolve_ref
 from .upstreams import target_from_url
 from .virtual_services import parse_prefix_rewrite
 from .virtual_services import parse_transformations
 from .virtual_services import parse_vs_matcher
 
 Targets = tuple[t.Any, ...]
-T = t.TypeVar("T")
 CATCH_ALL = Matcher(paths=(PathMatcher("prefix", "/"),))
 
 
@@ -31,20 +31,6 @@ class RouteOptions:
     timeout: float | None
     max_body_bytes: int | None
     host_rewrite: str | None
-
-
-def resolve_ref(ref: Node, namespace: str, table: dict[tuple[str, str], T], kind: str) -> T:
-    """``{name, namespace}`` looked up in ``table``; the namespace defaults to the referrer's.
-
-    :raises ConfigError: a dangling reference, naming the field.
-    """
-    name = ref.str("name", required=True)
-    ref_namespace = ref.str("namespace", default=namespace)
-    ref.done()
-    found = table.get((ref_namespace, name))
-    if found is None:
-        raise ref.error("name", f"{kind} {ref_namespace}/{name} not found")
-    return found
 
 
 def resolve_upstream(node: Node, field: str, namespace: str, upstreams: dict[tuple[str, str], Targets]) -> Targets:

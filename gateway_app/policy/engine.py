@@ -129,11 +129,30 @@ class EngineMessage:
 
     def config_error(self, query: str | None = None) -> ConfigError:
         if self.file == _QUERY_FILE or (query is not None and not self.file):
-            column = f" (column {self.column})" if self.column else ""
-            return ConfigError(f"{self.text}{column}", where=f"Rego query {query!r}")
+            located = _query_syntax_error(query) if query is not None and self.column <= 1 else None
+            message = located or self
+            column = f" (column {message.column})" if message.column else ""
+            return ConfigError(f"{message.text}{column}", where=f"Rego query {query!r}")
         error = ConfigError(self.text, where=self.location)
         error.line = self.line or None  # for reports; the message already reads file:line:column
         return error
+
+
+def _query_syntax_error(query: str) -> EngineMessage | None:
+    """Where a query stops parsing. regorus reports query syntax errors at column 1 with an
+    empty "expecting"; parsed as the body of a rule, the same text gets its real column
+    (an error on the closing line means "at the end of the query"). None when it parses."""
+    lines = query.splitlines() or [""]
+    if len(lines) != 1:
+        return None
+    engine = regorus.Engine()
+    try:
+        engine.add_policy(_QUERY_FILE, f"package __query\n__query if {{\n{query}\n}}\n")
+    except RuntimeError as e:
+        message = EngineMessage.parse(e)
+        column = message.column if message.line == 3 else len(query) + 1
+        return EngineMessage(text=message.text, file=_QUERY_FILE, line=1, column=column)
+    return None
 
 
 def _first_line(text: str) -> str:
@@ -149,21 +168,79 @@ def load_rego_directory(rego_dir: pathlib.Path, *, include_tests: bool = False) 
     Test modules (``*_test.rego``) are read and parsed only with ``include_tests=True``; they
     are not evaluated at load (a test that errors is the test runner's to report).
 
-    :raises ConfigError: the directory is missing, a file is unreadable or does not compile.
+    :raises ConfigError: the directory is missing, or the first module that is unreadable or
+        does not compile (:func:`load_rego_modules` reports each one instead).
+    """
+    loaded = load_rego_modules(rego_dir, include_tests=include_tests)
+    if loaded.rejected:
+        raise next(iter(loaded.rejected.values()))
+    return loaded.modules
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModules:
+    """A Rego directory's modules by name: those that compile, and why each other one does not."""
+
+    modules: dict[str, RegoModule]
+    rejected: dict[str, ConfigError]
+    origins: dict[str, str]            # every module's file, by name
+
+
+def load_rego_modules(rego_dir: pathlib.Path, *, include_tests: bool = False) -> LoadedModules:
+    """Like :func:`load_rego_directory`, but one broken module breaks only itself.
+
+    Each file is parsed on its own; the modules that parse are then checked together, and a
+    module the check blames (by the file in the engine's message) is set aside and the check
+    repeated, so modules that import a broken one are rejected too, each with its own reason.
+
+    :raises ConfigError: the directory is missing.
     """
     rego_dir = pathlib.Path(rego_dir)
     if not rego_dir.is_dir():
         raise ConfigError("Rego directory not found", where=str(rego_dir))
     modules: dict[str, RegoModule] = {}
+    rejected: dict[str, ConfigError] = {}
+    origins: dict[str, str] = {}
     for path in sorted(rego_dir.rglob("*.rego")):
         relative = path.relative_to(rego_dir)
         if any(part.startswith(".") for part in relative.parts):
             continue                      # hidden folders, e.g. the kubelet's ..data in ConfigMap mounts
         name = relative.with_suffix("").as_posix()
-        if include_tests or not name.endswith(_TEST_SUFFIX):
+        if not include_tests and name.endswith(_TEST_SUFFIX):
+            continue
+        origins[name] = str(path)
+        try:
             modules[name] = load_module(name, _read_source(path), str(path))
-    check_modules(module for module in modules.values() if not module.is_test)
-    return modules
+        except ConfigError as e:
+            rejected[name] = e
+    _check_each(modules, rejected)
+    return LoadedModules(modules, rejected, origins)
+
+
+def _check_each(modules: dict[str, RegoModule], rejected: dict[str, ConfigError]) -> None:
+    """:func:`check_modules` on the runtime modules, moving each blamed module to ``rejected``."""
+    by_origin = {module.origin: name for name, module in modules.items()}
+    while True:
+        runtime = [module for module in modules.values() if not module.is_test]
+        try:
+            check_modules(runtime)
+            return
+        except ConfigError as e:
+            blamed = by_origin.get(e.where.rsplit(":", 2)[0]) if e.where else None
+            if blamed not in modules:
+                blamed = _failing_alone(runtime)
+            rejected[blamed] = e
+            del modules[blamed]
+
+
+def _failing_alone(modules: list[RegoModule]) -> str:
+    """The first module that fails the check on its own; else (a conflict between modules) the last."""
+    for module in modules:
+        try:
+            check_modules([module])
+        except ConfigError:
+            return module.name
+    return modules[-1].name
 
 
 def _read_source(path: pathlib.Path) -> str:

@@ -244,13 +244,20 @@ def _json_default(value: t.Any) -> t.Any:
 
 def add_subcommands(subparsers: t.Any) -> None:
     """Register ``test-rego`` and ``eval``; each sets ``func(args) -> exit code``."""
-    tester = subparsers.add_parser("test-rego", help="run the test_* rules of the Rego modules, like opa test")
-    tester.add_argument("--rego-dir", type=pathlib.Path, default=pathlib.Path("rego"))
+    tester = subparsers.add_parser("test-rego", help="run the test_* rules of the Rego modules, like opa test",
+                                   description="Evaluate every test_* rule of the modules under the Rego "
+                                               "directory (*_test.rego included); exit status 1 on any failure.")
+    tester.add_argument("--rego-dir", type=pathlib.Path, default=pathlib.Path("rego"), metavar="DIR",
+                        help="the Rego modules (default rego)")
     tester.add_argument("-v", "--verbose", action="store_true", help="show locations, timings and prints")
     tester.set_defaults(func=rego_tests_command)
 
-    evaluator = subparsers.add_parser("eval", help="evaluate a Rego query against one request and print the decision")
-    evaluator.add_argument("--rego-dir", type=pathlib.Path, default=pathlib.Path("rego"))
+    evaluator = subparsers.add_parser("eval", help="evaluate a Rego query against one request and print the decision",
+                                      description="Evaluate a query against an input document (--input) or one "
+                                                  "built from a request and token claims; print input, result and "
+                                                  "decision as JSON. Exit status 0 allowed, 1 denied, 2 unusable.")
+    evaluator.add_argument("--rego-dir", type=pathlib.Path, default=pathlib.Path("rego"), metavar="DIR",
+                           help="the Rego modules (default rego)")
     evaluator.add_argument("--query", required=True, help='e.g. "data.test.allow == true"')
     source = evaluator.add_mutually_exclusive_group()
     source.add_argument("--input", type=pathlib.Path, metavar="FILE", help="the input document (JSON or YAML)")
