@@ -45,6 +45,7 @@ from .usage_plans import duplicate_name
 from .usage_plans import parse_settings
 from .usage_plans import parse_usage_plan
 from .vs_compiler import compile_virtual_service
+from .vs_compiler import share_managed_headers
 
 KINDS = ("Secret", "Upstream", "ConfigMap", "AuthConfig", "ExtAuthServer", "ExtAuthPolicy",
          "VirtualService", "RouteTable", "UsagePlan", "UsagePlanSettings", "Middleware", "IngressRoute")
@@ -296,7 +297,7 @@ def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
     builder.build_usage_plans()
     ctx = AuthBuildContext(secrets=builder.secrets, modules=builder.resolve_modules, validators=builder.registry)
     builder.build_auth(ctx)
-    vhosts = builder.build_routes(ctx)
+    vhosts = share_managed_headers(builder.build_routes(ctx))
     if any(not s.accepted for s in builder.statuses):
         return BuildResult(None, builder.statuses)
     try:
