@@ -219,6 +219,16 @@ def test_seed_transformation_template_is_compiled_and_its_header_is_managed(rout
     assert "x-customer" in route.managed_headers
 
 
+def test_an_open_route_strips_every_header_any_route_of_the_config_sets(router):
+    """Red team F4: ``X-Customer: evil`` on an open route reached the upstream that a protected
+    route feeds ``X-Customer`` from the token's ``sub``."""
+    protected = route_for(router, "/")
+    for open_route in (route_for(router, "/status"), route_for(router, "/", host="other.test")):
+        assert open_route.auth is None
+        assert "x-customer" in open_route.managed_headers
+        assert open_route.managed_headers == protected.managed_headers
+
+
 def test_prefix_rewrite_replaces_the_matched_prefix(router):
     assert route_for(router, "/jwt/a", x_env="prod").upstream_path("/jwt/a") == "/anything/a"
 

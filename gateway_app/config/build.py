@@ -51,6 +51,7 @@ from .usage_plans import duplicate_name
 from .usage_plans import parse_settings
 from .usage_plans import parse_usage_plan
 from .vs_compiler import compile_virtual_service
+from .vs_compiler import share_managed_headers
 
 _FIELD = re.compile(r"^(?P<field>[A-Za-z_][\w.\[\]-]*): (?P<reason>.*)$", re.DOTALL)
 
@@ -344,7 +345,7 @@ def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
     builder.build_usage_plans()
     ctx = AuthBuildContext(secrets=builder.secrets, modules=builder.resolve_modules, validators=builder.registry)
     builder.build_auth(ctx)
-    vhosts = builder.build_routes(ctx)
+    vhosts = share_managed_headers(builder.build_routes(ctx))
     if any(not s.accepted for s in builder.statuses):
         return BuildResult(None, builder.statuses)
     vhosts = [with_body_limit(vhost, max_body_bytes) for vhost in vhosts]

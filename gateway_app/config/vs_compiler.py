@@ -91,6 +91,19 @@ def managed_headers(auth: AuthPipeline | None, transforms: HeaderTransforms | No
     return frozenset(names)
 
 
+def share_managed_headers(vhosts: t.Sequence[VirtualHost]) -> list[VirtualHost]:
+    """``vhosts`` with every route's ``managed_headers`` set to those of the whole config.
+
+    A header any route's auth or transformation writes (``claimsToHeaders``, ``forwardHeaders``,
+    a ``dynamic_metadata`` template, a Traefik OPA header) is one an upstream behind it trusts;
+    an open route to the same upstream must not let a client send it, so every route strips
+    them all. Computed once per config generation.
+    """
+    names = frozenset().union(*(route.managed_headers for vhost in vhosts for route in vhost.routes))
+    return [dataclasses.replace(vhost, routes=tuple(dataclasses.replace(route, managed_headers=names)
+                                                    for route in vhost.routes)) for vhost in vhosts]
+
+
 def compile_virtual_service(resource: RawResource, upstreams: dict[tuple[str, str], Targets],
                             pipelines: dict[tuple[str, str], AuthPipeline]) -> VirtualHost:
     spec = Node(resource.body.get("spec"), resource.where)

@@ -77,6 +77,7 @@ spec:
       accessTokenValidation:
         jwt: {localJwks: {inlineString: '%(jwks)s'}}
         tokenSource: {header: Authorization, headerAuthScheme: Bearer, query: access_token, cookie: session}
+        claimsToHeaders: [{claim: sub, header: x-customer}]
   - opaAuth:
       modules: [{name: echo, namespace: gloo-system}]
       query: data.echo.result
@@ -248,6 +249,18 @@ def test_path_escapes_that_are_not_utf8_or_are_control_characters_are_refused(st
     exchange = send(stack, target)
     assert (exchange.status, reason(exchange)) == (400, "path_invalid")
     assert exchange.forwarded == []
+
+
+def test_a_header_a_protected_route_sets_cannot_be_sent_through_an_open_route(stack):
+    """Red team F4: ``/admin`` sets ``X-Customer`` from ``sub``; ``/public/x`` on the same upstream
+    forwarded a client's ``X-Customer: evil``."""
+    exchange = send(stack, "/public/x", [("X-Customer", "evil")])
+    assert exchange.status == 200
+    [request] = exchange.forwarded
+    assert request.header_values("x-customer") == []
+    exchange = send(stack, "/admin", [bearer(ALICE), ("X-Customer", "evil")])
+    assert exchange.status == 200
+    assert exchange.forwarded[0].header_values("x-customer") == ["alice"]
 
 
 # -- 2. rewrites are checked again --------------------------------------------------------------
