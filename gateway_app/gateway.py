@@ -42,6 +42,8 @@ from .observability import log_access
 from .observability import redact
 from .observability import request_id
 from .proxy import Forwarder
+from .reload import Fingerprint
+from .reload import tree_fingerprint
 from .routing import Route
 from .settings import Settings
 from .usage_plans import UsagePlanEnforcer
@@ -60,13 +62,15 @@ class Gateway:
         self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None)
         self.usage_plans = UsagePlanEnforcer(build_limiter(settings), self.trusted_proxies.client_address)
         self._lock = threading.Lock()
-        self._generation = itertools.count(1)
         self._round_robin = itertools.count()
+        # Taken BEFORE the first load (which may wait for a remote JWKS): a file written while this
+        # worker boots differs from the snapshot, so the watcher's first check reloads it.
+        self.loaded_fingerprint = tree_fingerprint(settings.config_dir, settings.rego_dir)
         self.config: GatewayConfig = self._first_config()
 
     # -- config ------------------------------------------------------------------
     def _first_config(self) -> GatewayConfig:
-        config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, next(self._generation))
+        config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, 1)
         for validator in config.validators:
             warm_up = getattr(validator, "warm_up", None)
             if warm_up is not None:
@@ -74,11 +78,19 @@ class Gateway:
         observe_generation(config.generation)
         return config
 
-    def reload(self) -> BuildResult:
-        """Build a new generation; swap it in only if every resource is accepted."""
+    def reload(self, fingerprint: Fingerprint | None = None) -> BuildResult:
+        """Build a new generation; swap it in only if every resource is accepted.
+
+        The generation number is the current one plus one: a rejected reload consumes none.
+        ``fingerprint`` is the snapshot of the files taken before they were read; it becomes
+        :attr:`loaded_fingerprint` (also when rejected: the watcher waits for the next change).
+        """
         with self._lock:
+            if fingerprint is None:
+                fingerprint = tree_fingerprint(self.settings.config_dir, self.settings.rego_dir)
+            self.loaded_fingerprint = fingerprint
             result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
-                                  next(self._generation))
+                                  self.config.generation + 1)
             if result.config is None:
                 for status in result.errors:
                     log.error("config reload rejected: %s", status.describe())

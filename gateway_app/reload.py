@@ -1,7 +1,11 @@
 """Hot reload: watch conf/ and rego/ and swap in a new config generation when they change.
 
 Each worker polls file names, sizes and mtimes every ``GATEWAY_RELOAD_INTERVAL`` seconds
-(0 turns polling off). A changed tree is validated as a whole; a rejected change is logged
+(0 turns polling off) and compares them with the snapshot taken *before* its config was
+last read (:attr:`Gateway.loaded_fingerprint`): a file written while a worker boots (say,
+while it waits for a remote JWKS) or while a reload builds is picked up by the next poll.
+Every worker boot takes its own snapshot, including workers gunicorn starts after
+``max_requests`` or a crash. A changed tree is validated as a whole; a rejected change is logged
 and the last good config keeps serving. In-flight requests keep the generation they started
 with (:meth:`Gateway.handle` reads ``gateway.config`` once).
 
@@ -28,7 +32,11 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("gateway_app.reload")
 
 
-def tree_fingerprint(*roots: pathlib.Path) -> tuple[tuple[str, int, int], ...]:
+Fingerprint = t.Tuple[t.Tuple[str, int, int], ...]
+
+
+def tree_fingerprint(*roots: pathlib.Path) -> Fingerprint:
+    """``(path, mtime_ns, size)`` of every ``.yaml``/``.yml``/``.rego`` file under ``roots``, sorted."""
     entries = []
     for root in roots:
         if not root.is_dir():
@@ -50,17 +58,19 @@ class Watcher:
         self.gateway = gateway
         self.interval = gateway.settings.reload_interval if poll else 0.0
         self.roots = (gateway.settings.config_dir, gateway.settings.rego_dir)
-        self.fingerprint = tree_fingerprint(*self.roots)
         self._stop = threading.Event()
         self._wake = threading.Event()
 
     def check(self, force: bool = False) -> bool:
-        """Reload if the files changed (or ``force``); True when a new generation was swapped in."""
+        """Reload if the files changed (or ``force``); True when a new generation was swapped in.
+
+        Compares with the snapshot the gateway took *before* it last read the files, so a
+        change written while a config was being built (first boot included) is never missed.
+        """
         current = tree_fingerprint(*self.roots)
-        if current == self.fingerprint and not force:
+        if current == self.gateway.loaded_fingerprint and not force:
             return False
-        self.fingerprint = current
-        return self.gateway.reload().config is not None
+        return self.gateway.reload(current).config is not None
 
     def request_reload(self) -> None:
         """Ask the watcher thread for a forced reload; safe to call from a signal handler."""

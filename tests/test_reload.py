@@ -138,6 +138,52 @@ def test_a_fixed_policy_after_a_broken_one_is_loaded(policy_app, tmp_path):
     assert status_of(policy_app) == 403
 
 
+def test_a_fixed_policy_after_a_broken_one_gets_the_next_generation_number(policy_app, tmp_path):
+    gateway = policy_app.extensions["gateway"]
+    watcher = Watcher(gateway)
+    write(tmp_path / "rego" / "gate.rego", BROKEN)
+    assert watcher.check() is False
+    assert gateway.config.generation == 1
+
+    write(tmp_path / "rego" / "gate.rego", DENY)
+
+    assert watcher.check() is True
+    assert gateway.config.generation == 2, "a rejected reload consumes no generation number"
+
+
+JWKS_URL = "http://jwks-reload.test/.well-known/jwks.json"
+JWT_AUTH_YAML = """
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: checks, namespace: default}
+spec:
+  configs:
+  - oauth2:
+      accessTokenValidation:
+        jwt:
+          remoteJwks: {url: %s}
+""" % JWKS_URL
+
+
+def test_a_file_written_while_the_first_config_loads_is_picked_up_by_the_first_check(
+        make_app, requests_mock, tmp_path):
+    from tests.keys import public_jwk
+    from tests.keys import rsa_key
+
+    def jwks_written_during_fetch(request, context):
+        write(tmp_path / "rego" / "gate.rego", DENY)      # written while the worker boots
+        return {"keys": [public_jwk(rsa_key(), kid="k1", alg="RS256")]}
+
+    requests_mock.get(JWKS_URL, json=jwks_written_during_fetch)
+    app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_YAML, "auth.yaml": JWT_AUTH_YAML},
+                   rego={"gate.rego": ALLOW})
+    gateway = app.extensions["gateway"]
+    assert gateway.ready()
+
+    assert Watcher(gateway).check() is True
+    assert gateway.config.generation == 2
+
+
 def _token_app(make_app, requests_mock, url: str = IDP):
     requests_mock.get(f"{UPSTREAM}/resource", json={"ok": True})
     conf = {"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_YAML,

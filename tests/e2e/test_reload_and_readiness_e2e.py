@@ -1,0 +1,159 @@
+"""Reload and readiness through real gunicorn: changes written during a worker's boot, a JWKS
+endpoint that is down at start and comes back, reloads followed by a clean stop.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import threading
+import time
+import typing as t
+
+import pytest
+import requests
+
+from tests.keys import public_jwk
+from tests.keys import rsa_key
+from tests.support.jwks_server import JwksServer
+from tests.support.servers import ServerProcess
+from tests.support.servers import gateway_server
+from tests.support.servers import render_config
+
+ROUTES = """\
+apiVersion: gloo.solo.io/v1
+kind: Upstream
+metadata: {name: httpbin, namespace: gloo-system}
+spec:
+  static:
+    hosts: [{addr: 127.0.0.1, port: {UPSTREAM_PORT}}]
+---
+apiVersion: networking.gloo.solo.io/v2
+kind: RouteTable
+metadata: {name: petstore-rt, namespace: gloo-mesh-gateways}
+spec:
+  hosts: ['*']
+  portalMetadata: {apiProductId: petstore}
+  http:
+  - name: pets-api
+    labels: {LABELS}
+    matchers: [{uri: {prefix: /petstore}}]
+    forwardTo:
+      pathRewrite: /anything/petstore
+      destinations: [{ref: {name: httpbin, namespace: gloo-system}, kind: UPSTREAM}]
+  - name: jwks-api
+    labels: {usagePlans: jwks}
+    matchers: [{uri: {prefix: /tracks}}]
+    forwardTo:
+      pathRewrite: /anything/tracks
+      destinations: [{ref: {name: httpbin, namespace: gloo-system}, kind: UPSTREAM}]
+---
+apiVersion: security.policy.gloo.solo.io/v2
+kind: ExtAuthPolicy
+metadata: {name: oauth-okta, namespace: gloo-system}
+spec:
+  applyToRoutes:
+  - route:
+      labels: {usagePlans: jwks}
+  - route:
+      labels: {usagePlans: dev-portal}
+  config:
+    glooAuth:
+      configs:
+      - oauth2:
+          accessTokenValidation:
+            jwt:
+              remoteJwks:
+                url: {JWKS_URL}
+                refreshInterval: {REFRESH}
+"""
+OPEN = "{}"
+MAX_REQUESTS = 60
+PROTECTED = "{usagePlans: dev-portal}"
+
+
+def _config(tmp_path: pathlib.Path, upstream: ServerProcess, jwks: JwksServer, labels: str,
+            refresh: str = "5m") -> pathlib.Path:
+    (tmp_path / "rego").mkdir(exist_ok=True)
+    return render_config(ROUTES, tmp_path / "conf", filename="routes.yaml", UPSTREAM_PORT=upstream.port,
+                         JWKS_URL=jwks.url, LABELS=labels, REFRESH=refresh)
+
+
+def _jwks() -> dict[str, t.Any]:
+    return {"keys": [public_jwk(rsa_key(), kid="ops-1", alg="RS256")]}
+
+
+def _fresh(http: requests.Session, url: str) -> int:
+    """A request on a new connection, so that the kernel spreads them over the workers.
+
+    Connection errors are retried: with ``reuse_port`` a worker that exits (``max_requests``)
+    resets the connections still queued on its own listening socket, and while every worker
+    is being replaced nothing listens.
+    """
+    for _ in range(100):
+        try:
+            return http.get(url, headers={"Connection": "close"}, timeout=10).status_code
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    return http.get(url, headers={"Connection": "close"}, timeout=10).status_code
+
+
+def _protected(statuses: list[int], count: int) -> bool:
+    return len(statuses) == count and set(statuses) <= {401, 403}
+
+
+def _wait(condition: t.Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_label_written_while_workers_wait_for_the_jwks_protects_the_route_on_every_worker(
+        tmp_path, httpbin, http):
+    """Issue 13 item 1: the file-change snapshot is taken before the first config load."""
+    with JwksServer(_jwks(), delay=3.0) as idp:
+        conf = _config(tmp_path, httpbin, idp, OPEN)
+        gateway = gateway_server(tmp_path, conf, tmp_path / "rego", workers=2,
+                                 env={"GATEWAY_RELOAD_INTERVAL": "0.2"})
+        booting = threading.Thread(target=gateway.start)
+        booting.start()
+        try:
+            # Both workers are inside their first load, waiting for the slow JWKS.
+            assert _wait(lambda: idp.fetches >= 2, timeout=30), "the workers never fetched the JWKS"
+            _config(tmp_path, httpbin, idp, PROTECTED)
+            booting.join()
+            assert gateway.running()
+            url = f"{gateway.url}/petstore/pets"
+            # Each worker polls on its own: once both reloaded, no request is let through.
+            assert _wait(lambda: all(_fresh(http, url) in (401, 403) for _ in range(20)), timeout=15)
+            statuses = [_fresh(http, url) for _ in range(30)]
+            assert set(statuses) <= {401, 403}, statuses
+        finally:
+            booting.join()
+            gateway.stop()
+
+
+def test_a_label_written_while_a_recycled_worker_boots_protects_the_route_on_it(tmp_path, httpbin, http):
+    """Issue 13 item 1: workers gunicorn starts after ``max_requests`` take their own snapshot."""
+    with JwksServer(_jwks()) as idp:
+        conf = _config(tmp_path, httpbin, idp, OPEN)
+        env = {"GATEWAY_RELOAD_INTERVAL": "0.2", "GATEWAY_MAX_REQUESTS": str(MAX_REQUESTS),
+               "GATEWAY_MAX_REQUESTS_JITTER": "0"}
+        with gateway_server(tmp_path, conf, tmp_path / "rego", workers=2, env=env) as gateway:
+            url = f"{gateway.url}/petstore/pets"
+            booted = idp.fetches
+            idp.delay = 3.0
+            assert _wait(lambda: _fresh(http, url) == 200 and idp.fetches > booted, timeout=30), \
+                "no worker was recycled"
+            _config(tmp_path, httpbin, idp, PROTECTED)      # while the new worker waits for the JWKS
+            idp.delay = 0.0
+            # Fewer requests than MAX_REQUESTS: the worker(s) that booted during the write serve
+            # them without being replaced again (a replacement would read the new file anyway).
+            statuses: list[int] = []
+            while len(statuses) < MAX_REQUESTS // 2 and not _protected(statuses[-12:], 12):
+                statuses.append(_fresh(http, url))
+            assert _protected(statuses[-12:], 12), statuses
