@@ -41,6 +41,7 @@ from .metrics import observe_reload
 from .observability import log_access
 from .observability import redact
 from .observability import request_id
+from .policy.engine import release_thread_engines
 from .proxy import Forwarder
 from .reload import Fingerprint
 from .reload import tree_fingerprint
@@ -70,7 +71,10 @@ class Gateway:
 
     # -- config ------------------------------------------------------------------
     def _first_config(self) -> GatewayConfig:
-        config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, 1)
+        try:
+            config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, 1)
+        finally:
+            release_thread_engines()       # the engines built to check policies, on this thread
         for validator in config.validators:
             warm_up = getattr(validator, "warm_up", None)
             if warm_up is not None:
@@ -89,8 +93,11 @@ class Gateway:
             if fingerprint is None:
                 fingerprint = tree_fingerprint(self.settings.config_dir, self.settings.rego_dir)
             self.loaded_fingerprint = fingerprint
-            result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
-                                  self.config.generation + 1)
+            try:
+                result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
+                                      self.config.generation + 1)
+            finally:
+                release_thread_engines()   # the building thread (the watcher) serves no requests
             if result.config is None:
                 for status in result.errors:
                     log.error("config reload rejected: %s", status.describe())

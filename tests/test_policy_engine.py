@@ -281,7 +281,7 @@ def test_engine_panic_becomes_a_policy_error_and_the_engine_is_rebuilt():
     owner.start()
     while not handed_over:
         time.sleep(0.001)
-    engine_module._thread_engines()[policy._key] = (weakref.ref(policy), handed_over.pop())
+    engine_module._thread_engines().engines[policy._key] = (weakref.ref(policy), handed_over.pop())
 
     with pytest.raises(PolicyError) as caught:
         policy.evaluate("data.gloo.allow", {"user": "alice"})
@@ -293,6 +293,45 @@ def test_engine_panic_becomes_a_policy_error_and_the_engine_is_rebuilt():
     owner.join()
 
     assert (cause_name, reason) == ("PanicException", "policy_error")
+    assert policy.evaluate("data.gloo.allow", {"user": "alice"}) is True
+
+
+def test_an_old_generations_engine_is_dropped_by_its_own_thread_at_its_next_evaluation():
+    old = engine_for(V0_POLICY, queries=("data.gloo.allow",))
+    new = engine_for(V0_POLICY, queries=("data.gloo.allow",))
+    old_key = old._key
+    held: list[list[int]] = []
+    step = threading.Event()
+    proceed = threading.Event()
+
+    def serve() -> None:
+        old.evaluate("data.gloo.allow", {"user": "alice"})
+        held.append(list(engine_module._thread_engines().engines))
+        step.set()
+        proceed.wait(5)
+        new.evaluate("data.gloo.allow", {"user": "alice"})     # the next request, new generation
+        held.append(list(engine_module._thread_engines().engines))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    assert step.wait(5)
+    del old                       # the old generation goes away on this (another) thread
+    gc.collect()
+    proceed.set()
+    thread.join()
+
+    assert old_key in held[0]
+    assert held[1] == [new._key]
+
+
+def test_release_thread_engines_drops_the_calling_threads_engines():
+    policy = engine_for(V0_POLICY, queries=("data.gloo.allow",))
+    policy.evaluate("data.gloo.allow", {"user": "alice"})
+    assert engine_module._thread_engines().engines
+
+    engine_module.release_thread_engines()
+
+    assert not engine_module._thread_engines().engines
     assert policy.evaluate("data.gloo.allow", {"user": "alice"}) is True
 
 
@@ -350,12 +389,12 @@ def test_dropping_an_engine_used_by_a_live_thread_leaks_nothing_and_does_not_rai
 
     def work() -> None:
         policy_ref().evaluate("data.gloo.allow", {"user": "alice"})
-        registry_sizes.append(len(engine_module._thread_engines()))
+        registry_sizes.append(len(engine_module._thread_engines().engines))
         evaluated.set()
         dropped.wait(5)
         replacement = engine_for(V1_POLICY)
         replacement.evaluate("data.modern.allow", {"user": "alice"})
-        registry_sizes.append(len(engine_module._thread_engines()))
+        registry_sizes.append(len(engine_module._thread_engines().engines))
 
     worker = threading.Thread(target=work)
     worker.start()

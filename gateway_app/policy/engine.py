@@ -21,8 +21,11 @@ failure is a :class:`~gateway_app.errors.ConfigError` whose ``where`` is ``file:
 (``pyo3_runtime.PanicException``, a ``BaseException``), and dropping it on another thread
 leaks it with an unraisable ``RuntimeError``. Engines therefore live in a per-thread registry
 that outlives any :class:`PolicyEngine`; an engine is built lazily in the thread that uses it
-and dropped in that same thread, either when the thread ends or when the thread next builds an
-engine after its :class:`PolicyEngine` is gone (config reload).
+and dropped in that same thread: when the thread ends (its thread-local goes with it), on the
+thread's next evaluation after its :class:`PolicyEngine` was collected (an old config
+generation: collection only bumps a counter, the thread drops its own engines), or by
+:func:`release_thread_engines`, which the gateway calls on the thread that built a config
+(the reload watcher is a daemon thread that would never end on its own).
 
 **Cost.** An evaluation is ``set_input(dict)`` plus one query: for the seed policy about 16 µs
 with the query ``data.test.allow`` and 26 µs with ``data.test.allow == true``.
@@ -259,20 +262,60 @@ def _evaluate_packages(engine: t.Any, packages: t.Iterable[str]) -> None:
 
 _thread_local = threading.local()
 _engine_keys = itertools.count(1)
+_released_lock = threading.Lock()
+_released = 0            # PolicyEngines garbage-collected so far, on any thread
 
 
-def _thread_engines() -> dict[int, tuple[weakref.ref[PolicyEngine], t.Any]]:
-    """This thread's regorus engines, by :class:`PolicyEngine` key."""
-    engines = getattr(_thread_local, "engines", None)
-    if engines is None:
-        engines = _thread_local.engines = {}
-    return engines
+class _ThreadEngines:
+    """One thread's regorus engines, by :class:`PolicyEngine` key.
+
+    ``seen`` is the value of :data:`_released` when this thread last dropped its orphans: a
+    thread looks for orphans (engines whose PolicyEngine is gone, i.e. an old config
+    generation) only when another PolicyEngine was released since, so a request pays one
+    integer comparison.
+    """
+
+    __slots__ = ("engines", "seen")
+
+    def __init__(self) -> None:
+        self.engines: dict[int, tuple[weakref.ref[PolicyEngine], t.Any]] = {}
+        self.seen = -1
+
+    def drop_orphans(self) -> None:
+        """Drop, on this thread, the engines whose PolicyEngine is gone."""
+        self.seen = _released
+        for key in [key for key, (owner, _) in self.engines.items() if owner() is None]:
+            del self.engines[key]
 
 
-def _drop_orphans(engines: dict[int, tuple[weakref.ref[PolicyEngine], t.Any]]) -> None:
-    """Drop, in their own thread, engines whose PolicyEngine is gone."""
-    for key in [key for key, (owner, _) in engines.items() if owner() is None]:
-        del engines[key]
+def _thread_engines() -> _ThreadEngines:
+    """This thread's engines; dropped with the thread-local on this thread when it ends."""
+    slots = getattr(_thread_local, "slots", None)
+    if slots is None:
+        slots = _thread_local.slots = _ThreadEngines()
+    if slots.seen != _released:
+        slots.drop_orphans()
+    return slots
+
+
+def _note_released() -> None:
+    """A PolicyEngine was collected (any thread): only a counter changes, no engine is touched."""
+    global _released
+    with _released_lock:
+        _released += 1
+
+
+def release_thread_engines() -> None:
+    """Drop every regorus engine the calling thread holds, on this thread.
+
+    For threads that build configs but serve no requests (the main thread at boot, the
+    reload watcher, a daemon thread): an engine left in such a thread would otherwise be
+    dropped at interpreter exit by another thread, which regorus reports as
+    ``RuntimeError: regoruspy::Engine is unsendable, but is being dropped on another thread``.
+    """
+    slots = getattr(_thread_local, "slots", None)
+    if slots is not None:
+        slots.engines.clear()
 
 
 class PolicyEngine:
@@ -288,6 +331,7 @@ class PolicyEngine:
         self.modules = _resolved(modules)
         self._data = _plain_data(data)
         self._key = next(_engine_keys)
+        weakref.finalize(self, _note_released).atexit = False
         self._plans: dict[str, _QueryPlan] = {}
         self._module_input_shape = input_shape(m.source for m in self.modules)
         engine, packages = build_engine(self.modules, self._data)
@@ -371,8 +415,7 @@ class PolicyEngine:
         return self._plans[query]
 
     def _engine(self) -> t.Any:
-        engines = _thread_engines()
-        entry = engines.get(self._key)
+        entry = _thread_engines().engines.get(self._key)
         if entry is not None:
             return entry[1]
         engine, _ = build_engine(self.modules, self._data)
@@ -380,12 +423,10 @@ class PolicyEngine:
         return engine
 
     def _register(self, engine: t.Any) -> None:
-        engines = _thread_engines()
-        _drop_orphans(engines)
-        engines[self._key] = (weakref.ref(self), engine)
+        _thread_engines().engines[self._key] = (weakref.ref(self), engine)
 
     def _discard_engine(self) -> None:
-        _thread_engines().pop(self._key, None)
+        _thread_engines().engines.pop(self._key, None)
 
 
 @dataclasses.dataclass(frozen=True)

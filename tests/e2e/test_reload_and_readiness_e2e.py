@@ -157,3 +157,68 @@ def test_a_label_written_while_a_recycled_worker_boots_protects_the_route_on_it(
             while len(statuses) < MAX_REQUESTS // 2 and not _protected(statuses[-12:], 12):
                 statuses.append(_fresh(http, url))
             assert _protected(statuses[-12:], 12), statuses
+
+
+POLICY_ROUTES = """\
+apiVersion: gloo.solo.io/v1
+kind: Upstream
+metadata: {name: httpbin, namespace: default}
+spec:
+  static:
+    hosts: [{addr: 127.0.0.1, port: {UPSTREAM_PORT}}]
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: gate, namespace: default}
+spec:
+  configs:
+  - opaAuth:
+      modules: [{name: gate}]
+      query: "data.gate.allow == true"
+---
+apiVersion: gateway.solo.io/v1
+kind: VirtualService
+metadata: {name: gated, namespace: default}
+spec:
+  virtualHost:
+    domains: ['*']
+    routes:
+    - matchers: [{prefix: /}]
+      routeAction: {single: {upstream: {name: httpbin, namespace: default}}}
+      options: {extauth: {configRef: {name: gate, namespace: default}}}
+"""
+ALLOW = 'package gate\n\ndefault allow = false\n\nallow {\n    input.attributes.request.http.method == "GET"\n}\n'
+DENY = "package gate\n\ndefault allow = false\n"
+
+
+def _worker_pids(master_pid: int) -> list[int]:
+    children = pathlib.Path(f"/proc/{master_pid}/task/{master_pid}/children")
+    return [int(pid) for pid in children.read_text().split()]
+
+
+@pytest.mark.parametrize("reload_by", ["sighup", "file_change"])
+def test_stopping_workers_after_reloads_drops_every_engine_on_its_own_thread(tmp_path, httpbin, http, reload_by):
+    """Issue 13 item 3: no "Engine is unsendable, but is being dropped on another thread"."""
+    conf = render_config(POLICY_ROUTES, tmp_path / "conf", UPSTREAM_PORT=httpbin.port)
+    rego = tmp_path / "rego"
+    rego.mkdir()
+    (rego / "gate.rego").write_text(ALLOW)
+    gateway = gateway_server(tmp_path, conf, rego, workers=2, env={"GATEWAY_RELOAD_INTERVAL": "0.2"})
+    with gateway:
+        url = f"{gateway.url}/anything/x"
+        assert {_fresh(http, url) for _ in range(10)} == {200}
+        for round_, policy in enumerate([DENY, ALLOW, DENY, ALLOW], start=2):
+            if reload_by == "sighup":
+                for pid in _worker_pids(gateway.process.pid):
+                    os.kill(pid, signal.SIGHUP)
+            else:
+                (rego / "gate.rego").write_text(policy)
+            expected = 200 if policy == ALLOW else 403
+            assert _wait(lambda: gateway.log_text().count(f"config generation {round_} loaded") >= 2, timeout=20)
+            statuses = [_fresh(http, url) for _ in range(10)]   # every pool thread may build an engine
+            if reload_by == "file_change":
+                assert set(statuses) == {expected}, statuses
+    assert gateway.process.returncode == 0
+    log = gateway.log_text()
+    assert "Worker exiting" in log
+    assert "unsendable" not in log and "panicked" not in log, log[-3000:]
