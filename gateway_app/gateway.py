@@ -75,10 +75,7 @@ class Gateway:
             config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, 1)
         finally:
             release_thread_engines()       # the engines built to check policies, on this thread
-        for validator in config.validators:
-            warm_up = getattr(validator, "warm_up", None)
-            if warm_up is not None:
-                warm_up()
+        _warm_up(config)
         observe_generation(config.generation)
         return config
 
@@ -103,13 +100,25 @@ class Gateway:
                     log.error("config reload rejected: %s", status.describe())
                 observe_reload(accepted=False)
                 return result
+            _warm_up(result.config)        # new remote JWKS: fetched before they serve (or retried)
             self.config = result.config
             observe_reload(accepted=True, generation=result.config.generation)
             log.info("config generation %d loaded", result.config.generation)
             return result
 
     def ready(self) -> bool:
-        return all(getattr(v, "ready", lambda: True)() for v in self.config.validators)
+        """Whether every route can be served: each remote JWKS was fetched at least once."""
+        return not self.waiting_for()
+
+    def waiting_for(self) -> list[str]:
+        """What readiness waits for, one line per auth config and key source, without URLs:
+        ``"jwks: gloo-system/oauth-okta not fetched: JWKS fetch answered HTTP 503"``."""
+        waiting: list[str] = []
+        for auth_name, validator in _validators_by_auth_config(self.config):
+            reason = getattr(validator, "not_ready_reason", lambda: None)()
+            if reason:
+                waiting.append(f"jwks: {auth_name} {reason}")
+        return waiting
 
     # -- requests ----------------------------------------------------------------
     def respond(self, request: Request) -> Response:
@@ -250,6 +259,28 @@ class Gateway:
         if query_string == incoming.query_string:
             return incoming
         return dataclasses.replace(incoming, query_string=query_string)
+
+
+def _warm_up(config: GatewayConfig) -> None:
+    """Fetch what validators need before serving (remote JWKS); failures retry in the background."""
+    for validator in config.validators:
+        warm_up = getattr(validator, "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+
+
+def _validators_by_auth_config(config: GatewayConfig) -> list[tuple[str, t.Any]]:
+    """``(auth config name, validator)`` for every token-validating step of every route, once each."""
+    pairs: dict[tuple[str, int], tuple[str, t.Any]] = {}
+    for vhost in config.router.virtual_hosts:
+        for route in vhost.routes:
+            if route.auth is None:
+                continue
+            for step in route.auth.steps:
+                validator = getattr(step, "validator", None)
+                if validator is not None:
+                    pairs.setdefault((route.auth.name, id(validator)), (route.auth.name, validator))
+    return sorted(pairs.values(), key=lambda pair: pair[0])
 
 
 class _ClientBody:

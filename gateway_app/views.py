@@ -1,7 +1,8 @@
 """HTTP endpoints: admin endpoints through Flask, routed traffic straight to the gateway.
 
 Admin endpoints (``GATEWAY_ADMIN_PREFIX``, default ``/__gateway``): ``/health/live``,
-``/health/ready`` (503 until the config is loaded and remote JWKS fetched) and ``/metrics``
+``/health/ready`` (503 until the config is loaded and remote JWKS fetched; the body's
+``waiting_for`` lists what is missing) and ``/metrics``
 (Prometheus text format). They take precedence over routed traffic. Every other path
 skips Flask's URL map and request context: :class:`GatewayDispatcher` hands it to
 :meth:`Gateway.respond`, which renders its own errors.
@@ -44,9 +45,13 @@ def register_views(app: Flask, gateway: Gateway) -> None:
         return jsonify(status="ok")
 
     def ready() -> Response:
-        ok = gateway.ready()
-        response = jsonify(status="ready" if ok else "not ready", generation=gateway.config.generation)
-        response.status_code = 200 if ok else 503
+        waiting = gateway.waiting_for()
+        body: dict[str, t.Any] = {"status": "not ready" if waiting else "ready",
+                                  "generation": gateway.config.generation}
+        if waiting:
+            body["waiting_for"] = waiting
+        response = jsonify(body)
+        response.status_code = 503 if waiting else 200
         return response
 
     def metrics() -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -12,6 +13,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from gateway_app.auth.jwks import FIRST_RETRY
 from gateway_app.auth.jwks import NO_SIGNATURE_KEYS
 from gateway_app.auth.jwks import DiscoverySettings
 from gateway_app.auth.jwks import JwksCache
@@ -55,9 +57,19 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def remote_validator(clock: FakeClock, settings: t.Any = None) -> JwtValidator:
+class RecordingSpawn:
+    """Stands in for the background thread: records what would run; the test drives the retry."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def __call__(self, target: t.Callable[[], None], name: str) -> None:
+        self.started.append(name)
+
+
+def remote_validator(clock: FakeClock, settings: t.Any = None, spawn: RecordingSpawn | None = None) -> JwtValidator:
     jwt_settings = JwtSettings(jwks=settings or RemoteJwksSettings(JWKS_URL, REFRESH))
-    return JwtValidator(jwt_settings, min_fetch_interval=MIN_FETCH, clock=clock)
+    return JwtValidator(jwt_settings, min_fetch_interval=MIN_FETCH, clock=clock, spawn=spawn or RecordingSpawn())
 
 
 def main_jwks() -> dict[str, t.Any]:
@@ -155,16 +167,88 @@ def test_jwks_endpoint_down_at_first_use_is_an_identity_provider_error(requests_
     assert jwks_route.call_count == 1
 
 
-def test_first_fetch_is_retried_at_most_once_per_short_interval(requests_mock: t.Any, clock: FakeClock) -> None:
+def test_requests_during_a_failed_first_fetchs_back_off_answer_503_without_fetching(
+        requests_mock: t.Any, clock: FakeClock) -> None:
     jwks_route = requests_mock.get(JWKS_URL, [{"status_code": 500}, {"json": main_jwks()}])
     jwt_validator = remote_validator(clock)
     for _ in range(3):
         with pytest.raises(IdentityProviderError, match="HTTP 500"):
             jwt_validator.validate(token_for())
     assert jwks_route.call_count == 1
-    clock.advance(MIN_FETCH)
+    clock.advance(FIRST_RETRY)
     assert jwt_validator.validate(token_for()).subject == "my-client"
     assert jwks_route.call_count == 2
+
+
+def test_a_failed_first_fetch_is_retried_in_the_background_with_capped_exponential_back_off(
+        requests_mock: t.Any, clock: FakeClock) -> None:
+    jwks_route = requests_mock.get(JWKS_URL, status_code=503)
+    spawn = RecordingSpawn()
+    jwt_validator = remote_validator(clock, RemoteJwksSettings(JWKS_URL, refresh_interval=5.0), spawn)
+    cache = jwt_validator.keys
+    jwt_validator.warm_up()
+    assert len(spawn.started) == 1
+    waits = []
+    for _ in range(5):
+        wait = cache.retry_step()
+        waits.append(wait)
+        clock.advance(wait)
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0], "1 s first, doubling, never slower than refreshInterval"
+    assert jwks_route.call_count == 5
+    assert len(spawn.started) == 1, "one retry loop per cache, however many failures"
+
+    requests_mock.get(JWKS_URL, json=main_jwks())          # the IdP is back
+    assert cache.retry_step() is None                       # fetched at the next step; the loop ends
+    assert jwt_validator.ready() and jwt_validator.not_ready_reason() is None
+
+
+def test_back_off_is_capped_at_thirty_seconds_with_the_default_refresh_interval(
+        requests_mock: t.Any, clock: FakeClock) -> None:
+    requests_mock.get(JWKS_URL, exc=requests.ConnectionError("refused"))
+    cache = remote_validator(clock).keys
+    cache.warm_up()
+    waits = []
+    for _ in range(7):
+        waits.append(cache.retry_step())
+        clock.advance(waits[-1])
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_the_readiness_reason_says_what_failed_without_urls(requests_mock: t.Any, clock: FakeClock) -> None:
+    requests_mock.get(JWKS_URL, status_code=503)
+    jwt_validator = remote_validator(clock)
+    assert jwt_validator.not_ready_reason() == "not fetched yet"
+    jwt_validator.warm_up()
+    reason = jwt_validator.not_ready_reason()
+    assert reason is not None and reason.startswith("not fetched: ") and "HTTP 503" in reason
+    assert "idp.example.test" not in reason and "http" not in reason.replace("HTTP", "")
+
+
+def test_a_closed_cache_ends_its_background_retry(requests_mock: t.Any, clock: FakeClock) -> None:
+    jwks_route = requests_mock.get(JWKS_URL, status_code=503)
+    jwt_validator = remote_validator(clock)
+    jwt_validator.warm_up()
+    jwt_validator.close()                     # a reload dropped these settings
+    clock.advance(60)
+    assert jwt_validator.keys.retry_step() is None
+    assert jwks_route.call_count == 1
+
+
+def test_the_background_retry_thread_ends_when_its_cache_is_dropped(requests_mock: t.Any) -> None:
+    requests_mock.get(JWKS_URL, status_code=503)
+    threads: list[threading.Thread] = []
+
+    def spawn(target: t.Callable[[], None], name: str) -> None:
+        threads.append(threading.Thread(target=target, name=name, daemon=True))
+        threads[-1].start()
+
+    jwt_validator = JwtValidator(JwtSettings(jwks=RemoteJwksSettings(JWKS_URL, REFRESH)), spawn=spawn)
+    jwt_validator.warm_up()
+    assert len(threads) == 1 and threads[0].is_alive()
+    del jwt_validator
+    gc.collect()
+    threads[0].join(5)
+    assert not threads[0].is_alive()
 
 
 @pytest.mark.parametrize("response, message", [

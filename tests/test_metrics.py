@@ -15,6 +15,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway_app.auth.jwks import FIRST_RETRY
 from gateway_app.auth.jwks import JwksCache
 from gateway_app.errors import IdentityProviderError
 from tests.conftest import REPO
@@ -220,11 +221,13 @@ def test_jwks_refreshes_are_counted_ok_and_failed(requests_mock, make_app):
     client = app.test_client()
     url = "http://jwks-metrics.test/jwks.json"
     requests_mock.get(url, [{"status_code": 500}, {"json": jwks(public_jwk(rsa_key(), kid="metrics"))}])
-    cache = JwksCache(url=url, min_fetch_interval=0)
+    now = [0.0]
+    cache = JwksCache(url=url, clock=lambda: now[0], spawn=lambda target, name: None)
     before = scrape(client)
 
     with pytest.raises(IdentityProviderError):
         cache.current()
+    now[0] += FIRST_RETRY
     cache.current()
 
     after = scrape(client)

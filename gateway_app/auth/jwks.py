@@ -5,13 +5,20 @@ keys (``use: enc``, encryption ``alg`` values and symmetric keys are ignored).
 :class:`StaticJwks` serves an inline set; :class:`JwksCache` fetches one over HTTP, from a
 fixed URL or through OpenID discovery, and refreshes it lazily on the request path:
 
-* the first use fetches (failures raise :class:`IdentityProviderError` and are retried
-  at most once per ``min_fetch_interval``);
+* the first use fetches (failures raise :class:`IdentityProviderError`);
+* while no keys were ever fetched, a background thread retries with capped exponential
+  back-off (1 s, 2 s, 4 s ... at most ``min(refreshInterval, 30 s)``), so readiness recovers
+  by itself when the IdP comes back, without waiting for traffic; requests meanwhile answer
+  503 at once with the last failure. The thread only fetches (it never touches a policy
+  engine), is a daemon (it ends with the worker), and ends once the keys are in, when the
+  cache is closed (a reload dropped its settings) or garbage-collected: one per cache, and
+  caches are shared by every config generation with the same settings;
 * after ``refresh_interval`` one thread re-fetches while the others keep the current keys;
 * an unknown ``kid`` triggers at most one re-fetch per ``min_fetch_interval``;
-* a failed refresh keeps the last good keys.
+* a failed refresh keeps the last good keys and is retried after ``min_fetch_interval``.
 
-No background thread is started: gunicorn forks workers after the app is built.
+The first fetch happens in the worker (gunicorn forks workers before the app is built), so
+the background thread is started in the process that uses it.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import typing as t
+import weakref
 
 import jwt
 import requests
@@ -39,6 +48,9 @@ SIGNATURE_ALGORITHMS = (
 )
 DEFAULT_REFRESH_INTERVAL = 300.0
 DEFAULT_MIN_FETCH_INTERVAL = 30.0
+FIRST_RETRY = 1.0                 # seconds before the first background retry of a failed first fetch
+MAX_RETRY_INTERVAL = 30.0         # back-off cap (and never above refreshInterval)
+_URL = re.compile(r"\s*\b(?:from|at)\s+https?://\S+|https?://\S+")
 MAX_JWKS_BYTES = 512 * 1024
 NO_SIGNATURE_KEYS = "the JWKS has no signature keys (keys with use=enc such as RSA-OAEP are ignored)"
 
@@ -296,7 +308,19 @@ class KeySource(t.Protocol):
 
     def ready(self) -> bool: ...
 
+    def not_ready_reason(self) -> str | None: ...
+
     def warm_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+Spawn = t.Callable[[t.Callable[[], None], str], None]
+
+
+def start_daemon_thread(target: t.Callable[[], None], name: str) -> None:
+    """The default :data:`Spawn`: a daemon thread, so a worker never waits for it at exit."""
+    threading.Thread(target=target, name=name, daemon=True).start()
 
 
 class StaticJwks:
@@ -314,18 +338,29 @@ class StaticJwks:
     def ready(self) -> bool:
         return True
 
+    def not_ready_reason(self) -> str | None:
+        return None
+
     def warm_up(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
 
 class JwksCache:
-    """A remote JWKS (fixed URL, or discovered from an issuer), fetched with ``requests``."""
+    """A remote JWKS (fixed URL, or discovered from an issuer), fetched with ``requests``.
+
+    ``clock`` (monotonic seconds) and ``spawn`` (starts the background retry, see the module
+    docstring) are injected by tests, which then drive the retry with :meth:`retry_step`.
+    """
 
     def __init__(self, *, url: str | None = None, issuer_url: str | None = None,
                  refresh_interval: float = DEFAULT_REFRESH_INTERVAL, timeout: float = 5.0,
                  session: requests.Session | None = None,
                  min_fetch_interval: float = DEFAULT_MIN_FETCH_INTERVAL,
-                 clock: t.Callable[[], float] = time.monotonic) -> None:
+                 clock: t.Callable[[], float] = time.monotonic,
+                 spawn: Spawn = start_daemon_thread) -> None:
         if (url is None) == (issuer_url is None):
             raise ValueError("give exactly one of url and issuer_url")
         self.url = url
@@ -342,6 +377,12 @@ class JwksCache:
         self._last_refetch = float("-inf")
         self._last_error = ""
         self._metrics = IdpMetrics(url or issuer_url or "", "jwks")
+        self._spawn = spawn
+        self._retry_cap = min(refresh_interval, MAX_RETRY_INTERVAL)
+        self._next_retry = min(FIRST_RETRY, self._retry_cap)
+        self._retrying = False
+        self._closed = threading.Event()
+        weakref.finalize(self, self._closed.set).atexit = False    # a dropped cache ends its retry
 
     @property
     def source(self) -> str:
@@ -350,12 +391,49 @@ class JwksCache:
     def ready(self) -> bool:
         return self._key_set is not None
 
+    def not_ready_reason(self) -> str | None:
+        """Why there are no keys yet (``"not fetched: <last failure>"``, URLs left out), or None."""
+        if self._key_set is not None:
+            return None
+        error = _URL.sub("", self._last_error).strip()
+        return f"not fetched: {error}" if error else "not fetched yet"
+
     def warm_up(self) -> None:
-        """Try the first fetch now; failures are logged, and retried on use."""
+        """Try the first fetch now; a failure is logged and retried in the background."""
         try:
             self.current()
         except IdentityProviderError:
-            pass  # already logged by _first_fetch; retried on use
+            pass  # already logged by _first_fetch; retried in the background
+
+    def close(self) -> None:
+        """Stop the background retry (the config no longer uses these settings)."""
+        self._closed.set()
+
+    def retry_step(self) -> float | None:
+        """One step of the background retry: fetch when due (keys still missing).
+
+        :returns: seconds until the next step, or None once the keys are in or the cache is
+            closed (the retry ends).
+        """
+        if self._closed.is_set() or self._key_set is not None:
+            return None
+        wait = self._refresh_due - self._clock()
+        if wait > 0:
+            return wait
+        try:
+            self._first_fetch()
+        except IdentityProviderError:
+            pass  # logged; the next attempt was scheduled by _fetch
+        if self._key_set is not None:
+            return None
+        return max(self._refresh_due - self._clock(), 0.0)
+
+    def _start_retrying(self) -> None:
+        """Start the background retry once (caller holds the lock)."""
+        if self._retrying or self._closed.is_set():
+            return
+        self._retrying = True
+        self._spawn(_retry_loop(weakref.ref(self), self._closed), f"jwks-retry-{self._metrics.idp}")
 
     def current(self) -> KeySet:
         """The keys to verify with, refreshing them when due.
@@ -399,7 +477,8 @@ class JwksCache:
                 self._fetch()
             except IdentityProviderError as e:
                 log.warning("JWKS first fetch failed; requests needing it answer 503 until it succeeds "
-                            "(next try in %.0fs): %s", self.min_fetch_interval, e)
+                            "(next try in %.0fs): %s", max(self._refresh_due - self._clock(), 0.0), str(e))
+                self._start_retrying()
                 raise
             assert self._key_set is not None
             return self._key_set
@@ -422,7 +501,7 @@ class JwksCache:
             key_set = self._timed_download()
         except IdentityProviderError as e:
             self._metrics.jwks_refresh(ok=False)
-            self._refresh_due = started + self.min_fetch_interval
+            self._refresh_due = started + self._retry_delay()
             self._last_error = str(e)
             if self.issuer_url is not None:
                 self._jwks_uri = None
@@ -431,6 +510,14 @@ class JwksCache:
         self._key_set = key_set
         self._refresh_due = started + self.refresh_interval
         log.info("JWKS loaded from %s: %s", self._jwks_uri, key_set.summary())
+
+    def _retry_delay(self) -> float:
+        """After a failed fetch: ``min_fetch_interval`` with keys in hand, else the next back-off step."""
+        if self._key_set is not None:
+            return self.min_fetch_interval
+        delay = self._next_retry
+        self._next_retry = min(delay * 2, self._retry_cap)
+        return delay
 
     def _timed_download(self) -> KeySet:
         began = time.perf_counter()
@@ -497,16 +584,38 @@ class JwksCache:
         return b"".join(chunks)
 
 
+def _retry_loop(cache_ref: weakref.ref[JwksCache], closed: threading.Event) -> t.Callable[[], None]:
+    """The background retry of one cache; holds it only weakly, so a dropped cache ends it."""
+
+    def run() -> None:
+        while True:
+            cache = cache_ref()
+            if cache is None:
+                return
+            try:
+                wait = cache.retry_step()
+            except Exception:  # a retry loop must not die silently; the next step tries again
+                log.exception("JWKS background retry failed")
+                wait = MAX_RETRY_INTERVAL
+            del cache
+            if wait is None or closed.wait(wait):
+                return
+
+    return run
+
+
 def build_key_source(settings: JwksSettings, *, timeout: float, session: requests.Session | None = None,
                      min_fetch_interval: float = DEFAULT_MIN_FETCH_INTERVAL,
-                     clock: t.Callable[[], float] = time.monotonic) -> KeySource:
+                     clock: t.Callable[[], float] = time.monotonic,
+                     spawn: Spawn = start_daemon_thread) -> KeySource:
     """The key source a validator uses for these settings."""
     if isinstance(settings, LocalJwksSettings):
         return StaticJwks(settings.key_set)
     url = settings.url if isinstance(settings, RemoteJwksSettings) else None
     issuer_url = settings.issuer_url if isinstance(settings, DiscoverySettings) else None
     return JwksCache(url=url, issuer_url=issuer_url, refresh_interval=settings.refresh_interval,
-                     timeout=timeout, session=session, min_fetch_interval=min_fetch_interval, clock=clock)
+                     timeout=timeout, session=session, min_fetch_interval=min_fetch_interval, clock=clock,
+                     spawn=spawn)
 
 
 def _new_session() -> requests.Session:

@@ -29,9 +29,11 @@ from .jwks import DEFAULT_MIN_FETCH_INTERVAL
 from .jwks import SIGNATURE_ALGORITHMS
 from .jwks import JwksSettings
 from .jwks import KeySet
+from .jwks import Spawn
 from .jwks import VerificationKey
 from .jwks import build_key_source
 from .jwks import parse_jwks_settings
+from .jwks import start_daemon_thread
 from .state import TokenInfo
 
 if t.TYPE_CHECKING:
@@ -131,12 +133,13 @@ class JwtValidator:
 
     def __init__(self, settings: JwtSettings, *, session: requests.Session | None = None,
                  min_fetch_interval: float = DEFAULT_MIN_FETCH_INTERVAL,
-                 clock: t.Callable[[], float] = time.monotonic, shared: CacheBackend | None = None) -> None:
+                 clock: t.Callable[[], float] = time.monotonic, shared: CacheBackend | None = None,
+                 spawn: Spawn = start_daemon_thread) -> None:
         self.settings = settings
         self._shared = shared
         self._shared_key = KeyHasher("shared-verified-jwt/v1", acceptance_fingerprint(settings))
         self.keys = build_key_source(settings.jwks, timeout=settings.timeout, session=session,
-                                     min_fetch_interval=min_fetch_interval, clock=clock)
+                                     min_fetch_interval=min_fetch_interval, clock=clock, spawn=spawn)
         self._allowed = frozenset(settings.algorithms)
         self._audience = list(settings.audiences) or None
         self._options: dict[str, t.Any] = {
@@ -151,9 +154,17 @@ class JwtValidator:
         """Whether keys are available."""
         return self.keys.ready()
 
+    def not_ready_reason(self) -> str | None:
+        """What readiness waits for (``"not fetched: ..."``, no URLs), or None when ready."""
+        return self.keys.not_ready_reason()
+
     def warm_up(self) -> None:
-        """Fetch the keys now if they are remote; failures are logged and retried on use."""
+        """Fetch the keys now if they are remote; failures are logged and retried in the background."""
         self.keys.warm_up()
+
+    def close(self) -> None:
+        """Stop the key source's background work (a reload no longer uses these settings)."""
+        self.keys.close()
 
     def validate(self, token: str) -> TokenInfo:
         """Verify ``token`` and return its claims.

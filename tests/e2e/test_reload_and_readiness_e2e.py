@@ -159,6 +159,26 @@ def test_a_label_written_while_a_recycled_worker_boots_protects_the_route_on_it(
             assert _protected(statuses[-12:], 12), statuses
 
 
+
+def test_a_pod_started_during_a_jwks_outage_becomes_ready_by_itself_when_the_idp_is_back(tmp_path, httpbin, http):
+    """Issue 13 item 2: background retry, no traffic needed; /ready says what it waits for."""
+    with JwksServer(_jwks(), mode="down") as idp:
+        conf = _config(tmp_path, httpbin, idp, PROTECTED, refresh="5s")
+        with gateway_server(tmp_path, conf, tmp_path / "rego", workers=2) as gateway:
+            ready_url = f"{gateway.url}/__gateway/health/ready"
+            answer = http.get(ready_url, headers={"Connection": "close"}, timeout=10)
+            assert answer.status_code == 503
+            assert answer.json()["waiting_for"] == [
+                "jwks: gloo-system/oauth-okta not fetched: JWKS fetch answered HTTP 503"]
+            assert str(idp.port) not in answer.text and "127.0.0.1" not in answer.text
+            # Retries go on in the background (1 s, 2 s, 4 s, then every refreshInterval = 5 s).
+            fetched = idp.fetches
+            assert _wait(lambda: idp.fetches >= fetched + 2, timeout=15)
+
+            idp.mode = "ok"                   # no request reaches a route meanwhile
+            assert _wait(lambda: all(_fresh(http, ready_url) == 200 for _ in range(10)), timeout=15)
+            assert _fresh(http, f"{gateway.url}/petstore/pets") in (401, 403)
+
 POLICY_ROUTES = """\
 apiVersion: gloo.solo.io/v1
 kind: Upstream
