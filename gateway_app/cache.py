@@ -48,11 +48,20 @@ def _update(digest: t.Any, part: str | bytes) -> None:
 
 
 class CacheBackend(t.Protocol):
-    """Where token state is kept: :class:`TTLCache` in memory, or Redis (``cache_redis``)."""
+    """Where token state is kept: :class:`TTLCache` in memory, or Redis (``cache_redis``).
+
+    A ``get`` that misses may make the caller the leader of a cross-process flight for the
+    key (Redis); the caller ends it with ``set`` or, when it stores nothing, ``release``.
+    ``peek`` looks in memory only (no I/O, no flight).
+    """
 
     def get(self, key: str) -> dict[str, t.Any] | None: ...
 
+    def peek(self, key: str) -> dict[str, t.Any] | None: ...
+
     def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None: ...
+
+    def release(self, key: str) -> None: ...
 
 
 class TTLCache(t.Generic[V]):
@@ -94,6 +103,13 @@ class TTLCache(t.Generic[V]):
             self._entries.move_to_end(key)
             self.hits += 1
             return value
+
+    def peek(self, key: str) -> V | None:
+        """:meth:`get`: everything is in memory here (:class:`CacheBackend`)."""
+        return self.get(key)
+
+    def release(self, key: str) -> None:
+        """Nothing to release: flights are per process here (:class:`CacheBackend`)."""
 
     def set(self, key: str, value: V, ttl: float) -> None:
         """Store ``value`` for ``ttl`` seconds from now; a ttl <= 0 stores nothing."""

@@ -12,18 +12,24 @@ is unreachable or slow (short socket timeouts), the cache logs once, keeps servi
 and tries Redis again after ``retry_after`` seconds. A Redis failure never fails a request.
 
 Misses are single-flight across processes (unless ``single_flight=False``, for entries that are
-cheaper to compute than to wait for, such as verified JWT claims): the first process to miss a key takes a short
-Redis lock (``SET NX PX``) and gets ``None`` (its caller asks the IdP and calls ``set``, which
-releases the lock); a process that misses while another holds the lock polls Redis for the
-entry for up to ``flight_wait`` seconds, then gives up and lets its caller ask the IdP itself.
-Within a process, the validator's own single-flight already makes threads wait for one leader.
+cheaper to compute than to wait for, such as verified JWT claims): the first process to miss a
+key takes a short Redis lock (``SET NX PX`` with a token unique to this flight) and gets
+``None``; its caller asks the IdP, then calls ``set`` (stores the entry and ends the flight) or
+:meth:`RedisTokenCache.release` (the IdP call failed, or the answer is not cached). The lock is
+deleted only by its owner: a Lua compare-and-delete on the token, so a leader whose lock expired
+never deletes the next leader's. The miss itself is one atomic round trip (:data:`GET_OR_LEAD`:
+the entry, or the lock taken). A process that misses while another holds the lock polls Redis
+for the entry for up to ``flight_wait`` seconds and stops as soon as the lock is gone (entry
+stored, or flight abandoned), then lets its caller ask the IdP itself. Within a process, the
+validator's own single-flight already makes threads wait for one leader, and re-checks with
+:meth:`RedisTokenCache.peek` (memory only): a miss costs one Redis read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import secrets
 import threading
 import time
 import typing as t
@@ -46,6 +52,26 @@ FLIGHT_LOCK_TTL = 5.0
 FLIGHT_WAIT = 2.0
 FLIGHT_POLL = 0.005
 LOCK_PREFIX = "gateway:flight:"
+# A miss in one round trip, atomically: the entry and its PTTL, or the flight lock taken (SET NX PX)
+# with this flight's token, or the token of the flight that holds it. Atomic, so a leader that
+# stores its entry and drops its lock between our look and our SET NX cannot make us lead again.
+GET_OR_LEAD = """
+local value = redis.call("get", KEYS[1])
+if value then
+    return {1, value, redis.call("pttl", KEYS[1])}
+end
+if redis.call("set", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then
+    return {0, "", 1}
+end
+return {0, redis.call("get", KEYS[2]) or "", 0}
+"""
+# Delete the flight lock only if it still holds this flight's token (Redis "distributed locks" pattern).
+RELEASE_LOCK = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("del", KEYS[1])
+end
+return 0
+"""
 REDIS_FAILURES = (redis.RedisError, OSError)
 
 
@@ -117,7 +143,10 @@ class RedisTokenCache:
         self._client = connect(url, socket_timeout)
         self._backoff = RedisBackoff(url, "token cache", "using the in-process cache", retry_after=retry_after,
                                      clock=clock)
-        self._owner = f"{os.getpid()}:{id(self):x}:{time.time_ns()}".encode()
+        self._lock = threading.Lock()
+        self._flights: dict[str, bytes] = {}          # key -> token of the flight this process leads
+        self._release_lock = self._client.register_script(RELEASE_LOCK)
+        self._get_or_lead = self._client.register_script(GET_OR_LEAD)
 
     @property
     def failures(self) -> int:
@@ -133,9 +162,12 @@ class RedisTokenCache:
         if value is not None or not self._backoff.usable():
             return value
         try:
-            value = self._fetch(key)
-            if value is None and self.single_flight and not self._lead_flight(key):
-                value = self._wait_for_leader(key)
+            if not self.single_flight:
+                value = self._fetch(key)
+            else:
+                value, leading = self._fetch_or_lead(key)
+                if value is None and not leading:
+                    value = self._wait_for_leader(key)
         except REDIS_FAILURES as error:
             self._backoff.mark_down(error)
             return None
@@ -153,12 +185,40 @@ class RedisTokenCache:
             self.local.set(key, value, self._near_ttl(pttl / 1000 if pttl > 0 else self.near_ttl))
         return value
 
+    def _fetch_or_lead(self, key: str) -> tuple[dict[str, t.Any] | None, bool]:
+        """One round trip (:data:`GET_OR_LEAD`): the entry, or whether this process leads the
+        flight for ``key`` (it took the lock now, or one of its flights still holds it)."""
+        token = secrets.token_hex(16).encode()
+        found, raw, extra = self._get_or_lead(keys=[self.prefix + key, LOCK_PREFIX + key],
+                                              args=[token, int(FLIGHT_LOCK_TTL * 1000)])
+        if found:
+            value = _decode(raw)
+            if value is None:                       # garbage under the key: a miss
+                return None, self._lead_flight(key)
+            self.local.set(key, value, self._near_ttl(extra / 1000 if extra > 0 else self.near_ttl))
+            return value, False
+        if extra:
+            with self._lock:
+                self._flights[key] = token
+            return None, True
+        ours = self._flights.get(key)
+        return None, ours is not None and raw == ours
+
+    def peek(self, key: str) -> dict[str, t.Any] | None:
+        """The entry if this process has it in memory; no Redis round trip, no flight."""
+        return self.local.get(key)
+
     def _lead_flight(self, key: str) -> bool:
-        """Take the flight lock, or find that this process already holds it."""
+        """Take the flight lock with a token unique to this flight, or find this process's
+        flight still holding it; False when another process's flight holds it."""
+        token = secrets.token_hex(16).encode()
         lock = LOCK_PREFIX + key
-        if self._client.set(lock, self._owner, nx=True, px=int(FLIGHT_LOCK_TTL * 1000)):
+        if self._client.set(lock, token, nx=True, px=int(FLIGHT_LOCK_TTL * 1000)):
+            with self._lock:
+                self._flights[key] = token
             return True
-        return self._client.get(lock) == self._owner
+        ours = self._flights.get(key)
+        return ours is not None and self._client.get(lock) == ours
 
     def _wait_for_leader(self, key: str) -> dict[str, t.Any] | None:
         """Poll for the entry another process is fetching; None once it gives up or the lock is gone."""
@@ -183,17 +243,34 @@ class RedisTokenCache:
             data = _encode(value)
         if not self._backoff.usable():
             return
+        token = self._end_flight(key)
         try:
             pipe = self._client.pipeline(transaction=False)
             if data is not None:
                 pipe.set(self.prefix + key, data, px=milliseconds)
-            if self.single_flight:
-                pipe.delete(LOCK_PREFIX + key)      # the flight is over either way
-            pipe.execute()
+            if token is not None:
+                self._release_lock(keys=[LOCK_PREFIX + key], args=[token], client=pipe)
+            if len(pipe):
+                pipe.execute()
         except REDIS_FAILURES as error:
             self._backoff.mark_down(error)
             return
         self._backoff.mark_up()
+
+    def release(self, key: str) -> None:
+        """End this process's flight for ``key`` without an entry (the IdP call failed, or the
+        answer is not cached), so other processes stop waiting and ask for themselves."""
+        token = self._end_flight(key)
+        if token is None or not self._backoff.usable():
+            return
+        try:
+            self._release_lock(keys=[LOCK_PREFIX + key], args=[token])
+        except REDIS_FAILURES as error:
+            self._backoff.mark_down(error)
+
+    def _end_flight(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._flights.pop(key, None)
 
     def close(self) -> None:
         self._client.close()

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import typing as t
 
@@ -29,6 +30,7 @@ from gateway_app.cache_redis import LOCK_PREFIX
 from gateway_app.cache_redis import RedisTokenCache
 from gateway_app.config.fields import Node
 from gateway_app.config.secrets import SecretStore
+from gateway_app.errors import IdentityProviderError
 from gateway_app.errors import InvalidTokenError
 from tests.keys import claims
 from tests.keys import jwks_json
@@ -180,6 +182,31 @@ def test_a_flight_ending_without_an_entry_releases_the_followers(redis_url, raw,
     assert time.perf_counter() - started < 0.5
 
 
+def test_the_flight_lock_is_deleted_only_by_the_flight_that_holds_it(redis_url, raw, make_cache):
+    slow, next_leader = make_cache(redis_url), make_cache(redis_url)
+    assert slow.get(KEY) is None
+    raw.delete(LOCK_PREFIX + KEY)                    # the slow leader's lock expired meanwhile
+    assert next_leader.get(KEY) is None              # a new flight takes the lock
+    held = raw.get(LOCK_PREFIX + KEY)
+
+    slow.set(KEY, {"active": True}, ttl=60)          # the slow leader finishes late
+    slow.release(KEY)
+
+    assert raw.get(LOCK_PREFIX + KEY) == held, "only the owner's token deletes the lock"
+    next_leader.set(KEY, {"active": True}, ttl=60)
+    assert raw.keys(LOCK_PREFIX + "*") == []
+
+
+def test_a_released_flight_lets_waiting_followers_go_at_once(redis_url, raw, make_cache):
+    leader, follower = make_cache(redis_url), make_cache(redis_url, flight_wait=30)
+    assert leader.get(KEY) is None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(follower.get, KEY)
+        leader.release(KEY)                          # the IdP call failed: nothing will be stored
+        assert waiting.result(timeout=10) is None    # asks for itself, long before flight_wait
+    assert raw.keys(LOCK_PREFIX + "*") == [LOCK_PREFIX.encode() + KEY.encode()]   # the follower's flight now
+
+
 def test_garbage_under_a_key_reads_as_a_miss(redis_url, raw, make_cache):
     raw.set(KEY_PREFIX + KEY, b"\xff not json", px=10_000)
     raw.set(KEY_PREFIX + "list", b"[1, 2]", px=10_000)
@@ -273,6 +300,54 @@ def test_validators_sharing_redis_ask_the_idp_once_per_token(redis_url, raw, mak
     assert all(b"good-1" not in key and b"bad-1" not in key for key in raw.keys("*"))
     first.close()
     second.close()
+
+
+def _lookups_of_missing_keys(raw: redis.Redis) -> int:
+    """Redis's ``keyspace_misses``: every read (GET, PTTL ...) of a key that is not there."""
+    return raw.info("stats")["keyspace_misses"]
+
+
+def test_a_miss_makes_one_redis_read(redis_url, raw, make_cache, requests_mock):
+    requests_mock.post(IDP, json=_introspection_answer)
+    validator = _validator(make_cache(redis_url))
+    raw.config_resetstat()
+    before = _lookups_of_missing_keys(raw)
+
+    assert validator.validate("good-miss").subject == "alice"
+
+    assert _lookups_of_missing_keys(raw) - before == 1, "the missing entry is looked up once"
+    assert raw.keys(LOCK_PREFIX + "*") == []
+    validator.close()
+
+
+def test_a_failed_idp_call_releases_the_flight_so_other_workers_answer_at_once(
+        redis_url, raw, make_cache, requests_mock):
+    first_call = threading.Event()
+    fail_now = threading.Event()
+
+    def outage(request, context):
+        if not first_call.is_set():
+            first_call.set()
+            fail_now.wait(10)                        # the leader's call hangs until the follower waits
+        context.status_code = 503
+        return {"error": "temporarily_unavailable"}
+
+    idp = requests_mock.post(IDP, json=outage)
+    leader = _validator(make_cache(redis_url))
+    follower = _validator(make_cache(redis_url, flight_wait=30))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        leading = pool.submit(leader.validate, "good-outage")
+        assert first_call.wait(10)
+        following = pool.submit(follower.validate, "good-outage")
+        fail_now.set()
+        with pytest.raises(IdentityProviderError):
+            leading.result(timeout=10)
+        with pytest.raises(IdentityProviderError):
+            following.result(timeout=10)             # long before flight_wait: the lock was released
+    assert idp.call_count == 2
+    assert raw.keys(LOCK_PREFIX + "*") == []
+    leader.close()
+    follower.close()
 
 
 def test_jwt_validators_sharing_redis_check_each_signature_once(redis_url, raw, make_cache, jwt_decodes):

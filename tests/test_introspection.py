@@ -58,9 +58,15 @@ class RecordingCache:
     def get(self, key: str) -> dict | None:
         return self.entries.get(key)
 
+    def peek(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
     def set(self, key: str, value: dict, ttl: float) -> None:
         self.entries[key] = value
         self.ttls[key] = ttl
+
+    def release(self, key: str) -> None:
+        return None
 
 
 def secret_store() -> SecretStore:

@@ -314,13 +314,21 @@ class IntrospectionValidator:
 
     def _introspect_and_store(self, key: str, token: str,
                               request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
-        cached = self._cache.get(key)   # a flight that finished just before this one started
+        """Ask the IdP and cache the answer; the cache's flight for ``key`` ends either way."""
+        cached = self._cache.peek(key)   # a flight that finished just before this one started
         if cached is not None:
+            self._cache.release(key)
             return cached
-        entry = self._introspect(token, request_headers)
-        ttl = self._ttl(entry)
+        try:
+            entry = self._introspect(token, request_headers)
+            ttl = self._ttl(entry)
+        except BaseException:
+            self._cache.release(key)     # other workers stop waiting for an answer that won't come
+            raise
         if ttl > 0:
             self._cache.set(key, entry, ttl)
+        else:
+            self._cache.release(key)
         return entry
 
     def _introspect(self, token: str, request_headers: t.Mapping[str, str] | None = None) -> dict[str, t.Any]:
