@@ -43,7 +43,7 @@ spec:
       pathRewrite: /anything/petstore
       destinations: [{ref: {name: httpbin, namespace: gloo-system}, kind: UPSTREAM}]
   - name: jwks-api
-    labels: {usagePlans: jwks}
+    labels: {auth: jwks}
     matchers: [{uri: {prefix: /tracks}}]
     forwardTo:
       pathRewrite: /anything/tracks
@@ -55,7 +55,7 @@ metadata: {name: oauth-okta, namespace: gloo-system}
 spec:
   applyToRoutes:
   - route:
-      labels: {usagePlans: jwks}
+      labels: {auth: jwks}
   - route:
       labels: {usagePlans: dev-portal}
   config:
@@ -67,6 +67,12 @@ spec:
               remoteJwks:
                 url: {JWKS_URL}
                 refreshInterval: {REFRESH}
+---
+apiVersion: gateway-app/v1
+kind: UsagePlan
+metadata: {name: dev-portal, namespace: gloo-mesh-gateways}
+spec:
+  rateLimit: {requestsPerUnit: 100000, unit: SECOND}
 """
 OPEN = "{}"
 MAX_REQUESTS = 60
