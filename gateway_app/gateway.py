@@ -60,7 +60,9 @@ class Gateway:
         self.settings = settings
         self.registry = ValidatorRegistry(settings.token_cache_url)
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
-        self.forwarder = forwarder or Forwarder(max_body_bytes=settings.max_body_bytes or None)
+        # The body limit has one home: each route's max_body_bytes, set when the config is built.
+        self.forwarder = forwarder or Forwarder()
+        self._body_limit = settings.max_body_bytes or None     # GATEWAY_MAX_BODY_BYTES=0: no limit
         self.usage_plans = UsagePlanEnforcer(build_limiter(settings), self.trusted_proxies.client_address)
         self._lock = threading.Lock()
         self._round_robin = itertools.count()
@@ -72,7 +74,8 @@ class Gateway:
     # -- config ------------------------------------------------------------------
     def _first_config(self) -> GatewayConfig:
         try:
-            config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, 1)
+            config = load_config(self.settings.config_dir, self.settings.rego_dir, self.registry, 1,
+                                 self._body_limit)
         finally:
             release_thread_engines()       # the engines built to check policies, on this thread
         _warm_up(config)
@@ -92,7 +95,7 @@ class Gateway:
             self.loaded_fingerprint = fingerprint
             try:
                 result = build_config(self.settings.config_dir, self.settings.rego_dir, self.registry,
-                                      self.config.generation + 1)
+                                      self.config.generation + 1, self._body_limit)
             finally:
                 release_thread_engines()   # the building thread (the watcher) serves no requests
             if result.config is None:
@@ -179,8 +182,8 @@ class Gateway:
                             max_header_count=self.settings.max_header_count)
 
     def _check_body(self, request: Request, route: Route) -> None:
-        limit = route.max_body_bytes if route.max_body_bytes is not None else self.settings.max_body_bytes
-        if limit and request.content_length is not None and request.content_length > limit:
+        limit = route.max_body_bytes          # the route's own, else the global one (config build)
+        if limit is not None and request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"request body larger than {limit} bytes")
 
     def _authorize(self, incoming: IncomingRequest, route: Route, state: AuthState,

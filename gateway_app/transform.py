@@ -111,10 +111,13 @@ class HeaderTransforms:
         return frozenset(t.name for t in self.templates)
 
     def render(self, request: IncomingRequest, state: AuthState, into: dict[str, str]) -> None:
+        """Set each rendered header in ``into``; a ``headersToAppend`` template (``append``) adds
+        its value after the one already set there (``a,b``, one header as Envoy's append sends it)."""
         for template in self.templates:
             value = template.render(request, state)
             if value:
-                into[template.name] = value
+                current = into.get(template.name) if template.append else None
+                into[template.name] = f"{current},{value}" if current else value
 
     def merged_with(self, other: "HeaderTransforms | None") -> "HeaderTransforms":
         """Route-level templates win over virtual-host ones for the same header."""

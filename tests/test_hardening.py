@@ -251,6 +251,28 @@ def test_a_body_over_the_global_limit_answers_413(gateway):
     assert not upstream.called
 
 
+def test_a_route_limit_above_the_global_limit_wins(gateway):
+    """The route allows 100 bytes, GATEWAY_MAX_BODY_BYTES 50: 80 bytes pass, sized or chunked."""
+    make, upstream = gateway
+    client = make(max_body_bytes=50)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/petstore", data=b"x" * 80, headers=headers).status_code == 200
+    chunked = client.post("/petstore", input_stream=io.BytesIO(b"x" * 80),
+                          headers={**headers, "Transfer-Encoding": "chunked"},
+                          environ_overrides={"wsgi.input_terminated": True})
+    assert chunked.status_code == 200
+    assert upstream.call_count == 2
+
+
+def test_the_global_limit_applies_to_chunked_bodies_on_routes_without_their_own(gateway):
+    make, upstream = gateway
+    response = make(max_body_bytes=50).post("/tracks", input_stream=io.BytesIO(b"x" * 80),
+                                            headers={"Transfer-Encoding": "chunked"},
+                                            environ_overrides={"wsgi.input_terminated": True})
+    assert response.status_code == 413
+    assert not upstream.called
+
+
 def test_a_token_over_8192_characters_answers_403_without_an_idp_call(gateway, requests_mock):
     make, upstream = gateway
     client = make()

@@ -77,6 +77,15 @@ def test_empty_render_sets_no_header():
     assert transforms.header_names == {"x-customer"}
 
 
+def test_headers_to_append_appends_to_the_value_already_set_instead_of_overwriting_it():
+    transforms = HeaderTransforms((HeaderTemplate("x-tags", compile_template("first")),
+                                   HeaderTemplate("x-tags", compile_template("second"), append=True),
+                                   HeaderTemplate("x-new", compile_template("only"), append=True)))
+    headers: dict[str, str] = {"x-from-claims": "c"}
+    transforms.render(REQUEST, AuthState(), headers)
+    assert headers == {"x-from-claims": "c", "x-tags": "first,second", "x-new": "only"}
+
+
 def test_route_templates_override_virtual_host_templates_for_the_same_header():
     host = HeaderTransforms((HeaderTemplate("x-a", compile_template("host-a")),
                              HeaderTemplate("x-b", compile_template("host-b"))))

@@ -288,8 +288,14 @@ class _Builder:
 
 
 def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
-                 registry: ValidatorRegistry | None = None, generation: int = 1) -> BuildResult:
-    """Everything the server and ``validate`` need; ``config`` is None if anything was rejected."""
+                 registry: ValidatorRegistry | None = None, generation: int = 1,
+                 max_body_bytes: int | None = None) -> BuildResult:
+    """Everything the server and ``validate`` need; ``config`` is None if anything was rejected.
+
+    ``max_body_bytes`` (``GATEWAY_MAX_BODY_BYTES``; None: no limit) becomes the limit of every
+    route without its own ``maxRequestBodyBytes``: each route then holds the one limit that
+    applies to it (:func:`with_body_limit`).
+    """
     builder = _Builder(pathlib.Path(config_dir), pathlib.Path(rego_dir), registry or ValidatorRegistry())
     builder.load()
     builder.load_rego()
@@ -300,6 +306,7 @@ def build_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
     vhosts = share_managed_headers(builder.build_routes(ctx))
     if any(not s.accepted for s in builder.statuses):
         return BuildResult(None, builder.statuses)
+    vhosts = [with_body_limit(vhost, max_body_bytes) for vhost in vhosts]
     try:
         router = Router(vhosts)
         _check_domains(vhosts)
@@ -320,6 +327,16 @@ def unknown_kind(resource: RawResource) -> str:
     return message
 
 
+def with_body_limit(vhost: VirtualHost, default: int | None) -> VirtualHost:
+    """The virtual host with ``default`` as the body limit of its routes that set none: a route's
+    own ``maxRequestBodyBytes`` wins over the global limit, larger or smaller."""
+    if default is None or all(route.max_body_bytes is not None for route in vhost.routes):
+        return vhost
+    routes = tuple(route if route.max_body_bytes is not None else dataclasses.replace(route, max_body_bytes=default)
+                   for route in vhost.routes)
+    return dataclasses.replace(vhost, routes=routes)
+
+
 def _check_domains(vhosts: list[VirtualHost]) -> None:
     owner: dict[str, str] = {}
     for vhost in vhosts:
@@ -331,9 +348,10 @@ def _check_domains(vhosts: list[VirtualHost]) -> None:
 
 
 def load_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
-                registry: ValidatorRegistry | None = None, generation: int = 1) -> GatewayConfig:
+                registry: ValidatorRegistry | None = None, generation: int = 1,
+                max_body_bytes: int | None = None) -> GatewayConfig:
     """:raises ConfigError: listing every rejected resource."""
-    result = build_config(config_dir, rego_dir, registry, generation)
+    result = build_config(config_dir, rego_dir, registry, generation, max_body_bytes)
     if result.config is None:
         lines = [s.describe() for s in result.errors]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
