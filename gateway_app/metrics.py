@@ -80,6 +80,11 @@ IDP_SECONDS = Histogram("gateway_idp_request_duration_seconds", "Duration of IdP
                         ["idp", "kind"], buckets=_IDP_BUCKETS, registry=REGISTRY)
 IDP_ERRORS = Counter("gateway_idp_errors", "Failed IdP requests, by reason",
                      ["idp", "kind", "reason"], registry=REGISTRY)
+# Every reason each kind of IdP call can fail with: exported at 0 from the first scrape.
+IDP_ERROR_REASONS = {
+    "introspection": ("timeout", "connection", "tls", "status_4xx", "status_5xx", "bad_answer", "request_failed"),
+    "jwks": ("jwks_fetch_failed",),
+}
 TOKEN_CACHE_HITS = Counter("gateway_token_cache_hits", "Introspection answers served from the cache",
                            ["idp"], registry=REGISTRY)
 TOKEN_CACHE_MISSES = Counter("gateway_token_cache_misses", "Introspection lookups that missed the cache",
@@ -171,13 +176,16 @@ class IdpMetrics:
         self.cache_misses = TOKEN_CACHE_MISSES.labels(idp=self.idp)
         self._refresh_ok = JWKS_REFRESHES.labels(idp=self.idp, result="ok")
         self._refresh_failed = JWKS_REFRESHES.labels(idp=self.idp, result="failed")
+        self._errors = {reason: IDP_ERRORS.labels(idp=self.idp, kind=kind, reason=reason)
+                        for reason in IDP_ERROR_REASONS.get(kind, ())}
 
     def observe_call(self, seconds: float) -> None:
         self._requests.inc()
         self._seconds.observe(seconds)
 
     def error(self, reason: str) -> None:
-        IDP_ERRORS.labels(idp=self.idp, kind=self.kind, reason=reason).inc()
+        child = self._errors.get(reason) or IDP_ERRORS.labels(idp=self.idp, kind=self.kind, reason=reason)
+        child.inc()
 
     def jwks_refresh(self, ok: bool) -> None:
         (self._refresh_ok if ok else self._refresh_failed).inc()
@@ -194,3 +202,8 @@ def observe_generation(generation: int) -> None:
 
 
 REQUEST_METRICS = RequestMetrics()
+
+# Series that alerts watch exist before their first event (0 from the first scrape); per-IdP
+# series are created when the IdP is configured (IdpMetrics).
+for _result in ("accepted", "rejected"):
+    CONFIG_RELOADS.labels(result=_result)

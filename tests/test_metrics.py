@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import runpy
 import time
 
@@ -18,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway_app.auth.jwks import FIRST_RETRY
 from gateway_app.auth.jwks import JwksCache
 from gateway_app.errors import IdentityProviderError
+from gateway_app.metrics import IDP_ERROR_REASONS
+from gateway_app.metrics import REGISTRY
 from tests.conftest import REPO
 from tests.keys import jwks
 from tests.keys import public_jwk
@@ -298,3 +301,36 @@ def test_gunicorn_hooks_keep_a_metrics_directory_the_operator_chose(monkeypatch,
     hooks["on_exit"](_Server())
 
     assert chosen.is_dir()
+
+
+def test_alerted_series_are_exported_at_zero_before_their_first_event(make_app):
+    client = introspection_app(make_app, "zero-series", "idp-zero.test").test_client()
+
+    samples = scrape(client)
+
+    assert ("gateway_config_reloads_total", (("result", "rejected"),)) in samples
+    assert ("gateway_config_reloads_total", (("result", "accepted"),)) in samples
+    assert ("gateway_stale_if_error_served_total", ()) in samples
+    for reason in IDP_ERROR_REASONS["introspection"]:
+        key = ("gateway_idp_errors_total", (("idp", "idp-zero.test"), ("kind", "introspection"), ("reason", reason)))
+        assert samples.get(key) == 0.0, reason
+
+
+def _readme_metric_names() -> set[str]:
+    """The first column of the README's metrics table (``a`` / ``b`` cells hold two names)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Metrics", 1)[1].split("\n### ", 1)[0]
+    names: set[str] = set()
+    for line in section.splitlines():
+        if line.startswith("| `gateway_"):
+            names.update(re.findall(r"`(gateway_[a-z_]+)`", line.split("|")[1]))
+    return names
+
+
+def _exported_metric_names() -> set[str]:
+    """The names a scrape shows for every metric the gateway defines (counters end in ``_total``)."""
+    return {family.name + "_total" if family.type == "counter" else family.name for family in REGISTRY.collect()}
+
+
+def test_every_exported_metric_is_in_the_readme_table_and_every_row_is_exported():
+    assert _readme_metric_names() == _exported_metric_names()

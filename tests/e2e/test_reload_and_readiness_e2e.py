@@ -13,6 +13,7 @@ import typing as t
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.keys import public_jwk
 from tests.keys import rsa_key
@@ -177,6 +178,15 @@ def test_a_pod_started_during_a_jwks_outage_becomes_ready_by_itself_when_the_idp
             assert answer.json()["waiting_for"] == [
                 "jwks: gloo-system/oauth-okta not fetched: JWKS fetch answered HTTP 503"]
             assert str(idp.port) not in answer.text and "127.0.0.1" not in answer.text
+            # Issue 13 item 13: the series alerts watch exist from the first scrape (all workers).
+            scraped = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                       for family in text_string_to_metric_families(
+                           http.get(f"{gateway.url}/__gateway/metrics", timeout=10).text)
+                       for sample in family.samples}
+            assert scraped[("gateway_config_reloads_total", (("result", "rejected"),))] == 0
+            assert scraped[("gateway_stale_if_error_served_total", ())] == 0
+            assert scraped[("gateway_idp_errors_total", (("idp", "127.0.0.1:%d" % idp.port), ("kind", "jwks"),
+                                                         ("reason", "jwks_fetch_failed")))] >= 1
             # Retries go on in the background (1 s, 2 s, 4 s, then every refreshInterval = 5 s).
             fetched = idp.fetches
             assert _wait(lambda: idp.fetches >= fetched + 2, timeout=15)
