@@ -94,16 +94,16 @@ def _jwks() -> dict[str, t.Any]:
 def _fresh(http: requests.Session, url: str) -> int:
     """A request on a new connection, so that the kernel spreads them over the workers.
 
-    Connection errors are retried: with ``reuse_port`` a worker that exits (``max_requests``)
-    resets the connections still queued on its own listening socket, and while every worker
-    is being replaced nothing listens.
+    Connection errors and timeouts are retried: with ``reuse_port`` a worker that exits
+    (``max_requests``) resets the connections still queued on its own listening socket, and
+    while every worker is being replaced (a 3 s JWKS wait at boot) nothing accepts.
     """
-    for _ in range(100):
+    for _ in range(50):
         try:
-            return http.get(url, headers={"Connection": "close"}, timeout=10).status_code
-        except requests.ConnectionError:
+            return http.get(url, headers={"Connection": "close"}, timeout=30).status_code
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
-    return http.get(url, headers={"Connection": "close"}, timeout=10).status_code
+    return http.get(url, headers={"Connection": "close"}, timeout=30).status_code
 
 
 def _protected(statuses: list[int], count: int) -> bool:
