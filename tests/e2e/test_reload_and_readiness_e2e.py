@@ -247,8 +247,9 @@ def test_stopping_workers_after_reloads_drops_every_engine_on_its_own_thread(tmp
             if reload_by == "sighup":
                 for pid in _worker_pids(gateway.process.pid):
                     os.kill(pid, signal.SIGHUP)
-            else:
-                (rego / "gate.rego").write_text(policy)
+            else:                                         # atomically: a poll never reads half a module
+                (rego / "gate.tmp").write_text(policy)
+                os.replace(rego / "gate.tmp", rego / "gate.rego")
             expected = 200 if policy == ALLOW else 403
             assert _wait(lambda: gateway.log_text().count(f"config generation {round_} loaded") >= 2, timeout=20)
             statuses = [_fresh(http, url) for _ in range(10)]   # every pool thread may build an engine
