@@ -357,9 +357,10 @@ def parameter_key(name: str) -> str:
 
     - Unicode compatibility-normalized and case-folded (NFKC, then ``str.casefold``): ASP.NET
       compares names case-insensitively, and Unicode case rules fold ``ſ`` to ``s`` and
-      fullwidth letters to ASCII (``ACCESS_TOKEN``, ``acceſs_token``);
-    - surrounding blanks and quotes and a leading ``$`` dropped (RFC 2109 cookie syntax, which
-      Tomcat and Python's ``http.cookies`` still read: ``"session"``, ``$session``);
+      fullwidth letters to ASCII (``ACCESS_TOKEN``, ``acceſs_token``, ``ａccess_token``);
+    - surrounding blanks and quotes and a leading ``$`` dropped: RFC 2109 allowed quoted
+      strings and ``$``-prefixed attributes in ``Cookie``, and lenient parsers that unquote or
+      strip them read ``"session"`` and ``$session`` as ``session``;
     - PHP's reading of ``$_GET`` and ``$_COOKIE`` names: ``name[...]`` is the array ``name``
       (``access_token[]``, ``access_token[0]``, ``access_token[a]``); a first ``[`` without a
       closing ``]`` becomes ``_`` (``access[token``); ``.`` and spaces become ``_``

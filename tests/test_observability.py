@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway_app.observability import _JsonFormatter
-from gateway_app.observability import _PlainFormatter
+from gateway_app.observability import JsonFormatter
+from gateway_app.observability import PlainFormatter
 from gateway_app.observability import escape_controls
 
-FORMATTERS = {"plain": _PlainFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"), "json": _JsonFormatter()}
+FORMATTERS = {"plain": PlainFormatter(), "json": JsonFormatter()}
 
 
 def _record(msg: str, args: tuple = (), fields: dict | None = None, exc_info=None) -> logging.LogRecord:
