@@ -638,26 +638,6 @@ def _retry_loop(cache_ref: weakref.ref[JwksCache], closed: threading.Event) -> t
     return run
 
 
-def _retry_loop(cache_ref: weakref.ref[JwksCache], closed: threading.Event) -> t.Callable[[], None]:
-    """The background retry of one cache; holds it only weakly, so a dropped cache ends it."""
-
-    def run() -> None:
-        while True:
-            cache = cache_ref()
-            if cache is None:
-                return
-            try:
-                wait = cache.retry_step()
-            except Exception:  # a retry loop must not die silently; the next step tries again
-                log.exception("JWKS background retry failed")
-                wait = MAX_RETRY_INTERVAL
-            del cache
-            if wait is None or closed.wait(wait):
-                return
-
-    return run
-
-
 def build_key_source(settings: JwksSettings, *, timeout: float, session: requests.Session | None = None,
                      min_fetch_interval: float = DEFAULT_MIN_FETCH_INTERVAL,
                      clock: t.Callable[[], float] = time.monotonic,
