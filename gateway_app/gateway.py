@@ -186,7 +186,7 @@ class Gateway:
         limit = route.max_body_bytes          # the route's own, else the global one (config build)
         if limit is not None and request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"request body larger than {limit} bytes")
-        if limit:
+        if limit is not None:
             limit_declared_body(request.environ, limit)    # chunked: 413 when a chunk size says so
 
     def _authorize(self, incoming: IncomingRequest, route: Route, state: AuthState,
