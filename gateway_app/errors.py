@@ -90,6 +90,16 @@ class PayloadTooLargeError(GatewayError):
     message_is_public = True
 
 
+class RequestTimeoutError(GatewayError):
+    """The request body arrives slower than the minimum data rate (Kestrel's ``MinRequestBodyDataRate``);
+    RFC 9110 §15.5.9. The connection is closed after the answer.
+    """
+
+    status_code = 408
+    reason = "body_too_slow"
+    public_message = "the request body arrived too slowly"
+
+
 class RouteNotFoundError(GatewayError):
     status_code = 404
     reason = "route_not_found"

@@ -47,6 +47,7 @@ from .proxy import Forwarder
 from .reload import Fingerprint
 from .reload import tree_fingerprint
 from .routing import Route
+from .worker import limit_declared_body
 from .settings import Settings
 from .usage_plans import UsagePlanEnforcer
 from .usage_plans import build_limiter
@@ -188,6 +189,8 @@ class Gateway:
         limit = route.max_body_bytes          # the route's own, else the global one (config build)
         if limit is not None and request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"request body larger than {limit} bytes")
+        if limit is not None:
+            limit_declared_body(request.environ, limit)    # chunked: 413 when a chunk size says so
 
     def _authorize(self, incoming: IncomingRequest, route: Route, state: AuthState,
                    decision: dict[str, t.Any]) -> dict[str, str]:
@@ -292,7 +295,9 @@ def _validators_by_auth_config(config: GatewayConfig) -> list[tuple[str, t.Any]]
 
 
 class _ClientBody:
-    """The client's body stream: read errors become 400, and more than ``limit`` bytes 413.
+    """The client's body stream: read errors become 400, and more than ``limit`` bytes 413;
+    a :class:`GatewayError` raised by the server's reader (408 body too slow, 413 declared too
+    large: :mod:`gateway_app.worker`) passes as it is.
 
     The WSGI server raises its own exceptions for a malformed chunked body (gunicorn's
     ``InvalidChunkSize``) or a client that stops mid-body (``NoMoreData``, an OSError that
@@ -306,6 +311,8 @@ class _ClientBody:
     def read(self, size: int = -1) -> bytes:
         try:
             data = self._stream.read(size)
+        except GatewayError:
+            raise                      # the server's own verdict: 408 too slow, 413 declared too large
         except Exception as e:
             raise BadRequestError(f"the request body could not be read ({type(e).__name__})",
                                   reason="body_invalid") from None

@@ -17,8 +17,13 @@ idle wait before that is gunicorn's ``keepalive``), as nginx's ``client_header_t
 The bytes read are given back to gunicorn's parser through its unreader, so what the
 application sees is what a plain gthread worker gives. A request body is read by the thread, as
 before, but each wait on the client there is bounded (``GATEWAY_CLIENT_TIMEOUT``, default 30 s:
-see :meth:`HeadReadingWorker.handle_request`); a body that keeps trickling in faster than that
-still holds its thread.
+see :meth:`HeadReadingWorker.handle_request`), and the body must arrive at a minimum data rate
+(``GATEWAY_MIN_BODY_RATE`` bytes/s averaged from its first read, default 240, after a 5 s grace:
+Kestrel's ``MinRequestBodyDataRate``), else it is answered ``408`` and the connection closed, so
+a client trickling a body holds a thread for about the grace period (:class:`MinRateSocket`).
+A chunked body whose chunk sizes declare more than the body limit the application set
+(:func:`limit_declared_body`) is refused ``413`` when the chunk-size line is read, before its
+data. After any body that could not be read whole, the answer says ``Connection: close``.
 
 A connection to close is half-closed and drained in the event loop too (gthread drains it on
 the loop's thread for up to 2 s, so a client that does not close stalls every other one).
@@ -41,17 +46,26 @@ import typing as t
 from functools import partial
 
 from gunicorn import util
+from gunicorn.http.body import ChunkedReader
+from gunicorn.http.body import LengthReader
 from gunicorn.http.errors import LimitRequestHeaders
 from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE
 from gunicorn.http.message import MAX_HEADERS
 from gunicorn.http.message import MAX_REQUEST_LINE
 from gunicorn.http2 import negotiation
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
+
+from .errors import PayloadTooLargeError
+from .errors import RequestTimeoutError
 
 HEAD_TIMEOUT_ENV = "GATEWAY_HEAD_TIMEOUT"
 DEFAULT_HEAD_TIMEOUT = 10.0
 CLIENT_TIMEOUT_ENV = "GATEWAY_CLIENT_TIMEOUT"
 DEFAULT_CLIENT_TIMEOUT = 30.0
+MIN_BODY_RATE_ENV = "GATEWAY_MIN_BODY_RATE"
+DEFAULT_MIN_BODY_RATE = 240.0      # bytes/s: Kestrel's MinRequestBodyDataRate default
+MIN_BODY_RATE_GRACE = 5.0          # seconds: Kestrel's grace period
 RECV_SIZE = 65536
 # A closed connection's lingering read (RFC 9112 §9.6): as gunicorn's util.close_graceful.
 LINGER_SECONDS = 2.0
@@ -65,17 +79,23 @@ def seconds_from_env(name: str, default: float, environ: t.Mapping[str, str] | N
 
     :raises ValueError: the value is not a finite number of seconds above 0.
     """
+    return _number_from_env(name, default, environ, zero_allowed=False, unit="seconds")
+
+
+def _number_from_env(name: str, default: float, environ: t.Mapping[str, str] | None, *, zero_allowed: bool,
+                     unit: str) -> float:
     env = os.environ if environ is None else environ
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        seconds = float(raw)
+        number = float(raw)
     except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"{name} must be a number of seconds above 0, got {raw!r}")
-    return seconds
+        number = float("nan")
+    if not (0 <= number if zero_allowed else 0 < number) or not number < float("inf"):
+        raise ValueError(f"{name} must be a number of {unit} {'0 or above' if zero_allowed else 'above 0'}, "
+                         f"got {raw!r}")
+    return number
 
 
 def timeouts_from_env(environ: t.Mapping[str, str] | None = None) -> tuple[float, float]:
@@ -86,6 +106,120 @@ def timeouts_from_env(environ: t.Mapping[str, str] | None = None) -> tuple[float
     """
     return (seconds_from_env(HEAD_TIMEOUT_ENV, DEFAULT_HEAD_TIMEOUT, environ),
             seconds_from_env(CLIENT_TIMEOUT_ENV, DEFAULT_CLIENT_TIMEOUT, environ))
+
+
+def min_body_rate_from_env(environ: t.Mapping[str, str] | None = None) -> float:
+    """``GATEWAY_MIN_BODY_RATE``: bytes/s a request body must average after the grace period; 0 turns it off.
+
+    :raises ValueError: not a finite number of bytes per second, 0 or above.
+    """
+    return _number_from_env(MIN_BODY_RATE_ENV, DEFAULT_MIN_BODY_RATE, environ, zero_allowed=True,
+                            unit="bytes per second")
+
+
+class MinRateSocket:
+    """The client socket as the request-body reader sees it: each ``recv`` bounded by the minimum data rate.
+
+    From the first ``recv`` the client must have sent, on average, ``rate`` bytes/s, checked
+    once ``grace`` seconds have passed (Kestrel's ``MinRequestBodyDataRate``: 240 bytes/s after
+    5 s). A ``recv`` waits at most until the rate would be missed, and at most ``timeout``
+    seconds (``GATEWAY_CLIENT_TIMEOUT``, whose expiry stays a ``TimeoutError``).
+
+    :raises RequestTimeoutError: the body arrives slower than ``rate`` (408).
+    """
+
+    def __init__(self, sock: socket.socket, rate: float, grace: float, timeout: float,
+                 clock: t.Callable[[], float] = time.monotonic) -> None:
+        self._sock = sock
+        self._rate = rate
+        self._grace = grace
+        self._timeout = timeout
+        self._clock = clock
+        self._started: float | None = None
+        self.received = 0
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        now = self._clock()
+        if self._started is None:
+            self._started = now
+        due = self._started + max(self._grace, self.received / self._rate)   # when the rate is missed
+        wait = min(self._timeout, due - now)
+        if wait <= 0:
+            raise RequestTimeoutError(f"request body slower than {self._rate:g} bytes/s")
+        self._sock.settimeout(wait)
+        try:
+            data = self._sock.recv(size, flags)
+        except TimeoutError:
+            if wait < self._timeout:
+                raise RequestTimeoutError(f"request body slower than {self._rate:g} bytes/s") from None
+            raise
+        finally:
+            self._sock.settimeout(self._timeout)
+        self.received += len(data)
+        return data
+
+
+class _GuardedBodyReader:
+    """gunicorn's body reader for one request: an answer sent before the body was read whole (a read
+    failed, or the body was refused unread) closes the connection, and chunk sizes are checked
+    against the body limit as they are declared.
+
+    gunicorn answers ``keep-alive`` after a body it could not read, and drains an unread body on
+    a pool thread at the client's pace before the next request; where the next request starts
+    is unknown or far, so the connection closes instead (RFC 9112 §9.6, as nginx after a 413).
+    """
+
+    def __init__(self, reader: t.Any, req: t.Any) -> None:
+        self._reader = reader
+        self._req = req
+        self._failed = False
+        should_close = req.should_close
+        req.should_close = lambda: self._failed or not self._complete() or should_close()
+        self._limit: int | None = None
+        self._declared = 0
+        if isinstance(reader, ChunkedReader):
+            parse = reader.parse_chunk_size
+
+            def parse_checked(*args: t.Any, **kwargs: t.Any) -> tuple[int, t.Any]:
+                size, rest = parse(*args, **kwargs)
+                self._declare(size)
+                return size, rest
+
+            reader.parse_chunk_size = parse_checked
+
+    def limit(self, max_bytes: int) -> None:
+        self._limit = max_bytes
+
+    def _declare(self, size: int) -> None:
+        self._declared += size
+        if self._limit is not None and self._declared > self._limit:
+            raise PayloadTooLargeError(f"chunk sizes declare more than {self._limit} bytes")
+
+    def _complete(self) -> bool:
+        if isinstance(self._reader, LengthReader):
+            return self._reader.length == 0
+        if isinstance(self._reader, ChunkedReader):
+            return self._reader.parser is None and self._reader.buf.tell() == 0
+        return True
+
+    def read(self, size: int) -> bytes:
+        try:
+            return t.cast(bytes, self._reader.read(size))
+        except BaseException:
+            self._failed = True
+            raise
+
+
+def limit_declared_body(environ: t.Mapping[str, t.Any], max_bytes: int) -> None:
+    """Refuse (413) a chunked body as soon as its chunk sizes add up to more than ``max_bytes``.
+
+    Under :class:`HeadReadingWorker` the check runs when each chunk-size line is parsed
+    (RFC 9112 §7.1), before the chunk's data is awaited; elsewhere it does nothing (the
+    application still counts the bytes it reads).
+    """
+    reader = getattr(environ.get("wsgi.input"), "reader", None)
+    if isinstance(reader, _GuardedBodyReader):
+        reader.limit(max_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +336,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout, self.client_timeout = timeouts_from_env()
+        self.min_body_rate = min_body_rate_from_env()
         self.head_limits = HeadLimits.from_config(self.cfg)
         self.reads_heads = not self.cfg.is_ssl and getattr(self.cfg, "protocol", "http") == "http"
         # Insertion order is deadline order: every entry gets the same timeout from "now".
@@ -216,6 +351,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         """
         super().check_config(cfg, log)
         timeouts_from_env()
+        min_body_rate_from_env()
         if cfg.is_ssl:
             log.warning("gunicorn terminates TLS here: request heads are read by pool threads "
                         "without the %s deadline; terminate TLS in front of the gateway", HEAD_TIMEOUT_ENV)
@@ -252,15 +388,26 @@ class HeadReadingWorker(gthread.ThreadWorker):
         ``TimeoutError``: the gateway answers an unreadable body 400 ``body_invalid``, and a
         stalled answer ends with the connection closed. Without it a client that stops sending
         its body holds the thread for good: gthread's loop keeps the worker alive, so the
-        worker ``timeout`` never fires.
+        worker ``timeout`` never fires. The body's reads are also held to the minimum data rate
+        (:class:`MinRateSocket`), and a body that could not be read closes the connection.
         """
         conn.sock.settimeout(self.client_timeout)
+        unreader = getattr(conn.parser, "unreader", None)
+        guarded = isinstance(unreader, SocketUnreader) and not conn.is_http2 and req.body is not None
+        if guarded:
+            req.body.reader = _GuardedBodyReader(req.body.reader, req)
+            if self.min_body_rate:
+                unreader.sock = MinRateSocket(conn.sock, self.min_body_rate, MIN_BODY_RATE_GRACE,
+                                              self.client_timeout)
         try:
             return super().handle_request(req, conn)
         except TimeoutError:
             self.log.info("Client at ip=%s took more than %g s to take the answer: closed",
                           _peer(conn), self.client_timeout)
             return False
+        finally:
+            if guarded:
+                unreader.sock = conn.sock
 
     def finish_request(self, conn: gthread.TConn, fs: t.Any) -> None:
         """gthread's, except that a parked head waits in the loop and a closing connection lingers there.

@@ -6,11 +6,15 @@ import types
 
 import pytest
 
+from gateway_app.errors import RequestTimeoutError
 from gateway_app.worker import DEFAULT_CLIENT_TIMEOUT
 from gateway_app.worker import DEFAULT_HEAD_TIMEOUT
+from gateway_app.worker import DEFAULT_MIN_BODY_RATE
 from gateway_app.worker import HeadBuffer
 from gateway_app.worker import HeadLimits
 from gateway_app.worker import HeadState
+from gateway_app.worker import MinRateSocket
+from gateway_app.worker import min_body_rate_from_env
 from gateway_app.worker import timeouts_from_env
 
 LIMITS = HeadLimits(request_line=20, head=200)
@@ -107,3 +111,77 @@ def test_timeouts_come_from_the_environment(env, timeouts):
 def test_a_timeout_that_is_not_a_positive_number_stops_start_up(name, raw):
     with pytest.raises(ValueError, match=name):
         timeouts_from_env({name: raw})
+
+
+# --- The minimum body data rate and the declared body size (F2) ------------------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TricklingSocket:
+    """A client socket that has ``arrivals`` ready, one per recv; then every recv waits out its timeout."""
+
+    def __init__(self, clock: FakeClock, arrivals: list[bytes], seconds_per_recv: float) -> None:
+        self.clock = clock
+        self.arrivals = list(arrivals)
+        self.seconds_per_recv = seconds_per_recv
+        self.timeout: float | None = None
+        self.waits: list[float] = []
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self.waits.append(self.timeout)
+        if not self.arrivals:
+            self.clock.now += self.timeout
+            raise TimeoutError("timed out")
+        self.clock.now += self.seconds_per_recv
+        return self.arrivals.pop(0)
+
+
+def test_a_body_trickled_below_the_minimum_rate_is_cut_with_408_after_the_grace_period():
+    """The red team's trickle: one byte every 5 s; 240 bytes/s after 5 s of grace (Kestrel's default)."""
+    clock = FakeClock()
+    sock = TricklingSocket(clock, [b"x"] * 100, seconds_per_recv=5.0)
+    body = MinRateSocket(sock, rate=240, grace=5.0, timeout=30.0, clock=clock)
+    assert body.recv(8192) == b"x"              # within the grace period
+    with pytest.raises(RequestTimeoutError) as cut:
+        body.recv(8192)
+    assert cut.value.status_code == 408 and cut.value.reason == "body_too_slow"
+    assert clock.now - 100.0 <= 5.0 + 5.0       # held for at most the grace plus one wait
+    assert sock.timeout == 30.0                 # the socket keeps the client timeout for the answer
+
+
+def test_a_body_at_the_minimum_rate_is_read_whole():
+    clock = FakeClock()
+    sock = TricklingSocket(clock, [b"x" * 480] * 20, seconds_per_recv=1.0)   # 480 bytes/s
+    body = MinRateSocket(sock, rate=240, grace=5.0, timeout=30.0, clock=clock)
+    assert b"".join(body.recv(8192) for _ in range(20)) == b"x" * 480 * 20
+
+
+def test_a_body_that_stops_within_the_rate_keeps_the_client_timeout_error():
+    """A wait shorter than the rate allows ends as GATEWAY_CLIENT_TIMEOUT always did: TimeoutError (400)."""
+    clock = FakeClock()
+    sock = TricklingSocket(clock, [b"x" * 100_000], seconds_per_recv=0.1)
+    body = MinRateSocket(sock, rate=240, grace=5.0, timeout=2.0, clock=clock)
+    body.recv(65536)
+    with pytest.raises(TimeoutError) as stopped:
+        body.recv(65536)
+    assert not isinstance(stopped.value, RequestTimeoutError)
+
+
+@pytest.mark.parametrize("raw, expected", [("", DEFAULT_MIN_BODY_RATE), ("0", 0.0), ("1000", 1000.0)])
+def test_the_minimum_body_rate_comes_from_the_environment(raw, expected):
+    assert min_body_rate_from_env({"GATEWAY_MIN_BODY_RATE": raw}) == expected
+
+
+@pytest.mark.parametrize("raw", ["-1", "fast", "inf", "nan"])
+def test_a_bad_minimum_body_rate_stops_start_up(raw):
+    with pytest.raises(ValueError, match="GATEWAY_MIN_BODY_RATE"):
+        min_body_rate_from_env({"GATEWAY_MIN_BODY_RATE": raw})

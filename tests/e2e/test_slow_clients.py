@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import select
 import socket
 import threading
 import time
@@ -216,11 +217,79 @@ def test_a_body_that_stops_arriving_is_answered_400_after_the_client_timeout(imp
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
         sock.sendall(b"POST /anything/stalled HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\nabc")
         answer = read_answer(sock)
+        assert read_until_closed(sock) == b"", "closed after the answer: where a next request starts is unknown"
     assert status_of(answer) == 400
     assert b'"body_invalid"' in answer
+    assert b"Connection: close" in answer
     with requests.Session() as session:
         session.trust_env = False
         assert session.get(impatient_gateway.url + "/anything/public", timeout=OPEN_ROUTE_TIMEOUT).status_code == 200
+
+
+class TricklingBody:
+    """The red team's F2 client: a whole head declaring ``Content-Length: 100000``, then one body byte a second."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.head_sent = threading.Event()
+        self.bytes_sent = 0
+
+    def run(self) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=60) as sock:
+            sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: rec.local\r\nContent-Length: 100000\r\n\r\n")
+            self.head_sent.set()
+            try:
+                while self.bytes_sent < 100:
+                    sock.sendall(b"x")
+                    self.bytes_sent += 1
+                    readable, _, _ = select.select([sock], [], [], 1.0)
+                    if readable:
+                        break                   # answered: stop trickling
+            except OSError:
+                pass
+            return read_until_closed(sock)
+
+
+def test_more_clients_trickling_bodies_than_threads_are_cut_with_408_and_the_open_route_answers(gateway):
+    """F2: 16 connections (the gateway has 2 x 4 threads) each trickle a 100,000-byte body at 1 byte/s.
+
+    Each is cut with 408 and closed once it is below the minimum data rate after the 5 s grace,
+    so the open route answers while they are still trickling; before, they held every thread.
+    """
+    clients = [TricklingBody(gateway.port) for _ in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        futures = [pool.submit(client.run) for client in clients]
+        for client in clients:
+            client.head_sent.wait(10)
+        with requests.Session() as session:
+            session.trust_env = False
+            # Waits longer than the grace period: the threads the bodies hold are given back by then.
+            statuses = [session.get(gateway.url + "/anything/public", timeout=20).status_code for _ in range(3)]
+        answers = [future.result(timeout=60) for future in futures]
+    assert statuses == [200] * 3
+    assert [status_of(answer) for answer in answers] == [408] * 16
+    assert all(b"Connection: close" in answer and b'"body_too_slow"' in answer for answer in answers)
+    assert max(client.bytes_sent for client in clients) < 100, "cut long before the body was sent"
+
+
+def test_a_chunk_size_above_the_body_limit_is_refused_413_at_once(impatient_gateway):
+    """F2: ``ffffffffffffffffff`` declares more than the 10 MiB limit: 413 before any chunk data, not 400 later."""
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
+        sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: rec.local\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"ffffffffffffffffff\r\n")
+        answer = read_answer(sock)
+        assert read_until_closed(sock) == b""
+    assert status_of(answer) == 413
+    assert b"Connection: close" in answer
+
+
+def test_a_content_length_above_the_body_limit_is_refused_413_unread_and_closed(impatient_gateway):
+    """F2: refused before the body is read, and closed: gunicorn would otherwise drain 20 MB on a thread."""
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
+        sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: rec.local\r\nContent-Length: 20000000\r\n\r\nabc")
+        answer = read_answer(sock)
+    assert status_of(answer) == 413
+    assert b"Connection: close" in answer
 
 
 def read_answer(sock: socket.socket) -> bytes:

@@ -94,7 +94,7 @@ CASES: dict[str, tuple[bytes, str, int]] = {
     "chunk size with junk": (_req("POST /echo HTTP/1.1\nHost: gw\nTransfer-Encoding: chunked\n",
                                   b"5x\r\nhello\r\n0\r\n\r\n"), GATEWAY, 400),
     "chunk size overflow": (_req("POST /echo HTTP/1.1\nHost: gw\nTransfer-Encoding: chunked\n",
-                                 b"1" + b"0" * 20 + b"\r\nhello\r\n0\r\n\r\n"), GATEWAY, 400),
+                                 b"1" + b"0" * 20 + b"\r\nhello\r\n0\r\n\r\n"), GATEWAY, 413),  # declares > limit
     "chunk extension": (_req("POST /echo HTTP/1.1\nHost: gw\nTransfer-Encoding: chunked\n",
                              b"5;ext=1\r\nhello\r\n0\r\n\r\n"), GATEWAY, 200),
     "chunked body cut short": (_req("POST /echo HTTP/1.1\nHost: gw\nTransfer-Encoding: chunked\n", b"5\r\nhel"),
