@@ -1,7 +1,8 @@
-"""Slow clients do not stop the gateway (issue 12, class 11): the head-reading worker, end to end.
+"""Slow clients and a slow IdP do not stop the gateway (issue 12, class 11), end to end.
 
 Real gunicorn with ``conf/gunicorn.conf.py`` (``gateway_app.worker.HeadReadingWorker``). Clients
-that trickle their request head one line a second hold no pool thread, so an open route keeps
+that trickle their request head one line a second hold no pool thread, and at most
+``maxConcurrentCalls`` requests per worker wait on a slow IdP, so an open route keeps
 answering; a head slower than ``GATEWAY_HEAD_TIMEOUT`` is answered 408 and closed. A
 differential test sends the same bytes to a plain gthread worker and to the head-reading worker
 running a WSGI app that echoes what it sees: the answers must be byte-identical.
@@ -20,6 +21,7 @@ import typing as t
 import pytest
 import requests
 
+from tests.support.idp_servers import HeldIdp
 from tests.support.servers import GUNICORN
 from tests.support.servers import ServerProcess
 from tests.support.servers import free_port
@@ -33,6 +35,17 @@ metadata: {name: httpbin, namespace: gloo-system}
 spec:
   static: {hosts: [{addr: 127.0.0.1, port: {UPSTREAM_PORT}}]}
 ---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: slow-idp, namespace: gloo-system}
+spec:
+  configs:
+  - oauth2:
+      accessTokenValidation:
+        introspection:
+          introspectionUrl: http://127.0.0.1:{IDP_PORT}/introspect
+          timeout: 30s
+---
 apiVersion: gateway.solo.io/v1
 kind: VirtualService
 metadata: {name: open, namespace: gloo-system}
@@ -40,11 +53,16 @@ spec:
   virtualHost:
     domains: ['*']
     routes:
+    - matchers: [{prefix: /secure}]
+      routeAction: {single: {upstream: {name: httpbin, namespace: gloo-system}}}
+      options: {extauth: {configRef: {name: slow-idp, namespace: gloo-system}}}
     - matchers: [{prefix: /}]
       routeAction: {single: {upstream: {name: httpbin, namespace: gloo-system}}}
 """
 
 TRICKLING_CLIENTS = 64
+BOGUS_TOKENS = 16            # concurrent requests whose introspection the IdP holds (it "takes 10 s")
+IDP_HOLD = 10.0
 TRICKLED_LINES = 6           # one a second: the heads take ~6 s, within the default 10 s deadline
 OPEN_ROUTE_TIMEOUT = 2.0     # the issue's bound: the open route answers within 2 s
 
@@ -120,23 +138,45 @@ class OpenRouteProbe:
         return [status for status in self.statuses if status != 200]
 
 
-def trickle_while_probing(gateway: ServerProcess, clients: list[TricklingClient]) -> tuple[OpenRouteProbe, list]:
-    """Start every trickling client, probe the open route until the first one is answered, collect answers."""
+def trickle_while_probing(gateway: ServerProcess, clients: list[TricklingClient],
+                          meanwhile: t.Callable[[], None] = lambda: None) -> tuple[OpenRouteProbe, list]:
+    """Start every trickling client, then ``meanwhile()``; probe the open route until the first
+    trickling client is answered; collect their answers."""
     probe = OpenRouteProbe(gateway.url + "/anything/public")
     with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
         futures = [pool.submit(client.run) for client in clients]
         for client in clients:
             client.first_line_sent.wait(10)
+        meanwhile()
         probe.run_until(lambda: any(future.done() for future in futures))
         answers = [future.result(timeout=60) for future in futures]
     return probe, answers
 
 
+def bogus_token_request(gateway: ServerProcess, number: int) -> tuple[int, str | None]:
+    """A request to the IdP-protected route with a token the IdP has never issued: (status, reason)."""
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.get(gateway.url + "/secure", headers={"Authorization": f"Bearer bogus-{number:04d}"},
+                               timeout=60)
+    return response.status_code, response.json().get("error")
+
+
 @pytest.fixture(scope="module")
-def gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
+def slow_idp() -> t.Iterator[HeldIdp]:
+    with HeldIdp() as idp:
+        try:
+            yield idp
+        finally:
+            idp.release.set()
+
+
+@pytest.fixture(scope="module")
+def gateway(httpbin: ServerProcess, slow_idp: HeldIdp,
+            tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
     """The gateway as shipped: conf/gunicorn.conf.py, 2 workers x 4 threads, the default head deadline."""
     tmp = tmp_path_factory.mktemp("slow-clients")
-    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port)
+    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=slow_idp.port)
     (tmp / "rego").mkdir()
     env = {"GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "4", "GATEWAY_LOG_LEVEL": "info"}
     with gateway_server(tmp, conf, tmp / "rego", workers=2, threads=4, env=env) as server:
@@ -147,21 +187,33 @@ def gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) ->
 def impatient_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
     """One worker with one thread, a 2 s head deadline and client timeout: any thread a slow client took would show."""
     tmp = tmp_path_factory.mktemp("impatient")
-    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port)
+    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=free_port())
     (tmp / "rego").mkdir()
     env = {"GATEWAY_HEAD_TIMEOUT": "2", "GATEWAY_CLIENT_TIMEOUT": "2", "GATEWAY_LOG_LEVEL": "info"}
     with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=1, env=env, name="impatient") as server:
         yield server
 
 
-def test_64_clients_trickling_their_heads_do_not_stop_an_open_route(gateway):
+def test_64_trickling_clients_and_16_bogus_tokens_on_a_slow_idp_leave_an_open_route_answering(gateway, slow_idp):
+    """The issue's example: heads trickle one line a second while an IdP takes 10 s for 16 bogus tokens."""
     clients = [TricklingClient(gateway.port, trickled_head(f"/anything/slow-{n}", TRICKLED_LINES))
                for n in range(TRICKLING_CLIENTS)]
-    probe, answers = trickle_while_probing(gateway, clients)
+    with concurrent.futures.ThreadPoolExecutor(BOGUS_TOKENS) as pool:
+        bogus: list[concurrent.futures.Future] = []
+        probe, answers = trickle_while_probing(
+            gateway, clients, lambda: bogus.extend(pool.submit(bogus_token_request, gateway, n)
+                                                   for n in range(BOGUS_TOKENS)))
+        held = slow_idp.calls
+        threading.Timer(max(IDP_HOLD - TRICKLED_LINES, 0), slow_idp.release.set).start()
+        bogus_answers = [future.result(timeout=60) for future in bogus]
     assert probe.failures == []
     assert len(probe.statuses) >= 5, "the open route was answered while the heads trickled in"
     # Slow but within the deadline: every trickling client is served too.
     assert [status_of(answer) for answer in answers] == [200] * TRICKLING_CLIENTS
+    # At most maxConcurrentCalls (2) per worker waited on the IdP; the others were refused at once.
+    assert 1 <= held <= 2 * 2
+    assert sorted(bogus_answers) == sorted([(403, "token_inactive")] * held
+                                           + [(503, "idp_overloaded")] * (BOGUS_TOKENS - held))
 
 
 def test_a_head_slower_than_the_deadline_is_answered_408_and_closed(impatient_gateway):
