@@ -73,7 +73,9 @@ class PathMatcher:
             return self.regex.fullmatch(path) is not None
         candidate = path if self.case_sensitive else path.lower()
         if self.kind == "exact":
-            return candidate == self.value
+            # One trailing slash either way: upstreams such as Express and Spring serve /admin/ as
+            # /admin, so a path that reads as the exact one is matched (and guarded) as it.
+            return candidate == self.value or _without_trailing_slash(candidate) == _without_trailing_slash(self.value)
         if not candidate.startswith(self.value):
             return False
         end = len(self.value)
@@ -294,3 +296,8 @@ def domain_key(domain: str) -> str:
     host, RFC 1034 §3.1; wildcards kept)."""
     domain = split_port(domain.lower())[0]
     return domain[:-1] if domain.endswith(".") and domain != "." else domain
+
+
+def _without_trailing_slash(path: str) -> str:
+    """``path`` without one trailing ``/`` (the root stays ``/``)."""
+    return path[:-1] if len(path) > 1 and path.endswith("/") else path

@@ -174,3 +174,12 @@ def test_a_rewritten_path_not_in_normal_form_is_refused(replacement, path):
 def test_a_configured_domain_with_a_root_dot_or_port_matches_the_normalized_host():
     router = Router([vhost("secure", "Secure.Example.com.:443")])
     assert router.match(request("/", host="secure.example.com")).virtual_host.name == "secure"
+
+
+@pytest.mark.parametrize(("value", "path", "matched"), [
+    ("/admin", "/admin/", True), ("/admin/", "/admin", True), ("/admin", "/admin", True),
+    ("/admin", "/admin/x", False), ("/", "/", True), ("/admin", "/admins", False),
+], ids=["a trailing slash added", "a trailing slash removed", "the same path", "a longer path",
+        "the root", "another name"])
+def test_an_exact_matcher_matches_its_path_with_or_without_one_trailing_slash(value, path, matched):
+    assert PathMatcher("exact", value).matches(path) is matched

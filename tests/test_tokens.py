@@ -120,6 +120,21 @@ def test_a_repeated_token_cookie_with_different_values_is_ambiguous():
         source.extract(make_request(cookies={"session": ("valid", "forged")}))
 
 
+def test_a_token_from_a_cookie_beside_another_scheme_in_the_token_header_is_ambiguous():
+    """``Authorization: Basic ...`` beside a validated cookie token would reach the upstream as a
+    second, unvalidated credential in a location the source reads (found by the differential test)."""
+    source = parse_token_source(Node({"header": "Authorization", "headerAuthScheme": "Bearer",
+                                      "cookie": "session"}, "t.yaml"))
+    with pytest.raises(AmbiguousTokenError):
+        source.extract(make_request({"Authorization": "Basic YTpi"}, cookies={"session": ("valid",)}))
+
+
+def test_another_scheme_in_the_token_header_alone_is_no_token():
+    source = parse_token_source(Node({"header": "Authorization", "headerAuthScheme": "Bearer",
+                                      "cookie": "session"}, "t.yaml"))
+    assert source.extract(make_request({"Authorization": "Basic YTpi"})) is None
+
+
 def test_a_repeated_token_cookie_with_one_value_is_one_token():
     source = parse_token_source(Node({"cookie": "session"}, "t.yaml"))
     assert source.extract(make_request(cookies={"session": ("same", "same")})).value == "same"

@@ -73,8 +73,19 @@ class TokenSource:
             elif token.value != first.value:
                 raise AmbiguousTokenError()
         if first is not None:
+            if first.location[0] != "header" and self._foreign_credential(request):
+                raise AmbiguousTokenError()
             self._check(first.value)
         return first
+
+    def _foreign_credential(self, request: IncomingRequest) -> bool:
+        """Whether the token header holds a credential of another scheme (``Basic ...`` beside a
+        Bearer source): with a token found elsewhere, the upstream would receive a second,
+        unvalidated credential in a location this source reads (issue 12, class 4)."""
+        if not self.header or not self.scheme:
+            return False
+        raw = request.headers.get(self.header)
+        return bool(raw and raw.strip()) and self._from_header(request) is None
 
     @functools.cached_property
     def _readers(self) -> tuple[t.Callable[[IncomingRequest], FoundToken | None], ...]:
