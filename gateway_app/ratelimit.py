@@ -18,9 +18,10 @@ Times are integer **microseconds** since the epoch, so Python and the Redis Lua 
 same integer arithmetic (both exact below 2**53).
 
 :class:`MemoryLimiter` keeps the numbers in this process (so limits are per worker; ``divisor``
-divides every limit, "limit / workers", which is not exact). :class:`RedisLimiter` runs one Lua
-script per request: read, decide and write happen inside Redis atomically, so any number of
-workers and replicas share one exact budget. When Redis fails it either falls back to its
+divides every limit, "limit / workers", which is not exact). :class:`RedisLimiter` changes the
+counters only in one Lua script (read, decide and write atomic inside Redis), so any number of
+workers and replicas share one budget that is never exceeded; far from the limit one call leases
+a few requests to the worker (:class:`Lease`), near it every request is one call. When Redis fails it either falls back to its
 in-process limiter (``failure_mode="open"``) or raises :class:`RateLimitUnavailableError`
 (``"closed"``), after at most the socket timeout (100 ms), and leaves Redis alone for
 ``retry_after`` seconds.
@@ -192,9 +193,13 @@ class MemoryLimiter:
 
 
 # KEYS[1] the rate key ("<tat>:<interval>"), KEYS[2] the quota key prefix (the window index is appended).
-# ARGV: now_us ("" = Redis's own clock), limit, period_us, quota limit (0 = none), quota period_us.
-# Returns {allowed, rate allowed, rate wait_us, rate remaining, quota count before (-1 = none), quota reset_us}.
-# The arithmetic is gcra() and fixed_window() above, in integers.
+# ARGV: now_us ("" = Redis's own clock), limit, period_us, quota limit (0 = none), quota period_us,
+#       wanted (requests to admit at once, >= 1), returned (leased requests given back unused),
+#       the quota window they were counted in (-1: none), share (a grant takes at most 1/share of
+#       what is left, and at least 1).
+# Returns {allowed, rate allowed, rate wait_us, rate remaining after the grant, quota count before
+#          the grant (-1 = none), quota reset_us, granted, quota window}.
+# With wanted = 1 and nothing returned the arithmetic is gcra() and fixed_window() above, in integers.
 GCRA_SCRIPT = """
 local now = tonumber(ARGV[1])
 if not now then
@@ -203,6 +208,8 @@ if not now then
 end
 local limit = tonumber(ARGV[2])
 local period = tonumber(ARGV[3])
+local wanted = tonumber(ARGV[6])
+local returned = tonumber(ARGV[7])
 local interval = math.floor(period / limit)
 local tat = now
 local stored = redis.call('GET', KEYS[1])
@@ -217,40 +224,95 @@ if stored then
     end
   end
 end
-local candidate = tat + interval
-local allow_at = candidate - period
-local rate_ok = now >= allow_at
+if returned > 0 then tat = math.max(now, tat - returned * interval) end
+local rate_left = math.min(math.floor((now + period - tat) / interval), limit)
 local quota_limit = tonumber(ARGV[4])
 local count = -1
-local quota_ok = true
 local quota_key = nil
 local quota_reset = 0
+local window = -1
+local available = rate_left
 if quota_limit > 0 then
   local quota_period = tonumber(ARGV[5])
-  local window = math.floor(now / quota_period)
+  window = math.floor(now / quota_period)
   quota_key = KEYS[2] .. window
   count = tonumber(redis.call('GET', quota_key)) or 0
-  quota_ok = count < quota_limit
+  if returned > 0 and tonumber(ARGV[8]) == window then count = math.max(0, count - returned) end
   quota_reset = (window + 1) * quota_period - now
+  available = math.min(available, quota_limit - count)
 end
-if not (rate_ok and quota_ok) then
+local granted = 0
+if available > 0 then
+  granted = math.min(wanted, math.max(1, math.floor(available / tonumber(ARGV[9]))))
+end
+if granted > 0 or returned > 0 then
+  local until_us = tat + granted * interval
+  if until_us > now then
+    redis.call('SET', KEYS[1], string.format('%d:%d', until_us, interval), 'PX', math.ceil((until_us - now) / 1000) + 1)
+  end
+  if quota_key then
+    redis.call('SET', quota_key, count + granted, 'PX', math.ceil(quota_reset / 1000) + 1000)
+  end
+end
+if granted == 0 then
   local wait = 0
-  if not rate_ok then wait = allow_at - now end
-  return {0, rate_ok and 1 or 0, wait, 0, count, quota_reset}
+  if rate_left < 1 then wait = tat + interval - period - now end
+  return {0, rate_left >= 1 and 1 or 0, wait, 0, count, quota_reset, 0, window}
 end
-redis.call('SET', KEYS[1], string.format('%d:%d', candidate, interval), 'PX', math.ceil((candidate - now) / 1000) + 1)
-if quota_key then
-  redis.call('INCR', quota_key)
-  redis.call('PEXPIRE', quota_key, math.ceil(quota_reset / 1000) + 1000)
-end
-local remaining = math.floor((period - (candidate - now)) / interval)
-if remaining > limit - 1 then remaining = limit - 1 end
-return {1, 1, candidate - now, remaining, count, quota_reset}
+tat = tat + granted * interval
+local remaining = math.min(rate_left - granted, limit - 1)
+return {1, 1, tat - now, remaining, count, quota_reset, granted, window}
 """
+
+LEASE_MAX = 64              # requests one lease covers at most
+LEASE_SHARE = 64            # a lease takes at most 1/64 of the budget left (so the last 127 are per request)
+LEASE_LIFE_US = 100_000     # a lease unused for this long is given back on the key's next hit
+
+
+@dataclasses.dataclass
+class Lease:
+    """Requests a worker took from the shared budget at once and admits locally, one per hit.
+
+    ``last`` is the :class:`Usage` of the lease's last request; the one before it has one more
+    remaining, and so on. ``window`` is the quota window the lease was counted in (-1: no quota).
+    ``size`` is how many it asked for: the next lease asks for twice as many when this one is
+    used up before ``expires_us``, else for half as many.
+    """
+
+    rate: Rate
+    quota: Rate | None
+    left: int
+    expires_us: int
+    window: int
+    last: Usage
+    size: int
+
+    def take(self) -> Usage:
+        """Admit one request from the lease (``left`` must be positive)."""
+        self.left -= 1
+        quota_remaining = self.last.quota_remaining
+        return dataclasses.replace(self.last, remaining=self.last.remaining + self.left,
+                                   quota_remaining=None if quota_remaining is None else quota_remaining + self.left)
+
+    def fits(self, rate: Rate, quota: Rate | None) -> bool:
+        return self.rate == rate and self.quota == quota
 
 
 class RedisLimiter:
-    """Counters in Redis shared by every worker and replica: one atomic script per request.
+    """Counters in Redis shared by every worker and replica, changed only by one atomic script.
+
+    Far from the limit, one script call takes a small :class:`Lease` (up to :data:`LEASE_MAX`
+    requests, at most ``1/LEASE_SHARE`` of what is left) that this process then admits one per
+    hit without a round trip: a Redis call per request costs a Python worker about a third of
+    its throughput (GIL hand-offs around the socket wait, ``make bench``). Leases start at one
+    request and double while each is used up within :data:`LEASE_LIFE_US`, so a consumer that
+    sends little takes one at a time; unused leased requests are given back on the key's next
+    hit. Near the limit (fewer than ``2 x LEASE_SHARE`` left) every request is one script call,
+    so the last requests of a budget are exact across workers and replicas. The shared count
+    is never exceeded: a leased request was counted when it was leased. What a lease costs: a
+    worker that stops sending holds at most one lease (counted, unused) until its next hit or
+    the window's end; this is the quota-assignment design of Envoy's rate-limit quota service
+    and Google's Doorman. ``lease_max=1`` turns leases off (one script call per request).
 
     ``clock`` (microseconds) is for tests; by default the script reads Redis's clock, so
     replicas with skewed clocks still agree. ``fallback`` serves while Redis is down when
@@ -260,21 +322,37 @@ class RedisLimiter:
     """
 
     def __init__(self, url: str, *, failure_mode: str = "open", fallback: MemoryLimiter | None = None,
-                 clock: t.Callable[[], int] | None = None, retry_after: float | None = None) -> None:
+                 clock: t.Callable[[], int] | None = None, retry_after: float | None = None,
+                 lease_max: int = LEASE_MAX, monotonic_us: t.Callable[[], int] | None = None) -> None:
         if failure_mode not in FAILURE_MODES:
             raise ValueError(f"rate-limit failure mode must be open or closed, got {failure_mode!r}")
         self.failure_mode = failure_mode
         self.fallback = fallback or MemoryLimiter()
         self._clock = clock
+        self._monotonic_us = monotonic_us or clock or (lambda: time.monotonic_ns() // 1000)
+        self._lease_max = max(1, lease_max)
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
         self._client = connect(url)
         self._script = self._client.register_script(GCRA_SCRIPT)
         self.backoff = RedisBackoff(url, "rate limits", "per-worker limits" if failure_mode == "open"
                                     else "refusing limited requests with 503", retry_after=retry_after)
 
     def hit(self, key: str, rate: Rate, quota: Rate | None) -> Usage:
+        """Admit or refuse one request on ``key``: from this process's lease, else one script call."""
+        now = self._monotonic_us()
+        returned, window, wanted = 0, -1, 1
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is not None and lease.fits(rate, quota):
+                if lease.left > 0 and now < lease.expires_us:
+                    return lease.take()
+                returned, window, lease.left = lease.left, lease.window, 0
+                used_up_in_time = not returned and now < lease.expires_us
+                wanted = min(self._lease_max, lease.size * 2) if used_up_in_time else max(1, lease.size // 2)
         if self.backoff.usable():
             try:
-                usage = self._hit(key, rate, quota)
+                usage = self._hit(key, rate, quota, (wanted, returned, window), now)
             except REDIS_FAILURES as error:
                 self.backoff.mark_down(error)
             else:
@@ -284,18 +362,41 @@ class RedisLimiter:
             raise RateLimitUnavailableError()
         return self.fallback.hit(key, rate, quota)
 
-    def _hit(self, key: str, rate: Rate, quota: Rate | None) -> Usage:
-        now = "" if self._clock is None else str(self._clock())
-        args = [now, rate.limit, rate.period_us, quota.limit if quota else 0, quota.period_us if quota else 0]
+    def _hit(self, key: str, rate: Rate, quota: Rate | None, lease: tuple[int, int, int], now: int) -> Usage:
+        """One script call asking for ``lease = (wanted, returned, window)``; keeps what it grants."""
+        wanted, returned, window = lease
+        stamp = "" if self._clock is None else str(self._clock())
+        args = [stamp, rate.limit, rate.period_us, quota.limit if quota else 0, quota.period_us if quota else 0,
+                wanted, returned, window, LEASE_SHARE]
         tagged = f"{KEY_PREFIX}{{{key}}}"               # one hash tag: both keys in one Redis Cluster slot
-        keys = [tagged, tagged + ":q:"]
-        _, rate_ok, wait, remaining, count, quota_reset = self._script(keys=keys, args=args)
+        _, rate_ok, wait, remaining, count, quota_reset, granted, window = self._script(
+            keys=[tagged, tagged + ":q:"], args=args)
+        granted = int(granted)
         rate_step = (bool(rate_ok), 0, int(remaining), int(wait))
         quota_step = None
         if quota is not None:
             count = int(count)
-            quota_step = (count < quota.limit, max(0, quota.limit - count - 1), int(quota_reset))
-        return combine(rate, rate_step, quota, quota_step)
+            quota_step = (count < quota.limit, max(0, quota.limit - count - max(1, granted)), int(quota_reset))
+        usage = combine(rate, rate_step, quota, quota_step)
+        if not granted:
+            return usage
+        kept = Lease(rate, quota, granted, now + LEASE_LIFE_US, int(window), usage, wanted)
+        first = kept.take()
+        self._keep(key, kept, now)
+        return first
+
+    def _keep(self, key: str, lease: Lease, now: int) -> None:
+        """Remember ``key``'s lease (its leftovers and the size of the next one); bounded in number."""
+        with self._lock:
+            if key not in self._leases and len(self._leases) >= MAX_MEMORY_KEYS:
+                for stale in [k for k, held in self._leases.items() if held.expires_us <= now and not held.left]:
+                    del self._leases[stale]
+                if len(self._leases) >= MAX_MEMORY_KEYS:
+                    del self._leases[next(iter(self._leases))]
+            held = self._leases.get(key)
+            if held is not None and held.left and held.fits(lease.rate, lease.quota) and now < held.expires_us:
+                lease.left += held.left                 # another thread's lease, taken meanwhile
+            self._leases[key] = lease
 
     def close(self) -> None:
         self._client.close()

@@ -7,6 +7,7 @@ redis-server (the Lua script must do the same integer arithmetic as :func:`gcra`
 from __future__ import annotations
 
 import concurrent.futures
+import random
 import typing as t
 
 import pytest
@@ -17,6 +18,8 @@ from gateway_app.ratelimit import MICROS
 from gateway_app.ratelimit import MemoryLimiter
 from gateway_app.ratelimit import Rate
 from gateway_app.ratelimit import RedisLimiter
+from gateway_app.ratelimit import LEASE_LIFE_US
+from gateway_app.ratelimit import LEASE_SHARE
 from gateway_app.ratelimit import gcra
 from tests.support.servers import free_port
 from tests.test_cache_redis import redis_url  # noqa: F401  (the module's redis-server)
@@ -178,16 +181,101 @@ def test_a_changed_limit_applies_at_once_and_keeps_the_requests_already_counted(
     assert hits(limiter, 1, lowered) == [False]
 
 
-def test_concurrent_hits_on_redis_admit_exactly_the_limit(redis_url):  # noqa: F811
+@pytest.mark.parametrize("limit", [50, 1000], ids=["one-call-per-request", "leases"])
+def test_concurrent_hits_on_redis_admit_exactly_the_limit(redis_url, limit):  # noqa: F811
     redis.Redis.from_url(redis_url).flushdb()
-    limiters = [RedisLimiter(redis_url, failure_mode="closed") for _ in range(4)]
-    rate = Rate(50, 3600 * MICROS)
+    clock = Clock()                                      # leases do not expire: every leftover gets used
+    limiters = [RedisLimiter(redis_url, clock=clock, failure_mode="closed") for _ in range(4)]
+    rate = Rate(limit, 3600 * MICROS)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda i: limiters[i % 4].hit("race", rate, None).allowed, range(200)))
+        results = list(pool.map(lambda i: limiters[i % 4].hit("race", rate, None).allowed, range(2 * limit)))
     for limiter in limiters:
         limiter.close()
 
-    assert results.count(True) == 50
+    assert results.count(True) == limit
+
+
+def _script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def _two_workers(url: str, clock: Clock) -> list[RedisLimiter]:
+    redis.Redis.from_url(url).flushdb()
+    return [RedisLimiter(url, clock=clock, failure_mode="closed") for _ in range(2)]
+
+
+def test_leases_admit_exactly_the_limit_across_workers_with_fewer_script_calls(redis_url):  # noqa: F811
+    client = redis.Redis.from_url(redis_url)
+    clock = Clock()
+    workers = _two_workers(redis_url, clock)
+    rate = Rate(1000, 3600 * MICROS)                    # no refill while the clock stands still
+    client.config_resetstat()
+    picks = random.Random(7)
+    admitted = sum(picks.choice(workers).hit("k", rate, None).allowed for _ in range(1200))
+    refused = 1200 - admitted                           # a refusal is always asked of Redis
+
+    assert admitted == 1000
+    assert _script_calls(client) - refused < 400        # one call per admitted request without leases
+
+
+def test_the_last_requests_of_a_budget_are_one_script_call_each(redis_url):  # noqa: F811
+    client = redis.Redis.from_url(redis_url)
+    workers = _two_workers(redis_url, Clock())
+    rate = Rate(2 * LEASE_SHARE - 1, 3600 * MICROS)
+    client.config_resetstat()
+    admitted = sum(workers[i % 2].hit("k", rate, None).allowed for i in range(rate.limit + 10))
+
+    assert admitted == rate.limit
+    assert _script_calls(client) == rate.limit + 10
+
+
+def test_leftovers_of_an_expired_lease_are_given_back_on_its_next_hit(redis_url):  # noqa: F811
+    clock = Clock()
+    first, second = _two_workers(redis_url, clock)
+    rate = Rate(1000, 3600 * MICROS)
+    used_by_first = sum(first.hit("k", rate, None).allowed for _ in range(20))   # leases of 1, 2, 4, 8, 16
+    clock.advance(LEASE_LIFE_US)
+    used_by_second = 0
+    while second.hit("k", rate, None).allowed:
+        used_by_second += 1
+
+    assert used_by_first + used_by_second < 1000        # the first worker's leftovers are held
+    while first.hit("k", rate, None).allowed:           # its next hit gives them back and uses them
+        used_by_first += 1
+    assert used_by_first + used_by_second == 1000
+
+
+def test_remaining_counts_down_by_one_per_request_through_a_lease(redis_url):  # noqa: F811
+    (limiter, _) = _two_workers(redis_url, Clock())
+    rate = Rate(1000, 3600 * MICROS)
+
+    assert [limiter.hit("k", rate, None).remaining for _ in range(40)] == list(range(999, 959, -1))
+
+
+def test_leases_off_make_one_script_call_per_request(redis_url):  # noqa: F811
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    limiter = RedisLimiter(redis_url, clock=Clock(), failure_mode="closed", lease_max=1)
+    client.config_resetstat()
+    hits(limiter, 50, Rate(1000, 3600 * MICROS))
+
+    assert _script_calls(client) == 50
+
+
+def test_a_quota_is_leased_and_given_back_in_its_own_window(redis_url):  # noqa: F811
+    clock = Clock()
+    first, second = _two_workers(redis_url, clock)
+    rate = Rate(100_000, 60 * MICROS)
+    quota = Rate(500, 3600 * MICROS)
+    used = sum(first.hit("k", rate, quota).allowed for _ in range(30))
+    clock.advance(LEASE_LIFE_US)
+    while second.hit("k", rate, quota).allowed:
+        used += 1
+    while first.hit("k", rate, quota).allowed:
+        used += 1
+
+    assert used == 500
 
 
 def test_memory_limiter_divides_every_limit_by_the_worker_count():
