@@ -60,7 +60,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
         for status in result.errors:
             print(status.describe(), file=sys.stderr)
         return 1
-    rows = [("HOST", "MATCH", "ROUTE", "DESTINATION", "API PRODUCT", "AUTH")]
+    rows = [("HOST", "MATCH", "ROUTE", "DESTINATION", "API PRODUCT", "USAGE PLAN", "AUTH")]
     for vhost in result.config.router.virtual_hosts:
         for route in vhost.routes:
             destination = ", ".join(t.base_url for t in route.targets)
@@ -68,11 +68,18 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 destination += f" (rewrite -> {route.path_rewrite.replacement})"
             auth = route.auth.summary if route.auth else "-"
             match = " | ".join(m.describe() for m in route.matchers)
-            rows.append((",".join(vhost.domains), match, route.name, destination, route.api_product_id or "-", auth))
+            rows.append((",".join(vhost.domains), match, route.name, destination, route.api_product_id or "-",
+                         _plan_summary(result.config.usage_plans, route.usage_plan), auth))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
+
+
+def _plan_summary(plans: t.Any, name: str | None) -> str:
+    """``dev-portal (5/MINUTE)``: the route's default usage plan and its rate limit, or ``-``."""
+    plan = plans.plans.get(name) if name else None
+    return f"{name} ({plan.summary})" if plan is not None else (name or "-")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

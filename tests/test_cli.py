@@ -51,3 +51,15 @@ def test_an_eval_query_syntax_error_says_where(capsys, query, column):
     status = main(["eval", "--rego-dir", str(REPO_ROOT / "rego"), "--query", query])
     assert status == 2
     assert f"(column {column})" in capsys.readouterr().out
+
+
+def test_routes_shows_each_routes_usage_plan_with_its_limits(capsys):
+    status = main(["routes", "--config-dir", str(REPO_ROOT / "conf"), "--rego-dir", str(REPO_ROOT / "rego")])
+    lines = capsys.readouterr().out.splitlines()
+
+    assert status == 0
+    assert "USAGE PLAN" in lines[0]
+    pets = next(line for line in lines if " pets-api " in line)
+    open_route = next(line for line in lines if " tracks-status " in line)
+    assert "dev-portal (5/60s, quota 1000/86400s)" in pets
+    assert "dev-portal" not in open_route

@@ -43,6 +43,16 @@ class UsagePlan:
     quota: Rate | None = None
     scope: str = "apiProduct"
 
+    @property
+    def summary(self) -> str:
+        """``5/60s``, or ``5/60s, quota 1000/86400s``: the limits in requests per seconds."""
+        text = _per_seconds(self.rate)
+        return text if self.quota is None else f"{text}, quota {_per_seconds(self.quota)}"
+
+
+def _per_seconds(rate: Rate) -> str:
+    return f"{rate.limit}/{rate.period_us / 1_000_000:g}s"
+
 
 @dataclasses.dataclass(frozen=True)
 class UsagePlanSettings:
