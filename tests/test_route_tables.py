@@ -117,6 +117,15 @@ def test_delegation_by_name_combines_parent_and_child_matchers(build):
         router.match(request("/api/pets", host="shop.test", method="POST"))  # parent allows GET only
 
 
+def test_delegation_by_name_alone_selects_the_tables_of_that_name_in_every_namespace(build):
+    other = CHILD.replace("namespace: apps", "namespace: team").replace("/api/pets", "/api/toys")
+    root = ROOT_BY_NAME.replace("{name: child, namespace: apps}", "{name: child}")
+    router = build({"tables.yaml": root + CHILD + other}).config.router
+
+    assert router.match(request("/api/pets/1", host="shop.test")).route.source.endswith("RouteTable apps/child: http[0]")
+    assert router.match(request("/api/toys/1", host="shop.test")).route.source.endswith("RouteTable team/child: http[0]")
+
+
 REWRITING = table("rewriting", """\
   hosts: [shop.test]
   http:
@@ -165,7 +174,12 @@ spec:
      "selected by several ExtAuthPolicies"),
     ({"t.yaml": table("root", "  hosts: [a.test]\n  http:\n  - forwardTo: {destinations: [{ref: {name: nope}}]}\n")},
      "spec.http[0].forwardTo.destinations[0].ref.name: Upstream apps/nope not found"),
-], ids=["dangling delegate", "delegation cycle", "route under two policies", "dangling destination"])
+    ({"t.yaml": table("root", "  hosts: [a.test]\n  http:\n  - delegate: {routeTables: [{name: child, namespace: shop}]}\n")
+      + CHILD},
+     "spec.http[0].delegate.routeTables[0].name: RouteTable shop/child not found (there is RouteTable apps/child; "
+     "set namespace)"),
+], ids=["dangling delegate", "delegation cycle", "route under two policies", "dangling destination",
+        "delegate in the wrong namespace"])
 def test_broken_route_tables_are_rejected(build, files, message):
     result = build(files)
     assert result.config is None

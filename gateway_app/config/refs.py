@@ -11,6 +11,10 @@ Gloo's ``ResourceRef`` (and Gloo Platform's ``ObjectReference``) semantics, in t
 4. **Not found.** Otherwise the reference is dangling; when a resource of that kind and name
    exists in another namespace, the error names it (the usual mistake is the namespace).
 
+A RouteTable's ``delegate.routeTables[]`` entry with ``name`` and ``namespace`` follows steps
+2-4; with ``name`` alone it is a *selector*, not a reference: like Gloo Platform's
+``ObjectSelector`` it selects the tables of that name in every namespace (sorted by namespace).
+
 ``opaAuth.modules`` (:func:`resolve_module`) reads the same way with ConfigMaps as the kind,
 plus one step for the Rego directory (which stands in for ConfigMaps mounted as files): only
 when *no* ConfigMap of that name exists in any namespace, ``rego/<namespace>/<name>.rego``

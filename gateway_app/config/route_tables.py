@@ -24,6 +24,7 @@ from .auth_configs import AuthBuildContext
 from .auth_configs import parse_auth_pipeline
 from .fields import Node
 from .loader import RawResource
+from .refs import lookup
 from .upstreams import target_from_url
 from .usage_plans import check_plan_label
 from .virtual_services import parse_header_matchers
@@ -241,13 +242,14 @@ class RouteTableCompiler:
             namespace = ref.str("namespace")
             labels = ref.str_map("labels")
             ref.done()
-            if name:
-                table = self.tables.get((namespace or "default", name))
-                if table is None and namespace is None:
-                    table = next((tb for (ns, n), tb in self.tables.items() if n == name), None)
-                if table is None:
-                    raise ref.error("name", f"RouteTable {namespace or '*'}/{name} not found (or rejected)")
-                children.append(table)
+            if name and namespace is not None:
+                children.append(lookup(self.tables, (namespace, name), ref, "RouteTable"))
+            elif name:      # no namespace: every namespace (Gloo Platform's ObjectSelector), see config/refs.py
+                named = sorted((tb for (_, n), tb in self.tables.items() if n == name),
+                               key=lambda tb: tb.resource.namespace)
+                if not named:
+                    raise ref.error("name", f"RouteTable */{name} not found (or rejected)")
+                children.extend(named)
             elif labels:
                 matched = sorted((tb for tb in self.tables.values()
                                   if all(tb.labels.get(k) == v for k, v in labels.items())),
