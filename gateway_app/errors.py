@@ -100,6 +100,15 @@ class RequestTimeoutError(GatewayError):
     public_message = "the request body arrived too slowly"
 
 
+class TransferCodingError(GatewayError):
+    """A transfer coding other than ``chunked``: RFC 9112 §6.1 (a server that does not understand
+    a transfer coding answers 501)."""
+
+    status_code = 501
+    reason = "transfer_coding_unsupported"
+    public_message = "only the chunked transfer coding is supported"
+
+
 class RouteNotFoundError(GatewayError):
     status_code = 404
     reason = "route_not_found"

@@ -27,6 +27,8 @@ and authorized is what is forwarded. Its rules, each refused with 400 and a stab
   on ``;`` and on ``,`` (how servers join a repeated ``Cookie`` header); names are kept
   percent-decoded (PHP decodes them). Where a name may carry a credential, query and cookie
   names are compared as :func:`parameter_key` reads them.
+- **Transfer coding** (RFC 9112 §6.1): ``chunked`` alone; any other coding is refused with
+  501 ``transfer_coding_unsupported``.
 - **Forwarding headers**: every header a client could forge about the connection
   (:func:`is_forwarding_header`) is dropped unless the peer is a trusted proxy
   (``GATEWAY_TRUSTED_PROXIES``); URL and method overrides (:data:`OVERRIDE_HEADERS`) are
@@ -48,6 +50,7 @@ import unicodedata
 import urllib.parse
 
 from .errors import BadRequestError
+from .errors import TransferCodingError
 from .paths import normalize_path
 
 MAX_HOST_LENGTH = 253                         # RFC 1034 §3.1, without the root dot
@@ -70,18 +73,22 @@ FORWARDING_HEADERS = frozenset({
     "client-ip", "x-original-forwarded-for", "cf-connecting-ip", "cf-connecting-ipv6", "cf-visitor",
     "fastly-client-ip", "fastly-ssl", "x-originating-ip", "x-proxyuser-ip", "x-client-verify", "x-client-dn",
     "x-client-san", "x-url-scheme", "x-scheme", "front-end-https", "x-original-host", "x-host",
+    "x-http-host-override", "forwarded-for", "x-forward-for",
 })
 # Headers in which an authenticating proxy in front of an upstream asserts who the user is
 # (oauth2-proxy, nginx auth_request, Apache, Authelia, Grafana auth proxy, Kong, AWS ALB, Google IAP,
 # Azure App Service). Names and prefixes, lower-cased; dropped like forwarding headers.
 IDENTITY_HEADER_PREFIXES = ("x-auth-request-", "x-authenticated-", "x-webauth-", "x-amzn-oidc-",
                             "x-goog-authenticated-user-", "x-ms-client-principal", "x-consumer-")
-IDENTITY_HEADERS = frozenset({"remote-user", "remote-groups", "remote-email", "remote-name"})
+IDENTITY_HEADERS = frozenset({"remote-user", "remote-groups", "remote-email", "remote-name", "x-user", "x-email",
+                              "x-userinfo", "x-auth-user", "x-user-email", "x-user-id", "x-user-name",
+                              "x-user-groups", "x-user-roles"})
 # Headers that make an upstream serve another URL or method than the one routed and authorized
 # (IIS, Symfony, Express method-override, Spring, Rails, nginx auth_request): dropped from every peer.
 OVERRIDE_HEADERS = frozenset({
     "x-original-url", "x-rewrite-url", "x-original-uri", "x-original-method", "x-http-method-override",
     "x-http-method", "x-method-override", "x-method",
+    "x-middleware-subrequest",      # Next.js skips its middleware (its auth) for it: CVE-2025-29927
 })
 # Query parameters that make a framework serve another method than the one authorized
 # (Symfony ``_method`` with http_method_override, Laravel, Rails Rack::MethodOverride):
@@ -166,6 +173,7 @@ def from_environ(environ: t.Mapping[str, t.Any], *, request_id: str = "",
     :param max_header_count: more header fields than this -> ``too_many_headers``.
     :raises BadRequestError: the request is refused (400, reason as in the module docstring).
     """
+    _check_transfer_coding(environ)
     remote_addr = environ.get("REMOTE_ADDR", "") or ""
     trusted = remote_addr in trusted_proxies
     headers, fields = _headers_of(environ, trusted)
@@ -214,6 +222,28 @@ def _headers_of(environ: t.Mapping[str, t.Any], trusted: bool) -> tuple[dict[str
             headers[name] = environ[key]
             fields += 1
     return headers, fields
+
+
+def target_path(environ: t.Mapping[str, t.Any]) -> tuple[str, str]:
+    """``(raw path, normalized path)`` of the request target: the path as sent (no query) and
+    as every stage reads it (:func:`~gateway_app.paths.normalize_path`).
+
+    The admin endpoints are dispatched on this too, so no spelling reaches them that routing
+    would read as another path.
+
+    :raises BadRequestError: as :func:`from_environ` for the target and the path.
+    """
+    _, raw_path, _ = _split_target(_raw_target(environ))
+    return raw_path, normalize_path(raw_path)
+
+
+def _check_transfer_coding(environ: t.Mapping[str, t.Any]) -> None:
+    """Only ``chunked`` is understood (RFC 9112 §6.1): any other transfer coding is refused
+    (501, ``transfer_coding_unsupported``) rather than decoded one way here and another way
+    upstream (``gzip, chunked`` would otherwise be forwarded de-chunked as if it were identity)."""
+    coding = environ.get("HTTP_TRANSFER_ENCODING")
+    if coding is not None and coding.strip().lower() != "chunked":
+        raise TransferCodingError(f"transfer coding {coding[:40]!r} is not supported")
 
 
 def _raw_target(environ: t.Mapping[str, t.Any]) -> str:

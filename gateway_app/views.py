@@ -21,7 +21,9 @@ from flask import request
 from werkzeug.wrappers import Request
 
 from .admin import config_view
+from .errors import BadRequestError
 from .gateway import Gateway
+from .incoming import target_path
 from .metrics import exposition
 from .observability import request_id
 
@@ -29,7 +31,15 @@ WSGIApp = t.Callable[[dict[str, t.Any], t.Callable[..., t.Any]], t.Iterable[byte
 
 
 class GatewayDispatcher:
-    """Wraps ``app.wsgi_app``: admin paths go to Flask, everything else to the gateway."""
+    """Wraps ``app.wsgi_app``: admin paths go to Flask, everything else to the gateway.
+
+    The admin prefix is matched on the path routing reads (:func:`incoming.target_path`, the
+    raw target normalized), never on the decoded ``PATH_INFO``: ``/__gateway%2fconfig`` is
+    refused like any ``%2F`` (400 ``path_invalid``, by the gateway), and an admin endpoint
+    answers only to its own spelling: ``/%5f_gateway/config`` or ``/__gateway//config``
+    (another spelling of an admin path) is 404, so an ingress rule on the prefix sees every
+    request that reaches one.
+    """
 
     def __init__(self, flask_app: WSGIApp, gateway: Gateway) -> None:
         self.flask_app = flask_app
@@ -37,7 +47,12 @@ class GatewayDispatcher:
         self.admin_prefix = gateway.settings.admin_prefix.rstrip("/") + "/"
 
     def __call__(self, environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes]:
-        if environ.get("PATH_INFO", "").startswith(self.admin_prefix):
+        try:
+            raw_path, path = target_path(environ)
+        except BadRequestError:
+            raw_path = path = ""                    # the gateway refuses it, with its own parse
+        if path.startswith(self.admin_prefix):
+            environ["PATH_INFO"] = raw_path         # another spelling matches no admin rule: 404
             return self.flask_app(environ, start_response)
         response = self.gateway.respond(Request(environ))
         return response(environ, start_response)
@@ -70,8 +85,11 @@ def register_views(app: Flask, gateway: Gateway) -> None:
     def _request_id() -> None:          # error bodies of admin endpoints carry it (errors.py reads g)
         g.request_id = request_id(request.headers.get("X-Request-Id"), gateway.settings.trust_request_id)
 
-    app.add_url_rule(f"{prefix}/health/live", "health_live", live, methods=["GET"])
-    app.add_url_rule(f"{prefix}/health/ready", "health_ready", ready, methods=["GET"])
-    app.add_url_rule(f"{prefix}/metrics", "metrics", metrics, methods=["GET"])
-    app.add_url_rule(f"{prefix}/config", "running_config", running_config, methods=["GET"])
+    app.url_map.merge_slashes = False         # no redirects built from the client's Host: 404 instead
+    app.url_map.strict_slashes = False
+    for path, endpoint, view in ((f"{prefix}/health/live", "health_live", live),
+                                 (f"{prefix}/health/ready", "health_ready", ready),
+                                 (f"{prefix}/metrics", "metrics", metrics),
+                                 (f"{prefix}/config", "running_config", running_config)):
+        app.add_url_rule(path, endpoint, view, methods=["GET"], provide_automatic_options=False)
     app.wsgi_app = GatewayDispatcher(app.wsgi_app, gateway)  # type: ignore[method-assign]

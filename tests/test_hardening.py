@@ -29,7 +29,7 @@ from keys import rsa_key
 from test_paths import lenient_reading
 from factories import upstream_yaml
 
-DOCUMENTED = {200, 400, 401, 403, 404, 413, 502, 503, 504}
+DOCUMENTED = {200, 400, 401, 403, 404, 413, 501, 502, 503, 504}
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp.test/introspect"
 TOKEN = "good-token-123456"

@@ -7,6 +7,7 @@ import typing as t
 import pytest
 
 from gateway_app.errors import BadRequestError
+from gateway_app.errors import TransferCodingError
 from gateway_app.incoming import TrustedProxies
 from gateway_app.incoming import from_environ
 from gateway_app.incoming import normalize_host
@@ -189,6 +190,9 @@ PROXY_AND_IDENTITY_HEADERS = [
     "Via", "X-Remote-User", "Remote-User", "X-Auth-Request-User", "X-Auth-Request-Email", "X-Authenticated-User",
     "X-WebAuth-User", "X-Amzn-Oidc-Identity", "X-Amzn-Oidc-Data", "X-Goog-Authenticated-User-Email",
     "X-MS-CLIENT-PRINCIPAL", "X-MS-CLIENT-PRINCIPAL-NAME", "X-Forwarded-User", "X-Forwarded-Email",
+    # Red team, second pass (finding 9)
+    "X-User", "X-User-Id", "X-Userinfo", "X-Auth-User", "X-Email", "X-HTTP-Host-Override", "Forwarded-For",
+    "X-Forward-For",
 ]
 
 
@@ -208,7 +212,7 @@ def test_proxy_and_identity_headers_from_a_trusted_proxy_are_kept(header):
     assert request.headers[header.lower()] == "alice"
 
 
-@pytest.mark.parametrize("header", ["X-Original-URI", "X-Original-Method", "X-Method"])
+@pytest.mark.parametrize("header", ["X-Original-URI", "X-Original-Method", "X-Method", "X-Middleware-Subrequest"])
 def test_nginx_style_url_and_method_overrides_are_dropped_even_from_a_trusted_proxy(header):
     for proxies in (TrustedProxies(), TrustedProxies(["127.0.0.1"])):
         assert set(from_environ(environ(**{wsgi_key(header): "DELETE"}), trusted_proxies=proxies).headers) == {"host"}
@@ -229,3 +233,16 @@ def test_a_raw_semicolon_in_the_query_is_refused(query):
 
 def test_an_encoded_semicolon_in_the_query_is_a_value():
     assert from_environ(environ("/x?a=1%3Baccess_token=x")).query == {"a": ["1;access_token=x"]}
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, gzip", "identity", "deflate", "chunked;q=1", ""])
+def test_a_transfer_coding_other_than_chunked_is_not_implemented(coding):
+    """Red team finding 7: ``gzip, chunked`` was de-chunked and forwarded as identity."""
+    with pytest.raises(TransferCodingError) as info:
+        from_environ(environ(HTTP_TRANSFER_ENCODING=coding))
+    assert (info.value.status_code, info.value.reason) == (501, "transfer_coding_unsupported")
+
+
+@pytest.mark.parametrize("coding", ["chunked", "Chunked", " chunked "])
+def test_the_chunked_transfer_coding_is_accepted(coding):
+    assert from_environ(environ(HTTP_TRANSFER_ENCODING=coding)).headers["transfer-encoding"] == coding

@@ -265,6 +265,40 @@ def test_malformed_tokens_are_refused_before_any_key_lookup(token: str) -> None:
     assert error.reason == "token_malformed"
 
 
+def _respelled(token: str, segment: int, change: t.Callable[[str], str]) -> str:
+    parts = token.split(".")
+    parts[segment] = change(parts[segment])
+    return ".".join(parts)
+
+
+def _other_unused_bits(segment: str) -> str:
+    """The same bytes with other bits in the last character's unused low bits (lenient decoders agree)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return segment[:-1] + alphabet[alphabet.index(segment[-1]) ^ 1]    # the lowest bit is unused
+
+
+@pytest.mark.parametrize("respell", [
+    lambda tok: _respelled(tok, 2, lambda s: s + "=="),
+    lambda tok: _respelled(tok, 2, lambda s: s + "="),
+    lambda tok: _respelled(tok, 1, lambda s: s + "=="),
+    lambda tok: _respelled(tok, 0, lambda s: s + "="),
+], ids=["signature ==", "signature =", "payload ==", "header ="])
+def test_a_valid_token_spelled_with_padding_is_refused(respell) -> None:
+    """Red team finding 8: ``<jwt>==`` was accepted as the same token under another cache key."""
+    token = rsa_token()
+    assert validator().validate(token).claims["sub"]
+    assert refusal(validator(), respell(token)).reason == "token_malformed"
+
+
+def test_a_signature_with_other_unused_bits_is_refused() -> None:
+    token = rsa_token()
+    signature = token.split(".")[2]
+    assert len(signature) % 4 in (2, 3)                       # RS256: 256 bytes -> 342 characters
+    respelled = _respelled(token, 2, _other_unused_bits)
+    assert jwt.utils.base64url_decode(respelled.split(".")[2]) == jwt.utils.base64url_decode(signature)
+    assert refusal(validator(), respelled).reason == "token_malformed"
+
+
 def test_signed_payload_that_is_not_json_is_malformed() -> None:
     token = jwt.PyJWS().encode(b"not json", rsa_key(), algorithm="RS256", headers={"kid": "rsa"})
     error = refusal(validator(), token)

@@ -332,11 +332,20 @@ def _translate(error: jwt.PyJWTError) -> InvalidTokenError:
 # -- cheap checks before cryptography ------------------------------------------
 
 def _read_header(token: str) -> dict[str, t.Any]:
-    """The decoded JOSE header, after checking the token's shape."""
+    """The decoded JOSE header, after checking the token's shape.
+
+    Each segment must be *canonical* base64url without padding (RFC 7515 §2, §7.1): one token
+    has one spelling, so ``<jwt>==`` or a signature whose last character carries other unused
+    bits is refused rather than accepted as the same token under another cache key.
+    """
     segments = token.split(".")
     if len(segments) != 3:
         raise InvalidTokenError(f"a JWT has 3 dot-separated segments, this token has {len(segments)}",
                                 reason="token_malformed")
+    for name, segment in zip(("header", "payload", "signature"), segments):
+        if not _canonical_b64(segment):
+            raise InvalidTokenError(f"the token {name} is not canonical base64url without padding",
+                                    reason="token_malformed")
     try:
         header = loads(_b64decode(segments[0]))
     except ValueError as e:
@@ -366,6 +375,15 @@ def _b64decode(segment: str) -> bytes:
         return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except binascii.Error as e:
         raise ValueError("not base64url") from e
+
+
+def _canonical_b64(segment: str) -> bool:
+    """Whether ``segment`` is base64url without padding, spelled as its bytes encode back."""
+    try:
+        decoded = _b64decode(segment)
+    except ValueError:
+        return False
+    return base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() == segment
 
 
 def _show(value: t.Any, limit: int = 80) -> str:
