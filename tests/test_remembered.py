@@ -15,8 +15,8 @@ import pytest
 
 from gateway_app.auth.remembered import TOKEN_AND_ROUTE_INPUT
 from gateway_app.auth.remembered import within
-from gateway_app.policy.engine import ALL
 from gateway_app.policy.engine import PolicyEngine
+from gateway_app.policy.input_shape import ALL
 from keys import jwks_json
 from keys import make_jwt
 from keys import public_jwk

@@ -21,7 +21,7 @@ import typing as t
 from ..errors import ConfigError
 from ..errors import PolicyError
 from ..policy.engine import PolicyEngine
-from ..policy.engine import load_module
+from ..policy.loader import load_module
 
 
 class RegoClaimsCheck:

@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import typing as t
 
-from ..policy.engine import ALL
+from ..policy.input_shape import ALL
 from .state import TokenInfo
 
 if t.TYPE_CHECKING:

@@ -28,7 +28,7 @@ from ..auth.tokens import parse_token_source
 from ..cache import TTLCache
 from ..errors import ConfigError
 from ..policy.engine import PolicyEngine
-from ..policy.engine import RegoModule
+from ..policy.loader import RegoModule
 from ..auth.claims_check import RegoClaimsCheck
 from .fields import Node
 from .secrets import SecretStore

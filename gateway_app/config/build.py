@@ -20,9 +20,9 @@ import typing as t
 from ..describe import did_you_mean
 from ..errors import ConfigError
 from ..errors import GatewayError
-from ..policy.engine import RegoModule
-from ..policy.engine import load_module
-from ..policy.engine import load_rego_modules
+from ..policy.loader import RegoModule
+from ..policy.loader import load_module
+from ..policy.loader import load_rego_modules
 from ..routing import Router
 from ..routing import VirtualHost
 from ..routing import domain_key

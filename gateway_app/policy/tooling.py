@@ -35,12 +35,12 @@ from ..incoming import IncomingRequest
 from ..incoming import from_environ
 from ..observability import redact_input
 from .decision import Decision
-from .engine import EngineMessage
 from .engine import PolicyEngine
-from .engine import RegoModule
-from .engine import build_engine
 from .engine import first_value
-from .engine import load_rego_directory
+from .loader import EngineMessage
+from .loader import RegoModule
+from .loader import build_engine
+from .loader import load_rego_directory
 from .input_document import build_input
 
 _TEST_PREFIX = "test_"

@@ -30,8 +30,8 @@ from ..errors import PolicyError
 from ..header_values import header_text
 from ..incoming import IncomingRequest
 from ..policy.engine import PolicyEngine
-from ..policy.engine import RegoModule
-from ..policy.engine import load_module
+from ..policy.loader import RegoModule
+from ..policy.loader import load_module
 
 FIELDS = ("policy", "bundlePath", "allow", "forwardHeaders")
 MAX_BUNDLE_BYTES = 8 << 20
