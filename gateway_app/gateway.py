@@ -22,7 +22,7 @@ from .auth.state import AuthState
 from .auth.steps import AuthContext
 from .auth.tokens import strip_cookie
 from .auth.tokens import strip_query_parameter
-from .config.auth_configs import ValidatorRegistry
+from .auth.registry import ValidatorRegistry
 from .config.build import BuildResult
 from .config.build import GatewayConfig
 from .config.build import build_config

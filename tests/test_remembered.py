@@ -317,7 +317,7 @@ def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(
     from conftest import write_tree
     from gateway_app.auth.state import AuthState
     from gateway_app.auth.steps import AuthContext
-    from gateway_app.config.auth_configs import ValidatorRegistry
+    from gateway_app.auth.registry import ValidatorRegistry
     from gateway_app.config.build import load_config
     from gateway_app.errors import InvalidTokenError
     from gateway_app.incoming import IncomingRequest

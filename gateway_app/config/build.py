@@ -17,6 +17,7 @@ import re
 import time
 import typing as t
 
+from ..auth.registry import ValidatorRegistry
 from ..describe import did_you_mean
 from ..errors import ConfigError
 from ..errors import GatewayError
@@ -33,7 +34,6 @@ from ..traefik.middlewares import README_SECTION
 from ..traefik.middlewares import TRAEFIK_GROUPS
 from ..traefik.middlewares import parse_middleware
 from .auth_configs import AuthBuildContext
-from .auth_configs import ValidatorRegistry
 from .auth_configs import parse_auth_pipeline
 from .fields import Node
 from .loader import RawResource
