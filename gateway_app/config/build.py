@@ -50,8 +50,8 @@ from .usage_plans import check_settings
 from .usage_plans import duplicate_name
 from .usage_plans import parse_settings
 from .usage_plans import parse_usage_plan
-from .vs_compiler import compile_virtual_service
-from .vs_compiler import share_managed_headers
+from .virtual_services import compile_virtual_service
+from .virtual_services import share_managed_headers
 
 _FIELD = re.compile(r"^(?P<field>[A-Za-z_][\w.\[\]-]*): (?P<reason>.*)$", re.DOTALL)
 

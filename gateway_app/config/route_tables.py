@@ -24,14 +24,14 @@ from .auth_configs import AuthBuildContext
 from .auth_configs import parse_auth_pipeline
 from .fields import Node
 from .loader import RawResource
+from .matchers import parse_header_matchers
+from .matchers import parse_methods
+from .matchers import parse_path
 from .upstreams import target_from_url
 from .usage_plans import check_plan_label
-from .virtual_services import parse_header_matchers
-from .virtual_services import parse_methods
-from .virtual_services import parse_path
-from .vs_compiler import CATCH_ALL
-from .vs_compiler import managed_headers
-from .vs_compiler import resolve_ref
+from .virtual_services import CATCH_ALL
+from .virtual_services import managed_headers
+from .virtual_services import resolve_ref
 
 Guard = t.Callable[[RawResource, t.Callable[[], t.Any]], t.Any]
 Reject = t.Callable[[RawResource, ConfigError], None]

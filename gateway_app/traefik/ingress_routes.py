@@ -24,8 +24,8 @@ import typing as t
 from ..config.fields import Node
 from ..config.loader import RawResource
 from ..config.upstreams import target_from_url
-from ..config.vs_compiler import managed_headers
-from ..config.vs_compiler import resolve_ref
+from ..config.virtual_services import managed_headers
+from ..config.virtual_services import resolve_ref
 from ..errors import ConfigError
 from ..routing import Matcher
 from ..routing import Route
