@@ -22,7 +22,6 @@ from ..describe import did_you_mean
 from ..errors import ConfigError
 from ..errors import GatewayError
 from ..policy.loader import RegoModule
-from ..policy.loader import load_module
 from ..policy.loader import load_rego_modules
 from ..routing import Router
 from ..routing import VirtualHost
@@ -35,10 +34,12 @@ from ..traefik.middlewares import TRAEFIK_GROUPS
 from ..traefik.middlewares import parse_middleware
 from .auth_configs import AuthBuildContext
 from .auth_configs import parse_auth_pipeline
+from .config_maps import parse_config_map
 from .fields import Node
 from .loader import RawResource
 from .loader import config_files
 from .loader import load_file
+from .managed_headers import share_managed_headers
 from .refs import RefTable
 from .refs import resolve_module
 from .route_tables import RouteTableCompiler
@@ -51,7 +52,6 @@ from .usage_plans import duplicate_name
 from .usage_plans import parse_settings
 from .usage_plans import parse_usage_plan
 from .virtual_services import compile_virtual_service
-from .virtual_services import share_managed_headers
 
 _FIELD = re.compile(r"^(?P<field>[A-Za-z_][\w.\[\]-]*): (?P<reason>.*)$", re.DOTALL)
 
@@ -233,7 +233,7 @@ class _Builder:
             if targets:
                 self.upstreams[(resource.namespace, resource.name)] = targets
         for resource in self.by_kind["ConfigMap"]:
-            modules = self._guard(resource, lambda r=resource: self._configmap(r))
+            modules = self._guard(resource, lambda r=resource: parse_config_map(r))
             if modules is not None:
                 self.configmap_modules[(resource.namespace, resource.name)] = modules
         for kind, notice in NOTICE_KINDS.items():
@@ -262,21 +262,6 @@ class _Builder:
                 return parsed
             settings = self._guard(resource, parse_one) or settings
         self.usage_plans = UsagePlans(plans, settings) if settings else UsagePlans(plans)
-
-    def _configmap(self, resource: RawResource) -> list[RegoModule]:
-        node = Node(resource.body, resource.where, path="")
-        for field in ("apiVersion", "kind", "metadata"):
-            node.raw(field)
-        data = node.str_map("data")
-        node.done()
-        modules = []
-        for key, source in data.items():
-            if key.endswith(".rego"):
-                origin = f"{resource.file}: ConfigMap {resource.namespace}/{resource.name} data.{key}"
-                modules.append(load_module(f"{resource.namespace}/{resource.name}/{key}", source, origin))
-        if not modules:
-            raise node.error("data", "has no Rego module (a key ending in .rego, such as policy.rego)")
-        return modules
 
     def resolve_modules(self, node: Node, namespace: str) -> list[RegoModule]:
         """``opaAuth.modules[{name, namespace}]`` of a resource in ``namespace`` (:func:`.refs.resolve_module`)."""

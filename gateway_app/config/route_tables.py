@@ -24,14 +24,14 @@ from .auth_configs import AuthBuildContext
 from .auth_configs import parse_auth_pipeline
 from .fields import Node
 from .loader import RawResource
+from .managed_headers import managed_headers
+from .matchers import CATCH_ALL
 from .matchers import parse_header_matchers
 from .matchers import parse_methods
 from .matchers import parse_path
+from .refs import resolve_ref
 from .upstreams import target_from_url
 from .usage_plans import check_plan_label
-from .virtual_services import CATCH_ALL
-from .virtual_services import managed_headers
-from .virtual_services import resolve_ref
 
 Guard = t.Callable[[RawResource, t.Callable[[], t.Any]], t.Any]
 Reject = t.Callable[[RawResource, ConfigError], None]

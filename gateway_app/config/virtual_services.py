@@ -1,4 +1,12 @@
-"""Compile one ``VirtualService`` into a :class:`VirtualHost` of routes."""
+"""Gloo Edge ``VirtualService`` -> :class:`~gateway_app.routing.VirtualHost` of routes.
+
+What only a VirtualService says lives here: its matcher shape (``prefix``/``exact``/``regex``,
+``methods``, ``headers``, ``caseSensitive``; the parsing of each part is :mod:`.matchers`'),
+``routeAction.single`` (an ``upstream`` reference or a ``url``), and the route and virtual
+host ``options``: ``extauth`` (``configRef`` / ``disable``), ``stagedTransformations``
+(header templates), ``prefixRewrite``, ``timeout``, ``hostRewrite`` and
+``maxRequestBodyBytes``. Route options override the virtual host's (Gloo's rule).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +14,29 @@ import dataclasses
 import typing as t
 
 from ..auth.pipeline import AuthPipeline
+from ..errors import ConfigError
 from ..routing import Matcher
-from ..routing import PathMatcher
+from ..routing import PathRewrite
 from ..routing import Route
 from ..routing import VirtualHost
+from ..transform import HeaderTemplate
 from ..transform import HeaderTransforms
+from ..transform import compile_template
 from .fields import Node
 from .loader import RawResource
+from .managed_headers import managed_headers
+from .matchers import CATCH_ALL
+from .matchers import parse_header_matchers
+from .matchers import parse_methods
+from .matchers import parse_path
 from .refs import resolve_ref
 from .upstreams import target_from_url
-from .matchers import parse_prefix_rewrite
-from .matchers import parse_transformations
-from .matchers import parse_vs_matcher
 
 Targets = tuple[t.Any, ...]
-CATCH_ALL = Matcher(paths=(PathMatcher("prefix", "/"),))
 
 
 @dataclasses.dataclass(frozen=True)
-class RouteOptions:
+class _RouteOptions:
     auth: AuthPipeline | None
     auth_disabled: bool
     transforms: HeaderTransforms | None
@@ -33,37 +45,37 @@ class RouteOptions:
     host_rewrite: str | None
 
 
-def resolve_upstream(node: Node, field: str, namespace: str, upstreams: dict[tuple[str, str], Targets]) -> Targets:
+def _resolve_upstream(node: Node, field: str, namespace: str, upstreams: dict[tuple[str, str], Targets]) -> Targets:
     ref = node.child(field, required=True)
     assert ref is not None
     return resolve_ref(ref, namespace, upstreams, "Upstream")
 
 
-def resolve_auth(node: Node, namespace: str, pipelines: dict[tuple[str, str], AuthPipeline]) -> AuthPipeline:
+def _resolve_auth(node: Node, namespace: str, pipelines: dict[tuple[str, str], AuthPipeline]) -> AuthPipeline:
     return resolve_ref(node, namespace, pipelines, "AuthConfig")
 
 
-def parse_route_options(node: Node | None, namespace: str,
-                        pipelines: dict[tuple[str, str], AuthPipeline]) -> RouteOptions:
+def _route_options(node: Node | None, namespace: str,
+                        pipelines: dict[tuple[str, str], AuthPipeline]) -> _RouteOptions:
     if node is None:
-        return RouteOptions(None, False, None, None, None, None)
+        return _RouteOptions(None, False, None, None, None, None)
     auth, disabled = None, False
     extauth = node.child("extauth")
     if extauth is not None:
         disabled = extauth.bool("disable")
         ref = extauth.child("configRef")
         if ref is not None:
-            auth = resolve_auth(ref, namespace, pipelines)
+            auth = _resolve_auth(ref, namespace, pipelines)
         extauth.raw("customAuth")
         extauth.done()
-    transforms = parse_transformations(node.child("stagedTransformations"))
+    transforms = _transformations(node.child("stagedTransformations"))
     timeout = node.duration("timeout", minimum=0.001)
     max_body = node.int("maxRequestBodyBytes", minimum=0)
     host_rewrite = node.str("hostRewrite")
-    return RouteOptions(auth, disabled, transforms, timeout, max_body, host_rewrite)
+    return _RouteOptions(auth, disabled, transforms, timeout, max_body, host_rewrite)
 
 
-def apply_target_options(targets: Targets, options: RouteOptions) -> Targets:
+def _apply_target_options(targets: Targets, options: _RouteOptions) -> Targets:
     changes: dict[str, t.Any] = {}
     if options.timeout is not None:
         changes["read_timeout"] = options.timeout
@@ -72,36 +84,16 @@ def apply_target_options(targets: Targets, options: RouteOptions) -> Targets:
     return tuple(dataclasses.replace(target, **changes) for target in targets) if changes else targets
 
 
-def route_auth(route_options: RouteOptions, host_options: RouteOptions) -> AuthPipeline | None:
+def _route_auth(route_options: _RouteOptions, host_options: _RouteOptions) -> AuthPipeline | None:
     if route_options.auth_disabled:
         return None
     return route_options.auth or host_options.auth
 
 
-def merge_transforms(host: HeaderTransforms | None, route: HeaderTransforms | None) -> HeaderTransforms | None:
+def _merge_transforms(host: HeaderTransforms | None, route: HeaderTransforms | None) -> HeaderTransforms | None:
     if host is None:
         return route
     return host.merged_with(route)
-
-
-def managed_headers(auth: AuthPipeline | None, transforms: HeaderTransforms | None) -> frozenset[str]:
-    names = set(transforms.header_names) if transforms else set()
-    if auth is not None:
-        names |= auth.managed_headers()
-    return frozenset(names)
-
-
-def share_managed_headers(vhosts: t.Sequence[VirtualHost]) -> list[VirtualHost]:
-    """``vhosts`` with every route's ``managed_headers`` set to those of the whole config.
-
-    A header any route's auth or transformation writes (``claimsToHeaders``, ``forwardHeaders``,
-    a ``dynamic_metadata`` template, a Traefik OPA header) is one an upstream behind it trusts;
-    an open route to the same upstream must not let a client send it, so every route strips
-    them all. Computed once per config generation.
-    """
-    names = frozenset().union(*(route.managed_headers for vhost in vhosts for route in vhost.routes))
-    return [dataclasses.replace(vhost, routes=tuple(dataclasses.replace(route, managed_headers=names)
-                                                    for route in vhost.routes)) for vhost in vhosts]
 
 
 def compile_virtual_service(resource: RawResource, upstreams: dict[tuple[str, str], Targets],
@@ -112,7 +104,7 @@ def compile_virtual_service(resource: RawResource, upstreams: dict[tuple[str, st
     spec.raw("displayName")
     spec.done()
     domains = tuple(vhost_node.str_list("domains")) or ("*",)
-    host_options = parse_route_options(vhost_node.child("options"), resource.namespace, pipelines)
+    host_options = _route_options(vhost_node.child("options"), resource.namespace, pipelines)
     routes = []
     for index, route_node in enumerate(vhost_node.children("routes", required=True)):
         routes.append(_compile_route(route_node, index, resource, upstreams, pipelines, host_options))
@@ -122,25 +114,25 @@ def compile_virtual_service(resource: RawResource, upstreams: dict[tuple[str, st
 
 
 def _compile_route(node: Node, index: int, resource: RawResource, upstreams: dict[tuple[str, str], Targets],
-                   pipelines: dict[tuple[str, str], AuthPipeline], host_options: RouteOptions) -> Route:
+                   pipelines: dict[tuple[str, str], AuthPipeline], host_options: _RouteOptions) -> Route:
     name = node.str("name", default=f"{resource.namespace}/{resource.name}/routes[{index}]")
-    matchers = tuple(parse_vs_matcher(m) for m in node.children("matchers")) or (CATCH_ALL,)
+    matchers = tuple(_matcher(m) for m in node.children("matchers")) or (CATCH_ALL,)
     action = node.child("routeAction", required=True)
     assert action is not None
     targets = _route_action(action, resource, upstreams)
     options_node = node.child("options")
-    options = parse_route_options(options_node, resource.namespace, pipelines)
+    options = _route_options(options_node, resource.namespace, pipelines)
     rewrite = None
     if options_node is not None:
-        matchers, rewrite = parse_prefix_rewrite(options_node, "prefixRewrite", matchers)
+        matchers, rewrite = _prefix_rewrite(options_node, "prefixRewrite", matchers)
     if options_node is not None:
         options_node.done()
     labels = node.str_map("labels")
     node.done()
-    auth = route_auth(options, host_options)
-    transforms = merge_transforms(host_options.transforms, options.transforms)
+    auth = _route_auth(options, host_options)
+    transforms = _merge_transforms(host_options.transforms, options.transforms)
     return Route(name=name, source=f"{resource.where}: routes[{index}]", matchers=matchers,
-                 targets=apply_target_options(targets, options), auth=auth, transforms=transforms,
+                 targets=_apply_target_options(targets, options), auth=auth, transforms=transforms,
                  path_rewrite=rewrite, labels=labels, max_body_bytes=options.max_body_bytes or host_options.max_body_bytes,
                  managed_headers=managed_headers(auth, transforms))
 
@@ -157,6 +149,87 @@ def _route_action(action: Node, resource: RawResource, upstreams: dict[tuple[str
     if kind == "url":
         targets = target_from_url(single, "url", f"{resource.namespace}/{resource.name}")
     else:
-        targets = resolve_upstream(single, "upstream", resource.namespace, upstreams)
+        targets = _resolve_upstream(single, "upstream", resource.namespace, upstreams)
     single.done()
     return targets
+
+
+def _matcher(node: Node) -> Matcher:
+    case_sensitive = node.raw("caseSensitive", True)
+    if not isinstance(case_sensitive, bool):
+        raise node.error("caseSensitive", "expected true or false")
+    path = parse_path(node, "prefix", "exact", "regex", case_sensitive)
+    methods = parse_methods(node, "methods")
+    headers = parse_header_matchers(node)
+    node.done()
+    return Matcher(paths=(path,) if path else (), methods=methods, headers=headers)
+
+
+def _transformations(node: Node | None) -> HeaderTransforms | None:
+    """``stagedTransformations.{early,regular}.requestTransforms[].requestTransformation.transformationTemplate``."""
+    if node is None:
+        return None
+    templates: list[HeaderTemplate] = []
+    for stage_name in ("early", "regular"):
+        stage = node.child(stage_name)
+        if stage is None:
+            continue
+        for transform in stage.children("requestTransforms"):
+            templates.extend(_request_transform(transform))
+        stage.raw("responseTransforms")
+        stage.done()
+    node.raw("inheritTransformation")
+    node.done()
+    return HeaderTransforms(tuple(templates))
+
+
+def _request_transform(node: Node) -> list[HeaderTemplate]:
+    node.raw("matcher")
+    if node.has("matcher"):
+        raise node.error("matcher", "per-transform matchers are not supported; use a separate route")
+    transformation = node.child("requestTransformation", required=True)
+    node.done()
+    assert transformation is not None
+    template = transformation.child("transformationTemplate", required=True)
+    transformation.done()
+    assert template is not None
+    results = []
+    headers = template.child("headers")
+    if headers is not None:
+        for header_name in list(headers.data):
+            value = headers.child(str(header_name), required=True)
+            assert value is not None
+            results.append(_template(value, str(header_name), append=False))
+        headers.done()
+    for item in template.children("headersToAppend"):
+        key = item.str("key", required=True)
+        value = item.child("value", required=True)
+        assert value is not None
+        item.done()
+        results.append(_template(value, key, append=True))
+    template.raw("passthrough")
+    template.raw("parseBodyBehavior")
+    template.done()
+    return results
+
+
+def _template(node: Node, header: str, append: bool) -> HeaderTemplate:
+    text = node.str("text", required=True)
+    node.done()
+    try:
+        parts = compile_template(text, where=node.where)
+    except ConfigError as e:
+        raise node.error("text", e.detail) from e
+    return HeaderTemplate(name=header.lower(), parts=parts, append=append)
+
+
+def _prefix_rewrite(node: Node, field: str,
+                         matchers: tuple[Matcher, ...]) -> tuple[tuple[Matcher, ...], PathRewrite | None]:
+    """The route's matchers and its rewrite (:meth:`PathRewrite.for_route`): whichever prefix
+    (or exact path) matched is replaced; regex-only routes rewrite from '/'."""
+    replacement = node.str(field)
+    if replacement is None:
+        return matchers, None
+    if not replacement.startswith("/"):
+        raise node.error(field, "must start with '/'")
+    return PathRewrite.for_route(matchers, replacement)
