@@ -23,10 +23,10 @@ import typing as t
 
 from ..policy.input_shape import ALL
 from .state import TokenInfo
-
-if t.TYPE_CHECKING:
-    from .steps import AuthContext
-    from .steps import AuthStep
+from .steps import AuthContext
+from .steps import AuthStep
+from .steps import OAuth2Step
+from .steps import OpaStep
 
 MAX_OUTCOMES_PER_TOKEN = 32      # (pipeline, route metadata) pairs one token has been seen on
 
@@ -43,9 +43,6 @@ pipeline_serials = itertools.count(1)    # remembered outcomes are keyed by pipe
 
 def rememberable(steps: t.Sequence[AuthStep], has_boolean_expr: bool) -> bool:
     """Whether the pipeline's allowed outcome is a function of the token's validation and the route."""
-    from .steps import OAuth2Step
-    from .steps import OpaStep
-
     if has_boolean_expr or not steps or not isinstance(steps[0], OAuth2Step):
         return False
     check = steps[0].claims_check

@@ -7,6 +7,10 @@ name :func:`~gateway_app.describe.nearest_name` finds (the camelCase spelling of
 name, as Gloo's proto docs write ``remote_jwks`` for ``remoteJwks``, else ``difflib``'s closest). Any error a node raises is preceded by
 this check for the fields it has seen so far: an unknown field that looks like a missing one is
 the error reported, at its own line, not the "missing required field" it caused.
+
+**Layering.** Every handler that reads its own settings (the ``auth`` validators, the Traefik
+middlewares) reads them through this module, so it imports nothing of ``gateway_app.auth``:
+``config`` builds ``auth`` objects, never the other way round (``tests/test_layering.py``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""``Secret`` resources and references to them (``clientSecretRef: {name, namespace}``)."""
+"""``Secret`` resources and references to them (``clientSecretRef: {name, namespace}``).
+
+:class:`SecretStore` is handed to the ``auth`` handlers that resolve a secret reference while
+parsing their settings, so this module (and what it imports) imports nothing of
+``gateway_app.auth`` (``tests/test_layering.py``).
+"""
 
 from __future__ import annotations
 
