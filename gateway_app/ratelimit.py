@@ -79,7 +79,6 @@ class Usage:
     reset_us: int
     retry_after_us: int
     binding: str
-    quota_remaining: int | None = None
 
 
 def gcra(state: tuple[int, int] | None, now_us: int, rate: Rate) -> tuple[bool, int, int, int]:
@@ -127,9 +126,9 @@ def combine(rate: Rate, rate_step: tuple[bool, int, int, int], quota: Rate | Non
         retry = quota_reset if not quota_ok else 0
         if not quota_ok and not rate_ok:
             retry = max(quota_reset, rate_wait)
-        return Usage(allowed, quota.limit, quota_remaining, quota_reset, retry, "quota", quota_remaining)
+        return Usage(allowed, quota.limit, quota_remaining, quota_reset, retry, "quota")
     retry = 0 if allowed else rate_wait
-    return Usage(allowed, rate.limit, rate_remaining, rate_wait, retry, "rate", quota_remaining)
+    return Usage(allowed, rate.limit, rate_remaining, rate_wait, retry, "rate")
 
 
 class Limiter(t.Protocol):

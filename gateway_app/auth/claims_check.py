@@ -28,7 +28,6 @@ class RegoClaimsCheck:
     def __init__(self, expression: str, where: str) -> None:
         if "\n" in expression.strip() and "{" in expression:
             raise ConfigError("claims: one expression (use ';' between conditions)", where=where)
-        self.expression = expression
         package = "gateway_claims.c" + hashlib.sha256(expression.encode()).hexdigest()[:12]
         body = "; ".join(part.strip() for part in expression.split(";") if part.strip())
         source = f"package {package}\n\nimport rego.v1\n\nallow if {{ {body} }}\n"

@@ -209,4 +209,4 @@ def _opa_step(node: Node, index: int, name: str, namespace: str, ctx: AuthBuildC
     except Exception as e:  # ConfigError from the engine, re-raised with the field's location
         raise node.error("query", str(e)) from e
     shadow = _opa_step(shadow_node, index, f"{name}.shadow", namespace, ctx, allow_shadow=False) if shadow_node else None
-    return OpaStep(index=index, name=name, engine=engine, query=query, module_names=key, shadow=shadow)
+    return OpaStep(index=index, name=name, engine=engine, query=query, shadow=shadow)

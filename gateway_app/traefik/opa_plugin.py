@@ -102,7 +102,7 @@ def opa_step(node: Node, name: str, ctx: AuthBuildContext) -> TraefikOpaStep:
     for field, query in [("allow", allow), *((f"forwardHeaders.{h}", q) for h, q in headers.items())]:
         if query:
             _prepare(node, engine, field, query)
-    return TraefikOpaStep(index=0, name="opa", engine=engine, query=allow, module_names=key,
+    return TraefikOpaStep(index=0, name="opa", engine=engine, query=allow,
                           header_queries=tuple((h.lower(), q) for h, q in headers.items()))
 
 
