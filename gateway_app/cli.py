@@ -150,6 +150,7 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gateway-app`` parser: one subcommand per ``cmd_*`` function and the Rego tools'."""
     parser = argparse.ArgumentParser(prog="gateway-app", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"gateway-app {version()}",
                         help="print the version and exit")
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand on ``argv`` (default ``sys.argv[1:]``); its exit status."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -25,6 +25,12 @@ from ..policy.loader import load_module
 
 
 class RegoClaimsCheck:
+    """One ``claims`` expression compiled as the body of a Rego v1 rule over ``input.claims``
+    (``;`` separates conditions, which must all hold), in its own package named by its hash.
+
+    :raises ConfigError: (constructor) a multi-line expression with braces, or one that does not compile.
+    """
+
     def __init__(self, expression: str, where: str) -> None:
         if "\n" in expression.strip() and "{" in expression:
             raise ConfigError("claims: one expression (use ';' between conditions)", where=where)
@@ -39,6 +45,7 @@ class RegoClaimsCheck:
             raise ConfigError(f"claims expression does not compile: {e.detail}", where=where) from e
 
     def allows(self, claims: t.Mapping[str, t.Any]) -> bool:
+        """Whether the rule is ``true`` for ``claims``; undefined or an evaluation error is ``False``."""
         try:
             return self.engine.evaluate(self.query, {"claims": dict(claims)}) is True
         except PolicyError:

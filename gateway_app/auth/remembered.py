@@ -87,6 +87,7 @@ class Outcome:
 
     @classmethod
     def capture(cls, ctx: AuthContext) -> Outcome:
+        """The allowed outcome of ``ctx``'s pipeline, as :meth:`apply` puts it back."""
         state = ctx.state
         return cls(state.subject, state.claims, state.metadata, state.jwt_access_token, state.introspection,
                    dict(state.upstream_headers), state.api_product_id, state.reason, ctx.query)
@@ -106,6 +107,8 @@ class Outcome:
 
 
 def remember(info: TokenInfo, key: t.Hashable, outcome: Outcome) -> None:
+    """Keep ``outcome`` on the token's cached validation under ``key`` (pipeline serial, route
+    metadata); past :data:`MAX_OUTCOMES_PER_TOKEN` the token's outcomes start over."""
     memo = info.memo
     if len(memo) >= MAX_OUTCOMES_PER_TOKEN:
         memo.clear()

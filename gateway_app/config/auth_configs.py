@@ -35,6 +35,10 @@ from .secrets import SecretStore
 
 @dataclasses.dataclass
 class AuthBuildContext:
+    """What parsing an AuthConfig needs from the rest of the config being built: its secrets,
+    the ``opaAuth.modules`` resolver, the validator registry, and what this build used
+    (validator keys, to retire the others; policy engines by module names, to share them)."""
+
     secrets: SecretStore
     modules: t.Callable[[Node, str], list[RegoModule]]      # resolves opaAuth.modules in a namespace
     validators: ValidatorRegistry
@@ -43,7 +47,12 @@ class AuthBuildContext:
 
 
 def parse_auth_pipeline(spec: Node, name: str, namespace: str, ctx: AuthBuildContext) -> AuthPipeline:
-    """Read ``configs``, ``booleanExpr`` and the failure options of one AuthConfig spec."""
+    """Read ``configs``, ``booleanExpr`` and the failure options of one AuthConfig spec
+    (Gloo Enterprise ``AuthConfig``; ``authenticationFailureStatus`` is 403 unless set to 401,
+    ``statusOnError`` 503, as the seeds expect).
+
+    :raises ConfigError: naming the field, for any config, expression or option that is invalid.
+    """
     entries = spec.children("configs", required=True)
     if not entries:
         raise spec.error("configs", "needs at least one config")

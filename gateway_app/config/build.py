@@ -68,6 +68,9 @@ KINDS = ("Secret", "Upstream", "ConfigMap", "AuthConfig", "ExtAuthPolicy", "Virt
 
 @dataclasses.dataclass
 class ResourceStatus:
+    """One resource's verdict, as ``validate`` prints it and the admin view serves it: accepted
+    (``error`` is None) or rejected with a reason; ``line`` is 1-based."""
+
     kind: str
     namespace: str
     name: str
@@ -78,6 +81,7 @@ class ResourceStatus:
 
     @property
     def accepted(self) -> bool:
+        """Whether the resource was accepted (a note does not reject it)."""
         return self.error is None
 
     @property
@@ -89,9 +93,11 @@ class ResourceStatus:
 
     @property
     def where(self) -> str:
+        """``file:line``, or the file alone when the line is unknown."""
         return f"{self.file}:{self.line}" if self.line else self.file
 
     def describe(self) -> str:
+        """The ``validate`` line: ``Kind ns/name (file:line): ACCEPTED`` or ``REJECTED: reason``."""
         return f"{self.kind} {self.namespace}/{self.name} ({self.where}): {self.state}"
 
     def record(self) -> dict[str, t.Any]:
@@ -121,11 +127,14 @@ class GatewayConfig:
 
 @dataclasses.dataclass
 class BuildResult:
+    """What a build produced: the config (None when any resource was rejected) and every status."""
+
     config: GatewayConfig | None
     statuses: list[ResourceStatus]
 
     @property
     def errors(self) -> list[ResourceStatus]:
+        """The rejected statuses, in the order the resources were read."""
         return [s for s in self.statuses if not s.accepted]
 
 
@@ -387,7 +396,10 @@ def _check_domains(vhosts: list[VirtualHost]) -> None:
 def load_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
                 registry: ValidatorRegistry | None = None, generation: int = 1,
                 max_body_bytes: int | None = None) -> GatewayConfig:
-    """:raises ConfigError: listing every rejected resource."""
+    """:func:`build_config`'s config, for callers that serve it (the gateway at start-up, tests).
+
+    :raises ConfigError: listing every rejected resource, one ``validate`` line each.
+    """
     result = build_config(config_dir, rego_dir, registry, generation, max_body_bytes)
     if result.config is None:
         lines = [s.describe() for s in result.errors]

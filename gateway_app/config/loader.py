@@ -57,14 +57,17 @@ class RawResource:
 
     @property
     def line(self) -> int:
+        """The 1-based line where the document's mapping starts in ``file``."""
         return self.body.line
 
     @property
     def key(self) -> tuple[str, str, str]:
+        """``(kind, namespace, name)``: two resources with one key are duplicates."""
         return (self.kind, self.namespace, self.name)
 
     @property
     def where(self) -> str:
+        """``<file>: <Kind> <namespace>/<name>``, the prefix of every error about this resource."""
         return f"{self.file}: {self.kind} {self.namespace}/{self.name}"
 
 

@@ -29,6 +29,12 @@ def _compile_regex(node: Node, field: str, value: str) -> re.Pattern[str]:
 
 def parse_path(node: Node, prefix_field: str, exact_field: str, regex_field: str,
                case_sensitive: bool) -> PathMatcher | None:
+    """The one path matcher of ``node`` under whichever of the three field names is set (Gloo
+    Edge: ``prefix``/``exact``/``regex``; Gloo Platform: ``uri.prefix``/...); ``None`` when none is.
+    A case-insensitive regex is wrapped in ``(?i:...)``; a prefix or exact path is lower-cased.
+
+    :raises ConfigError: two are set, a prefix/exact path not starting with ``/``, or a bad regex.
+    """
     kind = node.one_of(prefix_field, exact_field, regex_field, required=False)
     if kind is None:
         return None
@@ -43,6 +49,10 @@ def parse_path(node: Node, prefix_field: str, exact_field: str, regex_field: str
 
 
 def parse_methods(node: Node, field: str) -> frozenset[str]:
+    """Upper-cased methods from one method or a list (empty: any method). RFC 9110 §9 methods only.
+
+    :raises ConfigError: not a string or a list of strings, or an unknown method.
+    """
     raw = node.raw(field)
     if raw is None:
         return frozenset()
@@ -57,6 +67,11 @@ def parse_methods(node: Node, field: str) -> frozenset[str]:
 
 
 def parse_header_matchers(node: Node, field: str = "headers") -> tuple[HeaderMatcher, ...]:
+    """``[{name, value?, regex?, invertMatch?}]`` as Gloo's ``HeaderMatcher``: no value means
+    "present"; names are lower-cased (HTTP field names are case-insensitive, RFC 9110 §5.1).
+
+    :raises ConfigError: a missing name, an unknown field, or a bad regex.
+    """
     matchers = []
     for item in node.children(field):
         name = item.str("name", required=True).lower()

@@ -41,6 +41,9 @@ MAX_DEPTH = 8
 
 @dataclasses.dataclass(frozen=True)
 class TableRoute:
+    """One entry of a RouteTable's ``http`` list: its matchers and either a ``forwardTo``
+    (``targets``, ``path_rewrite``) or ``delegate`` selectors still to resolve."""
+
     name: str
     index: int
     labels: dict[str, str]
@@ -52,6 +55,8 @@ class TableRoute:
 
 @dataclasses.dataclass(frozen=True)
 class Table:
+    """A parsed RouteTable: a root when it has ``hosts``, else a delegation target."""
+
     resource: RawResource
     hosts: tuple[str, ...]
     labels: dict[str, str]
@@ -61,12 +66,20 @@ class Table:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyAttachment:
+    """An ExtAuthPolicy: its ``glooAuth`` pipeline and the route label selectors it applies to."""
+
     name: str
     selectors: tuple[dict[str, str], ...]
     pipeline: AuthPipeline
 
 
 class RouteTableCompiler:
+    """RouteTables and ExtAuthPolicies of one config -> virtual hosts (one per root table).
+
+    ``upstreams`` are the accepted Upstreams by ``(namespace, name)``; ``usage_plans`` the
+    names a ``usagePlan`` route label may take.
+    """
+
     def __init__(self, tables: list[RawResource], policies: list[RawResource],
                  upstreams: dict[tuple[str, str], Targets], ctx: AuthBuildContext,
                  usage_plans: t.Container[str] = frozenset()) -> None:

@@ -98,6 +98,12 @@ def _merge_transforms(host: HeaderTransforms | None, route: HeaderTransforms | N
 
 def compile_virtual_service(resource: RawResource, upstreams: dict[tuple[str, str], Targets],
                             pipelines: dict[tuple[str, str], AuthPipeline]) -> VirtualHost:
+    """One VirtualService as a virtual host: ``virtualHost.domains`` (none: ``*``) and its routes
+    in order (Gloo matches the first route that matches). ``upstreams`` and ``pipelines`` are the
+    accepted Upstreams and AuthConfigs by ``(namespace, name)``.
+
+    :raises ConfigError: naming the field, for anything invalid or a reference that does not resolve.
+    """
     spec = Node(resource.body.get("spec"), resource.where)
     vhost_node = spec.child("virtualHost", required=True)
     assert vhost_node is not None

@@ -272,10 +272,13 @@ def add_subcommands(subparsers: t.Any) -> None:
 
 
 def rego_tests_command(args: argparse.Namespace) -> int:
+    """``gateway-app test-rego``: :func:`run_rego_tests` on ``--rego-dir``; its exit status."""
     return run_rego_tests(args.rego_dir, verbose=args.verbose, out=sys.stdout)
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    """``gateway-app eval``: one query over an input read from ``--input``, or built from
+    ``--request``/``--claims``/``--label`` as the gateway builds it; exit 2 on unusable arguments."""
     try:
         input_document = _read_document(args.input.read_text(encoding="utf-8"), "--input") if args.input else None
         request_spec = _json_or_file(args.request, "--request") if args.request else None

@@ -42,6 +42,7 @@ class TraefikClaimsCheck:
         self._predicate = compile_calls(expression, _FUNCTIONS, label, where, "claims")
 
     def allows(self, claims: Claims) -> bool:
+        """Whether the expression holds for ``claims`` (Traefik Hub's JWT ``claims`` functions)."""
         return self._predicate(claims)
 
 

@@ -69,6 +69,11 @@ class TraefikOpaStep(OpaStep):
     header_queries: tuple[tuple[str, str], ...] = ()      # (lower-cased header, query)
 
     def run(self, ctx: AuthContext) -> None:
+        """Evaluate ``allow`` (when set) over Traefik's input, then each ``forwardHeaders`` query;
+        a header query that errors or yields nothing sends no header.
+
+        :raises AccessDeniedError: ``allow`` denies; :raises PolicyError: it fails (as :meth:`OpaStep.run`).
+        """
         if ctx.policy_input is None:
             ctx.policy_input = traefik_input(ctx.request, ctx.route, ctx.state)
         if self.query:
@@ -83,6 +88,7 @@ class TraefikOpaStep(OpaStep):
                 ctx.state.upstream_headers[header] = text
 
     def managed_headers(self) -> frozenset[str]:
+        """The ``forwardHeaders`` names (lower-cased): no client may send them."""
         return frozenset(header for header, _ in self.header_queries)
 
 
