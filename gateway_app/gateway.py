@@ -44,8 +44,8 @@ from .observability import redact_input
 from .observability import request_id
 from .policy.engine import release_thread_engines
 from .proxy import Forwarder
-from .reload import Fingerprint
-from .reload import tree_fingerprint
+from .fingerprint import Fingerprint
+from .fingerprint import tree_fingerprint
 from .routing import Route
 from .worker import limit_declared_body
 from .settings import Settings
