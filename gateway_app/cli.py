@@ -10,8 +10,16 @@ import pathlib
 import sys
 import typing as t
 
+import requests
+
+from .admin import render_status
 from .config.build import build_config
+from .explain import build_request
+from .explain import explain
+from .explain import render_text
+from .gateway import Gateway
 from .policy import tooling
+from .settings import Settings
 
 
 def _dirs(parser: argparse.ArgumentParser) -> None:
@@ -93,10 +101,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print a running gateway's admin view (``<admin prefix>/config``); exit 1 when unreachable."""
-    import requests
-
-    from .admin import render_status
-
     url = args.url.rstrip("/") + args.admin_prefix.rstrip("/") + "/config"
     try:
         response = requests.get(url, timeout=args.timeout)
@@ -112,12 +116,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Run one request through the real stages without forwarding; exit 0 when it would be
     forwarded, 1 when the gateway would answer an error, 2 when the config or request is unusable."""
-    from .explain import build_request
-    from .explain import explain
-    from .explain import render_text
-    from .gateway import Gateway
-    from .settings import Settings
-
     method, url = (args.request[0], args.request[1]) if len(args.request) == 2 else (args.method, args.request[0])
     try:
         headers = [_header(text) for text in args.header]
@@ -159,6 +157,7 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gateway-app`` parser: one subcommand per ``cmd_*`` function and the Rego tools'."""
     parser = argparse.ArgumentParser(prog="gateway-app", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"gateway-app {version()}",
                         help="print the version and exit")
@@ -196,26 +195,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="HTTP timeout (default 5)")
     status.add_argument("--json", action="store_true", help="print the JSON document as received")
     status.set_defaults(func=cmd_status)
-    explain = sub.add_parser("explain", help="show what the gateway would do with one request, stage by stage",
-                             description="Run one request through the real stages against the config on disk "
-                                         "(real IdP and JWKS calls included) without forwarding it: the route and "
-                                         "why others did not match, the token, its validation, the policy input "
-                                         "and decision, the headers set and removed, the upstream URL. "
-                                         "Credentials are redacted.")
-    _dirs(explain)
-    explain.add_argument("request", nargs="+", metavar="[METHOD] URL",
-                         help="e.g. GET http://localhost:8080/headers (the method defaults to -X, else GET)")
-    explain.add_argument("-X", "--method", default="GET", help="the method when not given before the URL")
-    explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
-                         help="a request header (repeatable), as with curl")
-    explain.add_argument("-d", "--data", metavar="BODY", help="a request body, as with curl")
-    explain.add_argument("--json", action="store_true", help="print the stages as one JSON document")
-    explain.set_defaults(func=cmd_explain)
+    explain_cmd = sub.add_parser("explain", help="show what the gateway would do with one request, stage by stage",
+                                 description="Run one request through the real stages against the config on disk "
+                                             "(real IdP and JWKS calls included) without forwarding it: the route and "
+                                             "why others did not match, the token, its validation, the policy input "
+                                             "and decision, the headers set and removed, the upstream URL. "
+                                             "Credentials are redacted.")
+    _dirs(explain_cmd)
+    explain_cmd.add_argument("request", nargs="+", metavar="[METHOD] URL",
+                             help="e.g. GET http://localhost:8080/headers (the method defaults to -X, else GET)")
+    explain_cmd.add_argument("-X", "--method", default="GET", help="the method when not given before the URL")
+    explain_cmd.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                             help="a request header (repeatable), as with curl")
+    explain_cmd.add_argument("-d", "--data", metavar="BODY", help="a request body, as with curl")
+    explain_cmd.add_argument("--json", action="store_true", help="print the stages as one JSON document")
+    explain_cmd.set_defaults(func=cmd_explain)
     tooling.add_subcommands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand on ``argv`` (default ``sys.argv[1:]``); its exit status."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

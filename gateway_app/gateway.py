@@ -22,7 +22,7 @@ from .auth.state import AuthState
 from .auth.steps import AuthContext
 from .auth.tokens import strip_cookie
 from .auth.tokens import strip_query_parameter
-from .config.auth_configs import ValidatorRegistry
+from .auth.registry import ValidatorRegistry
 from .config.build import BuildResult
 from .config.build import GatewayConfig
 from .config.build import build_config
@@ -44,8 +44,8 @@ from .observability import redact_input
 from .observability import request_id
 from .policy.engine import release_thread_engines
 from .proxy import Forwarder
-from .reload import Fingerprint
-from .reload import tree_fingerprint
+from .fingerprint import Fingerprint
+from .fingerprint import tree_fingerprint
 from .routing import Route
 from .worker import limit_declared_body
 from .settings import Settings

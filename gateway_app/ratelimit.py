@@ -80,7 +80,6 @@ class Usage:
     reset_us: int
     retry_after_us: int
     binding: str
-    quota_remaining: int | None = None
 
 
 def gcra(state: tuple[int, int] | None, now_us: int, rate: Rate) -> tuple[bool, int, int, int]:
@@ -128,9 +127,9 @@ def combine(rate: Rate, rate_step: tuple[bool, int, int, int], quota: Rate | Non
         retry = quota_reset if not quota_ok else 0
         if not quota_ok and not rate_ok:
             retry = max(quota_reset, rate_wait)
-        return Usage(allowed, quota.limit, quota_remaining, quota_reset, retry, "quota", quota_remaining)
+        return Usage(allowed, quota.limit, quota_remaining, quota_reset, retry, "quota")
     retry = 0 if allowed else rate_wait
-    return Usage(allowed, rate.limit, rate_remaining, rate_wait, retry, "rate", quota_remaining)
+    return Usage(allowed, rate.limit, rate_remaining, rate_wait, retry, "rate")
 
 
 class Limiter(t.Protocol):
@@ -290,9 +289,7 @@ class Lease:
     def take(self) -> Usage:
         """Admit one request from the lease (``left`` must be positive)."""
         self.left -= 1
-        quota_remaining = self.last.quota_remaining
-        return dataclasses.replace(self.last, remaining=self.last.remaining + self.left,
-                                   quota_remaining=None if quota_remaining is None else quota_remaining + self.left)
+        return dataclasses.replace(self.last, remaining=self.last.remaining + self.left)
 
     def fits(self, rate: Rate, quota: Rate | None) -> bool:
         return self.rate == rate and self.quota == quota

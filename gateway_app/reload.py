@@ -21,34 +21,16 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
 import signal
 import threading
 import typing as t
+
+from .fingerprint import tree_fingerprint
 
 if t.TYPE_CHECKING:
     from .gateway import Gateway
 
 log = logging.getLogger("gateway_app.reload")
-
-
-Fingerprint = t.Tuple[t.Tuple[str, int, int], ...]
-
-
-def tree_fingerprint(*roots: pathlib.Path) -> Fingerprint:
-    """``(path, mtime_ns, size)`` of every ``.yaml``/``.yml``/``.rego`` file under ``roots``, sorted."""
-    entries = []
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for path in root.rglob("*"):
-            if path.suffix in (".yaml", ".yml", ".rego") and path.is_file():
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                entries.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(sorted(entries))
 
 
 class Watcher:

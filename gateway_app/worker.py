@@ -171,7 +171,6 @@ class _GuardedBodyReader:
 
     def __init__(self, reader: t.Any, req: t.Any) -> None:
         self._reader = reader
-        self._req = req
         self._failed = False
         should_close = req.should_close
         req.should_close = lambda: self._failed or not self._complete() or should_close()

@@ -14,10 +14,10 @@ from gateway_app.errors import ConfigError
 from gateway_app.errors import PolicyError
 from gateway_app.policy import engine as engine_module
 from gateway_app.policy.engine import PolicyEngine
-from gateway_app.policy.engine import RegoModule
-from gateway_app.policy.engine import input_keys
-from gateway_app.policy.engine import load_module
-from gateway_app.policy.engine import load_rego_directory
+from gateway_app.policy.input_shape import input_shape
+from gateway_app.policy.loader import RegoModule
+from gateway_app.policy.loader import load_module
+from gateway_app.policy.loader import load_rego_directory
 
 V0_POLICY = """package gloo
 default allow = false
@@ -208,8 +208,9 @@ def test_data_document_is_visible_to_policies():
     ("# the whole input", None),
 ], ids=["dotted fields", "a quoted field", "an input import", "fields named input are not input",
         "a variable key", "input passed whole", "the word in a comment"])
-def test_input_keys_lists_the_fields_read_or_none_when_unsure(source, keys):
-    assert input_keys([source]) == (None if keys is None else frozenset(keys))
+def test_input_shape_lists_the_top_level_fields_read_or_none_when_unsure(source, keys):
+    shape = input_shape([source])
+    assert (None if shape is None else set(shape)) == keys
 
 
 def test_policy_reading_input_dynamically_sees_the_whole_input():
@@ -344,7 +345,7 @@ def test_engines_are_built_once_per_thread_not_per_evaluation(monkeypatch):
         return real_engine()
 
     policy = engine_for(V0_POLICY, queries=("data.gloo.allow",))
-    monkeypatch.setattr(engine_module.regorus, "Engine", counting_engine)
+    monkeypatch.setattr(regorus, "Engine", counting_engine)
     for _ in range(50):
         policy.evaluate("data.gloo.allow", {"user": "alice"})
     worker = threading.Thread(target=lambda: [policy.evaluate("data.gloo.allow", {}) for _ in range(50)])
@@ -417,7 +418,6 @@ def test_dropping_an_engine_used_by_a_live_thread_leaks_nothing_and_does_not_rai
 ], ids=["a deep field", "a quoted step", "a whole branch wins over a deeper one",
         "a variable key keeps the branch before it", "a variable key at the top keeps everything"])
 def test_input_shape_keeps_only_the_branches_a_policy_reads(source, shape):
-    from gateway_app.policy.engine import input_shape
     assert input_shape([source]) == shape
 
 

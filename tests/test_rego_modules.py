@@ -14,7 +14,7 @@ from gateway_app.auth.state import TokenInfo
 from gateway_app.incoming import IncomingRequest
 from gateway_app.policy.decision import Decision
 from gateway_app.policy.engine import PolicyEngine
-from gateway_app.policy.engine import load_rego_directory
+from gateway_app.policy.loader import load_rego_directory
 from gateway_app.policy.input_document import build_input
 from gateway_app.policy.tooling import run_rego_tests
 

@@ -15,8 +15,8 @@ import pytest
 
 from gateway_app.auth.remembered import TOKEN_AND_ROUTE_INPUT
 from gateway_app.auth.remembered import within
-from gateway_app.policy.engine import ALL
 from gateway_app.policy.engine import PolicyEngine
+from gateway_app.policy.input_shape import ALL
 from keys import jwks_json
 from keys import make_jwt
 from keys import public_jwk
@@ -317,7 +317,7 @@ def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(
     from conftest import write_tree
     from gateway_app.auth.state import AuthState
     from gateway_app.auth.steps import AuthContext
-    from gateway_app.config.auth_configs import ValidatorRegistry
+    from gateway_app.auth.registry import ValidatorRegistry
     from gateway_app.config.build import load_config
     from gateway_app.errors import InvalidTokenError
     from gateway_app.incoming import IncomingRequest

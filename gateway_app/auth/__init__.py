@@ -1,1 +1,3 @@
-"""Token extraction, validation (introspection, JWT) and the auth steps that use them."""
+"""Token extraction, validation (introspection, JWT), the auth steps that use them, and the
+registry that shares validators across config generations.
+"""

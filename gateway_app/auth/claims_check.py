@@ -21,14 +21,19 @@ import typing as t
 from ..errors import ConfigError
 from ..errors import PolicyError
 from ..policy.engine import PolicyEngine
-from ..policy.engine import load_module
+from ..policy.loader import load_module
 
 
 class RegoClaimsCheck:
+    """One ``claims`` expression compiled as the body of a Rego v1 rule over ``input.claims``
+    (``;`` separates conditions, which must all hold), in its own package named by its hash.
+
+    :raises ConfigError: (constructor) a multi-line expression with braces, or one that does not compile.
+    """
+
     def __init__(self, expression: str, where: str) -> None:
         if "\n" in expression.strip() and "{" in expression:
             raise ConfigError("claims: one expression (use ';' between conditions)", where=where)
-        self.expression = expression
         package = "gateway_claims.c" + hashlib.sha256(expression.encode()).hexdigest()[:12]
         body = "; ".join(part.strip() for part in expression.split(";") if part.strip())
         source = f"package {package}\n\nimport rego.v1\n\nallow if {{ {body} }}\n"
@@ -40,6 +45,7 @@ class RegoClaimsCheck:
             raise ConfigError(f"claims expression does not compile: {e.detail}", where=where) from e
 
     def allows(self, claims: t.Mapping[str, t.Any]) -> bool:
+        """Whether the rule is ``true`` for ``claims``; undefined or an evaluation error is ``False``."""
         try:
             return self.engine.evaluate(self.query, {"claims": dict(claims)}) is True
         except PolicyError:

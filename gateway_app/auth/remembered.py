@@ -21,12 +21,12 @@ import dataclasses
 import itertools
 import typing as t
 
-from ..policy.engine import ALL
+from ..policy.input_shape import ALL
 from .state import TokenInfo
-
-if t.TYPE_CHECKING:
-    from .steps import AuthContext
-    from .steps import AuthStep
+from .steps import AuthContext
+from .steps import AuthStep
+from .steps import OAuth2Step
+from .steps import OpaStep
 
 MAX_OUTCOMES_PER_TOKEN = 32      # (pipeline, route metadata) pairs one token has been seen on
 
@@ -43,9 +43,6 @@ pipeline_serials = itertools.count(1)    # remembered outcomes are keyed by pipe
 
 def rememberable(steps: t.Sequence[AuthStep], has_boolean_expr: bool) -> bool:
     """Whether the pipeline's allowed outcome is a function of the token's validation and the route."""
-    from .steps import OAuth2Step
-    from .steps import OpaStep
-
     if has_boolean_expr or not steps or not isinstance(steps[0], OAuth2Step):
         return False
     check = steps[0].claims_check
@@ -90,6 +87,7 @@ class Outcome:
 
     @classmethod
     def capture(cls, ctx: AuthContext) -> Outcome:
+        """The allowed outcome of ``ctx``'s pipeline, as :meth:`apply` puts it back."""
         state = ctx.state
         return cls(state.subject, state.claims, state.metadata, state.jwt_access_token, state.introspection,
                    dict(state.upstream_headers), state.api_product_id, state.reason, ctx.query)
@@ -109,6 +107,8 @@ class Outcome:
 
 
 def remember(info: TokenInfo, key: t.Hashable, outcome: Outcome) -> None:
+    """Keep ``outcome`` on the token's cached validation under ``key`` (pipeline serial, route
+    metadata); past :data:`MAX_OUTCOMES_PER_TOKEN` the token's outcomes start over."""
     memo = info.memo
     if len(memo) >= MAX_OUTCOMES_PER_TOKEN:
         memo.clear()

@@ -164,7 +164,6 @@ class OpaStep:
     name: str
     engine: "PolicyEngine"
     query: str
-    module_names: tuple[str, ...]
     shadow: "OpaStep | None" = None
 
     def run(self, ctx: AuthContext) -> None:

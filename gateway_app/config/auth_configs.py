@@ -1,22 +1,23 @@
 """``AuthConfig`` specs (and ExtAuthPolicy ``glooAuth``) -> :class:`AuthPipeline`.
 
-Validators are taken from a :class:`ValidatorRegistry` keyed by their settings, so one
-JWKS is fetched once for every route that uses it and token caches survive a reload
-when the IdP settings did not change.
+Validators are taken from a :class:`~gateway_app.auth.registry.ValidatorRegistry` keyed by
+their settings, so one JWKS is fetched once for every route that uses it and token caches
+survive a reload when the IdP settings did not change.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 import typing as t
 
+from ..auth.claims_check import RegoClaimsCheck
 from ..auth.expressions import compile_boolean_expr
 from ..auth.introspection import IntrospectionValidator
 from ..auth.introspection import parse_introspection_settings
 from ..auth.jwt_validation import JwtValidator
 from ..auth.jwt_validation import parse_jwt_settings
 from ..auth.pipeline import AuthPipeline
+from ..auth.registry import ValidatorRegistry
 from ..auth.remembered import rememberable
 from ..auth.stale import StaleIfErrorValidator
 from ..auth.stale import parse_stale_if_error
@@ -25,84 +26,19 @@ from ..auth.steps import ClaimHeader
 from ..auth.steps import OAuth2Step
 from ..auth.steps import OpaStep
 from ..auth.tokens import parse_token_source
-from ..cache import TTLCache
 from ..errors import ConfigError
 from ..policy.engine import PolicyEngine
-from ..policy.engine import RegoModule
-from ..auth.claims_check import RegoClaimsCheck
+from ..policy.loader import RegoModule
 from .fields import Node
 from .secrets import SecretStore
 
 
-class ValidatorRegistry:
-    """Validators (and their caches, JWKS) shared by settings, kept across reloads."""
-
-    def __init__(self, token_cache_url: str | None = None, *, clock: t.Callable[[], float] | None = None) -> None:
-        self._validators: dict[t.Any, t.Any] = {}
-        self._token_caches: dict[tuple[str, int], t.Any] = {}
-        self._shared_jwt_cache: t.Any = None
-        self._lock = threading.Lock()
-        self.token_cache_url = token_cache_url
-        self.clock = clock              # epoch seconds for validators and their caches; None: the real clocks
-
-    def token_cache(self, fingerprint: str, max_entries: int) -> t.Any:
-        """The token cache of one IdP identity: it outlives validators whose other settings change.
-
-        In-process by default; shared through Redis when ``GATEWAY_TOKEN_CACHE_URL`` is set
-        (keys already carry the fingerprint, so one Redis serves every IdP).
-        """
-        with self._lock:
-            cache = self._token_caches.get((fingerprint, max_entries))
-            if cache is None:
-                cache = self._token_caches[(fingerprint, max_entries)] = self._new_cache(max_entries)
-            return cache
-
-    def shared_jwt_cache(self) -> t.Any:
-        """Where verified JWT claims are shared between workers and replicas: Redis when
-        ``GATEWAY_TOKEN_CACHE_URL`` is set (one for every JWT validator), else None."""
-        if not self.token_cache_url:
-            return None
-        with self._lock:
-            if self._shared_jwt_cache is None:
-                from ..cache_redis import JWT_KEY_PREFIX
-                from ..cache_redis import RedisTokenCache
-                self._shared_jwt_cache = RedisTokenCache(self.token_cache_url, prefix=JWT_KEY_PREFIX,
-                                                         single_flight=False)
-            return self._shared_jwt_cache
-
-    def _new_cache(self, max_entries: int) -> t.Any:
-        if self.token_cache_url:
-            from ..cache_redis import RedisTokenCache
-            return RedisTokenCache(self.token_cache_url, fallback_max_entries=max_entries)
-        return TTLCache(max_entries, clock=self.clock) if self.clock else TTLCache(max_entries)
-
-    def clock_options(self, wall: str) -> dict[str, t.Any]:
-        """``{wall: clock}`` for a validator's constructor when a clock was injected, else ``{}``."""
-        return {wall: self.clock} if self.clock else {}
-
-    def get(self, key: t.Any, factory: t.Callable[[], t.Any]) -> t.Any:
-        with self._lock:
-            validator = self._validators.get(key)
-            if validator is None:
-                validator = self._validators[key] = factory()
-            return validator
-
-    def all(self) -> list[t.Any]:
-        with self._lock:
-            return list(self._validators.values())
-
-    def retain(self, keep: t.Collection[t.Any]) -> None:
-        """Forget validators the new config no longer uses."""
-        with self._lock:
-            dropped = [self._validators.pop(k) for k in list(self._validators) if k not in keep]
-        for validator in dropped:
-            close = getattr(validator, "close", None)
-            if close is not None:
-                close()
-
-
 @dataclasses.dataclass
 class AuthBuildContext:
+    """What parsing an AuthConfig needs from the rest of the config being built: its secrets,
+    the ``opaAuth.modules`` resolver, the validator registry, and what this build used
+    (validator keys, to retire the others; policy engines by module names, to share them)."""
+
     secrets: SecretStore
     modules: t.Callable[[Node, str], list[RegoModule]]      # resolves opaAuth.modules in a namespace
     validators: ValidatorRegistry
@@ -111,7 +47,12 @@ class AuthBuildContext:
 
 
 def parse_auth_pipeline(spec: Node, name: str, namespace: str, ctx: AuthBuildContext) -> AuthPipeline:
-    """Read ``configs``, ``booleanExpr`` and the failure options of one AuthConfig spec."""
+    """Read ``configs``, ``booleanExpr`` and the failure options of one AuthConfig spec
+    (Gloo Enterprise ``AuthConfig``; ``authenticationFailureStatus`` is 403 unless set to 401,
+    ``statusOnError`` 503, as the seeds expect).
+
+    :raises ConfigError: naming the field, for any config, expression or option that is invalid.
+    """
     entries = spec.children("configs", required=True)
     if not entries:
         raise spec.error("configs", "needs at least one config")
@@ -277,4 +218,4 @@ def _opa_step(node: Node, index: int, name: str, namespace: str, ctx: AuthBuildC
     except Exception as e:  # ConfigError from the engine, re-raised with the field's location
         raise node.error("query", str(e)) from e
     shadow = _opa_step(shadow_node, index, f"{name}.shadow", namespace, ctx, allow_shadow=False) if shadow_node else None
-    return OpaStep(index=index, name=name, engine=engine, query=query, module_names=key, shadow=shadow)
+    return OpaStep(index=index, name=name, engine=engine, query=query, shadow=shadow)

@@ -17,12 +17,12 @@ import re
 import time
 import typing as t
 
+from ..auth.registry import ValidatorRegistry
 from ..describe import did_you_mean
 from ..errors import ConfigError
 from ..errors import GatewayError
-from ..policy.engine import RegoModule
-from ..policy.engine import load_module
-from ..policy.engine import load_rego_modules
+from ..policy.loader import RegoModule
+from ..policy.loader import load_rego_modules
 from ..routing import Router
 from ..routing import VirtualHost
 from ..routing import domain_key
@@ -33,12 +33,13 @@ from ..traefik.middlewares import README_SECTION
 from ..traefik.middlewares import TRAEFIK_GROUPS
 from ..traefik.middlewares import parse_middleware
 from .auth_configs import AuthBuildContext
-from .auth_configs import ValidatorRegistry
 from .auth_configs import parse_auth_pipeline
+from .config_maps import parse_config_map
 from .fields import Node
 from .loader import RawResource
 from .loader import config_files
 from .loader import load_file
+from .managed_headers import share_managed_headers
 from .refs import RefTable
 from .refs import resolve_module
 from .route_tables import RouteTableCompiler
@@ -50,8 +51,7 @@ from .usage_plans import check_settings
 from .usage_plans import duplicate_name
 from .usage_plans import parse_settings
 from .usage_plans import parse_usage_plan
-from .vs_compiler import compile_virtual_service
-from .vs_compiler import share_managed_headers
+from .virtual_services import compile_virtual_service
 
 _FIELD = re.compile(r"^(?P<field>[A-Za-z_][\w.\[\]-]*): (?P<reason>.*)$", re.DOTALL)
 
@@ -68,6 +68,9 @@ KINDS = ("Secret", "Upstream", "ConfigMap", "AuthConfig", "ExtAuthPolicy", "Virt
 
 @dataclasses.dataclass
 class ResourceStatus:
+    """One resource's verdict, as ``validate`` prints it and the admin view serves it: accepted
+    (``error`` is None) or rejected with a reason; ``line`` is 1-based."""
+
     kind: str
     namespace: str
     name: str
@@ -78,6 +81,7 @@ class ResourceStatus:
 
     @property
     def accepted(self) -> bool:
+        """Whether the resource was accepted (a note does not reject it)."""
         return self.error is None
 
     @property
@@ -89,9 +93,11 @@ class ResourceStatus:
 
     @property
     def where(self) -> str:
+        """``file:line``, or the file alone when the line is unknown."""
         return f"{self.file}:{self.line}" if self.line else self.file
 
     def describe(self) -> str:
+        """The ``validate`` line: ``Kind ns/name (file:line): ACCEPTED`` or ``REJECTED: reason``."""
         return f"{self.kind} {self.namespace}/{self.name} ({self.where}): {self.state}"
 
     def record(self) -> dict[str, t.Any]:
@@ -121,11 +127,14 @@ class GatewayConfig:
 
 @dataclasses.dataclass
 class BuildResult:
+    """What a build produced: the config (None when any resource was rejected) and every status."""
+
     config: GatewayConfig | None
     statuses: list[ResourceStatus]
 
     @property
     def errors(self) -> list[ResourceStatus]:
+        """The rejected statuses, in the order the resources were read."""
         return [s for s in self.statuses if not s.accepted]
 
 
@@ -233,7 +242,7 @@ class _Builder:
             if targets:
                 self.upstreams[(resource.namespace, resource.name)] = targets
         for resource in self.by_kind["ConfigMap"]:
-            modules = self._guard(resource, lambda r=resource: self._configmap(r))
+            modules = self._guard(resource, lambda r=resource: parse_config_map(r))
             if modules is not None:
                 self.configmap_modules[(resource.namespace, resource.name)] = modules
         for kind, notice in NOTICE_KINDS.items():
@@ -262,21 +271,6 @@ class _Builder:
                 return parsed
             settings = self._guard(resource, parse_one) or settings
         self.usage_plans = UsagePlans(plans, settings) if settings else UsagePlans(plans)
-
-    def _configmap(self, resource: RawResource) -> list[RegoModule]:
-        node = Node(resource.body, resource.where, path="")
-        for field in ("apiVersion", "kind", "metadata"):
-            node.raw(field)
-        data = node.str_map("data")
-        node.done()
-        modules = []
-        for key, source in data.items():
-            if key.endswith(".rego"):
-                origin = f"{resource.file}: ConfigMap {resource.namespace}/{resource.name} data.{key}"
-                modules.append(load_module(f"{resource.namespace}/{resource.name}/{key}", source, origin))
-        if not modules:
-            raise node.error("data", "has no Rego module (a key ending in .rego, such as policy.rego)")
-        return modules
 
     def resolve_modules(self, node: Node, namespace: str) -> list[RegoModule]:
         """``opaAuth.modules[{name, namespace}]`` of a resource in ``namespace`` (:func:`.refs.resolve_module`)."""
@@ -402,7 +396,10 @@ def _check_domains(vhosts: list[VirtualHost]) -> None:
 def load_config(config_dir: pathlib.Path | str, rego_dir: pathlib.Path | str,
                 registry: ValidatorRegistry | None = None, generation: int = 1,
                 max_body_bytes: int | None = None) -> GatewayConfig:
-    """:raises ConfigError: listing every rejected resource."""
+    """:func:`build_config`'s config, for callers that serve it (the gateway at start-up, tests).
+
+    :raises ConfigError: listing every rejected resource, one ``validate`` line each.
+    """
     result = build_config(config_dir, rego_dir, registry, generation, max_body_bytes)
     if result.config is None:
         lines = [s.describe() for s in result.errors]

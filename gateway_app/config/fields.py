@@ -7,6 +7,10 @@ name :func:`~gateway_app.describe.nearest_name` finds (the camelCase spelling of
 name, as Gloo's proto docs write ``remote_jwks`` for ``remoteJwks``, else ``difflib``'s closest). Any error a node raises is preceded by
 this check for the fields it has seen so far: an unknown field that looks like a missing one is
 the error reported, at its own line, not the "missing required field" it caused.
+
+**Layering.** Every handler that reads its own settings (the ``auth`` validators, the Traefik
+middlewares) reads them through this module, so it imports nothing of ``gateway_app.auth``:
+``config`` builds ``auth`` objects, never the other way round (``tests/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -70,14 +74,17 @@ class Node:
         return self._error(field, f"unknown field {field}{hint}")
 
     def field_path(self, field: str) -> str:
+        """``field``'s dotted path inside the resource (``spec.configs[0].oauth2``)."""
         return f"{self.path}.{field}" if self.path else field
 
     # -- presence -------------------------------------------------------------
     def has(self, field: str) -> bool:
+        """Whether ``field`` is present and not null (YAML ``~``), as Kubernetes treats null."""
         self._asked.add(field)
         return field in self.data and self.data[field] is not None
 
     def raw(self, field: str, default: t.Any = None) -> t.Any:
+        """``field``'s value as YAML gave it (``default`` when absent or null), marked as read."""
         self._read.add(field)
         self._asked.add(field)
         value = self.data.get(field)
@@ -108,16 +115,25 @@ class Node:
         return value
 
     def str(self, field: str, *, required: bool = False, default: str | None = None) -> t.Any:
+        """A string field; a required one must not be blank.
+
+        :raises ConfigError: missing when required, blank when required, or not a string.
+        """
         value = self._typed(field, (str,), "a string", required, default)
         if required and isinstance(value, str) and not value.strip():
             raise self.error(field, "must not be empty")
         return value
 
     def bool(self, field: str, *, default: bool = False) -> bool:
+        """A YAML boolean (``"true"`` the string is refused). :raises ConfigError: not a boolean."""
         return self._typed(field, (bool,), "true or false", False, default)
 
     def int(self, field: str, *, default: int | None = None, minimum: int | None = None,
             maximum: int | None = None, required: bool = False) -> t.Any:
+        """An integer field (a boolean is not one), within ``[minimum, maximum]`` when given.
+
+        :raises ConfigError: missing when required, not an integer, or out of bounds.
+        """
         value = self._typed(field, (int,), "an integer", required, default)
         if isinstance(value, int) and minimum is not None and value < minimum:
             raise self.error(field, f"must be at least {minimum}")
@@ -126,7 +142,10 @@ class Node:
         return value
 
     def duration(self, field: str, *, default: float | None = None, minimum: float = 0.0) -> t.Any:
-        """Seconds from ``10``, ``1.5``, ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``."""
+        """Seconds from ``10``, ``1.5``, ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``.
+
+        :raises ConfigError: not a duration, or below ``minimum`` seconds.
+        """
         self._read.add(field)
         self._asked.add(field)
         if not self.has(field):
@@ -140,9 +159,11 @@ class Node:
         return seconds
 
     def list(self, field: str, *, required: bool = False) -> list[t.Any]:
+        """A list field (``[]`` when absent). :raises ConfigError: missing when required, or not a list."""
         return self._typed(field, (list,), "a list", required, [])
 
     def str_list(self, field: str, *, required: bool = False) -> list[str]:
+        """A list of strings. :raises ConfigError: as :meth:`list`, or an item that is not a string."""
         values = self.list(field, required=required)
         for index, value in enumerate(values):
             if not isinstance(value, str):
@@ -150,6 +171,11 @@ class Node:
         return list(values)
 
     def str_map(self, field: str) -> dict[str, str]:
+        """A mapping of text (numbers become their text, as Kubernetes labels and ConfigMap
+        ``data`` are strings; ``{}`` when absent).
+
+        :raises ConfigError: not a mapping, or a value that is a boolean, null or a collection.
+        """
         value = self._typed(field, (dict,), "a mapping", False, {})
         result = {}
         for key, item in value.items():
@@ -159,6 +185,10 @@ class Node:
         return result
 
     def child(self, field: str, *, required: bool = False) -> Node | None:
+        """The mapping at ``field`` as a :class:`Node` (``None`` when absent).
+
+        :raises ConfigError: missing when required, or not a mapping.
+        """
         self._read.add(field)
         self._asked.add(field)
         if not self.has(field):
@@ -168,11 +198,19 @@ class Node:
         return Node(self.data[field], self.where, self.field_path(field))
 
     def children(self, field: str, *, required: bool = False) -> list[Node]:
+        """The list of mappings at ``field``, one :class:`Node` each (path ``field[i]``).
+
+        :raises ConfigError: as :meth:`list`, or an item that is not a mapping.
+        """
         items = self.list(field, required=required)
         return [Node(item, self.where, f"{self.path}.{field}[{i}]") for i, item in enumerate(items)]
 
     def one_of(self, *fields: str, required: bool = True) -> str | None:
-        """Exactly one of ``fields`` is present; returns its name."""
+        """Exactly one of ``fields`` is present (a protobuf ``oneof``, as Gloo's API declares
+        them); returns its name, or ``None`` when none is and ``required`` is false.
+
+        :raises ConfigError: more than one is set, or none when required.
+        """
         present = [f for f in fields if self.has(f)]
         if len(present) > 1:
             raise self.error(present[1], f"only one of {', '.join(fields)} may be set")
@@ -187,6 +225,8 @@ _TYPO_CUTOFF = 0.8          # stricter when the typo replaces another error (a m
 
 
 def parse_duration(value: t.Any) -> float | None:
+    """Seconds from a number or ``"<number>[ms|s|m|h]"`` (no unit: seconds); ``None`` when
+    ``value`` is neither (a boolean included)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):

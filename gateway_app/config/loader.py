@@ -57,14 +57,17 @@ class RawResource:
 
     @property
     def line(self) -> int:
+        """The 1-based line where the document's mapping starts in ``file``."""
         return self.body.line
 
     @property
     def key(self) -> tuple[str, str, str]:
+        """``(kind, namespace, name)``: two resources with one key are duplicates."""
         return (self.kind, self.namespace, self.name)
 
     @property
     def where(self) -> str:
+        """``<file>: <Kind> <namespace>/<name>``, the prefix of every error about this resource."""
         return f"{self.file}: {self.kind} {self.namespace}/{self.name}"
 
 
@@ -112,18 +115,3 @@ def _to_resource(doc: t.Any, file: str, index: int) -> RawResource:
         raise ConfigError("metadata.namespace must be a string", where=f"{where} ({kind})", line=doc.line)
     return RawResource(kind=kind, api_version=str(doc.get("apiVersion", "")), name=metadata["name"],
                        namespace=namespace, body=doc, file=file, index=index)
-
-
-def load_directory(config_dir: pathlib.Path) -> list[RawResource]:
-    """All resources under ``config_dir``; duplicate kind/namespace/name is an error."""
-    resources: list[RawResource] = []
-    seen: dict[tuple[str, str, str], RawResource] = {}
-    for path in config_files(config_dir):
-        display = str(path)
-        for resource in load_file(path, display):
-            if resource.key in seen:
-                raise ConfigError(f"duplicate resource, first defined in {seen[resource.key].file}",
-                                  where=resource.where, line=resource.line)
-            seen[resource.key] = resource
-            resources.append(resource)
-    return resources

@@ -24,15 +24,15 @@ from .auth_configs import AuthBuildContext
 from .auth_configs import parse_auth_pipeline
 from .fields import Node
 from .loader import RawResource
+from .managed_headers import managed_headers
+from .matchers import CATCH_ALL
+from .matchers import parse_header_matchers
+from .matchers import parse_methods
+from .matchers import parse_path
 from .refs import lookup
+from .refs import resolve_ref
 from .upstreams import target_from_url
 from .usage_plans import check_plan_label
-from .virtual_services import parse_header_matchers
-from .virtual_services import parse_methods
-from .virtual_services import parse_path
-from .vs_compiler import CATCH_ALL
-from .vs_compiler import managed_headers
-from .vs_compiler import resolve_ref
 
 Guard = t.Callable[[RawResource, t.Callable[[], t.Any]], t.Any]
 Reject = t.Callable[[RawResource, ConfigError], None]
@@ -42,6 +42,9 @@ MAX_DEPTH = 8
 
 @dataclasses.dataclass(frozen=True)
 class TableRoute:
+    """One entry of a RouteTable's ``http`` list: its matchers and either a ``forwardTo``
+    (``targets``, ``path_rewrite``) or ``delegate`` selectors still to resolve."""
+
     name: str
     index: int
     labels: dict[str, str]
@@ -53,6 +56,8 @@ class TableRoute:
 
 @dataclasses.dataclass(frozen=True)
 class Table:
+    """A parsed RouteTable: a root when it has ``hosts``, else a delegation target."""
+
     resource: RawResource
     hosts: tuple[str, ...]
     labels: dict[str, str]
@@ -62,12 +67,20 @@ class Table:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyAttachment:
+    """An ExtAuthPolicy: its ``glooAuth`` pipeline and the route label selectors it applies to."""
+
     name: str
     selectors: tuple[dict[str, str], ...]
     pipeline: AuthPipeline
 
 
 class RouteTableCompiler:
+    """RouteTables and ExtAuthPolicies of one config -> virtual hosts (one per root table).
+
+    ``upstreams`` are the accepted Upstreams by ``(namespace, name)``; ``usage_plans`` the
+    names a ``usagePlan`` route label may take.
+    """
+
     def __init__(self, tables: list[RawResource], policies: list[RawResource],
                  upstreams: dict[tuple[str, str], Targets], ctx: AuthBuildContext,
                  usage_plans: t.Container[str] = frozenset()) -> None:

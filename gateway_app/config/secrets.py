@@ -1,4 +1,9 @@
-"""``Secret`` resources and references to them (``clientSecretRef: {name, namespace}``)."""
+"""``Secret`` resources and references to them (``clientSecretRef: {name, namespace}``).
+
+:class:`SecretStore` is handed to the ``auth`` handlers that resolve a secret reference while
+parsing their settings, so this module (and what it imports) imports nothing of
+``gateway_app.auth`` (``tests/test_layering.py``).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ class SecretValue:
         self.origin = origin
 
     def reveal(self) -> str:
+        """The secret itself: only where it is sent (an IdP request), never logged."""
         return self._value
 
     def __repr__(self) -> str:
@@ -42,6 +48,8 @@ class SecretValue:
 
 @dataclasses.dataclass(frozen=True)
 class Secret:
+    """A Kubernetes ``Secret``: its values by key, each a :class:`SecretValue`."""
+
     name: str
     namespace: str
     values: dict[str, SecretValue]
@@ -98,6 +106,7 @@ class SecretStore:
 
 
 def empty_store() -> SecretStore:
+    """A store without secrets: every ``secretRef`` in it is dangling."""
     return SecretStore([])
 
 

@@ -1,73 +1,166 @@
-"""Gloo ``VirtualService`` routes: matchers, route actions and per-route options."""
+"""Gloo Edge ``VirtualService`` -> :class:`~gateway_app.routing.VirtualHost` of routes.
+
+What only a VirtualService says lives here: its matcher shape (``prefix``/``exact``/``regex``,
+``methods``, ``headers``, ``caseSensitive``; the parsing of each part is :mod:`.matchers`'),
+``routeAction.single`` (an ``upstream`` reference or a ``url``), and the route and virtual
+host ``options``: ``extauth`` (``configRef`` / ``disable``), ``stagedTransformations``
+(header templates), ``prefixRewrite``, ``timeout``, ``hostRewrite`` and
+``maxRequestBodyBytes``. Route options override the virtual host's (Gloo's rule).
+"""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import typing as t
 
+from ..auth.pipeline import AuthPipeline
 from ..errors import ConfigError
-from ..routing import HeaderMatcher
 from ..routing import Matcher
-from ..routing import PathMatcher
 from ..routing import PathRewrite
+from ..routing import Route
+from ..routing import VirtualHost
 from ..transform import HeaderTemplate
 from ..transform import HeaderTransforms
 from ..transform import compile_template
 from .fields import Node
+from .loader import RawResource
+from .managed_headers import managed_headers
+from .matchers import CATCH_ALL
+from .matchers import parse_header_matchers
+from .matchers import parse_methods
+from .matchers import parse_path
+from .refs import resolve_ref
+from .upstreams import target_from_url
 
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+Targets = tuple[t.Any, ...]
 
 
-def compile_regex(node: Node, field: str, value: str) -> re.Pattern[str]:
-    try:
-        return re.compile(value)
-    except re.error as e:
-        raise node.error(field, f"bad regex {value!r}: {e}") from e
+@dataclasses.dataclass(frozen=True)
+class _RouteOptions:
+    auth: AuthPipeline | None
+    auth_disabled: bool
+    transforms: HeaderTransforms | None
+    timeout: float | None
+    max_body_bytes: int | None
+    host_rewrite: str | None
 
 
-def parse_path(node: Node, prefix_field: str, exact_field: str, regex_field: str,
-               case_sensitive: bool) -> PathMatcher | None:
-    kind = node.one_of(prefix_field, exact_field, regex_field, required=False)
-    if kind is None:
+def _resolve_upstream(node: Node, field: str, namespace: str, upstreams: dict[tuple[str, str], Targets]) -> Targets:
+    ref = node.child(field, required=True)
+    assert ref is not None
+    return resolve_ref(ref, namespace, upstreams, "Upstream")
+
+
+def _resolve_auth(node: Node, namespace: str, pipelines: dict[tuple[str, str], AuthPipeline]) -> AuthPipeline:
+    return resolve_ref(node, namespace, pipelines, "AuthConfig")
+
+
+def _route_options(node: Node | None, namespace: str,
+                        pipelines: dict[tuple[str, str], AuthPipeline]) -> _RouteOptions:
+    if node is None:
+        return _RouteOptions(None, False, None, None, None, None)
+    auth, disabled = None, False
+    extauth = node.child("extauth")
+    if extauth is not None:
+        disabled = extauth.bool("disable")
+        ref = extauth.child("configRef")
+        if ref is not None:
+            auth = _resolve_auth(ref, namespace, pipelines)
+        extauth.raw("customAuth")
+        extauth.done()
+    transforms = _transformations(node.child("stagedTransformations"))
+    timeout = node.duration("timeout", minimum=0.001)
+    max_body = node.int("maxRequestBodyBytes", minimum=0)
+    host_rewrite = node.str("hostRewrite")
+    return _RouteOptions(auth, disabled, transforms, timeout, max_body, host_rewrite)
+
+
+def _apply_target_options(targets: Targets, options: _RouteOptions) -> Targets:
+    changes: dict[str, t.Any] = {}
+    if options.timeout is not None:
+        changes["read_timeout"] = options.timeout
+    if options.host_rewrite is not None:
+        changes["host_rewrite"] = options.host_rewrite
+    return tuple(dataclasses.replace(target, **changes) for target in targets) if changes else targets
+
+
+def _route_auth(route_options: _RouteOptions, host_options: _RouteOptions) -> AuthPipeline | None:
+    if route_options.auth_disabled:
         return None
-    value = node.str(kind, required=True)
-    if kind == regex_field:
-        flags_value = value if case_sensitive else f"(?i:{value})"
-        return PathMatcher("regex", value, compile_regex(node, kind, flags_value))
-    if not value.startswith("/"):
-        raise node.error(kind, "must start with '/'")
-    simple = "prefix" if kind == prefix_field else "exact"
-    return PathMatcher(simple, value if case_sensitive else value.lower(), case_sensitive=case_sensitive)
+    return route_options.auth or host_options.auth
 
 
-def parse_methods(node: Node, field: str) -> frozenset[str]:
-    raw = node.raw(field)
-    if raw is None:
-        return frozenset()
-    values = [raw] if isinstance(raw, str) else raw
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise node.error(field, "expected a method or a list of methods")
-    methods = frozenset(v.upper() for v in values)
-    unknown = sorted(methods - HTTP_METHODS)
-    if unknown:
-        raise node.error(field, f"unknown HTTP method {unknown[0]}")
-    return methods
+def _merge_transforms(host: HeaderTransforms | None, route: HeaderTransforms | None) -> HeaderTransforms | None:
+    if host is None:
+        return route
+    return host.merged_with(route)
 
 
-def parse_header_matchers(node: Node, field: str = "headers") -> tuple[HeaderMatcher, ...]:
-    matchers = []
-    for item in node.children(field):
-        name = item.str("name", required=True).lower()
-        value = item.str("value")
-        is_regex = item.bool("regex")
-        invert = item.bool("invertMatch")
-        item.done()
-        pattern = compile_regex(item, "value", value) if is_regex and value is not None else None
-        matchers.append(HeaderMatcher(name=name, value=None if pattern else value, regex=pattern, invert=invert))
-    return tuple(matchers)
+def compile_virtual_service(resource: RawResource, upstreams: dict[tuple[str, str], Targets],
+                            pipelines: dict[tuple[str, str], AuthPipeline]) -> VirtualHost:
+    """One VirtualService as a virtual host: ``virtualHost.domains`` (none: ``*``) and its routes
+    in order (Gloo matches the first route that matches). ``upstreams`` and ``pipelines`` are the
+    accepted Upstreams and AuthConfigs by ``(namespace, name)``.
+
+    :raises ConfigError: naming the field, for anything invalid or a reference that does not resolve.
+    """
+    spec = Node(resource.body.get("spec"), resource.where)
+    vhost_node = spec.child("virtualHost", required=True)
+    assert vhost_node is not None
+    spec.raw("displayName")
+    spec.done()
+    domains = tuple(vhost_node.str_list("domains")) or ("*",)
+    host_options = _route_options(vhost_node.child("options"), resource.namespace, pipelines)
+    routes = []
+    for index, route_node in enumerate(vhost_node.children("routes", required=True)):
+        routes.append(_compile_route(route_node, index, resource, upstreams, pipelines, host_options))
+    vhost_node.done()
+    return VirtualHost(name=f"VirtualService {resource.namespace}/{resource.name}", domains=domains,
+                       routes=tuple(routes))
 
 
-def parse_vs_matcher(node: Node) -> Matcher:
+def _compile_route(node: Node, index: int, resource: RawResource, upstreams: dict[tuple[str, str], Targets],
+                   pipelines: dict[tuple[str, str], AuthPipeline], host_options: _RouteOptions) -> Route:
+    name = node.str("name", default=f"{resource.namespace}/{resource.name}/routes[{index}]")
+    matchers = tuple(_matcher(m) for m in node.children("matchers")) or (CATCH_ALL,)
+    action = node.child("routeAction", required=True)
+    assert action is not None
+    targets = _route_action(action, resource, upstreams)
+    options_node = node.child("options")
+    options = _route_options(options_node, resource.namespace, pipelines)
+    rewrite = None
+    if options_node is not None:
+        matchers, rewrite = _prefix_rewrite(options_node, "prefixRewrite", matchers)
+    if options_node is not None:
+        options_node.done()
+    labels = node.str_map("labels")
+    node.done()
+    auth = _route_auth(options, host_options)
+    transforms = _merge_transforms(host_options.transforms, options.transforms)
+    return Route(name=name, source=f"{resource.where}: routes[{index}]", matchers=matchers,
+                 targets=_apply_target_options(targets, options), auth=auth, transforms=transforms,
+                 path_rewrite=rewrite, labels=labels, max_body_bytes=options.max_body_bytes or host_options.max_body_bytes,
+                 managed_headers=managed_headers(auth, transforms))
+
+
+def _route_action(action: Node, resource: RawResource, upstreams: dict[tuple[str, str], Targets]) -> Targets:
+    single = action.child("single", required=True)
+    action.done()
+    assert single is not None
+    kind = single.one_of("upstream", "url", "kube")
+    if kind == "kube":
+        single.raw("kube")
+        raise single.error("kube", "kube service refs need a Kubernetes cluster; declare an Upstream with "
+                                   "static.hosts and use 'upstream: {name, namespace}', or 'url: http://host:port'")
+    if kind == "url":
+        targets = target_from_url(single, "url", f"{resource.namespace}/{resource.name}")
+    else:
+        targets = _resolve_upstream(single, "upstream", resource.namespace, upstreams)
+    single.done()
+    return targets
+
+
+def _matcher(node: Node) -> Matcher:
     case_sensitive = node.raw("caseSensitive", True)
     if not isinstance(case_sensitive, bool):
         raise node.error("caseSensitive", "expected true or false")
@@ -78,7 +171,7 @@ def parse_vs_matcher(node: Node) -> Matcher:
     return Matcher(paths=(path,) if path else (), methods=methods, headers=headers)
 
 
-def parse_transformations(node: Node | None) -> HeaderTransforms | None:
+def _transformations(node: Node | None) -> HeaderTransforms | None:
     """``stagedTransformations.{early,regular}.requestTransforms[].requestTransformation.transformationTemplate``."""
     if node is None:
         return None
@@ -136,7 +229,7 @@ def _template(node: Node, header: str, append: bool) -> HeaderTemplate:
     return HeaderTemplate(name=header.lower(), parts=parts, append=append)
 
 
-def parse_prefix_rewrite(node: Node, field: str,
+def _prefix_rewrite(node: Node, field: str,
                          matchers: tuple[Matcher, ...]) -> tuple[tuple[Matcher, ...], PathRewrite | None]:
     """The route's matchers and its rewrite (:meth:`PathRewrite.for_route`): whichever prefix
     (or exact path) matched is replaced; regex-only routes rewrite from '/'."""

@@ -35,12 +35,12 @@ from ..incoming import IncomingRequest
 from ..incoming import from_environ
 from ..observability import redact_input
 from .decision import Decision
-from .engine import EngineMessage
 from .engine import PolicyEngine
-from .engine import RegoModule
-from .engine import build_engine
 from .engine import first_value
-from .engine import load_rego_directory
+from .loader import EngineMessage
+from .loader import RegoModule
+from .loader import build_engine
+from .loader import load_rego_directory
 from .input_document import build_input
 
 _TEST_PREFIX = "test_"
@@ -272,10 +272,13 @@ def add_subcommands(subparsers: t.Any) -> None:
 
 
 def rego_tests_command(args: argparse.Namespace) -> int:
+    """``gateway-app test-rego``: :func:`run_rego_tests` on ``--rego-dir``; its exit status."""
     return run_rego_tests(args.rego_dir, verbose=args.verbose, out=sys.stdout)
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    """``gateway-app eval``: one query over an input read from ``--input``, or built from
+    ``--request``/``--claims``/``--label`` as the gateway builds it; exit 2 on unusable arguments."""
     try:
         input_document = _read_document(args.input.read_text(encoding="utf-8"), "--input") if args.input else None
         request_spec = _json_or_file(args.request, "--request") if args.request else None

@@ -39,10 +39,10 @@ class TraefikClaimsCheck:
     deterministic = True          # a function of the claims only: its outcome may be remembered
 
     def __init__(self, expression: str, where: str, label: str = "claims") -> None:
-        self.expression = expression
         self._predicate = compile_calls(expression, _FUNCTIONS, label, where, "claims")
 
     def allows(self, claims: Claims) -> bool:
+        """Whether the expression holds for ``claims`` (Traefik Hub's JWT ``claims`` functions)."""
         return self._predicate(claims)
 
 

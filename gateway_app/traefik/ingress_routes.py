@@ -23,9 +23,9 @@ import typing as t
 
 from ..config.fields import Node
 from ..config.loader import RawResource
+from ..config.managed_headers import managed_headers
+from ..config.refs import resolve_ref
 from ..config.upstreams import target_from_url
-from ..config.vs_compiler import managed_headers
-from ..config.vs_compiler import resolve_ref
 from ..errors import ConfigError
 from ..routing import Matcher
 from ..routing import Route

@@ -30,8 +30,8 @@ from ..errors import PolicyError
 from ..header_values import header_text
 from ..incoming import IncomingRequest
 from ..policy.engine import PolicyEngine
-from ..policy.engine import RegoModule
-from ..policy.engine import load_module
+from ..policy.loader import RegoModule
+from ..policy.loader import load_module
 
 FIELDS = ("policy", "bundlePath", "allow", "forwardHeaders")
 MAX_BUNDLE_BYTES = 8 << 20
@@ -69,6 +69,11 @@ class TraefikOpaStep(OpaStep):
     header_queries: tuple[tuple[str, str], ...] = ()      # (lower-cased header, query)
 
     def run(self, ctx: AuthContext) -> None:
+        """Evaluate ``allow`` (when set) over Traefik's input, then each ``forwardHeaders`` query;
+        a header query that errors or yields nothing sends no header.
+
+        :raises AccessDeniedError: ``allow`` denies; :raises PolicyError: it fails (as :meth:`OpaStep.run`).
+        """
         if ctx.policy_input is None:
             ctx.policy_input = traefik_input(ctx.request, ctx.route, ctx.state)
         if self.query:
@@ -83,6 +88,7 @@ class TraefikOpaStep(OpaStep):
                 ctx.state.upstream_headers[header] = text
 
     def managed_headers(self) -> frozenset[str]:
+        """The ``forwardHeaders`` names (lower-cased): no client may send them."""
         return frozenset(header for header, _ in self.header_queries)
 
 
@@ -102,7 +108,7 @@ def opa_step(node: Node, name: str, ctx: AuthBuildContext) -> TraefikOpaStep:
     for field, query in [("allow", allow), *((f"forwardHeaders.{h}", q) for h, q in headers.items())]:
         if query:
             _prepare(node, engine, field, query)
-    return TraefikOpaStep(index=0, name="opa", engine=engine, query=allow, module_names=key,
+    return TraefikOpaStep(index=0, name="opa", engine=engine, query=allow,
                           header_queries=tuple((h.lower(), q) for h, q in headers.items()))
 
 
