@@ -100,7 +100,12 @@ class OAuth2Step:
         self.admit(self.authenticate(ctx), ctx)
 
     def authenticate(self, ctx: AuthContext) -> TokenInfo:
-        """Find the token and validate it; where it was found goes into the state."""
+        """Find the token and validate it. Where it was found goes into the state, and with
+        ``removeFromRequest`` every location the source read, for the forward stage to remove.
+
+        :raises MissingTokenError: no token in any location the source reads.
+        :raises GatewayError: as :meth:`TokenSource.extract` and the validator raise.
+        """
         found = self.token_source.extract(ctx.request)
         if found is None:
             raise MissingTokenError()
@@ -110,6 +115,8 @@ class OAuth2Step:
             info = self.validator.validate(found.value, self.request_headers(ctx.request))
         ctx.state.token_location = found.location
         ctx.state.token_source = found.location[0]
+        if self.token_source.remove_from_request:
+            ctx.state.remove_from_request.extend(self.token_source.locations(ctx.request))
         return info
 
     def admit(self, info: TokenInfo, ctx: AuthContext) -> None:
