@@ -67,7 +67,11 @@ class CacheBackend(t.Protocol):
 class TTLCache(t.Generic[V]):
     """An LRU-bounded map whose entries expire at absolute deadlines.
 
-    ``hits`` and ``misses`` are statistics: under concurrent hits they may undercount.
+    ``max_entries``: the bound (least recently used entries go first); ``clock``: seconds, the
+    time deadlines are read against (monotonic by default). Hits and misses are counted by the
+    callers that care, in the metrics (:class:`gateway_app.metrics.IdpMetrics`).
+
+    :raises ValueError: ``max_entries`` below 1.
     """
 
     def __init__(self, max_entries: int = 10_000, clock: t.Callable[[], float] = time.monotonic) -> None:
@@ -77,8 +81,6 @@ class TTLCache(t.Generic[V]):
         self._clock = clock
         self._entries: collections.OrderedDict[str, tuple[float, V]] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> V | None:
         now = self._clock()
@@ -88,20 +90,16 @@ class TTLCache(t.Generic[V]):
                 self._entries.move_to_end(key)
             except KeyError:                     # evicted by another thread meanwhile: still a hit
                 pass
-            self.hits += 1
             return entry[1]
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self.misses += 1
                 return None
             deadline, value = entry
             if now >= deadline:
                 del self._entries[key]
-                self.misses += 1
                 return None
             self._entries.move_to_end(key)
-            self.hits += 1
             return value
 
     def peek(self, key: str) -> V | None:
