@@ -14,6 +14,7 @@ it says otherwise.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -47,6 +48,17 @@ class GatewayError(Exception):
     def message(self) -> str:
         """What a client may read: the message when it is public, else the class's ``public_message``."""
         return str(self) if self.message_is_public else self.public_message
+
+    def with_status(self, status_code: int, **attributes: t.Any) -> t.Self:
+        """A copy of this error answered with ``status_code`` (and ``attributes`` replaced, e.g.
+        ``realm``): how the one place that chooses a status (an AuthConfig's
+        ``authenticationFailureStatus``, ``statusOnError``) answers an error it caught,
+        leaving the caught error as it was raised."""
+        error = copy.copy(self)
+        error.status_code = status_code
+        for name, value in attributes.items():
+            setattr(error, name, value)
+        return error
 
     def challenge(self) -> str | None:
         """The ``WWW-Authenticate`` value to send, if any."""

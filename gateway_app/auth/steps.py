@@ -71,7 +71,11 @@ def claim_value(claims: t.Mapping[str, t.Any], name: str) -> t.Any:
 
 
 class ClaimsCheck(t.Protocol):
-    def allows(self, claims: t.Mapping[str, t.Any]) -> bool: ...
+    """A ``claims`` condition (:mod:`gateway_app.auth.claims_check`, Traefik's
+    :mod:`gateway_app.traefik.claims`)."""
+
+    def allows(self, claims: t.Mapping[str, t.Any]) -> bool:
+        """Whether ``claims`` satisfy the condition. :raises PolicyError: it could not be evaluated."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -135,7 +139,15 @@ class OAuth2Step:
             raise InsufficientScopeError(f"missing required scope(s): {' '.join(missing)}")
 
     def _check_claims(self, info: TokenInfo) -> None:
-        if self.claims_check is not None and not self.claims_check.allows(info.claims):
+        """:raises AccessDeniedError: ``claims_mismatch``; :raises PolicyError: the check failed (logged)."""
+        if self.claims_check is None:
+            return
+        try:
+            allowed = self.claims_check.allows(info.claims)
+        except PolicyError as e:
+            log.warning("claims check %s of config %s failed: %s", self.claims_expression, self.name, e)
+            raise
+        if not allowed:
             log.info("token claims do not satisfy %s (config %s)", self.claims_expression, self.name)
             raise AccessDeniedError("the token's claims do not satisfy this route's condition",
                                     reason="claims_mismatch")
@@ -179,13 +191,12 @@ class OpaStep:
         decision = self.decide(ctx)
         if self.shadow is not None:
             self._compare_with_shadow(ctx, decision)
-        if not decision.allowed:
-            if decision.reason != "policy_denied":
+        error = decision.to_error()
+        if error is not None:
+            if isinstance(error, PolicyError):
                 log.warning("policy %s denied route %s: %s %s", self.query, ctx.route.name, decision.reason,
                             decision.detail)
-                raise PolicyError("access denied by policy", reason=decision.reason)
-            raise AccessDeniedError("access denied by policy", reason=decision.reason,
-                                    status_code=decision.http_status, headers=decision.headers, body=decision.body)
+            raise error
         ctx.state.upstream_headers.update(decision.headers)
         if decision.dynamic_metadata:
             ctx.state.metadata.setdefault(f"config_{self.index}", {}).update(decision.dynamic_metadata)
