@@ -16,17 +16,14 @@ URLs never reach a message or a log line: a query string may carry a token.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import http.cookiejar
 import logging
-import os
 import socket
 import ssl
 import threading
 import types
 import typing as t
-import urllib.parse
 import weakref
 
 import flask
@@ -39,7 +36,6 @@ from requests.structures import CaseInsensitiveDict
 from werkzeug.datastructures import Headers
 
 from gateway_app.errors import BadRequestError
-from gateway_app.errors import ConfigError
 from gateway_app.errors import GatewayError
 from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
@@ -48,6 +44,7 @@ from gateway_app.incoming import OVERRIDE_HEADERS
 from gateway_app.incoming import is_forwarding_header
 
 if t.TYPE_CHECKING:
+    from gateway_app.config.upstreams import UpstreamTarget
     from gateway_app.incoming import IncomingRequest
     from gateway_app.request_body import ClientBody
 
@@ -74,51 +71,6 @@ _NOT_COPIED_FROM_UPSTREAM_WITH_ID = HOP_BY_HOP_HEADERS | {"x-request-id"}
 _NO_HEADERS: t.Mapping[str, str] = types.MappingProxyType({})
 _NO_PROXIES: dict[str, str] = {}
 _SKIP = urllib3.util.SKIP_HEADER  # keeps urllib3 from inventing User-Agent / Accept-Encoding
-
-
-@dataclasses.dataclass(frozen=True)
-class UpstreamTarget:
-    """Where a route's traffic goes, with everything per-request work needs precomputed.
-
-    ``base_url`` is ``scheme://host[:port][/base/path]``; the base path prefixes every
-    forwarded path. ``verify`` is a bool or a CA bundle path for https upstreams.
-
-    :raises ConfigError: ``base_url`` is not a plain http(s) URL, a timeout is not
-        positive, or the CA bundle is missing.
-    """
-
-    name: str
-    base_url: str
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    verify: bool | str = True
-    host_rewrite: str | None = None
-    origin: str = dataclasses.field(init=False, repr=False, compare=False)
-    base_path: str = dataclasses.field(init=False, repr=False, compare=False)
-    timeout: tuple[float, float] = dataclasses.field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        origin, base_path = _split_base_url(self.name, self.base_url)
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ConfigError(f"upstream {self.name}: timeouts must be positive")
-        if isinstance(self.verify, str) and not os.path.exists(self.verify):
-            raise ConfigError(f"upstream {self.name}: CA bundle {self.verify} does not exist")
-        object.__setattr__(self, "origin", origin)
-        object.__setattr__(self, "base_path", base_path)
-        object.__setattr__(self, "timeout", (self.connect_timeout, self.read_timeout))
-
-
-def _split_base_url(name: str, base_url: str) -> tuple[str, str]:
-    """``("http://host:port", "/base")`` from a base URL, or ConfigError."""
-    parts = urllib.parse.urlsplit(base_url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"upstream {name}: base_url must be an http:// or https:// URL with a host")
-    if "@" in parts.netloc:
-        raise ConfigError(f"upstream {name}: base_url must not carry credentials")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"upstream {name}: base_url must not have a query or fragment")
-    return f"{scheme}://{parts.netloc}", parts.path.rstrip("/")
 
 
 class _ForwardedRequest(requests.PreparedRequest):

@@ -29,7 +29,7 @@ from .paths import normalize_path
 
 if t.TYPE_CHECKING:
     from .auth.pipeline import AuthPipeline
-    from .proxy import UpstreamTarget
+    from .config.upstreams import UpstreamTarget
     from .transform import HeaderTransforms
 
 

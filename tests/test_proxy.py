@@ -28,6 +28,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.test import run_wsgi_app
 from werkzeug.wsgi import get_input_stream
 
+from gateway_app.config.upstreams import UpstreamTarget
 from gateway_app.errors import BadRequestError
 from gateway_app.errors import ConfigError
 from gateway_app.errors import GatewayError
@@ -39,7 +40,6 @@ from gateway_app.incoming import IncomingRequest
 from gateway_app.proxy import CHUNK_SIZE
 from gateway_app.proxy import HOP_BY_HOP_HEADERS
 from gateway_app.proxy import Forwarder
-from gateway_app.proxy import UpstreamTarget
 from gateway_app.request_body import ClientBody
 from gateway_app.request_body import client_body
 

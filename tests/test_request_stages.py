@@ -14,13 +14,13 @@ from gateway_app.auth.state import TokenInfo
 from gateway_app.auth.steps import AuthContext
 from gateway_app.auth.steps import OAuth2Step
 from gateway_app.auth.tokens import TokenSource
+from gateway_app.config.upstreams import UpstreamTarget
 from gateway_app.errors import BadRequestError
 from gateway_app.errors import PayloadTooLargeError
 from gateway_app.gateway import prepare_upstream
 from gateway_app.incoming import IncomingRequest
 from gateway_app.incoming import parse_cookies
 from gateway_app.incoming import parse_query
-from gateway_app.proxy import UpstreamTarget
 from gateway_app.request_body import client_body
 from gateway_app.routing import Matcher
 from gateway_app.routing import Route

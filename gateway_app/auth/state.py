@@ -107,13 +107,11 @@ class AuthState:
     metadata: dict[str, dict[str, t.Any]] = dataclasses.field(default_factory=dict)
     jwt_access_token: dict[str, t.Any] | None = None
     introspection: dict[str, t.Any] | None = None
-    token_source: str | None = None
     token_location: tuple[str, str] | None = None   # ("header"|"query"|"cookie", name)
     remove_from_request: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     upstream_headers: dict[str, str] = dataclasses.field(default_factory=dict)
     outcome: str = "none"                            # none | allowed | denied | error
     reason: str = ""
-    api_product_id: str | None = None
 
     def refuse(self, error: GatewayError) -> None:
         """Record a refusal: ``error`` for a 5xx (the gateway or the IdP failed), else ``denied``."""

@@ -118,7 +118,6 @@ class OAuth2Step:
         else:
             info = self.validator.validate(found.value, self.request_headers(ctx.request))
         ctx.state.token_location = found.location
-        ctx.state.token_source = found.location[0]
         if self.token_source.remove_from_request:
             ctx.state.remove_from_request.extend(self.token_source.locations(ctx.request))
         return info
