@@ -55,13 +55,17 @@ class CacheBackend(t.Protocol):
     ``peek`` looks in memory only (no I/O, no flight).
     """
 
-    def get(self, key: str) -> dict[str, t.Any] | None: ...
+    def get(self, key: str) -> dict[str, t.Any] | None:
+        """The live entry for ``key``, or None (and maybe the lead of the key's flight)."""
 
-    def peek(self, key: str) -> dict[str, t.Any] | None: ...
+    def peek(self, key: str) -> dict[str, t.Any] | None:
+        """The entry when it is at hand in memory, without I/O or a flight."""
 
-    def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None: ...
+    def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None:
+        """Keep ``value`` for ``ttl`` seconds (and end the key's flight)."""
 
-    def release(self, key: str) -> None: ...
+    def release(self, key: str) -> None:
+        """End the key's flight without storing anything."""
 
 
 class TTLCache(t.Generic[V]):
@@ -83,6 +87,7 @@ class TTLCache(t.Generic[V]):
         self._lock = threading.Lock()
 
     def get(self, key: str) -> V | None:
+        """The value of ``key`` until its deadline (it becomes the most recently used), else None."""
         now = self._clock()
         entry = self._entries.get(key)           # a hit needs no lock: each dict operation is atomic
         if entry is not None and now < entry[0]:
@@ -130,10 +135,12 @@ class TTLCache(t.Generic[V]):
         return left if left > 0 else None
 
     def delete(self, key: str) -> None:
+        """Forget ``key`` (nothing happens when it is absent)."""
         with self._lock:
             self._entries.pop(key, None)
 
     def clear(self) -> None:
+        """Forget every entry."""
         with self._lock:
             self._entries.clear()
 
@@ -157,6 +164,12 @@ class SingleFlight(t.Generic[V]):
         self._calls: dict[str, _Call[V]] = {}
 
     def do(self, key: str, fn: t.Callable[[], V], timeout: float | None = None) -> V:
+        """``fn()``, run once for every concurrent caller with this ``key``: the first caller runs
+        it, the others wait and share its value or its exception. A waiter that waited ``timeout``
+        seconds (None: no bound) runs ``fn`` itself.
+
+        :raises BaseException: whatever ``fn`` raised, in every caller that shared it.
+        """
         with self._lock:
             call = self._calls.get(key)
             leader = call is None

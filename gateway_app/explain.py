@@ -56,9 +56,11 @@ class Explanation:
     secrets: set[str] = dataclasses.field(default_factory=set)   # values to redact in the output
 
     def add(self, stage: str, **facts: t.Any) -> None:
+        """Record what ``stage`` did: JSON-ready ``facts`` (redacted by :meth:`to_dict`)."""
         self.stages.append({"stage": stage, **facts})
 
     def stop(self, error: GatewayError) -> None:
+        """The request would be answered with ``error``'s status and reason, without forwarding."""
         self.status, self.reason = error.status_code, error.reason
 
     def to_dict(self) -> dict[str, t.Any]:
@@ -70,7 +72,10 @@ class Explanation:
 def build_request(method: str, url: str, headers: t.Sequence[tuple[str, str]] = (),
                   body: bytes | None = None) -> Request:
     """A WSGI request as a client would send ``method url`` with ``headers`` and ``body``
-    (from 127.0.0.1; the request target is kept raw, as gunicorn's ``RAW_URI``)."""
+    (from 127.0.0.1; the request target is kept raw, as gunicorn's ``RAW_URI``).
+
+    :raises ValueError: ``url`` is not an absolute http(s) URL.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected an http(s) URL such as http://localhost:8080/path, got {url!r}")

@@ -135,7 +135,9 @@ class Gateway:
 
     # -- requests ----------------------------------------------------------------
     def respond(self, request: Request) -> Response:
-        """:meth:`handle`, with every error rendered: the WSGI entry for routed traffic."""
+        """:meth:`handle`, with every error rendered (:func:`render_error`, the request id in the
+        body): the WSGI entry for routed traffic. Never raises: a bug is logged once with its
+        traceback and answered 500."""
         try:
             return self.handle(request)
         except GatewayError as e:

@@ -276,8 +276,9 @@ class Forwarder:
     def outgoing(self, request: IncomingRequest, target: UpstreamTarget, *, path: str | None = None,
                  add_headers: t.Mapping[str, str] = _NO_HEADERS,
                  remove_headers: t.Iterable[str] = ()) -> tuple[str, CaseInsensitiveDict[str]]:
-        """The URL and headers :meth:`forward` sends for ``request`` (without a body's length);
-        ``gateway-app explain`` shows them without sending."""
+        """The origin-form request target (base path + path + raw query) and the headers
+        :meth:`forward` sends for ``request`` (without a body's length); ``gateway-app explain``
+        shows them without sending."""
         headers = self._request_headers(request, target, add_headers, remove_headers)
         return _request_target(target, request.path if path is None else path, request.query_string), headers
 

@@ -105,6 +105,7 @@ class IntrospectionSettings:
 
     @property
     def client_id(self) -> str | None:
+        """The OAuth client the gateway introspects as (RFC 7662 §2.1), when it has one."""
         return self.client_auth.client_id
 
     @property

@@ -22,6 +22,7 @@ from ..errors import IdentityProviderError
 from ..errors import InvalidTokenError
 from ..metrics import STALE_SERVED
 from .state import TokenInfo
+from .steps import TokenValidator
 
 log = logging.getLogger("gateway_app.auth.stale")
 
@@ -29,12 +30,14 @@ MAX_WINDOW = 300.0
 MAX_ENTRIES = 10_000
 
 
-class TokenValidator(t.Protocol):
-    def validate(self, token: str) -> TokenInfo: ...
-
-
 class StaleIfErrorValidator:
-    """``validate(token)`` of ``inner``, falling back to a recent active answer on IdP errors."""
+    """``validate(token)`` of ``inner``, falling back to a recent active answer on IdP errors.
+
+    ``window``: seconds an active answer may be served again (at most :data:`MAX_WINDOW`);
+    ``max_entries``: answers kept; ``clock``: epoch seconds (the token's ``exp`` is read against it).
+
+    :raises ValueError: ``window`` outside ``(0, MAX_WINDOW]``.
+    """
 
     def __init__(self, inner: TokenValidator, window: float, *, max_entries: int = MAX_ENTRIES,
                  clock: t.Callable[[], float] = time.time) -> None:

@@ -45,11 +45,13 @@ class TokenInfo:
 
     @property
     def subject(self) -> str | None:
+        """The ``sub`` claim when it is a string (RFC 7519 §4.1.2, RFC 7662 §2.2)."""
         sub = self.claims.get("sub")
         return sub if isinstance(sub, str) else None
 
     @property
     def scopes(self) -> list[str]:
+        """The granted scopes (:func:`scopes_of`)."""
         return scopes_of(self.claims)
 
     def expired(self, now: float, leeway: float = 0.0) -> bool:

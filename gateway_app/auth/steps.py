@@ -33,7 +33,15 @@ log = logging.getLogger("gateway_app.decision")
 
 
 class TokenValidator(t.Protocol):
-    def validate(self, token: str) -> TokenInfo: ...
+    """What an oauth2 step validates tokens with: RFC 7662 introspection, JWT/JWKS, or a
+    stale-if-error wrapper of either."""
+
+    def validate(self, token: str) -> TokenInfo:
+        """The validated token's state.
+
+        :raises InvalidTokenError: the token is not valid (malformed, inactive, expired...).
+        :raises IdentityProviderError: validity cannot be decided (the IdP or JWKS failed).
+        """
 
 
 @dataclasses.dataclass
@@ -98,9 +106,14 @@ class OAuth2Step:
 
     @property
     def metadata_key(self) -> str:
+        """Where this step's dynamic metadata lives: ``config_<index>`` (Gloo's key)."""
         return f"config_{self.index}"
 
     def run(self, ctx: AuthContext) -> None:
+        """:meth:`authenticate`, then :meth:`admit`.
+
+        :raises GatewayError: the token is missing, invalid, lacks a scope or fails ``claims``.
+        """
         self.admit(self.authenticate(ctx), ctx)
 
     def authenticate(self, ctx: AuthContext) -> TokenInfo:
@@ -123,7 +136,12 @@ class OAuth2Step:
         return info
 
     def admit(self, info: TokenInfo, ctx: AuthContext) -> None:
-        """Check the validated token's scopes and claims, then publish its claims."""
+        """Check the validated token's scopes and claims, then publish its claims (metadata,
+        subject, claim headers).
+
+        :raises InsufficientScopeError: a required scope is missing.
+        :raises AccessDeniedError: ``claims_mismatch``. :raises PolicyError: the claims check failed.
+        """
         ctx.state.accept_token(info)
         self._check_scopes(info)
         self._check_claims(info)
@@ -171,6 +189,7 @@ class OAuth2Step:
             state.upstream_headers[mapping.header] = f"{current},{value}" if mapping.append and current else value
 
     def managed_headers(self) -> frozenset[str]:
+        """The headers this step sets upstream (lower-cased): client copies are removed."""
         return frozenset(h.header for h in self.claim_headers)
 
 
@@ -186,6 +205,11 @@ class OpaStep:
     shadow: "OpaStep | None" = None
 
     def run(self, ctx: AuthContext) -> None:
+        """Decide; on allow, add the decision's headers and dynamic metadata to the state.
+
+        :raises AccessDeniedError: the policy denied (with its status, headers and body).
+        :raises PolicyError: the result was undefined, invalid, or the evaluation failed (logged).
+        """
         ctx.query = self.query
         decision = self.decide(ctx)
         if self.shadow is not None:
@@ -201,6 +225,8 @@ class OpaStep:
             ctx.state.metadata.setdefault(f"config_{self.index}", {}).update(decision.dynamic_metadata)
 
     def decide(self, ctx: AuthContext) -> Decision:
+        """The policy's :class:`Decision` over the request's input document (built once per
+        request); an evaluation error is a deny (fail closed), never raised."""
         if ctx.policy_input is None:
             ctx.policy_input = build_input(ctx.request, ctx.route, ctx.state)
         started = time.perf_counter()
@@ -225,6 +251,7 @@ class OpaStep:
             }))
 
     def managed_headers(self) -> frozenset[str]:
+        """None: a policy's headers are its decision's, not known in advance."""
         return frozenset()
 
 
