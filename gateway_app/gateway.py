@@ -38,6 +38,7 @@ from .errors import render_error
 from .incoming import IncomingRequest
 from .incoming import TrustedProxies
 from .incoming import from_environ
+from .incoming import sent_path
 from .metrics import REQUEST_METRICS
 from .metrics import observe_generation
 from .metrics import observe_reload
@@ -200,7 +201,7 @@ class Gateway:
             if decision:
                 decision["generation"] = config.generation
             log_access(method=request.method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
-                       path=incoming.path if incoming else _sent_path(environ),
+                       path=incoming.path if incoming else sent_path(environ),
                        route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
                        auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
                        **decision)
@@ -320,12 +321,3 @@ def _validators_by_auth_config(config: GatewayConfig) -> list[tuple[str, t.Any]]
                 if validator is not None:
                     pairs.setdefault((route.auth.name, id(validator)), (route.auth.name, validator))
     return sorted(pairs.values(), key=lambda pair: pair[0])
-
-
-def _sent_path(environ: t.Mapping[str, t.Any]) -> str | None:
-    """The path of the request target as the client sent it (gunicorn's ``RAW_URI``, query dropped:
-    it may carry a token), for the access record of a request refused before it was parsed.
-    """
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    return raw.partition("?")[0] if raw else environ.get("PATH_INFO")
-

@@ -21,6 +21,7 @@ from gateway_app.gateway import prepare_upstream
 from gateway_app.incoming import IncomingRequest
 from gateway_app.incoming import parse_cookies
 from gateway_app.incoming import parse_query
+from gateway_app.incoming import sent_path
 from gateway_app.request_body import client_body
 from gateway_app.routing import Matcher
 from gateway_app.routing import Route
@@ -136,3 +137,12 @@ def test_a_chunked_body_is_unsized_and_counted_against_the_limit():
     assert body is not None and body.length is None
     with pytest.raises(PayloadTooLargeError):
         body.read(-1)
+
+
+@pytest.mark.parametrize(("environ", "path"), [
+    ({"RAW_URI": "/pets#frag?access_token=t"}, "/pets#frag"),
+    ({"REQUEST_URI": "/pets?access_token=t"}, "/pets"),
+    ({"PATH_INFO": "/a b", "QUERY_STRING": "access_token=t"}, "/a%20b"),
+], ids=["gunicorn RAW_URI", "REQUEST_URI", "rebuilt from PATH_INFO"])
+def test_the_path_logged_for_an_unparsed_request_drops_the_query_that_may_carry_a_token(environ, path):
+    assert sent_path(environ) == path
