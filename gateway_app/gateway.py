@@ -178,8 +178,8 @@ class Gateway:
                 ctx = AuthContext(incoming, route, state, remember=self.settings.debug_route != route.name)
                 self._authorize(ctx, route.auth, decision)
             limit_headers = self.usage_plans.admit(incoming, route, state, config.usage_plans, decision)
-            forwarding = time.perf_counter()
             upstream = prepare_upstream(incoming, route, state)
+            forwarding = time.perf_counter()
             response = self.forwarder.forward(upstream.request, body, match.target, path=upstream.path,
                                               add_headers=upstream.add_headers,
                                               remove_headers=upstream.remove_headers)
