@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import logging
 import os
-import threading
 import time
 import typing as t
 import urllib.parse
