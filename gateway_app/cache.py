@@ -55,19 +55,27 @@ class CacheBackend(t.Protocol):
     ``peek`` looks in memory only (no I/O, no flight).
     """
 
-    def get(self, key: str) -> dict[str, t.Any] | None: ...
+    def get(self, key: str) -> dict[str, t.Any] | None:
+        """The live entry for ``key``, or None (and maybe the lead of the key's flight)."""
 
-    def peek(self, key: str) -> dict[str, t.Any] | None: ...
+    def peek(self, key: str) -> dict[str, t.Any] | None:
+        """The entry when it is at hand in memory, without I/O or a flight."""
 
-    def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None: ...
+    def set(self, key: str, value: dict[str, t.Any], ttl: float) -> None:
+        """Keep ``value`` for ``ttl`` seconds (and end the key's flight)."""
 
-    def release(self, key: str) -> None: ...
+    def release(self, key: str) -> None:
+        """End the key's flight without storing anything."""
 
 
 class TTLCache(t.Generic[V]):
     """An LRU-bounded map whose entries expire at absolute deadlines.
 
-    ``hits`` and ``misses`` are statistics: under concurrent hits they may undercount.
+    ``max_entries``: the bound (least recently used entries go first); ``clock``: seconds, the
+    time deadlines are read against (monotonic by default). Hits and misses are counted by the
+    callers that care, in the metrics (:class:`gateway_app.metrics.IdpMetrics`).
+
+    :raises ValueError: ``max_entries`` below 1.
     """
 
     def __init__(self, max_entries: int = 10_000, clock: t.Callable[[], float] = time.monotonic) -> None:
@@ -77,10 +85,9 @@ class TTLCache(t.Generic[V]):
         self._clock = clock
         self._entries: collections.OrderedDict[str, tuple[float, V]] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> V | None:
+        """The value of ``key`` until its deadline (it becomes the most recently used), else None."""
         now = self._clock()
         entry = self._entries.get(key)           # a hit needs no lock: each dict operation is atomic
         if entry is not None and now < entry[0]:
@@ -88,20 +95,16 @@ class TTLCache(t.Generic[V]):
                 self._entries.move_to_end(key)
             except KeyError:                     # evicted by another thread meanwhile: still a hit
                 pass
-            self.hits += 1
             return entry[1]
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self.misses += 1
                 return None
             deadline, value = entry
             if now >= deadline:
                 del self._entries[key]
-                self.misses += 1
                 return None
             self._entries.move_to_end(key)
-            self.hits += 1
             return value
 
     def peek(self, key: str) -> V | None:
@@ -132,10 +135,12 @@ class TTLCache(t.Generic[V]):
         return left if left > 0 else None
 
     def delete(self, key: str) -> None:
+        """Forget ``key`` (nothing happens when it is absent)."""
         with self._lock:
             self._entries.pop(key, None)
 
     def clear(self) -> None:
+        """Forget every entry."""
         with self._lock:
             self._entries.clear()
 
@@ -159,6 +164,12 @@ class SingleFlight(t.Generic[V]):
         self._calls: dict[str, _Call[V]] = {}
 
     def do(self, key: str, fn: t.Callable[[], V], timeout: float | None = None) -> V:
+        """``fn()``, run once for every concurrent caller with this ``key``: the first caller runs
+        it, the others wait and share its value or its exception. A waiter that waited ``timeout``
+        seconds (None: no bound) runs ``fn`` itself.
+
+        :raises BaseException: whatever ``fn`` raised, in every caller that shared it.
+        """
         with self._lock:
             call = self._calls.get(key)
             leader = call is None

@@ -14,6 +14,7 @@ it says otherwise.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -48,11 +49,23 @@ class GatewayError(Exception):
         """What a client may read: the message when it is public, else the class's ``public_message``."""
         return str(self) if self.message_is_public else self.public_message
 
+    def with_status(self, status_code: int, **attributes: t.Any) -> t.Self:
+        """A copy of this error answered with ``status_code`` (and ``attributes`` replaced, e.g.
+        ``realm``): how the one place that chooses a status (an AuthConfig's
+        ``authenticationFailureStatus``, ``statusOnError``) answers an error it caught,
+        leaving the caught error as it was raised."""
+        error = copy.copy(self)
+        error.status_code = status_code
+        for name, value in attributes.items():
+            setattr(error, name, value)
+        return error
+
     def challenge(self) -> str | None:
         """The ``WWW-Authenticate`` value to send, if any."""
         return None
 
     def extra_headers(self) -> dict[str, str]:
+        """Headers the answer carries besides the challenge (a policy's, ``Retry-After``...)."""
         return {}
 
 
@@ -77,6 +90,8 @@ class ConfigError(GatewayError):
 
 
 class BadRequestError(GatewayError):
+    """The request cannot be read one way only (RFC 9110 §15.5.1): 400, the message says why."""
+
     status_code = 400
     reason = "bad_request"
     public_message = "malformed request"
@@ -84,6 +99,8 @@ class BadRequestError(GatewayError):
 
 
 class PayloadTooLargeError(GatewayError):
+    """The body is over the route's limit (RFC 9110 §15.5.14, Gloo ``maxRequestBodyBytes``): 413."""
+
     status_code = 413
     reason = "payload_too_large"
     public_message = "request body too large for this route"
@@ -110,6 +127,8 @@ class TransferCodingError(GatewayError):
 
 
 class RouteNotFoundError(GatewayError):
+    """No virtual host or route matches: 404, as Envoy answers an unmatched request."""
+
     status_code = 404
     reason = "route_not_found"
     public_message = "no route matches this request"
@@ -131,6 +150,7 @@ class AuthenticationError(GatewayError):
         self.realm = realm
 
     def challenge(self) -> str:
+        """``Bearer realm="...", error="...", error_description="..."`` (RFC 6750 §3)."""
         parts = []
         if self.realm:
             parts.append(f'realm="{_challenge_text(self.realm)}"')
@@ -141,22 +161,31 @@ class AuthenticationError(GatewayError):
 
 
 class MissingTokenError(AuthenticationError):
+    """No token where the token source looks (RFC 6750 §3.1: no ``error`` code in the challenge)."""
+
     reason = "token_missing"
     public_message = "an access token is required"
 
 
 class InvalidTokenError(AuthenticationError):
+    """The token is malformed, inactive, expired or not verifiable (RFC 6750 §3.1 ``invalid_token``)."""
+
     reason = "token_invalid"
     public_message = "the access token is invalid"
     error_code = "invalid_token"
 
 
 class AmbiguousTokenError(InvalidTokenError):
+    """Two different tokens in one request (:mod:`gateway_app.auth.tokens`): refused, never guessed."""
+
     reason = "token_ambiguous"
     public_message = "the request carries more than one different access token"
 
 
 class AccessDeniedError(GatewayError):
+    """Who the request is was proved, and it may not do this: 403 by default, or the status,
+    ``headers`` and ``body`` a policy decided (Gloo ``opaAuth``, OPA-Envoy's object result)."""
+
     status_code = 403
     reason = "access_denied"
     public_message = "access denied"
@@ -170,14 +199,18 @@ class AccessDeniedError(GatewayError):
         self.body = body
 
     def extra_headers(self) -> dict[str, str]:
+        """The policy's headers."""
         return dict(self.headers)
 
 
 class InsufficientScopeError(AccessDeniedError):
+    """The token lacks a required scope (RFC 6750 §3.1 ``insufficient_scope``): 403."""
+
     reason = "scope_missing"
     public_message = "the access token lacks a required scope"
 
     def challenge(self) -> str:
+        """``Bearer error="insufficient_scope", error_description="..."`` (RFC 6750 §3)."""
         return f'Bearer error="insufficient_scope", error_description="{_challenge_text(self.message)}"'
 
 
@@ -203,6 +236,7 @@ class RateLimitedError(GatewayError):
         self.headers = headers or {}
 
     def extra_headers(self) -> dict[str, str]:
+        """``Retry-After`` and the ``RateLimit`` fields."""
         return dict(self.headers)
 
 
@@ -234,12 +268,16 @@ class IdpOverloadedError(IdentityProviderError):
 
 
 class UpstreamError(GatewayError):
+    """The upstream could not be reached or broke the exchange (RFC 9110 §15.6.3): 502."""
+
     status_code = 502
     reason = "upstream_unavailable"
     public_message = "the upstream service is unavailable"
 
 
 class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not accept the connection or answer in time (RFC 9110 §15.6.5): 504."""
+
     status_code = 504
     reason = "upstream_timeout"
     public_message = "the upstream service did not answer in time"
@@ -262,6 +300,7 @@ def _challenge_text(text: str) -> str:
 
 
 def error_body(error: GatewayError, request_id: str | None) -> dict[str, t.Any]:
+    """``{"error": reason, "message": what the client may read, "request_id": id}``."""
     return {"error": error.reason, "message": error.message, "request_id": request_id}
 
 

@@ -11,8 +11,8 @@ outgoing headers and URL. No stage is re-implemented here: this module only runs
 Each stage is reported: the route that matched and why each earlier route did not; where the
 token came from; the validation result (claims, cache hits and misses, IdP calls); the policy
 input and decision with its reason; the headers that would be set and removed; the upstream
-URL. Credentials never appear: the token found and the values of credential headers are shown
-as :func:`~gateway_app.observability.redact` shows them in logs.
+URL. Credentials never appear: the report goes through the one redactor of request data,
+:func:`~gateway_app.observability.redact_input`, with the tokens found as its secrets.
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ from .auth.state import AuthState
 from .auth.steps import AuthContext
 from .errors import GatewayError
 from .gateway import Gateway
+from .gateway import prepare_upstream
 from .metrics import REGISTRY
 from .observability import redact
+from .observability import redact_input
 from .observability import request_id
+from .request_body import client_body
 from .routing import Matcher
 from .routing import Route
 
 if t.TYPE_CHECKING:
     from .incoming import IncomingRequest
 
-CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
 _COUNTERS = {"cache_hits": "gateway_token_cache_hits", "cache_misses": "gateway_token_cache_misses",
              "idp_calls": "gateway_idp_requests"}
 
@@ -54,21 +56,26 @@ class Explanation:
     secrets: set[str] = dataclasses.field(default_factory=set)   # values to redact in the output
 
     def add(self, stage: str, **facts: t.Any) -> None:
+        """Record what ``stage`` did: JSON-ready ``facts`` (redacted by :meth:`to_dict`)."""
         self.stages.append({"stage": stage, **facts})
 
     def stop(self, error: GatewayError) -> None:
+        """The request would be answered with ``error``'s status and reason, without forwarding."""
         self.status, self.reason = error.status_code, error.reason
 
     def to_dict(self) -> dict[str, t.Any]:
         """JSON-ready, every credential redacted."""
         verdict = {"forwarded": self.status is None, "status": self.status, "reason": self.reason}
-        return _scrub({"stages": self.stages, "result": verdict}, self.secrets)
+        return redact_input({"stages": self.stages, "result": verdict}, secrets=self.secrets)
 
 
 def build_request(method: str, url: str, headers: t.Sequence[tuple[str, str]] = (),
                   body: bytes | None = None) -> Request:
     """A WSGI request as a client would send ``method url`` with ``headers`` and ``body``
-    (from 127.0.0.1; the request target is kept raw, as gunicorn's ``RAW_URI``)."""
+    (from 127.0.0.1; the request target is kept raw, as gunicorn's ``RAW_URI``).
+
+    :raises ValueError: ``url`` is not an absolute http(s) URL.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected an http(s) URL such as http://localhost:8080/path, got {url!r}")
@@ -83,18 +90,22 @@ def build_request(method: str, url: str, headers: t.Sequence[tuple[str, str]] = 
 
 
 def explain(gateway: Gateway, request: Request) -> Explanation:
-    """Run ``request`` through ``gateway``'s current config, stage by stage, without forwarding."""
+    """Run ``request`` through ``gateway``'s current config, stage by stage, without forwarding.
+
+    The stages are the gateway's own public ones, in :meth:`Gateway.handle`'s order; an error
+    any of them raises ends the explanation with its status and reason (never raised).
+    """
     result = Explanation()
     config = gateway.config
     try:
-        incoming = gateway._incoming(request, request_id(None, trust=False))
+        incoming = gateway.parse(request.environ, request_id(None, trust=False))
         result.add("request", method=incoming.method, scheme=incoming.scheme, host=incoming.host,
                    path=incoming.path, query=incoming.query_string, headers=dict(incoming.headers),
                    generation=config.generation)
         route = _route(config.router, incoming, result)
-        gateway._check_body(request, route)
-        add_headers, state = _authorize(incoming, route, result)
-        _forwarding(gateway, incoming, route, state, add_headers, result)
+        client_body(request.environ, incoming, route.max_body_bytes)
+        state = _authorize(incoming, route, result)
+        _forwarding(gateway, incoming, route, state, result)
     except GatewayError as e:
         result.stop(e)
     return result
@@ -136,12 +147,11 @@ def _matcher_miss(matcher: Matcher, incoming: IncomingRequest) -> str:
     return "matches"                                   # unreachable for a route that did not match
 
 
-def _authorize(incoming: IncomingRequest, route: Route, result: Explanation) -> tuple[dict[str, str], AuthState]:
-    """The route's AuthPipeline and transforms, as :meth:`Gateway._authorize` runs them."""
+def _authorize(incoming: IncomingRequest, route: Route, result: Explanation) -> AuthState:
+    """The route's AuthPipeline, as :meth:`Gateway.handle` runs it (outcomes never remembered)."""
     state = AuthState()
     if route.auth is None:
         result.add("auth", auth_config=None, decision="allowed", why="the route has no auth config")
-        headers: dict[str, str] = {}
     else:
         _token(route, incoming, result)
         ctx = AuthContext(incoming, route, state, remember=False)
@@ -152,7 +162,8 @@ def _authorize(incoming: IncomingRequest, route: Route, result: Explanation) -> 
         except GatewayError as e:
             error = e
         after = _counters()
-        result.add("validation", subject=state.subject, token_source=state.token_source,
+        result.add("validation", subject=state.subject,
+                   token_source=state.token_location[0] if state.token_location else None,
                    jwt_claims=state.jwt_access_token, introspection_claims=state.introspection,
                    metadata=state.metadata, **{name: int(after[name] - before[name]) for name in _COUNTERS})
         if ctx.policy_input is not None or ctx.query is not None:
@@ -163,10 +174,7 @@ def _authorize(incoming: IncomingRequest, route: Route, result: Explanation) -> 
                    message=str(error) if error else None)
         if error is not None:
             raise error
-        headers = dict(state.upstream_headers)
-    if route.transforms is not None:
-        route.transforms.render(incoming, state, headers)
-    return headers, state
+    return state
 
 
 def _token(route: Route, incoming: IncomingRequest, result: Explanation) -> None:
@@ -182,17 +190,17 @@ def _token(route: Route, incoming: IncomingRequest, result: Explanation) -> None
 
 
 def _forwarding(gateway: Gateway, incoming: IncomingRequest, route: Route, state: AuthState,
-                add_headers: dict[str, str], result: Explanation) -> None:
-    remove = set(route.managed_headers)
-    if state.token_location is not None and route.auth is not None:
-        incoming = Gateway._strip_credential(incoming, route, state, remove, add_headers)
+                result: Explanation) -> None:
+    """The transform stage and the forwarder's outgoing URL and headers, for the first target
+    (the round robin is not advanced)."""
+    upstream = prepare_upstream(incoming, route, state)
     target = route.targets[0]
-    path = route.upstream_path(incoming.path)
-    request_target, headers = gateway.forwarder.outgoing(incoming, target, path=path, add_headers=add_headers,
-                                                         remove_headers=remove)
+    request_target, headers = gateway.forwarder.outgoing(upstream.request, target, path=upstream.path,
+                                                         add_headers=upstream.add_headers,
+                                                         remove_headers=upstream.remove_headers)
     result.add("upstream", upstream=target.name, url=target.origin + request_target,
                round_robin_over=len(route.targets),
-               headers_set=dict(add_headers), headers_removed=sorted(remove),
+               headers_set=dict(upstream.add_headers), headers_removed=sorted(upstream.remove_headers),
                headers_sent={k: v for k, v in headers.items() if isinstance(v, str)})
 
 
@@ -205,28 +213,6 @@ def _counters() -> dict[str, float]:
             if sample.name in wanted:
                 totals[wanted[sample.name]] += sample.value
     return totals
-
-
-def _scrub(value: t.Any, secrets: t.Collection[str]) -> t.Any:
-    """``value`` with credential header values and every occurrence of ``secrets`` redacted."""
-    if isinstance(value, dict):
-        return {k: _redact_header(v, secrets) if str(k).lower() in CREDENTIAL_HEADERS else _scrub(v, secrets)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(item, secrets) for item in value]
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret and secret in value:
-                value = value.replace(secret, redact(secret))
-        return value
-    return value
-
-
-def _redact_header(value: t.Any, secrets: t.Collection[str]) -> t.Any:
-    if not isinstance(value, str):
-        return _scrub(value, secrets)
-    scheme, _, credential = value.partition(" ")
-    return f"{scheme} {redact(credential)}" if credential else redact(value)
 
 
 def _text(value: t.Any) -> str:

@@ -1,14 +1,18 @@
-"""The request pipeline: match a route, run its auth, set headers, forward.
+"""The request pipeline: parse, match, authorize, forward (the README's diagram).
 
 :class:`Gateway` owns the current :class:`GatewayConfig` (swapped whole on reload), the
-forwarder and the validator registry. Nothing here parses config or opens sessions per
-request.
+forwarder and the validator registry, and sequences the stages in :meth:`Gateway.handle`,
+the only place that does. Each stage is its own function, which ``gateway-app explain``
+runs too: :meth:`Gateway.parse`, :meth:`gateway_app.routing.Router.match` (route and
+upstream target), :func:`gateway_app.request_body.client_body`, the route's
+:class:`~gateway_app.auth.pipeline.AuthPipeline`, :func:`prepare_upstream` and
+:meth:`gateway_app.proxy.Forwarder.forward`. Nothing here parses config or opens sessions
+per request.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import threading
@@ -18,6 +22,7 @@ import typing as t
 from flask import Request
 from flask import Response
 
+from .auth.pipeline import AuthPipeline
 from .auth.state import AuthState
 from .auth.steps import AuthContext
 from .auth.tokens import strip_cookie
@@ -28,13 +33,12 @@ from .config.build import GatewayConfig
 from .config.build import build_config
 from .config.build import reload_record
 from .config.build import load_config
-from .errors import BadRequestError
 from .errors import GatewayError
-from .errors import PayloadTooLargeError
 from .errors import render_error
 from .incoming import IncomingRequest
 from .incoming import TrustedProxies
 from .incoming import from_environ
+from .incoming import sent_path
 from .metrics import REQUEST_METRICS
 from .metrics import observe_generation
 from .metrics import observe_reload
@@ -46,8 +50,8 @@ from .policy.engine import release_thread_engines
 from .proxy import Forwarder
 from .fingerprint import Fingerprint
 from .fingerprint import tree_fingerprint
+from .request_body import client_body
 from .routing import Route
-from .worker import limit_declared_body
 from .settings import Settings
 from .usage_plans import UsagePlanEnforcer
 from .usage_plans import build_limiter
@@ -58,6 +62,11 @@ REQUEST_ID_KEY = "gateway.request_id"      # where the request id lives in the W
 
 
 class Gateway:
+    """The gateway of one worker: its settings, the served config generation and the stages.
+
+    :raises ConfigError: the first config cannot be loaded (see :func:`load_config`).
+    """
+
     def __init__(self, settings: Settings, forwarder: Forwarder | None = None) -> None:
         self.settings = settings
         self.registry = ValidatorRegistry(settings.token_cache_url)
@@ -67,7 +76,6 @@ class Gateway:
         self._body_limit = settings.max_body_bytes or None     # GATEWAY_MAX_BODY_BYTES=0: no limit
         self.usage_plans = UsagePlanEnforcer(build_limiter(settings), self.trusted_proxies.client_address)
         self._lock = threading.Lock()
-        self._round_robin = itertools.count()
         # Taken BEFORE the first load (which may wait for a remote JWKS): a file written while this
         # worker boots differs from the snapshot, so the watcher's first check reloads it.
         self.loaded_fingerprint = tree_fingerprint(settings.config_dir, settings.rego_dir)
@@ -128,7 +136,9 @@ class Gateway:
 
     # -- requests ----------------------------------------------------------------
     def respond(self, request: Request) -> Response:
-        """:meth:`handle`, with every error rendered: the WSGI entry for routed traffic."""
+        """:meth:`handle`, with every error rendered (:func:`render_error`, the request id in the
+        body): the WSGI entry for routed traffic. Never raises: a bug is logged once with its
+        traceback and answered 500."""
         try:
             return self.handle(request)
         except GatewayError as e:
@@ -138,7 +148,12 @@ class Gateway:
             return render_error(GatewayError(), request.environ.get(REQUEST_ID_KEY))
 
     def handle(self, request: Request) -> Response:
-        """Route, authorize, forward; one access record per request.
+        """The README's diagram: parse, match, authorize, forward; one access record per request.
+
+        Each stage is one call: :meth:`parse` (:func:`gateway_app.incoming.from_environ`), the
+        router's match (the route and its upstream target), :func:`client_body` (framing and
+        the route's body limit), the route's auth pipeline, the usage plan, then
+        :func:`prepare_upstream` (header transforms, credential removal) and the forwarder.
 
         :raises GatewayError: the answer is an error (rendered by :mod:`gateway_app.errors`).
         """
@@ -149,17 +164,25 @@ class Gateway:
         environ[REQUEST_ID_KEY] = rid
         route: Route | None = None
         incoming: IncomingRequest | None = None
+        ctx: AuthContext | None = None
         state = AuthState()
         decision: dict[str, t.Any] = {}
         status = 500
         try:
-            incoming = self._incoming(request, rid)
-            route = config.router.match(incoming).route
-            self._check_body(request, route)
-            add_headers = self._authorize(incoming, route, state, decision)
+            incoming = self.parse(environ, rid)
+            match = config.router.match(incoming)
+            route = match.route
+            body = client_body(environ, incoming, route.max_body_bytes)
+            if route.auth is not None:
+                # The debug route logs its policy input, so its outcomes are never remembered.
+                ctx = AuthContext(incoming, route, state, remember=self.settings.debug_route != route.name)
+                self._authorize(ctx, route.auth, decision)
             limit_headers = self.usage_plans.admit(incoming, route, state, config.usage_plans, decision)
+            upstream = prepare_upstream(incoming, route, state)
             forwarding = time.perf_counter()
-            response = self._forward(request, incoming, route, state, add_headers)
+            response = self.forwarder.forward(upstream.request, body, match.target, path=upstream.path,
+                                              add_headers=upstream.add_headers,
+                                              remove_headers=upstream.remove_headers)
             response.headers.update(limit_headers)
             REQUEST_METRICS.observe_upstream(route.name, time.perf_counter() - forwarding)
             status = response.status_code
@@ -167,61 +190,51 @@ class Gateway:
         except GatewayError as e:
             status = e.status_code
             if state.outcome == "none" and route is not None and route.auth is not None:
-                state.outcome, state.reason = "denied", e.reason
+                state.refuse(e)                # refused by auth, or before it (413): the one place
             raise
         finally:
             elapsed = time.perf_counter() - started
             route_name = route.name if route else None
+            if ctx is not None:
+                self._debug(ctx)
             REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
             if decision:
                 decision["generation"] = config.generation
             log_access(method=request.method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
-                       path=incoming.path if incoming else _sent_path(environ),
+                       path=incoming.path if incoming else sent_path(environ),
                        route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
                        auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
                        **decision)
 
-    def _incoming(self, request: Request, rid: str) -> IncomingRequest:
-        return from_environ(request.environ, request_id=rid, trusted_proxies=self.trusted_proxies,
+    def parse(self, environ: t.Mapping[str, t.Any], rid: str = "") -> IncomingRequest:
+        """The parse stage: :func:`gateway_app.incoming.from_environ` with this gateway's trusted
+        proxies and header-count limit (``GATEWAY_MAX_HEADER_COUNT``).
+
+        :raises BadRequestError: the request is refused (400, reasons in :mod:`gateway_app.incoming`).
+        """
+        return from_environ(environ, request_id=rid, trusted_proxies=self.trusted_proxies,
                             max_header_count=self.settings.max_header_count)
 
-    def _check_body(self, request: Request, route: Route) -> None:
-        limit = route.max_body_bytes          # the route's own, else the global one (config build)
-        if limit is not None and request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLargeError(f"request body larger than {limit} bytes")
-        if limit is not None:
-            limit_declared_body(request.environ, limit)    # chunked: 413 when a chunk size says so
+    @staticmethod
+    def _authorize(ctx: AuthContext, auth: AuthPipeline, decision: dict[str, t.Any]) -> None:
+        """The auth stage: run the route's pipeline; its fields join the request's access record.
 
-    def _authorize(self, incoming: IncomingRequest, route: Route, state: AuthState,
-                   decision: dict[str, t.Any]) -> dict[str, str]:
-        """Run the route's auth; the decision's fields join the request's access record."""
-        if route.auth is None:
-            headers: dict[str, str] = {}
-        else:
-            # The debug route logs its policy input, so its outcomes are never remembered.
-            ctx = AuthContext(incoming, route, state, remember=self.settings.debug_route != route.name)
-            started = time.perf_counter()
-            try:
-                route.auth.run(ctx)
-                state.outcome = "allowed"
-            except GatewayError as e:
-                state.outcome, state.reason = ("error" if e.status_code >= 500 else "denied"), e.reason
-                raise
-            finally:
-                decision["api_product"] = route.api_product_id
-                decision["auth_config"] = route.auth.name
-                decision["query"] = ctx.query
-                decision["auth_ms"] = round((time.perf_counter() - started) * 1000, 3)
-                if ctx.policy_input is not None:          # a policy was evaluated, not remembered
-                    REQUEST_METRICS.observe_policy(route.name, ctx.policy_duration)
-                self._debug(ctx, route)
-            headers = dict(state.upstream_headers)
-        if route.transforms is not None:
-            route.transforms.render(incoming, state, headers)
-        return headers
+        :raises GatewayError: the pipeline refuses the request.
+        """
+        started = time.perf_counter()
+        try:
+            auth.run(ctx)
+        finally:
+            decision["api_product"] = ctx.route.api_product_id
+            decision["auth_config"] = auth.name
+            decision["query"] = ctx.query
+            decision["auth_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            if ctx.policy_input is not None:          # a policy was evaluated, not remembered
+                REQUEST_METRICS.observe_policy(ctx.route.name, ctx.policy_duration)
+        ctx.state.outcome = "allowed"
 
-    def _debug(self, ctx: AuthContext, route: Route) -> None:
-        state = ctx.state
+    def _debug(self, ctx: AuthContext) -> None:
+        state, route = ctx.state, ctx.route
         if (self.settings.debug_route and self.settings.debug_route == route.name and ctx.policy_input is not None
                 and route.auth is not None):
             log.info("debug route %s input=%s outcome=%s reason=%s", route.name,
@@ -231,45 +244,61 @@ class Gateway:
             log.debug("dynamic metadata on response: request_id=%s metadata=%s", ctx.request.request_id,
                       state.metadata)
 
-    def _forward(self, request: Request, incoming: IncomingRequest, route: Route, state: AuthState,
-                 add_headers: dict[str, str]) -> Response:
-        remove = set(route.managed_headers)
-        if state.token_location is not None and route.auth is not None:
-            incoming = self._strip_credential(incoming, route, state, remove, add_headers)
-        targets = route.targets
-        target = targets[0] if len(targets) == 1 else targets[next(self._round_robin) % len(targets)]
-        has_body = request.content_length or "chunked" in incoming.headers.get("transfer-encoding", "").lower()
-        body = request.stream if has_body else None
-        if body is not None:
-            limit = route.max_body_bytes if request.content_length is None else None  # chunked: counted here
-            body = _ClientBody(body, limit)
-        return self.forwarder.forward(incoming, body, target, path=route.upstream_path(incoming.path),
-                                      add_headers=add_headers, remove_headers=remove)
 
-    @staticmethod
-    def _strip_credential(incoming: IncomingRequest, route: Route, state: AuthState, remove: set[str],
-                          add_headers: dict[str, str]) -> IncomingRequest:
-        """``removeFromRequest``: drop the credential from every location its source reads."""
-        assert route.auth is not None
-        query_string = incoming.query_string
-        for source in route.auth.token_sources:
-            if not source.remove_from_request:
-                continue
-            for kind, name in source.locations(incoming):
-                if kind == "header":
-                    remove.add(name)
-                elif kind == "query":
-                    query_string = strip_query_parameter(query_string, name)
-                elif kind == "cookie" and "cookie" in incoming.headers:
-                    remaining = strip_cookie(add_headers.get("cookie", incoming.headers["cookie"]), name)
-                    remove.add("cookie")
-                    if remaining:
-                        add_headers["cookie"] = remaining
-                    else:
-                        add_headers.pop("cookie", None)
-        if query_string == incoming.query_string:
-            return incoming
-        return dataclasses.replace(incoming, query_string=query_string)
+@dataclasses.dataclass(frozen=True)
+class UpstreamRequest:
+    """What the forwarder sends for an authorized request (:func:`prepare_upstream`).
+
+    ``request`` is the parsed request, its query without removed credentials; ``path`` the
+    upstream path in wire form (after the route's rewrite); ``add_headers`` the headers the
+    gateway sets (lower-cased name -> value); ``remove_headers`` the client's headers dropped
+    first (lower-cased names), so a client cannot forge what the gateway sets.
+    """
+
+    request: IncomingRequest
+    path: str
+    add_headers: t.Mapping[str, str]
+    remove_headers: frozenset[str]
+
+
+def prepare_upstream(incoming: IncomingRequest, route: Route, state: AuthState) -> UpstreamRequest:
+    """The transform stage, after auth: render the route's header templates into the headers
+    the auth steps set, then remove every credential location the auth stage recorded
+    (``removeFromRequest``: header, query parameter or cookie).
+
+    :raises BadRequestError: the route's path rewrite gives a path not in normal form.
+    """
+    headers = state.upstream_headers          # this request's own dict: rendered into, not copied
+    if route.transforms is not None:
+        route.transforms.render(incoming, state, headers)
+    remove = route.managed_headers
+    if state.remove_from_request:
+        incoming, remove = _remove_credentials(incoming, state.remove_from_request, remove, headers)
+    return UpstreamRequest(incoming, route.upstream_path(incoming.path), headers, remove)
+
+
+def _remove_credentials(incoming: IncomingRequest, locations: t.Iterable[tuple[str, str]], remove: frozenset[str],
+                        add_headers: dict[str, str]) -> tuple[IncomingRequest, frozenset[str]]:
+    """``removeFromRequest``: the request without its credential in each ``(kind, name)``
+    location, and the headers to remove; a cookie is removed from the ``Cookie`` header, which
+    is then sent as ``add_headers["cookie"]`` (or not at all when nothing is left)."""
+    removed = set(remove)
+    query_string = incoming.query_string
+    for kind, name in locations:
+        if kind == "header":
+            removed.add(name)
+        elif kind == "query":
+            query_string = strip_query_parameter(query_string, name)
+        elif kind == "cookie" and "cookie" in incoming.headers:
+            remaining = strip_cookie(add_headers.get("cookie", incoming.headers["cookie"]), name)
+            removed.add("cookie")
+            if remaining:
+                add_headers["cookie"] = remaining
+            else:
+                add_headers.pop("cookie", None)
+    if query_string != incoming.query_string:
+        incoming = dataclasses.replace(incoming, query_string=query_string)
+    return incoming, frozenset(removed)
 
 
 def _warm_up(config: GatewayConfig) -> None:
@@ -292,41 +321,3 @@ def _validators_by_auth_config(config: GatewayConfig) -> list[tuple[str, t.Any]]
                 if validator is not None:
                     pairs.setdefault((route.auth.name, id(validator)), (route.auth.name, validator))
     return sorted(pairs.values(), key=lambda pair: pair[0])
-
-
-class _ClientBody:
-    """The client's body stream: read errors become 400, and more than ``limit`` bytes 413;
-    a :class:`GatewayError` raised by the server's reader (408 body too slow, 413 declared too
-    large: :mod:`gateway_app.worker`) passes as it is.
-
-    The WSGI server raises its own exceptions for a malformed chunked body (gunicorn's
-    ``InvalidChunkSize``) or a client that stops mid-body (``NoMoreData``, an OSError that
-    would otherwise pass for an upstream failure).
-    """
-
-    def __init__(self, stream: t.IO[bytes], limit: int | None) -> None:
-        self._stream = stream
-        self._left = limit
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._stream.read(size)
-        except GatewayError:
-            raise                      # the server's own verdict: 408 too slow, 413 declared too large
-        except Exception as e:
-            raise BadRequestError(f"the request body could not be read ({type(e).__name__})",
-                                  reason="body_invalid") from None
-        if self._left is not None:
-            self._left -= len(data)
-            if self._left < 0:
-                raise PayloadTooLargeError()
-        return data
-
-
-def _sent_path(environ: t.Mapping[str, t.Any]) -> str | None:
-    """The path of the request target as the client sent it (gunicorn's ``RAW_URI``, query dropped:
-    it may carry a token), for the access record of a request refused before it was parsed.
-    """
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    return raw.partition("?")[0] if raw else environ.get("PATH_INFO")
-

@@ -246,6 +246,12 @@ def _check_transfer_coding(environ: t.Mapping[str, t.Any]) -> None:
         raise TransferCodingError(f"transfer coding {coding[:40]!r} is not supported")
 
 
+def sent_path(environ: t.Mapping[str, t.Any]) -> str:
+    """The path of the request target as the client sent it, query dropped (it may carry a
+    token): what the access record of a request refused before it was parsed shows."""
+    return _raw_target(environ).partition("?")[0]
+
+
 def _raw_target(environ: t.Mapping[str, t.Any]) -> str:
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:

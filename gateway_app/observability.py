@@ -86,32 +86,53 @@ _RAW_QUERY_KEYS = frozenset({"query", "query_string"})
 _PARSED_QUERY_KEYS = frozenset({"parsed_query"})
 
 
-def redact_input(document: t.Any, locations: CredentialLocations = DEFAULT_CREDENTIAL_LOCATIONS) -> t.Any:
+def redact_input(document: t.Any, locations: CredentialLocations = DEFAULT_CREDENTIAL_LOCATIONS,
+                 secrets: t.Collection[str] = ()) -> t.Any:
     """A copy of ``document`` with every credential location replaced by its :func:`redact` form.
 
-    Walks any JSON-like document: ``headers`` mappings (credential headers), ``path`` strings
-    (the query after ``?``), raw ``query`` strings and ``parsed_query`` mappings (credential
-    parameters). Cookie headers are redacted whole. The input is not changed.
+    Walks any JSON-like document: header mappings (under a ``headers`` key, or ``headers_*``
+    as ``gateway-app explain`` names the headers set and sent: credential headers), ``path``
+    strings (the query after ``?``), raw ``query`` strings and ``parsed_query`` mappings
+    (credential parameters). Cookie headers are redacted whole. Every other string has each
+    occurrence of ``secrets`` (e.g. the token a source found) redacted. The input is not changed.
     """
-    if isinstance(document, dict):
-        return {key: _redact_member(str(key), value, locations) for key, value in document.items()}
-    if isinstance(document, list):
-        return [redact_input(item, locations) for item in document]
-    return document
+    return _Redactor(locations, tuple(secret for secret in secrets if secret)).document(document)
 
 
-def _redact_member(key: str, value: t.Any, locations: CredentialLocations) -> t.Any:
-    if key == "headers" and isinstance(value, dict):
-        return {name: _redact_credential(item) if str(name).lower() in locations.headers
-                else redact_input(item, locations) for name, item in value.items()}
-    if key in _PATH_KEYS and isinstance(value, str) and "?" in value:
-        path, _, query = value.partition("?")
-        return f"{path}?{_redact_query(query, locations.query)}"
-    if key in _RAW_QUERY_KEYS and isinstance(value, str):
-        return _redact_query(value, locations.query)
-    if key in _PARSED_QUERY_KEYS and isinstance(value, dict):
-        return {name: _redact_values(item) if name in locations.query else item for name, item in value.items()}
-    return redact_input(value, locations)
+@dataclasses.dataclass(frozen=True)
+class _Redactor:
+    locations: CredentialLocations
+    secrets: tuple[str, ...]
+
+    def document(self, value: t.Any) -> t.Any:
+        if isinstance(value, dict):
+            return {key: self.member(str(key), item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.document(item) for item in value]
+        if isinstance(value, str):
+            return self.text(value)
+        return value
+
+    def member(self, key: str, value: t.Any) -> t.Any:
+        locations = self.locations
+        if (key == "headers" or key.startswith("headers_")) and isinstance(value, dict):
+            return {name: _redact_credential(item) if str(name).lower() in locations.headers
+                    else self.document(item) for name, item in value.items()}
+        if key in _PATH_KEYS and isinstance(value, str) and "?" in value:
+            path, _, query = value.partition("?")
+            return self.text(f"{path}?{_redact_query(query, locations.query)}")
+        if key in _RAW_QUERY_KEYS and isinstance(value, str):
+            return self.text(_redact_query(value, locations.query))
+        if key in _PARSED_QUERY_KEYS and isinstance(value, dict):
+            return {name: _redact_values(item) if name in locations.query else self.document(item)
+                    for name, item in value.items()}
+        return self.document(value)
+
+    def text(self, value: str) -> str:
+        for secret in self.secrets:
+            if secret in value:
+                value = value.replace(secret, redact(secret))
+        return value
 
 
 def _redact_values(value: t.Any) -> t.Any:

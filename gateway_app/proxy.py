@@ -16,17 +16,14 @@ URLs never reach a message or a log line: a query string may carry a token.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import http.cookiejar
 import logging
-import os
 import socket
 import ssl
 import threading
 import types
 import typing as t
-import urllib.parse
 import weakref
 
 import flask
@@ -39,9 +36,7 @@ from requests.structures import CaseInsensitiveDict
 from werkzeug.datastructures import Headers
 
 from gateway_app.errors import BadRequestError
-from gateway_app.errors import ConfigError
 from gateway_app.errors import GatewayError
-from gateway_app.errors import PayloadTooLargeError
 from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
 from gateway_app.header_values import relayed_text
@@ -49,7 +44,9 @@ from gateway_app.incoming import OVERRIDE_HEADERS
 from gateway_app.incoming import is_forwarding_header
 
 if t.TYPE_CHECKING:
+    from gateway_app.config.upstreams import UpstreamTarget
     from gateway_app.incoming import IncomingRequest
+    from gateway_app.request_body import ClientBody
 
 log = logging.getLogger("gateway_app.proxy")
 
@@ -74,51 +71,6 @@ _NOT_COPIED_FROM_UPSTREAM_WITH_ID = HOP_BY_HOP_HEADERS | {"x-request-id"}
 _NO_HEADERS: t.Mapping[str, str] = types.MappingProxyType({})
 _NO_PROXIES: dict[str, str] = {}
 _SKIP = urllib3.util.SKIP_HEADER  # keeps urllib3 from inventing User-Agent / Accept-Encoding
-
-
-@dataclasses.dataclass(frozen=True)
-class UpstreamTarget:
-    """Where a route's traffic goes, with everything per-request work needs precomputed.
-
-    ``base_url`` is ``scheme://host[:port][/base/path]``; the base path prefixes every
-    forwarded path. ``verify`` is a bool or a CA bundle path for https upstreams.
-
-    :raises ConfigError: ``base_url`` is not a plain http(s) URL, a timeout is not
-        positive, or the CA bundle is missing.
-    """
-
-    name: str
-    base_url: str
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    verify: bool | str = True
-    host_rewrite: str | None = None
-    origin: str = dataclasses.field(init=False, repr=False, compare=False)
-    base_path: str = dataclasses.field(init=False, repr=False, compare=False)
-    timeout: tuple[float, float] = dataclasses.field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        origin, base_path = _split_base_url(self.name, self.base_url)
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ConfigError(f"upstream {self.name}: timeouts must be positive")
-        if isinstance(self.verify, str) and not os.path.exists(self.verify):
-            raise ConfigError(f"upstream {self.name}: CA bundle {self.verify} does not exist")
-        object.__setattr__(self, "origin", origin)
-        object.__setattr__(self, "base_path", base_path)
-        object.__setattr__(self, "timeout", (self.connect_timeout, self.read_timeout))
-
-
-def _split_base_url(name: str, base_url: str) -> tuple[str, str]:
-    """``("http://host:port", "/base")`` from a base URL, or ConfigError."""
-    parts = urllib.parse.urlsplit(base_url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"upstream {name}: base_url must be an http:// or https:// URL with a host")
-    if "@" in parts.netloc:
-        raise ConfigError(f"upstream {name}: base_url must not carry credentials")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"upstream {name}: base_url must not have a query or fragment")
-    return f"{scheme}://{parts.netloc}", parts.path.rstrip("/")
 
 
 class _ForwardedRequest(requests.PreparedRequest):
@@ -284,22 +236,22 @@ class _ForwardingSession(requests.Session):
 class Forwarder:
     """Sends requests to upstream targets over per-thread connection pools.
 
-    ``preserve_host`` sends the client's (normalized) Host unless the target rewrites it;
-    ``max_body_bytes`` caps request bodies (None: no cap). Forwarding headers are kept only
-    from a request whose ``trusted_peer`` is set (:func:`gateway_app.incoming.from_environ`).
+    ``pool_connections`` / ``pool_maxsize``: urllib3 pools per thread and connections per pool.
+    ``preserve_host`` sends the client's (normalized) Host unless the target rewrites it.
+    Forwarding headers are kept only from a request whose ``trusted_peer`` is set
+    (:func:`gateway_app.incoming.from_environ`). The request body comes framed and limited
+    (:func:`gateway_app.request_body.client_body`).
     """
 
-    def __init__(self, *, pool_connections: int = 10, pool_maxsize: int = 32,
-                 preserve_host: bool = True, max_body_bytes: int | None = None) -> None:
+    def __init__(self, *, pool_connections: int = 10, pool_maxsize: int = 32, preserve_host: bool = True) -> None:
         self._pool_connections = pool_connections
         self._pool_maxsize = pool_maxsize
         self._preserve_host = preserve_host
-        self._max_body_bytes = max_body_bytes
         self._local = threading.local()
         self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
         self._sessions_lock = threading.Lock()
 
-    def forward(self, request: IncomingRequest, body: t.IO[bytes] | None, target: UpstreamTarget, *,
+    def forward(self, request: IncomingRequest, body: ClientBody | None, target: UpstreamTarget, *,
                 path: str | None = None, add_headers: t.Mapping[str, str] = _NO_HEADERS,
                 remove_headers: t.Iterable[str] = ()) -> flask.Response:
         """Send ``request`` to ``target`` and stream the upstream answer back.
@@ -308,12 +260,12 @@ class Forwarder:
         raw query string is appended unchanged. ``remove_headers`` are dropped from the
         client's headers before ``add_headers`` are set, so clients cannot forge them.
 
-        :raises PayloadTooLargeError: the body exceeds ``max_body_bytes``.
-        :raises BadRequestError: a malformed Content-Length, or a body shorter than it.
+        :raises PayloadTooLargeError: the body grows past its limit while it is read.
+        :raises BadRequestError: a body shorter than its Content-Length, or unreadable.
         :raises UpstreamTimeoutError: no connection or no response headers in time.
         :raises UpstreamError: the upstream could not be reached or broke the exchange.
         """
-        payload, length = self._request_body(request, body)
+        payload, length = self._request_body(body)
         request_target, headers = self.outgoing(request, target, path=path, add_headers=add_headers,
                                                 remove_headers=remove_headers)
         if length is not None:
@@ -324,8 +276,9 @@ class Forwarder:
     def outgoing(self, request: IncomingRequest, target: UpstreamTarget, *, path: str | None = None,
                  add_headers: t.Mapping[str, str] = _NO_HEADERS,
                  remove_headers: t.Iterable[str] = ()) -> tuple[str, CaseInsensitiveDict[str]]:
-        """The URL and headers :meth:`forward` sends for ``request`` (without a body's length);
-        ``gateway-app explain`` shows them without sending."""
+        """The origin-form request target (base path + path + raw query) and the headers
+        :meth:`forward` sends for ``request`` (without a body's length); ``gateway-app explain``
+        shows them without sending."""
         headers = self._request_headers(request, target, add_headers, remove_headers)
         return _request_target(target, request.path if path is None else path, request.query_string), headers
 
@@ -350,31 +303,24 @@ class Forwarder:
             self._sessions.add(session)
         return session
 
-    def _request_body(self, request: IncomingRequest,
-                      body: t.IO[bytes] | None) -> tuple[bytes | t.Iterator[bytes] | None, int | None]:
-        """The payload to send and its length when known (None: send it chunked)."""
+    @staticmethod
+    def _request_body(body: ClientBody | None) -> tuple[bytes | t.Iterator[bytes] | None, int | None]:
+        """The payload to send and its length when known (None: send it chunked).
+
+        A small sized body is read whole before connecting; an unsized (chunked) one is read one
+        chunk ahead, so a body that ends within it is sent with its length.
+        """
         if body is None:
             return None, None
-        if request.headers.get("transfer-encoding"):
-            return self._unsized_body(body)
-        declared = request.headers.get("content-length")
-        if declared is None:
-            return None, None
-        length = _parse_content_length(declared)
-        if self._max_body_bytes is not None and length > self._max_body_bytes:
-            raise PayloadTooLargeError()
+        length = body.length
+        if length is None:
+            head, ended = _read_ahead(body)
+            if ended:
+                return head, len(head)
+            return _unsized_chunks(body, head), None
         if length <= CHUNK_SIZE:
             return _read_exactly(body, length), length
         return _sized_chunks(body, length), length
-
-    def _unsized_body(self, body: t.IO[bytes]) -> tuple[bytes | t.Iterator[bytes], int | None]:
-        """A chunked upload: one chunk read ahead decides 413 or Content-Length before sending."""
-        head, ended = _read_ahead(body)
-        if self._max_body_bytes is not None and len(head) > self._max_body_bytes:
-            raise PayloadTooLargeError()
-        if ended:
-            return head, len(head)
-        return _unsized_chunks(body, head, self._max_body_bytes), None
 
     def _request_headers(self, request: IncomingRequest, target: UpstreamTarget, add_headers: t.Mapping[str, str],
                          remove_headers: t.Iterable[str]) -> CaseInsensitiveDict[str]:
@@ -456,12 +402,6 @@ def _header_names(value: str) -> set[str]:
     return {name.strip().lower() for name in value.split(",") if name.strip()}
 
 
-def _parse_content_length(value: str) -> int:
-    if not value.isascii() or not value.isdigit():
-        raise BadRequestError("malformed Content-Length header")
-    return int(value)
-
-
 def _read_exactly(body: t.IO[bytes], length: int) -> bytes:
     """The whole body of a small request, read before connecting upstream."""
     parts = []
@@ -499,17 +439,14 @@ def _read_ahead(body: t.IO[bytes]) -> tuple[bytes, bool]:
     return b"".join(parts), False
 
 
-def _unsized_chunks(body: t.IO[bytes], head: bytes, limit: int | None) -> t.Iterator[bytes]:
-    """The read-ahead chunk, then the rest; going over ``limit`` aborts the upstream request."""
-    sent = len(head)
+def _unsized_chunks(body: t.IO[bytes], head: bytes) -> t.Iterator[bytes]:
+    """The read-ahead chunk, then the rest; a read that goes over the body's limit
+    (:class:`~gateway_app.request_body.ClientBody`) aborts the upstream request."""
     yield head
     while True:
         data = body.read(CHUNK_SIZE)
         if not data:
             return
-        sent += len(data)
-        if limit is not None and sent > limit:
-            raise PayloadTooLargeError()
         yield data
 
 

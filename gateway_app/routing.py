@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import re
 import typing as t
@@ -28,7 +29,7 @@ from .paths import normalize_path
 
 if t.TYPE_CHECKING:
     from .auth.pipeline import AuthPipeline
-    from .proxy import UpstreamTarget
+    from .config.upstreams import UpstreamTarget
     from .transform import HeaderTransforms
 
 
@@ -200,6 +201,15 @@ class Route:
     usage_plan: str | None = None
     max_body_bytes: int | None = None
     managed_headers: frozenset[str] = frozenset()  # headers the gateway sets: client copies are removed
+    next_target: t.Callable[[], "UpstreamTarget | None"] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Chosen when the config is built: the one target (None for a table without any), or
+        # each in turn (round robin, as Envoy's default load balancer). itertools' iterators
+        # step atomically under the GIL.
+        pick: t.Iterator[UpstreamTarget | None] = (itertools.cycle(self.targets) if len(self.targets) > 1
+                                                   else itertools.repeat(self.targets[0] if self.targets else None))
+        object.__setattr__(self, "next_target", pick.__next__)
 
     def matches(self, request: IncomingRequest) -> bool:
         return any(m.matches(request) for m in self.matchers)
@@ -229,8 +239,11 @@ class VirtualHost:
 
 @dataclasses.dataclass(frozen=True)
 class RouteMatch:
+    """The route a request matched, its virtual host, and the upstream target it goes to."""
+
     route: Route
     virtual_host: VirtualHost
+    target: "UpstreamTarget | None"
 
 
 class Router:
@@ -281,12 +294,15 @@ class Router:
         return self._any
 
     def match(self, request: IncomingRequest) -> RouteMatch:
-        """:raises RouteNotFoundError: no virtual host or no route matches."""
+        """The first route of the request's virtual host that matches, and its next target.
+
+        :raises RouteNotFoundError: no virtual host or no route matches.
+        """
         vhost = self.virtual_host_for(request.hostname)
         if vhost is not None:
             for route in vhost.routes:
                 if route.matches(request):
-                    return RouteMatch(route, vhost)
+                    return RouteMatch(route, vhost, route.next_target())
         raise RouteNotFoundError()
 
 

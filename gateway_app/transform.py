@@ -90,11 +90,15 @@ def _compile_call(expression: str, where: str) -> Part:
 
 @dataclasses.dataclass(frozen=True)
 class HeaderTemplate:
+    """One header a route sets (Gloo ``requestTransformation.transformationTemplate.headers``,
+    ``headersToAppend`` when ``append``): ``name`` lower-cased, ``parts`` from :func:`compile_template`."""
+
     name: str                    # lower-cased
     parts: tuple[Part, ...]
     append: bool = False
 
     def render(self, request: IncomingRequest, state: AuthState) -> str:
+        """The header's text for this request and auth state (``""``: set no header)."""
         if len(self.parts) == 1:
             return self.parts[0](request, state)
         return "".join(part(request, state) for part in self.parts)
@@ -108,6 +112,7 @@ class HeaderTransforms:
 
     @property
     def header_names(self) -> frozenset[str]:
+        """The (lower-cased) headers set: the client's copies are removed before forwarding."""
         return frozenset(t.name for t in self.templates)
 
     def render(self, request: IncomingRequest, state: AuthState, into: dict[str, str]) -> None:

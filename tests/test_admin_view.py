@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gateway_app.cli import main
 from tests.keys import public_jwk
 from tests.keys import rsa_key
@@ -85,11 +87,15 @@ def test_the_admin_view_shows_a_rejected_reload_with_its_reasons_and_time(make_a
         "note": None}]
 
 
-def test_admin_error_bodies_carry_the_request_id(make_app, requests_mock):
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/__gateway/nope", 404),
+    ("POST", "/__gateway/health/live", 405),
+], ids=["unknown admin path", "method not allowed"])
+def test_admin_error_bodies_carry_the_request_id(make_app, requests_mock, method, path, status):
     app = _app(make_app, requests_mock)
-    response = app.test_client().get("/__gateway/nope", headers={"X-Request-Id": "req-123"})
+    response = app.test_client().open(path, method=method, headers={"X-Request-Id": "req-123"})
 
-    assert response.status_code == 404
+    assert response.status_code == status
     assert response.get_json()["request_id"] == "req-123"
     assert response.headers["X-Request-Id"] == "req-123"
 

@@ -16,6 +16,7 @@ from gateway_app.auth.tokens import TokenSource
 from gateway_app.errors import AccessDeniedError
 from gateway_app.errors import ConfigError
 from gateway_app.errors import InsufficientScopeError
+from gateway_app.errors import PolicyError
 from gateway_app.incoming import IncomingRequest
 from gateway_app.routing import Route
 
@@ -48,8 +49,9 @@ def test_claims_expression_that_does_not_compile_is_a_config_error_naming_the_fi
     assert "accessTokenValidation.claims" in str(caught.value)
 
 
-def test_claims_expression_runtime_error_denies():
-    assert RegoClaimsCheck("input.claims.tier / 2 > 1", "test").allows(CLAIMS) is False
+def test_claims_expression_runtime_error_raises_a_policy_error():
+    with pytest.raises(PolicyError):
+        RegoClaimsCheck("input.claims.tier / 2 > 1", "test").allows(CLAIMS)
 
 
 # -- claims to headers ------------------------------------------------------------------------
@@ -131,6 +133,14 @@ def test_metadata_from_claims_is_nested_under_config_index_and_skips_missing_cla
 def test_username_claim_sets_the_subject():
     assert run_step({"sub": "4f0e", "preferred_username": "alice"},
                     username_claim="preferred_username").subject == "alice"
+
+
+def test_claims_check_that_fails_to_evaluate_is_a_logged_policy_error_not_a_mismatch(caplog):
+    expression = "input.claims.tier / 2 > 1"
+    with pytest.raises(PolicyError) as caught:
+        run_step(CLAIMS, claims_check=RegoClaimsCheck(expression, "t"), claims_expression=expression)
+    assert (caught.value.status_code, caught.value.reason) == (403, "policy_error")
+    assert any(expression in record.getMessage() and record.levelname == "WARNING" for record in caplog.records)
 
 
 def test_claims_check_failure_is_access_denied_with_claims_mismatch():

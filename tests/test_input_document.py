@@ -116,16 +116,12 @@ def test_introspection_claims_go_under_state_introspection():
     assert document["state"] == {"introspection": {"active": True, "sub": "svc"}, "dynamicMetadata": {}}
 
 
-@pytest.mark.parametrize(("route_product", "state_product", "expected"), [
-    ("petstore", "tracks", "petstore"),
-    (None, "tracks", "tracks"),
-    (None, None, ""),
-], ids=["the route's product wins", "an auth step's product is the fallback", "no product is an empty string"])
-def test_api_product_id_comes_from_the_route_then_the_auth_state(route_product, state_product, expected):
-    state = jwt_state()
-    state.api_product_id = state_product
-
-    document = build_input(make_request(), Route(api_product_id=route_product), state)
+@pytest.mark.parametrize(("route_product", "expected"), [
+    ("petstore", "petstore"),
+    (None, ""),
+], ids=["the route's product", "no product is an empty string"])
+def test_api_product_id_comes_from_the_route(route_product, expected):
+    document = build_input(make_request(), Route(api_product_id=route_product), jwt_state())
 
     metadata = document["check_request"]["attributes"]["metadata_context"]["filter_metadata"]
     assert metadata["io.solo.gloo.apimanagement"]["api_product_id"] == expected

@@ -139,6 +139,19 @@ def test_idp_error_answers_the_status_on_error():
     assert caught.value.status_code == 502
 
 
+def test_the_configured_status_is_a_new_error_and_the_raised_one_is_left_as_it_was():
+    """One raised error may be raised again (a cached JWKS failure) for another config."""
+    token_error, idp_error = InvalidTokenError("expired"), IdentityProviderError("down")
+    with pytest.raises(InvalidTokenError) as caught:
+        pipeline(FakeStep("a", fail(token_error)), authentication_failure_status=401, realm="api").run(context())
+    with pytest.raises(IdentityProviderError) as caught_idp:
+        pipeline(FakeStep("a", fail(idp_error)), status_on_error=502).run(context())
+
+    assert (caught.value.status_code, caught.value.realm, str(caught.value)) == (401, "api", "expired")
+    assert (token_error.status_code, token_error.realm) == (403, None)
+    assert (caught_idp.value.status_code, idp_error.status_code) == (502, 503)
+
+
 def test_idp_error_inside_boolean_expr_is_an_error_not_a_false_branch():
     steps = (FakeStep("a", fail(IdentityProviderError("down"))), FakeStep("b"))
     with pytest.raises(IdentityProviderError):

@@ -28,6 +28,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.test import run_wsgi_app
 from werkzeug.wsgi import get_input_stream
 
+from gateway_app.config.upstreams import UpstreamTarget
 from gateway_app.errors import BadRequestError
 from gateway_app.errors import ConfigError
 from gateway_app.errors import GatewayError
@@ -39,7 +40,8 @@ from gateway_app.incoming import IncomingRequest
 from gateway_app.proxy import CHUNK_SIZE
 from gateway_app.proxy import HOP_BY_HOP_HEADERS
 from gateway_app.proxy import Forwarder
-from gateway_app.proxy import UpstreamTarget
+from gateway_app.request_body import ClientBody
+from gateway_app.request_body import client_body
 
 MOCK_TARGET = UpstreamTarget(name="gloo-system/mock", base_url="http://upstream.test:8080")
 COOKIES = ["session=abc; Path=/; HttpOnly", "theme=dark; Path=/"]
@@ -206,9 +208,14 @@ def upstream_mock(requests_mock: Mocker) -> Mocker:
     return requests_mock
 
 
+def body_of(request: IncomingRequest, stream: t.IO[bytes], limit: int | None = None) -> ClientBody | None:
+    """The body stage for ``stream``, framed by ``request``'s headers, from a server that ends its input."""
+    return client_body({"wsgi.input": stream, "wsgi.input_terminated": True}, request, limit)
+
+
 def echo(forwarder: Forwarder, request: IncomingRequest, target: UpstreamTarget,
          body: t.IO[bytes] | None = None, **kwargs: t.Any) -> dict[str, t.Any]:
-    response = forwarder.forward(request, body, target, **kwargs)
+    response = forwarder.forward(request, None if body is None else body_of(request, body), target, **kwargs)
     assert response.status_code == 200
     return json.loads(read_all(response))
 
@@ -425,35 +432,32 @@ def test_small_chunked_upload_is_sent_with_a_content_length(forwarder: Forwarder
     assert "transfer-encoding" not in report["headers"]
 
 
-def test_request_without_length_or_chunking_sends_no_body(forwarder: Forwarder, upstream_mock: Mocker) -> None:
-    read_all(forwarder.forward(make_request(), io.BytesIO(b"ignored"), MOCK_TARGET))
+def test_request_without_length_or_chunking_has_no_body(forwarder: Forwarder, upstream_mock: Mocker) -> None:
+    request = make_request()
+    read_all(forwarder.forward(request, body_of(request, io.BytesIO(b"ignored")), MOCK_TARGET))
     assert upstream_mock.last_request.body is None
 
 
 def test_oversized_content_length_is_rejected_with_413_before_sending(upstream_mock: Mocker) -> None:
-    forwarder = Forwarder(max_body_bytes=1000)
     request = make_request(method="POST", headers={"content-length": "1001"})
     with pytest.raises(PayloadTooLargeError) as raised:
-        forwarder.forward(request, io.BytesIO(b"x" * 1001), MOCK_TARGET)
+        body_of(request, io.BytesIO(b"x" * 1001), limit=1000)
     assert raised.value.status_code == 413 and upstream_mock.call_count == 0
 
 
-def test_oversized_chunked_upload_is_rejected_before_sending(upstream_mock: Mocker) -> None:
-    forwarder = Forwarder(max_body_bytes=1000)
+def test_oversized_chunked_upload_is_rejected_before_sending(forwarder: Forwarder, upstream_mock: Mocker) -> None:
     request = make_request(method="POST", headers={"transfer-encoding": "chunked"})
     with pytest.raises(PayloadTooLargeError):
-        forwarder.forward(request, io.BytesIO(b"x" * 5000), MOCK_TARGET)
+        forwarder.forward(request, body_of(request, io.BytesIO(b"x" * 5000), limit=1000), MOCK_TARGET)
     assert upstream_mock.call_count == 0
 
 
-def test_chunked_upload_growing_past_the_limit_aborts_the_upstream_request(live_target: UpstreamTarget) -> None:
-    forwarder = Forwarder(max_body_bytes=3 * CHUNK_SIZE)
+def test_chunked_upload_growing_past_the_limit_aborts_the_upstream_request(forwarder: Forwarder,
+                                                                          live_target: UpstreamTarget) -> None:
     request = make_request(method="POST", headers={"transfer-encoding": "chunked"})
-    try:
-        with pytest.raises(PayloadTooLargeError):
-            forwarder.forward(request, io.BytesIO(b"x" * 10 * CHUNK_SIZE), live_target)
-    finally:
-        forwarder.close()
+    body = body_of(request, io.BytesIO(b"x" * 10 * CHUNK_SIZE), limit=3 * CHUNK_SIZE)
+    with pytest.raises(PayloadTooLargeError):
+        forwarder.forward(request, body, live_target)
 
 
 @pytest.mark.parametrize("declared", [100, 10 * CHUNK_SIZE], ids=["small body", "streamed body"])
@@ -461,16 +465,15 @@ def test_body_shorter_than_its_content_length_is_a_bad_request(
         forwarder: Forwarder, live_target: UpstreamTarget, declared: int) -> None:
     request = make_request(method="POST", headers={"content-length": str(declared)})
     with pytest.raises(BadRequestError):
-        forwarder.forward(request, io.BytesIO(b"too short"), live_target)
+        forwarder.forward(request, body_of(request, io.BytesIO(b"too short")), live_target)
 
 
-@pytest.mark.parametrize("declared", ["abc", "-1", "5, 5", "１２"],
-                         ids=["not a number", "negative", "repeated", "non-ascii digits"])
-def test_malformed_content_length_is_a_bad_request(
-        forwarder: Forwarder, upstream_mock: Mocker, declared: str) -> None:
+@pytest.mark.parametrize("declared", ["abc", "-1", "5, 5", "１２", "+5", " 5"],
+                         ids=["not a number", "negative", "repeated", "non-ascii digits", "signed", "spaced"])
+def test_malformed_content_length_is_a_bad_request(upstream_mock: Mocker, declared: str) -> None:
     request = make_request(method="POST", headers={"content-length": declared})
     with pytest.raises(BadRequestError):
-        forwarder.forward(request, io.BytesIO(b"12345"), MOCK_TARGET)
+        body_of(request, io.BytesIO(b"12345"))
 
 
 # --- responses --------------------------------------------------------------------------
@@ -665,14 +668,15 @@ def incoming_from_flask(request: flask.Request) -> IncomingRequest:
 
 @pytest.fixture
 def gateway(live_target: UpstreamTarget) -> t.Iterator[str]:
-    forwarder = Forwarder(max_body_bytes=1024)
+    forwarder = Forwarder()
     app = flask.Flask("gateway_under_test")
     register_error_handlers(app)
 
     @app.route("/", defaults={"path": ""}, methods=["GET", "POST"])
     @app.route("/<path:path>", methods=["GET", "POST"])
     def proxy(path: str) -> flask.Response:
-        return forwarder.forward(incoming_from_flask(flask.request), flask.request.stream, live_target)
+        incoming = incoming_from_flask(flask.request)
+        return forwarder.forward(incoming, client_body(flask.request.environ, incoming, 1024), live_target)
 
     server = ServerThread(app)
     yield server.url

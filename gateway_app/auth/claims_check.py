@@ -10,7 +10,9 @@ Examples (what Traefik Hub's ``claims`` option is used for)::
     input.claims.tier == "gold" or ...                                  # "or": write two rules, see README
 
 The expression is compiled once with the policy engine at load time; a syntax error is a
-config error. It allows when the body holds; an undefined or false body denies.
+config error. It allows when the body holds; an undefined or false body denies; an evaluation
+that fails (a runtime error in the engine) raises :class:`PolicyError`, which the oauth2 step
+logs and answers 403 ``policy_error``, as a failing ``opaAuth`` policy is answered.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import hashlib
 import typing as t
 
 from ..errors import ConfigError
-from ..errors import PolicyError
 from ..policy.engine import PolicyEngine
 from ..policy.loader import load_module
 
@@ -45,8 +46,8 @@ class RegoClaimsCheck:
             raise ConfigError(f"claims expression does not compile: {e.detail}", where=where) from e
 
     def allows(self, claims: t.Mapping[str, t.Any]) -> bool:
-        """Whether the rule is ``true`` for ``claims``; undefined or an evaluation error is ``False``."""
-        try:
-            return self.engine.evaluate(self.query, {"claims": dict(claims)}) is True
-        except PolicyError:
-            return False
+        """Whether the expression holds over ``input.claims`` (undefined: it does not).
+
+        :raises PolicyError: the evaluation failed.
+        """
+        return self.engine.evaluate(self.query, {"claims": dict(claims)}) is True

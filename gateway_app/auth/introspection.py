@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import logging
 import os
-import threading
 import time
 import typing as t
 import urllib.parse
@@ -105,6 +104,7 @@ class IntrospectionSettings:
 
     @property
     def client_id(self) -> str | None:
+        """The OAuth client the gateway introspects as (RFC 7662 §2.1), when it has one."""
         return self.client_auth.client_id
 
     @property
@@ -258,7 +258,7 @@ class _Failure(Exception):
 class IntrospectionValidator:
     """Validates opaque tokens against an RFC 7662 endpoint, with a bounded, hashed-key cache.
 
-    ``calls`` counts IdP requests (cache hits and misses are counted in the metrics). A cached
+    IdP requests, cache hits and misses are counted in the metrics (:class:`IdpMetrics`). A cached
     answer is only the token's state: exp/nbf are re-checked on every hit; the pipeline reuses
     its outcome for the same cached answer (see :mod:`gateway_app.auth.remembered`).
 
@@ -290,9 +290,7 @@ class IntrospectionValidator:
         self._infos: dict[str, tuple[dict[str, t.Any], TokenInfo]] = {}   # cache key -> (entry, its TokenInfo)
         self._clock = clock
         self._sleep = sleep
-        self._counter_lock = threading.Lock()
         self._metrics = IdpMetrics(settings.introspection_url, "introspection")
-        self.calls = 0                     # IdP calls made (attempts), for tests and tools
         if settings.tls.insecure_skip_verify:
             log.warning("TLS verification disabled for %s", settings.introspection_url)
 
@@ -301,7 +299,7 @@ class IntrospectionValidator:
         client id, and the token cache's size when it is in-process."""
         size = len(self._cache) if hasattr(self._cache, "__len__") else None
         return {"idp": self._metrics.idp, "client_id": self.settings.client_id, "token_cache_entries": size,
-                "token_cache": type(self._cache).__name__, "idp_calls": self.calls}
+                "token_cache": type(self._cache).__name__}
 
     def close(self) -> None:
         """Close the HTTP session if this validator created it."""
@@ -442,8 +440,6 @@ class IntrospectionValidator:
     def _ask_once(self, token: str, request_headers: t.Mapping[str, str] | None) -> dict[str, t.Any]:
         """One POST; the parsed JSON object, or a :class:`_Failure` saying why not."""
         data, headers = self._request_parts(token, request_headers)
-        with self._counter_lock:
-            self.calls += 1
         started = time.perf_counter()
         try:
             return self._post(data, headers)

@@ -49,7 +49,12 @@ class AuthPipeline:
     serial: int = dataclasses.field(default_factory=lambda: next(remembered.pipeline_serials))
 
     def run(self, ctx: AuthContext) -> None:
-        """Pass, or raise the error that decides the answer."""
+        """Pass, or raise the error that decides the answer, with this config's status.
+
+        :raises AuthenticationError: with ``authenticationFailureStatus`` and ``realm``.
+        :raises IdentityProviderError: with ``statusOnError`` (unless ``failureModeAllow``).
+        :raises AccessDeniedError: a scope, claims, policy or ``booleanExpr`` denial.
+        """
         try:
             if self.boolean_expr is not None:
                 self._run_expression(ctx)
@@ -59,16 +64,13 @@ class AuthPipeline:
                 for step in self.steps:
                     step.run(ctx)
         except AuthenticationError as e:
-            e.status_code = self.authentication_failure_status
-            e.realm = self.realm
-            raise
+            raise e.with_status(self.authentication_failure_status, realm=self.realm) from None
         except IdentityProviderError as e:
             if self.failure_mode_allow:
                 log.warning("IdP unavailable, failureModeAllow lets the request through: %s", e)
                 ctx.state.reason = "failure_mode_allow"
                 return
-            e.status_code = self.status_on_error
-            raise
+            raise e.with_status(self.status_on_error) from None
 
     def _run_remembering(self, ctx: AuthContext) -> None:
         """Validate the token; answer from its remembered outcome, or run the rest and remember it."""

@@ -81,7 +81,6 @@ class Outcome:
     jwt_access_token: dict[str, t.Any] | None
     introspection: dict[str, t.Any] | None
     upstream_headers: dict[str, str]
-    api_product_id: str | None
     reason: str
     query: str | None
 
@@ -90,7 +89,7 @@ class Outcome:
         """The allowed outcome of ``ctx``'s pipeline, as :meth:`apply` puts it back."""
         state = ctx.state
         return cls(state.subject, state.claims, state.metadata, state.jwt_access_token, state.introspection,
-                   dict(state.upstream_headers), state.api_product_id, state.reason, ctx.query)
+                   dict(state.upstream_headers), state.reason, ctx.query)
 
     def apply(self, ctx: AuthContext) -> None:
         """Put the outcome in this request's state; the containers later code may change are copies."""
@@ -101,7 +100,6 @@ class Outcome:
         state.jwt_access_token = self.jwt_access_token
         state.introspection = self.introspection
         state.upstream_headers = dict(self.upstream_headers)
-        state.api_product_id = self.api_product_id
         state.reason = self.reason
         ctx.query = self.query
 

@@ -5,14 +5,13 @@ in a :class:`StaleIfErrorValidator`: each successful validation is remembered (h
 for the window; when the IdP then fails (:class:`IdentityProviderError`), an answer confirmed
 less than the window ago is served again, as long as the token's own ``exp`` has not passed.
 An inactive answer forgets the token at once. Memory is bounded (:data:`MAX_ENTRIES`), the
-window is bounded (:data:`MAX_WINDOW`) and every stale answer is counted (``stale_served``)
-and logged, without the token.
+window is bounded (:data:`MAX_WINDOW`) and every stale answer is counted (the
+``gateway_stale_if_error_served_total`` metric) and logged, without the token.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import typing as t
 
@@ -23,6 +22,7 @@ from ..errors import IdentityProviderError
 from ..errors import InvalidTokenError
 from ..metrics import STALE_SERVED
 from .state import TokenInfo
+from .steps import TokenValidator
 
 log = logging.getLogger("gateway_app.auth.stale")
 
@@ -30,12 +30,14 @@ MAX_WINDOW = 300.0
 MAX_ENTRIES = 10_000
 
 
-class TokenValidator(t.Protocol):
-    def validate(self, token: str) -> TokenInfo: ...
-
-
 class StaleIfErrorValidator:
-    """``validate(token)`` of ``inner``, falling back to a recent active answer on IdP errors."""
+    """``validate(token)`` of ``inner``, falling back to a recent active answer on IdP errors.
+
+    ``window``: seconds an active answer may be served again (at most :data:`MAX_WINDOW`);
+    ``max_entries``: answers kept; ``clock``: epoch seconds (the token's ``exp`` is read against it).
+
+    :raises ValueError: ``window`` outside ``(0, MAX_WINDOW]``.
+    """
 
     def __init__(self, inner: TokenValidator, window: float, *, max_entries: int = MAX_ENTRIES,
                  clock: t.Callable[[], float] = time.time) -> None:
@@ -45,8 +47,6 @@ class StaleIfErrorValidator:
         self.window = window
         self._clock = clock
         self._answers: TTLCache[TokenInfo] = TTLCache(max_entries, clock=clock)
-        self._lock = threading.Lock()
-        self.stale_served = 0
 
     def validate(self, token: str) -> TokenInfo:
         """:raises InvalidTokenError: as ``inner``.
@@ -62,7 +62,7 @@ class StaleIfErrorValidator:
             stale = self._usable(self._answers.get(key))
             if stale is None:
                 raise
-            self._count()
+            STALE_SERVED.inc()
             log.warning("IdP unavailable: serving an active answer confirmed less than %gs ago (stale-if-error)",
                         self.window)
             return stale
@@ -74,16 +74,11 @@ class StaleIfErrorValidator:
             return None
         return info
 
-    def _count(self) -> None:
-        with self._lock:
-            self.stale_served += 1
-        STALE_SERVED.inc()
-
     def state(self) -> dict[str, t.Any]:
         """For the admin view: the wrapped validator's state, the window and answers kept."""
         inner = getattr(self.inner, "state", None)
         return {**(inner() if callable(inner) else {}), "stale_if_error_seconds": self.window,
-                "stale_answers_entries": len(self._answers), "stale_served": self.stale_served}
+                "stale_answers_entries": len(self._answers)}
 
     def close(self) -> None:
         """Nothing to release: ``inner`` is closed by whoever owns it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+from ..errors import GatewayError
 from ..errors import InvalidTokenError
 from .claim_types import check_claim_types
 
@@ -44,11 +45,13 @@ class TokenInfo:
 
     @property
     def subject(self) -> str | None:
+        """The ``sub`` claim when it is a string (RFC 7519 §4.1.2, RFC 7662 §2.2)."""
         sub = self.claims.get("sub")
         return sub if isinstance(sub, str) else None
 
     @property
     def scopes(self) -> list[str]:
+        """The granted scopes (:func:`scopes_of`)."""
         return scopes_of(self.claims)
 
     def expired(self, now: float, leeway: float = 0.0) -> bool:
@@ -91,7 +94,14 @@ class AuthState:
 
     ``metadata`` holds Gloo's dynamic metadata: ``{"config_0": {"sub": "my-client"}}``.
     ``jwt_access_token`` / ``introspection`` hold verified claims for policies
-    (``input.state.jwtAccessToken``). ``upstream_headers`` are headers steps ask to add.
+    (``input.state.jwtAccessToken``). ``upstream_headers`` is the one dict of headers the
+    gateway sets upstream (lower-cased name -> value): auth steps write it, then the route's
+    transforms and the credential removal (:func:`gateway_app.gateway.prepare_upstream`).
+    ``token_location`` is where the validated token was found; ``remove_from_request`` lists
+    every ``(kind, name)`` location a ``removeFromRequest`` token source read for it, which
+    is what the forward stage removes (as Oathkeeper's session tells its mutators).
+    ``outcome`` (``none`` | ``allowed`` | ``denied`` | ``error``) and ``reason`` go to the
+    access record and the metrics.
     """
 
     subject: str | None = None
@@ -99,14 +109,18 @@ class AuthState:
     metadata: dict[str, dict[str, t.Any]] = dataclasses.field(default_factory=dict)
     jwt_access_token: dict[str, t.Any] | None = None
     introspection: dict[str, t.Any] | None = None
-    token_source: str | None = None
     token_location: tuple[str, str] | None = None   # ("header"|"query"|"cookie", name)
+    remove_from_request: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     upstream_headers: dict[str, str] = dataclasses.field(default_factory=dict)
     outcome: str = "none"                            # none | allowed | denied | error
     reason: str = ""
-    api_product_id: str | None = None
+
+    def refuse(self, error: GatewayError) -> None:
+        """Record a refusal: ``error`` for a 5xx (the gateway or the IdP failed), else ``denied``."""
+        self.outcome, self.reason = ("error" if error.status_code >= 500 else "denied"), error.reason
 
     def accept_token(self, info: TokenInfo) -> None:
+        """Record a validated token's claims: for policies, for later steps and as the subject."""
         claims = dict(info.claims)
         self.claims.update(claims)
         if info.kind == "jwt":

@@ -33,7 +33,15 @@ log = logging.getLogger("gateway_app.decision")
 
 
 class TokenValidator(t.Protocol):
-    def validate(self, token: str) -> TokenInfo: ...
+    """What an oauth2 step validates tokens with: RFC 7662 introspection, JWT/JWKS, or a
+    stale-if-error wrapper of either."""
+
+    def validate(self, token: str) -> TokenInfo:
+        """The validated token's state.
+
+        :raises InvalidTokenError: the token is not valid (malformed, inactive, expired...).
+        :raises IdentityProviderError: validity cannot be decided (the IdP or JWKS failed).
+        """
 
 
 @dataclasses.dataclass
@@ -71,7 +79,11 @@ def claim_value(claims: t.Mapping[str, t.Any], name: str) -> t.Any:
 
 
 class ClaimsCheck(t.Protocol):
-    def allows(self, claims: t.Mapping[str, t.Any]) -> bool: ...
+    """A ``claims`` condition (:mod:`gateway_app.auth.claims_check`, Traefik's
+    :mod:`gateway_app.traefik.claims`)."""
+
+    def allows(self, claims: t.Mapping[str, t.Any]) -> bool:
+        """Whether ``claims`` satisfy the condition. :raises PolicyError: it could not be evaluated."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -94,13 +106,23 @@ class OAuth2Step:
 
     @property
     def metadata_key(self) -> str:
+        """Where this step's dynamic metadata lives: ``config_<index>`` (Gloo's key)."""
         return f"config_{self.index}"
 
     def run(self, ctx: AuthContext) -> None:
+        """:meth:`authenticate`, then :meth:`admit`.
+
+        :raises GatewayError: the token is missing, invalid, lacks a scope or fails ``claims``.
+        """
         self.admit(self.authenticate(ctx), ctx)
 
     def authenticate(self, ctx: AuthContext) -> TokenInfo:
-        """Find the token and validate it; where it was found goes into the state."""
+        """Find the token and validate it. Where it was found goes into the state, and with
+        ``removeFromRequest`` every location the source read, for the forward stage to remove.
+
+        :raises MissingTokenError: no token in any location the source reads.
+        :raises GatewayError: as :meth:`TokenSource.extract` and the validator raise.
+        """
         found = self.token_source.extract(ctx.request)
         if found is None:
             raise MissingTokenError()
@@ -109,11 +131,17 @@ class OAuth2Step:
         else:
             info = self.validator.validate(found.value, self.request_headers(ctx.request))
         ctx.state.token_location = found.location
-        ctx.state.token_source = found.location[0]
+        if self.token_source.remove_from_request:
+            ctx.state.remove_from_request.extend(self.token_source.locations(ctx.request))
         return info
 
     def admit(self, info: TokenInfo, ctx: AuthContext) -> None:
-        """Check the validated token's scopes and claims, then publish its claims."""
+        """Check the validated token's scopes and claims, then publish its claims (metadata,
+        subject, claim headers).
+
+        :raises InsufficientScopeError: a required scope is missing.
+        :raises AccessDeniedError: ``claims_mismatch``. :raises PolicyError: the claims check failed.
+        """
         ctx.state.accept_token(info)
         self._check_scopes(info)
         self._check_claims(info)
@@ -128,7 +156,15 @@ class OAuth2Step:
             raise InsufficientScopeError(f"missing required scope(s): {' '.join(missing)}")
 
     def _check_claims(self, info: TokenInfo) -> None:
-        if self.claims_check is not None and not self.claims_check.allows(info.claims):
+        """:raises AccessDeniedError: ``claims_mismatch``; :raises PolicyError: the check failed (logged)."""
+        if self.claims_check is None:
+            return
+        try:
+            allowed = self.claims_check.allows(info.claims)
+        except PolicyError as e:
+            log.warning("claims check %s of config %s failed: %s", self.claims_expression, self.name, e)
+            raise
+        if not allowed:
             log.info("token claims do not satisfy %s (config %s)", self.claims_expression, self.name)
             raise AccessDeniedError("the token's claims do not satisfy this route's condition",
                                     reason="claims_mismatch")
@@ -153,6 +189,7 @@ class OAuth2Step:
             state.upstream_headers[mapping.header] = f"{current},{value}" if mapping.append and current else value
 
     def managed_headers(self) -> frozenset[str]:
+        """The headers this step sets upstream (lower-cased): client copies are removed."""
         return frozenset(h.header for h in self.claim_headers)
 
 
@@ -167,22 +204,28 @@ class OpaStep:
     shadow: "OpaStep | None" = None
 
     def run(self, ctx: AuthContext) -> None:
+        """Decide; on allow, add the decision's headers and dynamic metadata to the state.
+
+        :raises AccessDeniedError: the policy denied (with its status, headers and body).
+        :raises PolicyError: the result was undefined, invalid, or the evaluation failed (logged).
+        """
         ctx.query = self.query
         decision = self.decide(ctx)
         if self.shadow is not None:
             self._compare_with_shadow(ctx, decision)
-        if not decision.allowed:
-            if decision.reason != "policy_denied":
+        error = decision.to_error()
+        if error is not None:
+            if isinstance(error, PolicyError):
                 log.warning("policy %s denied route %s: %s %s", self.query, ctx.route.name, decision.reason,
                             decision.detail)
-                raise PolicyError("access denied by policy", reason=decision.reason)
-            raise AccessDeniedError("access denied by policy", reason=decision.reason,
-                                    status_code=decision.http_status, headers=decision.headers, body=decision.body)
+            raise error
         ctx.state.upstream_headers.update(decision.headers)
         if decision.dynamic_metadata:
             ctx.state.metadata.setdefault(f"config_{self.index}", {}).update(decision.dynamic_metadata)
 
     def decide(self, ctx: AuthContext) -> Decision:
+        """The policy's :class:`Decision` over the request's input document (built once per
+        request); an evaluation error is a deny (fail closed), never raised."""
         if ctx.policy_input is None:
             ctx.policy_input = build_input(ctx.request, ctx.route, ctx.state)
         started = time.perf_counter()
@@ -207,6 +250,7 @@ class OpaStep:
             }))
 
     def managed_headers(self) -> frozenset[str]:
+        """None: a policy's headers are its decision's, not known in advance."""
         return frozenset()
 
 

@@ -48,7 +48,7 @@ def build_input(request: IncomingRequest, route: RouteMeta, state: AuthState) ->
     - ``check_request.attributes.source.address.socketAddress.address``: the client address
       (present only when known).
     - ``check_request.attributes.metadata_context.filter_metadata["io.solo.gloo.apimanagement"]``:
-      ``api_product_id`` (the route's, else the one an auth step recorded, else ``""``),
+      ``api_product_id`` (the route's, else ``""``),
       ``usagePlan`` and ``usage_plan`` (the route's usage plan, else ``""``).
     - ``check_request.attributes.context_extensions``: the route's labels.
     - ``state``: ``jwtAccessToken`` (verified JWT claims; omitted when there are none),
@@ -71,7 +71,7 @@ def build_input(request: IncomingRequest, route: RouteMeta, state: AuthState) ->
     http = _http_attributes(request)
     attributes: dict[str, t.Any] = {
         "request": {"http": http},
-        "metadata_context": {"filter_metadata": {APIMANAGEMENT_FILTER: _apimanagement(route, state)}},
+        "metadata_context": {"filter_metadata": {APIMANAGEMENT_FILTER: _apimanagement(route)}},
         "context_extensions": dict(route.labels),
     }
     if request.remote_addr:
@@ -101,10 +101,10 @@ def _http_attributes(request: IncomingRequest) -> dict[str, t.Any]:
     }
 
 
-def _apimanagement(route: RouteMeta, state: AuthState) -> dict[str, str]:
+def _apimanagement(route: RouteMeta) -> dict[str, str]:
     usage_plan = route.usage_plan or ""
     return {
-        "api_product_id": route.api_product_id or state.api_product_id or "",
+        "api_product_id": route.api_product_id or "",
         "usagePlan": usage_plan,
         "usage_plan": usage_plan,
     }
