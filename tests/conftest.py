@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pathlib
-import textwrap
 import typing as t
 
 import pytest
 
 from gateway_app import create_app
 from gateway_app.settings import Settings
+from tests.factories import write_tree
+from tests.support.clocks import FakeClock
 from tests.support.recording_upstream import RecordingUpstream
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -23,13 +24,11 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def write_tree(root: pathlib.Path, files: t.Mapping[str, str]) -> pathlib.Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    return root
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """Epoch seconds that move only when the test says so (:mod:`tests.support.clocks`)."""
+    return FakeClock()
 
 
 @pytest.fixture

@@ -1,6 +1,31 @@
-"""Config snippets the tests share, so a resource's shape is written once."""
+"""What the tests build the same way everywhere: config trees, resource snippets, requests, headers.
+
+One home per helper, so a resource's shape or a request's defaults are written once.
+"""
 
 from __future__ import annotations
+
+import pathlib
+import textwrap
+import typing as t
+
+from gateway_app.auth.introspection import IntrospectionSettings
+from gateway_app.auth.introspection import parse_introspection_settings
+from gateway_app.config.fields import Node
+from gateway_app.config.secrets import SecretStore
+
+
+def write_tree(root: pathlib.Path, files: t.Mapping[str, str]) -> pathlib.Path:
+    """Write ``files`` (relative name -> text, dedented) under ``root``; parents are created.
+
+    :returns: ``root``, to pass on as a config or Rego directory.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
 
 
 def upstream_yaml(name: str, namespace: str, addr: str = "upstream.test", port: int = 8000) -> str:
@@ -13,3 +38,24 @@ spec:
   static:
     hosts: [{{addr: {addr}, port: {port}}}]
 """
+
+
+def bearer(token: str, **headers: str) -> dict[str, str]:
+    """Request headers carrying ``token`` as an RFC 6750 §2.1 bearer credential, plus ``headers``."""
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+AUTH_CONFIG_WHERE = "conf/auth.yaml: AuthConfig gloo-system/oauth"
+INTROSPECTION_PATH = "spec.configs[0].oauth2.accessTokenValidation.introspection"
+
+
+def introspection_settings(secrets: SecretStore | None = None, **fields: t.Any) -> IntrospectionSettings:
+    """``accessTokenValidation.introspection`` parsed as the config loader does, from YAML-style
+    ``fields`` (``introspectionUrl=...``); a field given as None is left out. Secret references
+    resolve in ``gloo-system`` against ``secrets`` (none by default).
+
+    :raises ConfigError: as :func:`parse_introspection_settings` does.
+    """
+    data = {key: value for key, value in fields.items() if value is not None}
+    return parse_introspection_settings(Node(data, AUTH_CONFIG_WHERE, INTROSPECTION_PATH),
+                                        secrets or SecretStore([]), "gloo-system")

@@ -20,7 +20,6 @@ import pytest
 import redis
 
 from gateway_app.auth.introspection import IntrospectionValidator
-from gateway_app.auth.introspection import parse_introspection_settings
 from gateway_app.auth.jwt_validation import JwtValidator
 from gateway_app.auth.jwt_validation import parse_jwt_settings
 from gateway_app.cache import hash_key
@@ -29,7 +28,6 @@ from gateway_app.cache_redis import KEY_PREFIX
 from gateway_app.cache_redis import LOCK_PREFIX
 from gateway_app.cache_redis import RedisTokenCache
 from gateway_app.config.fields import Node
-from gateway_app.config.secrets import SecretStore
 from gateway_app.errors import IdentityProviderError
 from gateway_app.errors import InvalidTokenError
 from tests.keys import claims
@@ -39,6 +37,8 @@ from tests.keys import public_jwk
 from tests.keys import rsa_key
 from tests.support.servers import ServerProcess
 from tests.support.servers import free_port
+from tests.support.clocks import FakeClock
+from tests.factories import introspection_settings
 
 REDIS_SERVER = shutil.which("redis-server")
 IDP = "http://idp.test/oauth2/introspect"
@@ -88,14 +88,6 @@ def make_cache() -> t.Iterator[t.Callable[..., RedisTokenCache]]:
     yield build
     for cache in made:
         cache.close()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_entry_round_trips_as_json_between_instances(redis_url, raw, make_cache):
@@ -216,7 +208,7 @@ def test_garbage_under_a_key_reads_as_a_miss(redis_url, raw, make_cache):
 
 def test_redis_down_falls_back_to_memory_and_logs_once(make_cache, caplog):
     caplog.set_level(logging.WARNING, logger="gateway_app.cache_redis")
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = make_cache(f"redis://:hunter2@127.0.0.1:{free_port()}/0", retry_after=5, clock=clock)
     for index in range(5):
         cache.set(f"k{index}", {"n": index}, ttl=60)
@@ -254,7 +246,7 @@ def test_unresponsive_redis_times_out_quickly(make_cache):
 def test_redis_is_used_again_after_the_back_off(tmp_path, make_cache, caplog):
     caplog.set_level(logging.INFO, logger="gateway_app.cache_redis")
     port = free_port()
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = make_cache(f"redis://127.0.0.1:{port}/0", retry_after=5, clock=clock)
     cache.set("before", {"n": 1}, ttl=60)
     assert cache.failures == 1
@@ -280,16 +272,15 @@ def _introspection_answer(request, context):
 
 
 def _validator(cache: RedisTokenCache, cache_timeout: str = "10m", **options: t.Any) -> IntrospectionValidator:
-    data = {"introspectionUrl": IDP, "disableClientSecret": True, "retries": 0, "cacheTimeout": cache_timeout,
-            "negativeCacheTimeout": "2s"}
-    settings = parse_introspection_settings(Node(data, "test.yaml", "introspection"), SecretStore([]), "default")
+    settings = introspection_settings(introspectionUrl=IDP, disableClientSecret=True, retries=0,
+                                      cacheTimeout=cache_timeout, negativeCacheTimeout="2s")
     return IntrospectionValidator(settings, cache=cache, **options)
 
 
 def test_a_token_revoked_at_the_idp_is_refused_on_real_short_3s_after_another_worker_cached_it_for_real(
         redis_url, raw, make_cache, requests_mock):
     """``real`` (10m) in one process and ``real-short`` (2s) in another share Redis: ``real-short`` asks again."""
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     epoch = lambda: 1_700_000_000.0 + clock.now          # noqa: E731 - the validators' wall clock
     idp = requests_mock.post(IDP, [{"json": {"active": True, "sub": "alice"}}, {"json": {"active": False}}])
     real = _validator(make_cache(redis_url), clock=epoch)

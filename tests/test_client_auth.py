@@ -17,19 +17,16 @@ from gateway_app.auth.client_auth import ClientAuthSettings
 from gateway_app.auth.client_auth import build_client_auth
 from gateway_app.auth.introspection import IntrospectionSettings
 from gateway_app.auth.introspection import IntrospectionValidator
-from gateway_app.auth.introspection import parse_introspection_settings
-from gateway_app.config.fields import Node
 from gateway_app.config.secrets import Secret
 from gateway_app.config.secrets import SecretStore
 from gateway_app.config.secrets import SecretValue
 from gateway_app.errors import ConfigError
+from tests.factories import introspection_settings
 
 URL = "http://idp.test/realms/demo/protocol/openid-connect/token/introspect"
 CLIENT_ID = "gateway client:1"
 SECRET = "p@ss word/é+:" + "x" * 40            # long enough for HS256..HS512
 TOKEN = "opaque-token-1234"
-WHERE = "conf/auth.yaml: AuthConfig gloo-system/oauth"
-PATH = "spec.configs[0].oauth2.accessTokenValidation.introspection"
 
 
 def _pem(key) -> str:
@@ -57,11 +54,9 @@ def secret_store() -> SecretStore:
 
 
 def make_settings(**fields) -> IntrospectionSettings:
-    data = {"introspectionUrl": URL, "clientId": CLIENT_ID,
-            "clientSecretRef": {"name": "client-secret", "namespace": "gloo-system"}}
-    data.update(fields)
-    data = {key: value for key, value in data.items() if value is not None}
-    return parse_introspection_settings(Node(data, WHERE, PATH), secret_store(), "gloo-system")
+    defaults = {"introspectionUrl": URL, "clientId": CLIENT_ID,
+                "clientSecretRef": {"name": "client-secret", "namespace": "gloo-system"}}
+    return introspection_settings(secret_store(), **{**defaults, **fields})
 
 
 def applied(settings: IntrospectionSettings) -> tuple[dict[str, str], dict[str, str]]:

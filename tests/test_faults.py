@@ -29,6 +29,7 @@ from keys import make_jwt
 from keys import public_jwk
 from keys import rsa_key
 from factories import upstream_yaml
+from tests.support.clocks import FakeClock as Clock   # seconds from 1_000_000.0 in the stale-if-error tests
 
 IDP = "http://idp.test/introspect"
 JWKS = "http://idp.test/jwks.json"
@@ -233,20 +234,12 @@ class ScriptedValidator:
         return answer
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
 def _info(exp_in: float, clock: Clock) -> TokenInfo:
     return TokenInfo(claims={"sub": "alice"}, kind="introspection", expires_at=clock.now + exp_in)
 
 
 def test_stale_if_error_serves_a_recent_active_answer_while_the_idp_is_down():
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     info = _info(600, clock)
     validator = StaleIfErrorValidator(ScriptedValidator(info, IdentityProviderError()), 60, clock=clock)
     counted_before = STALE_SERVED._value.get()
@@ -258,7 +251,7 @@ def test_stale_if_error_serves_a_recent_active_answer_while_the_idp_is_down():
 
 
 def test_stale_if_error_ends_with_its_window():
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     validator = StaleIfErrorValidator(ScriptedValidator(_info(600, clock), IdentityProviderError()), 60, clock=clock)
     validator.validate(TOKEN)
     clock.now += 61
@@ -268,7 +261,7 @@ def test_stale_if_error_ends_with_its_window():
 
 
 def test_stale_if_error_never_serves_a_token_past_its_exp():
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     validator = StaleIfErrorValidator(ScriptedValidator(_info(10, clock), IdentityProviderError()), 60, clock=clock)
     validator.validate(TOKEN)
     clock.now += 11
@@ -277,7 +270,7 @@ def test_stale_if_error_never_serves_a_token_past_its_exp():
 
 
 def test_stale_if_error_forgets_a_token_the_idp_called_inactive():
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     inner = ScriptedValidator(_info(600, clock), InvalidTokenError(reason="token_inactive"), IdentityProviderError())
     validator = StaleIfErrorValidator(inner, 60, clock=clock)
     validator.validate(TOKEN)
@@ -294,7 +287,7 @@ def test_stale_if_error_does_not_help_tokens_it_never_saw():
 
 
 def test_stale_if_error_memory_is_bounded():
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     inner = ScriptedValidator(*[_info(600, clock) for _ in range(3)], IdentityProviderError())
     validator = StaleIfErrorValidator(inner, 60, max_entries=2, clock=clock)
     for token in ("token-a-123456", "token-b-123456", "token-c-123456"):

@@ -14,38 +14,24 @@ import requests
 
 from gateway_app.auth.introspection import IntrospectionSettings
 from gateway_app.auth.introspection import IntrospectionValidator
-from gateway_app.auth.introspection import parse_introspection_settings
 from gateway_app.cache import TTLCache
 from gateway_app.cache import hash_key
-from gateway_app.config.fields import Node
 from gateway_app.config.secrets import Secret
 from gateway_app.config.secrets import SecretStore
 from gateway_app.config.secrets import SecretValue
 from gateway_app.errors import ConfigError
 from gateway_app.errors import IdentityProviderError
 from gateway_app.errors import InvalidTokenError
+from tests.factories import AUTH_CONFIG_WHERE as WHERE
+from tests.factories import INTROSPECTION_PATH as PATH
+from tests.factories import introspection_settings
 
 URL = "http://idp.test/admin/oauth2/introspect"
 KEYCLOAK_URL = "http://idp.test/realms/demo/protocol/openid-connect/token/introspect"
 SECRET = "s3cr:t/+é? with space"
 OTHER_SECRET = "a-different-secret"
 TOKEN = "opaque-token-AAAA.BBBB-1234"
-WHERE = "conf/auth.yaml: AuthConfig gloo-system/oauth"
-PATH = "spec.configs[0].oauth2.accessTokenValidation.introspection"
 NOW = 1_700_000_000.0
-
-
-class FakeClock:
-    """Epoch seconds that only move when a test says so."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingCache:
@@ -78,19 +64,9 @@ def secret_store() -> SecretStore:
 
 def make_settings(**fields) -> IntrospectionSettings:
     """Settings from a YAML-like mapping; a field given as None is removed."""
-    data = {
-        "introspectionUrl": URL,
-        "clientId": "my client",
-        "clientSecretRef": {"name": "client-secret", "namespace": "gloo-system"},
-    }
-    data.update(fields)
-    data = {key: value for key, value in data.items() if value is not None}
-    return parse_introspection_settings(Node(data, WHERE, PATH), secret_store(), "gloo-system")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+    defaults = {"introspectionUrl": URL, "clientId": "my client",
+                "clientSecretRef": {"name": "client-secret", "namespace": "gloo-system"}}
+    return introspection_settings(secret_store(), **{**defaults, **fields})
 
 
 @pytest.fixture

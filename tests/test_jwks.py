@@ -31,30 +31,13 @@ from tests.keys import jwks
 from tests.keys import make_jwt
 from tests.keys import public_jwk
 from tests.keys import rsa_key
+from tests.support.clocks import FakeClock
 
 JWKS_URL = "https://idp.example.test/oauth2/jwks"
 ISSUER_URL = "https://idp.example.test/"
 DISCOVERY_URL = "https://idp.example.test/.well-known/openid-configuration"
 REFRESH = 300.0
 MIN_FETCH = 30.0
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 class RecordingSpawn:

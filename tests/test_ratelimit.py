@@ -17,6 +17,7 @@ from gateway_app.ratelimit import MICROS
 from gateway_app.ratelimit import MemoryLimiter
 from gateway_app.ratelimit import Rate
 from gateway_app.ratelimit import RedisLimiter
+from tests.support.clocks import FakeClock
 from gateway_app.ratelimit import gcra
 from tests.support.servers import free_port
 from tests.test_cache_redis import redis_url  # noqa: F401  (the module's redis-server)
@@ -26,22 +27,11 @@ FIVE_PER_MINUTE = Rate(5, 60 * MICROS)
 INTERVAL = 12 * MICROS                  # 60 s / 5
 
 
-class Clock:
-    def __init__(self, now: int = START) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, microseconds: int) -> None:
-        self.now += microseconds
-
-
 @pytest.fixture(params=["memory", "redis"])
-def make_limiter(request: pytest.FixtureRequest) -> t.Iterator[t.Callable[[Clock], t.Any]]:
+def make_limiter(request: pytest.FixtureRequest) -> t.Iterator[t.Callable[[FakeClock], t.Any]]:
     made: list[RedisLimiter] = []
 
-    def factory(clock: Clock) -> t.Any:
+    def factory(clock: FakeClock) -> t.Any:
         if request.param == "memory":
             return MemoryLimiter(clock=clock)
         url = request.getfixturevalue("redis_url")
@@ -61,7 +51,7 @@ def hits(limiter: t.Any, count: int, rate: Rate = FIVE_PER_MINUTE, quota: Rate |
 
 
 def test_a_burst_of_exactly_the_limit_passes_and_the_next_is_refused(make_limiter):
-    limiter = make_limiter(Clock())
+    limiter = make_limiter(FakeClock(START))
     remaining = [limiter.hit("k", FIVE_PER_MINUTE, None).remaining for _ in range(5)]
     refused = limiter.hit("k", FIVE_PER_MINUTE, None)
 
@@ -70,7 +60,7 @@ def test_a_burst_of_exactly_the_limit_passes_and_the_next_is_refused(make_limite
 
 
 def test_one_request_passes_again_exactly_one_interval_later_not_a_microsecond_earlier(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     hits(limiter, 5)
     clock.advance(INTERVAL - 1)
@@ -85,7 +75,7 @@ def test_one_request_passes_again_exactly_one_interval_later_not_a_microsecond_e
 
 
 def test_a_full_period_of_silence_restores_the_whole_budget_and_no_more(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     hits(limiter, 5)
     clock.advance(10 * 60 * MICROS)
@@ -94,7 +84,7 @@ def test_a_full_period_of_silence_restores_the_whole_budget_and_no_more(make_lim
 
 
 def test_refused_requests_do_not_use_up_budget(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     hits(limiter, 5)
     assert hits(limiter, 20) == [False] * 20
@@ -104,7 +94,7 @@ def test_refused_requests_do_not_use_up_budget(make_limiter):
 
 
 def test_reset_is_the_time_until_the_bucket_is_full_again(make_limiter):
-    limiter = make_limiter(Clock())
+    limiter = make_limiter(FakeClock(START))
     first = limiter.hit("k", FIVE_PER_MINUTE, None)
     second = limiter.hit("k", FIVE_PER_MINUTE, None)
 
@@ -112,13 +102,13 @@ def test_reset_is_the_time_until_the_bucket_is_full_again(make_limiter):
 
 
 def test_keys_do_not_share_a_budget(make_limiter):
-    limiter = make_limiter(Clock())
+    limiter = make_limiter(FakeClock(START))
     assert hits(limiter, 6, key="alice") == [True] * 5 + [False]
     assert hits(limiter, 1, key="bob") == [True]
 
 
 def test_quota_refuses_at_its_limit_and_starts_over_exactly_at_the_window_edge(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     generous = Rate(1000, MICROS)
     quota = Rate(3, 60 * MICROS)
@@ -135,7 +125,7 @@ def test_quota_refuses_at_its_limit_and_starts_over_exactly_at_the_window_edge(m
 
 
 def test_the_window_with_fewer_remaining_is_reported(make_limiter):
-    limiter = make_limiter(Clock())
+    limiter = make_limiter(FakeClock(START))
     usage = limiter.hit("k", FIVE_PER_MINUTE, Rate(100, 3600 * MICROS))
     tight = limiter.hit("q", FIVE_PER_MINUTE, Rate(2, 3600 * MICROS))
 
@@ -144,7 +134,7 @@ def test_the_window_with_fewer_remaining_is_reported(make_limiter):
 
 
 def test_a_request_refused_by_the_rate_is_not_counted_in_the_quota(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     quota = Rate(10, 3600 * MICROS)
     hits(limiter, 5, quota=quota)
@@ -168,7 +158,7 @@ def test_limits_that_do_not_divide_the_period_round_the_interval_down():
 
 
 def test_a_changed_limit_applies_at_once_and_keeps_the_requests_already_counted(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     hits(limiter, 3)
     raised = Rate(10, 60 * MICROS)
@@ -191,7 +181,7 @@ def test_concurrent_hits_on_redis_admit_exactly_the_limit(redis_url):  # noqa: F
 
 
 def test_memory_limiter_divides_every_limit_by_the_worker_count():
-    limiter = MemoryLimiter(divisor=2, clock=Clock())
+    limiter = MemoryLimiter(divisor=2, clock=FakeClock(START))
     assert hits(limiter, 3) == [True, True, False]
 
 
@@ -207,5 +197,5 @@ def test_redis_down_fails_closed_within_the_socket_timeout_and_backs_off():
 
 def test_redis_down_fails_open_to_per_worker_limits():
     limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", failure_mode="open",
-                           fallback=MemoryLimiter(clock=Clock()))
+                           fallback=MemoryLimiter(clock=FakeClock(START)))
     assert hits(limiter, 6) == [True] * 5 + [False]

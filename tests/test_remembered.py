@@ -17,10 +17,12 @@ from gateway_app.auth.remembered import TOKEN_AND_ROUTE_INPUT
 from gateway_app.auth.remembered import within
 from gateway_app.policy.engine import ALL
 from gateway_app.policy.engine import PolicyEngine
+from tests.factories import write_tree
 from keys import jwks_json
 from keys import make_jwt
 from keys import public_jwk
 from keys import rsa_key
+from tests.factories import bearer
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp.test/introspect"
@@ -151,9 +153,6 @@ def token(scope: str = "petstore", sub: str = "my-client", lifetime: int = 3600)
     now = int(time.time())
     return make_jwt({"sub": sub, "scope": scope, "iat": now, "exp": now + lifetime}, KEY, "RS256", kid="k1")
 
-
-def bearer(value: str, **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {value}", **headers}
 
 
 def upstream_headers(requests_mock) -> dict[str, str]:
@@ -314,7 +313,6 @@ spec:
 
 
 def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(tmp_path, requests_mock):
-    from conftest import write_tree
     from gateway_app.auth.state import AuthState
     from gateway_app.auth.steps import AuthContext
     from gateway_app.config.auth_configs import ValidatorRegistry
