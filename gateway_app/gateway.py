@@ -58,9 +58,10 @@ REQUEST_ID_KEY = "gateway.request_id"      # where the request id lives in the W
 
 
 class Gateway:
-    def __init__(self, settings: Settings, forwarder: Forwarder | None = None) -> None:
+    def __init__(self, settings: Settings, forwarder: Forwarder | None = None,
+                 clock: t.Callable[[], float] | None = None) -> None:
         self.settings = settings
-        self.registry = ValidatorRegistry(settings.token_cache_url)
+        self.registry = ValidatorRegistry(settings.token_cache_url, clock=clock)   # clock: epoch seconds
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         # The body limit has one home: each route's max_body_bytes, set when the config is built.
         self.forwarder = forwarder or Forwarder()

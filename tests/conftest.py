@@ -33,13 +33,16 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def make_app(tmp_path: pathlib.Path) -> t.Callable[..., t.Any]:
-    """``make_app({"vs.yaml": ...}, rego={"p.rego": ...}, **settings)`` -> a Flask app."""
+    """``make_app({"vs.yaml": ...}, rego={"p.rego": ...}, clock=None, **settings)`` -> a Flask app
+    from :func:`gateway_app.create_app`; ``clock`` (epoch seconds) replaces the validators' clock."""
 
-    def factory(conf: t.Mapping[str, str], rego: t.Mapping[str, str] | None = None, **settings: t.Any) -> t.Any:
+    def factory(conf: t.Mapping[str, str], rego: t.Mapping[str, str] | None = None, *,
+                clock: t.Callable[[], float] | None = None, **settings: t.Any) -> t.Any:
         config_dir = write_tree(tmp_path / "conf", conf)
         rego_dir = write_tree(tmp_path / "rego", rego or {})
         options = {"reload_interval": 0, "log_level": "debug", **settings}
-        app = create_app(settings=Settings.from_env({}, config_dir=config_dir, rego_dir=rego_dir, **options))
+        app = create_app(settings=Settings.from_env({}, config_dir=config_dir, rego_dir=rego_dir, **options),
+                         clock=clock)
         app.testing = True
         return app
 

@@ -406,10 +406,9 @@ def test_slow_idp_is_cut_off_by_the_timeout(make_validator):
         port = silent.getsockname()[1]
         validator = make_validator(make_settings(introspectionUrl=f"http://127.0.0.1:{port}/introspect",
                                                  timeout="200ms", retries=0))
-        started = time.monotonic()
-        with pytest.raises(IdentityProviderError):
-            validator.validate(TOKEN)
-    assert time.monotonic() - started < 2
+        with pytest.raises(IdentityProviderError) as caught:
+            validator.validate(TOKEN)                  # hangs, rather than passes, without the timeout
+    assert "timed out" in str(caught.value)
 
 
 # -- retries -------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 import typing as t
 
 import pytest
@@ -18,6 +17,8 @@ from gateway_app.auth.remembered import within
 from gateway_app.policy.engine import ALL
 from gateway_app.policy.engine import PolicyEngine
 from tests.factories import write_tree
+from tests.support.clocks import EPOCH
+from tests.support.clocks import FakeClock
 from keys import jwks_json
 from keys import make_jwt
 from keys import public_jwk
@@ -123,13 +124,14 @@ spec:
 
 
 @pytest.fixture
-def gateway(make_app, requests_mock, monkeypatch) -> t.Any:
-    return build_client(make_app, requests_mock, monkeypatch)
+def gateway(make_app, requests_mock, monkeypatch, clock) -> t.Any:
+    return build_client(make_app, requests_mock, monkeypatch, clock=clock)
 
 
 def build_client(make_app, requests_mock, monkeypatch, **settings: t.Any) -> t.Any:
     """The test client; ``client.evaluations`` counts policy evaluations by query."""
     jwks = jwks_json(public_jwk(KEY, kid="k1", alg="RS256"))
+    settings.setdefault("clock", FakeClock())
     app = make_app(config(jwks), rego={"seed.rego": SEED_POLICY, "bypath.rego": PATH_POLICY,
                                        "intro.rego": INTROSPECTION_POLICY}, **settings)
     requests_mock.get(UPSTREAM + "/petstore", json={"ok": True})
@@ -150,8 +152,8 @@ def build_client(make_app, requests_mock, monkeypatch, **settings: t.Any) -> t.A
 
 
 def token(scope: str = "petstore", sub: str = "my-client", lifetime: int = 3600) -> str:
-    now = int(time.time())
-    return make_jwt({"sub": sub, "scope": scope, "iat": now, "exp": now + lifetime}, KEY, "RS256", kid="k1")
+    """A JWT issued at :data:`EPOCH`, where the gateway's clock starts (:class:`FakeClock`)."""
+    return make_jwt({"sub": sub, "scope": scope, "iat": EPOCH, "exp": EPOCH + lifetime}, KEY, "RS256", kid="k1")
 
 
 
@@ -218,23 +220,23 @@ def test_different_tokens_get_their_own_outcomes(gateway, requests_mock):
     assert gateway.get("/petstore", headers=bearer(token(scope="tracks"))).status_code == 403
 
 
-def test_an_expired_jwt_is_refused_with_403_after_its_allow_was_remembered(gateway):
-    jwt = token(lifetime=1)
+def test_an_expired_jwt_is_refused_with_403_after_its_allow_was_remembered(gateway, clock):
+    jwt = token(lifetime=60)
     assert gateway.get("/petstore", headers=bearer(jwt)).status_code == 200
-    time.sleep(1.1)
+    clock.advance(60)                                 # exp reached (clockSkew: 0s)
     response = gateway.get("/petstore", headers=bearer(jwt))
     assert response.status_code == 403
     assert json.loads(response.data)["error"] == "token_expired"
 
 
-def test_a_revoked_opaque_token_is_refused_once_its_cache_entry_expires(gateway, requests_mock):
+def test_a_revoked_opaque_token_is_refused_once_its_cache_entry_expires(gateway, requests_mock, clock):
     idp = requests_mock.post(IDP, json={"active": True, "sub": "my-client", "scope": "petstore",
-                                        "exp": int(time.time()) + 3600})
+                                        "exp": EPOCH + 3600})
     assert gateway.get("/opaque", headers=bearer("opaque-token-1")).status_code == 200
     assert gateway.get("/opaque", headers=bearer("opaque-token-1")).status_code == 200
     assert (idp.call_count, gateway.evaluations) == (1, {"data.intro.allow == true": 1})
     requests_mock.post(IDP, json={"active": False})
-    time.sleep(1.1)                                   # cacheTimeout: 1s
+    clock.advance(1)                                  # cacheTimeout: 1s
     assert gateway.get("/opaque", headers=bearer("opaque-token-1")).status_code == 403
 
 
@@ -320,13 +322,13 @@ def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(
     from gateway_app.errors import InvalidTokenError
     from gateway_app.incoming import IncomingRequest
 
-    now = [1_700_000_000.0]
+    clock = FakeClock()
     conf = write_tree(tmp_path / "conf", {
         "auth.yaml": REAL_AUTH % {"name": "real", "idp": IDP, "extra": ""} + "---"
         + REAL_AUTH % {"name": "real-short", "idp": IDP, "extra": ", cacheTimeout: 2s"},
         "routes.yaml": REAL_ROUTES % {"upstream": UPSTREAM}})
     rego = write_tree(tmp_path / "rego", {"intro.rego": INTROSPECTION_POLICY})
-    config = load_config(conf, rego, ValidatorRegistry(clock=lambda: now[0]))
+    config = load_config(conf, rego, ValidatorRegistry(clock=clock))
     idp = requests_mock.post(IDP, [{"json": {"active": True, "sub": "alice", "scope": "petstore"}},
                                    {"json": {"active": False}}])
 
@@ -341,10 +343,10 @@ def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(
 
     assert authorize("/real") == "alice"                    # the IdP's answer, cached for 10 min
     assert authorize("/real-short") == "alice"              # the same entry; the outcome is remembered
-    now[0] += 1
+    clock.advance(1)
     assert authorize("/real-short") == "alice"              # from the remembered outcome
     assert idp.call_count == 1
-    now[0] += 2                                             # revoked at the IdP; 3 s after real cached it
+    clock.advance(2)                                       # revoked at the IdP; 3 s after real cached it
     with pytest.raises(InvalidTokenError) as caught:
         authorize("/real-short")
     assert caught.value.reason == "token_inactive"

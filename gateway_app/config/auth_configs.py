@@ -225,7 +225,8 @@ def _with_stale_if_error(validation: Node, kind: str, validator: t.Any, ctx: Aut
         return validator
     key = ("stale-if-error", id(validator), window)
     ctx.used_validator_keys.add(key)
-    return ctx.validators.get(key, lambda: StaleIfErrorValidator(validator, window))
+    return ctx.validators.get(key, lambda: StaleIfErrorValidator(validator, window,
+                                                                 **ctx.validators.clock_options("clock")))
 
 
 def _required_scopes(node: Node) -> tuple[str, ...]:
