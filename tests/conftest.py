@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import typing as t
 
@@ -47,6 +48,33 @@ def make_app(tmp_path: pathlib.Path) -> t.Callable[..., t.Any]:
         return app
 
     return factory
+
+
+class _Collecting(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def access_records() -> t.Iterator[list[logging.LogRecord]]:
+    """The test's ``gateway_app.access`` records, in order, each with its ``fields``.
+
+    Collected by a handler on that logger itself: ``configure_logging`` makes ``gateway_app``
+    non-propagating, and pytest's caplog only sees such a logger if it was made so before the
+    test started, so caplog misses the records of a test that builds the first app.
+    """
+    records: list[logging.LogRecord] = []
+    handler = _Collecting(records)
+    access = logging.getLogger("gateway_app.access")
+    access.addHandler(handler)
+    try:
+        yield records
+    finally:
+        access.removeHandler(handler)
 
 
 @pytest.fixture

@@ -254,12 +254,11 @@ def test_denials_are_never_remembered(gateway):
     assert gateway.evaluations == {"data.test.allow == true": 3}
 
 
-def test_the_access_record_of_a_remembered_allow_names_the_query(gateway, caplog):
+def test_the_access_record_of_a_remembered_allow_names_the_query(gateway, access_records):
     jwt = token()
     gateway.get("/petstore", headers=bearer(jwt))
-    with caplog.at_level("INFO", logger="gateway_app.access"):
-        gateway.get("/petstore", headers=bearer(jwt))
-    fields = [r.fields for r in caplog.records if r.name == "gateway_app.access"][-1]
+    gateway.get("/petstore", headers=bearer(jwt))
+    fields = access_records[-1].fields
     assert (fields["auth"], fields["query"], fields["sub"]) == ("allowed", "data.test.allow == true", "my-client")
 
 
