@@ -9,12 +9,24 @@ import typing as t
 import pytest
 
 from gateway_app import create_app
+from gateway_app.observability import configure_logging
 from gateway_app.settings import Settings
 from tests.factories import write_tree
 from tests.support.clocks import FakeClock
 from tests.support.recording_upstream import RecordingUpstream
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _gateway_logging() -> None:
+    """Configure gateway_app logging once before the first test, as every app does.
+
+    ``configure_logging`` makes the ``gateway_app`` logger non-propagating; pytest's caplog
+    attaches to such loggers only if they are so when a test starts. Done here, a test sees
+    ``gateway_app.*`` records in caplog whether or not an earlier test built an app.
+    """
+    configure_logging(Settings())
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,8 @@ import time
 import pytest
 import requests
 
+from gateway_app.auth.jwks import DEFAULT_MIN_FETCH_INTERVAL
+from gateway_app.auth.jwks import FIRST_RETRY
 from gateway_app.auth.stale import MAX_WINDOW
 from gateway_app.auth.stale import StaleIfErrorValidator
 from gateway_app.auth.stale import parse_stale_if_error
@@ -330,7 +332,8 @@ def test_stale_if_error_through_the_app_keeps_a_cached_token_working(make_app, r
 def test_jwks_down_during_rotation_keeps_old_keys_and_recovers(make_app, requests_mock, upstream):
     old, new = rsa_key("rotation-old"), rsa_key("rotation-new")
     jwks_endpoint = requests_mock.get(JWKS, json=jwks(public_jwk(old, kid="old", alg="RS256")))
-    app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_YAML, "auth.yaml": JWT_AUTH})
+    clock = Clock(time.time())                       # the tokens' iat and exp are real times
+    app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_YAML, "auth.yaml": JWT_AUTH}, clock=clock)
     client = app.test_client()
     old_token = make_jwt(claims(iss=None, aud=None), old, kid="old")
     new_token = make_jwt(claims(iss=None, aud=None), new, kid="new")
@@ -342,8 +345,7 @@ def test_jwks_down_during_rotation_keeps_old_keys_and_recovers(make_app, request
     assert refused.status_code == 403 and refused.get_json()["error"] == "kid_unknown"
 
     requests_mock.get(JWKS, json=jwks(public_jwk(old, kid="old", alg="RS256"), public_jwk(new, kid="new", alg="RS256")))
-    for validator in app.extensions["gateway"].config.validators:
-        validator.keys.min_fetch_interval = 0       # instead of waiting 30 s for the next re-fetch
+    clock.advance(DEFAULT_MIN_FETCH_INTERVAL)        # the next re-fetch for an unknown kid is allowed
     assert _get(client, new_token).status_code == 200
     assert _get(client, old_token).status_code == 200
     assert jwks_endpoint.call_count == 1
@@ -351,13 +353,14 @@ def test_jwks_down_during_rotation_keeps_old_keys_and_recovers(make_app, request
 
 def test_jwks_down_at_start_answers_503_then_recovers(make_app, requests_mock, upstream):
     key = rsa_key("late-start")
+    clock = Clock(time.time())                       # the token's iat and exp are real times
     requests_mock.get(JWKS, exc=requests.exceptions.ConnectTimeout)
-    app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_YAML, "auth.yaml": JWT_AUTH})
+    app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_YAML, "auth.yaml": JWT_AUTH}, clock=clock)
     token = make_jwt(claims(iss=None, aud=None), key, kid="k1")
     assert _get(app.test_client(), token).status_code == 503
     requests_mock.get(JWKS, json=jwks(public_jwk(key, kid="k1", alg="RS256")))
-    for validator in app.extensions["gateway"].config.validators:
-        validator.keys._refresh_due = float("-inf")  # the retry delay after a failed first fetch
+    assert _get(app.test_client(), token).status_code == 503    # within the retry delay: no new fetch
+    clock.advance(FIRST_RETRY)
     assert _get(app.test_client(), token).status_code == 200
 
 

@@ -15,7 +15,6 @@ from jwt.algorithms import RSAAlgorithm
 from gateway_app.auth.jwks import FIRST_RETRY
 from gateway_app.auth.jwks import NO_SIGNATURE_KEYS
 from gateway_app.auth.jwks import DiscoverySettings
-from gateway_app.auth.jwks import JwksCache
 from gateway_app.auth.jwks import RemoteJwksSettings
 from gateway_app.auth.jwks import key_fits_alg
 from gateway_app.auth.jwks import parse_jwks
@@ -297,9 +296,13 @@ def test_warm_up_fetches_now_and_swallows_failures(requests_mock: t.Any, clock: 
     assert jwks_route.call_count == 1
 
 
-def test_own_session_ignores_proxy_environment() -> None:
-    cache = JwksCache(url=JWKS_URL)
-    assert cache._session.trust_env is False
+def test_own_session_ignores_proxy_environment(requests_mock: t.Any, clock: FakeClock,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    requests_mock.get(JWKS_URL, json=main_jwks())
+    assert remote_validator(clock).validate(token_for()).subject == "my-client"
+    assert not requests_mock.last_request.proxies      # a session reading the environment would send via the proxy
 
 
 # -- key rotation and unknown kids -------------------------------------------------------

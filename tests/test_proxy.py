@@ -547,8 +547,7 @@ def test_every_set_cookie_header_is_kept(forwarder: Forwarder, live_target: Upst
 def test_upstream_cookies_are_not_kept_by_the_shared_session(forwarder: Forwarder, live_target: UpstreamTarget) -> None:
     read_all(forwarder.forward(make_request(path="/cookies"), None, live_target))
     report = echo(forwarder, make_request(), live_target)
-    assert "cookie" not in report["headers"]
-    assert len(forwarder._session().cookies) == 0  # a jar shared by every client of the thread would only grow
+    assert "cookie" not in report["headers"]        # a session's jar would have sent them back to the host
 
 
 def test_closing_a_half_read_response_drops_its_connection(

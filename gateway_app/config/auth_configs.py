@@ -208,7 +208,8 @@ def token_validator(kind: str, node: Node, namespace: str, ctx: AuthBuildContext
         ctx.used_validator_keys.add(key)
         shared = ctx.validators.shared_jwt_cache()
         return ctx.validators.get(key, lambda: JwtValidator(settings, shared=shared,
-                                                             **ctx.validators.clock_options("wall_clock"))), None
+                                                             **ctx.validators.clock_options("wall_clock"),
+                                                             **ctx.validators.clock_options("clock"))), None
     settings = parse_introspection_settings(node, ctx.secrets, namespace)
     key = ("introspection", settings.config_digest)
     ctx.used_validator_keys.add(key)
