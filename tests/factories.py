@@ -13,6 +13,7 @@ from gateway_app.auth.introspection import IntrospectionSettings
 from gateway_app.auth.introspection import parse_introspection_settings
 from gateway_app.config.fields import Node
 from gateway_app.config.secrets import SecretStore
+from gateway_app.incoming import IncomingRequest
 
 
 def write_tree(root: pathlib.Path, files: t.Mapping[str, str]) -> pathlib.Path:
@@ -59,3 +60,22 @@ def introspection_settings(secrets: SecretStore | None = None, **fields: t.Any) 
     data = {key: value for key, value in fields.items() if value is not None}
     return parse_introspection_settings(Node(data, AUTH_CONFIG_WHERE, INTROSPECTION_PATH),
                                         secrets or SecretStore([]), "gloo-system")
+
+
+def incoming_request(path: str = "/", *, method: str = "GET", host: str = "api.example.com",
+                     headers: t.Mapping[str, str] | None = None, send_host: bool = True,
+                     cookies: t.Mapping[str, str | t.Sequence[str]] | None = None,
+                     **fields: t.Any) -> IncomingRequest:
+    """An :class:`IncomingRequest` shaped as :func:`gateway_app.incoming.from_environ` builds one:
+    header names lower-cased, a ``host`` header equal to ``host`` unless ``headers`` has one or
+    ``send_host`` is false, each cookie's values a tuple. ``fields`` sets the other fields;
+    ``scheme`` defaults to ``http`` and ``query_string`` to empty.
+    """
+    lowered = {name.lower(): value for name, value in (headers or {}).items()}
+    if send_host:
+        lowered.setdefault("host", host)
+    fields.setdefault("scheme", "http")
+    fields.setdefault("query_string", "")
+    return IncomingRequest(method=method, host=host, path=path, headers=lowered,
+                           cookies={name: (value,) if isinstance(value, str) else tuple(value)
+                                    for name, value in (cookies or {}).items()}, **fields)

@@ -23,6 +23,7 @@ from tests.keys import public_jwk
 from tests.factories import write_tree
 from tests.keys import rsa_key
 from tests.support.servers import REPO_ROOT as REPO
+from tests.factories import incoming_request
 
 
 
@@ -138,9 +139,8 @@ spec:
 
 
 def request(path: str, host: str = "api.example.com", method: str = "GET", **headers: str) -> IncomingRequest:
-    lowered = {name.replace("_", "-").lower(): value for name, value in headers.items()}
-    return IncomingRequest(method=method, scheme="http", host=host, path=path, query_string="",
-                           headers={"host": host, **lowered})
+    return incoming_request(path, method=method, host=host,
+                            headers={name.replace("_", "-"): value for name, value in headers.items()})
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from keys import make_jwt
 from keys import public_jwk
 from keys import rsa_key
 from tests.factories import bearer
+from tests.factories import incoming_request
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp.test/introspect"
@@ -319,7 +320,6 @@ def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(
     from gateway_app.config.auth_configs import ValidatorRegistry
     from gateway_app.config.build import load_config
     from gateway_app.errors import InvalidTokenError
-    from gateway_app.incoming import IncomingRequest
 
     clock = FakeClock()
     conf = write_tree(tmp_path / "conf", {
@@ -332,8 +332,7 @@ def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(
                                    {"json": {"active": False}}])
 
     def authorize(path: str) -> str:
-        incoming = IncomingRequest(method="GET", scheme="http", host="api.test", path=path, query_string="",
-                                   headers={"authorization": "Bearer opaque-token-1"})
+        incoming = incoming_request(path, host="api.test", headers=bearer("opaque-token-1"), send_host=False)
         route = config.router.match(incoming).route
         assert route.auth is not None and route.auth.remember_outcomes
         state = AuthState()

@@ -20,6 +20,7 @@ from tests.factories import write_tree
 from tests.keys import rsa_key
 from tests.factories import bearer
 from tests.support.servers import REPO_ROOT as REPO
+from tests.factories import incoming_request
 
 
 
@@ -38,8 +39,7 @@ spec:
 
 
 def request(path: str, host: str = "api.example.com", method: str = "GET") -> IncomingRequest:
-    return IncomingRequest(method=method, scheme="http", host=host, path=path, query_string="",
-                           headers={"host": host})
+    return incoming_request(path, method=method, host=host)
 
 
 @pytest.fixture
