@@ -41,6 +41,22 @@ spec:
 """
 
 
+def open_route_yaml(url: str, name: str = "api", namespace: str = "gloo-system") -> str:
+    """A ``VirtualService`` for any domain with one route, prefix ``/``, forwarding to ``url``
+    (``routeAction.single.url``) with no auth."""
+    return f"""
+apiVersion: gateway.solo.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  virtualHost:
+    domains: ['*']
+    routes:
+    - matchers: [{{prefix: /}}]
+      routeAction: {{single: {{url: '{url}'}}}}
+"""
+
+
 def bearer(token: str, **headers: str) -> dict[str, str]:
     """Request headers carrying ``token`` as an RFC 6750 §2.1 bearer credential, plus ``headers``."""
     return {"Authorization": f"Bearer {token}", **headers}

@@ -40,6 +40,7 @@ from gateway_app.proxy import HOP_BY_HOP_HEADERS
 from gateway_app.proxy import Forwarder
 from gateway_app.proxy import UpstreamTarget
 from tests.factories import incoming_request
+from tests.factories import open_route_yaml
 
 MOCK_TARGET = UpstreamTarget(name="gloo-system/mock", base_url="http://upstream.test:8080")
 COOKIES = ["session=abc; Path=/; HttpOnly", "theme=dark; Path=/"]
@@ -647,24 +648,11 @@ def test_failure_while_streaming_the_body_is_logged_and_aborts_the_stream(
 
 # --- through a real gateway app ---------------------------------------------------------
 
-OPEN_VS = """
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: api, namespace: gloo-system}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{prefix: /}]
-      routeAction: {single: {url: '%s'}}
-"""
-
-
 @pytest.fixture
 def gateway(make_app: t.Callable[..., t.Any], live_upstream: str) -> t.Iterator[str]:
     """The real gateway app (:func:`gateway_app.create_app`) served on 127.0.0.1, one open route
     to the live upstream, bodies limited to 1 KiB."""
-    app = make_app({"vs.yaml": OPEN_VS % live_upstream}, max_body_bytes=1024)
+    app = make_app({"vs.yaml": open_route_yaml(live_upstream)}, max_body_bytes=1024)
     server = ServerThread(app)
     yield server.url
     server.stop()
