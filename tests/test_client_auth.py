@@ -61,8 +61,8 @@ def make_settings(**fields) -> IntrospectionSettings:
     return introspection_settings(secret_store(), **{**defaults, **fields})
 
 
-def applied(settings: IntrospectionSettings, clock: t.Callable[[], float] = time.time,
-            ) -> tuple[dict[str, str], dict[str, str]]:
+def applied(settings: IntrospectionSettings,
+            clock: t.Callable[[], float] = time.time) -> tuple[dict[str, str], dict[str, str]]:
     data: dict[str, str] = {}
     headers: dict[str, str] = {}
     build_client_auth(settings.client_auth, clock=clock).apply(data, headers)
