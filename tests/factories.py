@@ -11,6 +11,8 @@ import typing as t
 
 from gateway_app.auth.introspection import IntrospectionSettings
 from gateway_app.auth.introspection import parse_introspection_settings
+from gateway_app.auth.jwt_validation import JwtSettings
+from gateway_app.auth.jwt_validation import parse_jwt_settings
 from gateway_app.config.fields import Node
 from gateway_app.config.secrets import SecretStore
 from gateway_app.incoming import IncomingRequest
@@ -76,6 +78,19 @@ def introspection_settings(secrets: SecretStore | None = None, **fields: t.Any) 
     data = {key: value for key, value in fields.items() if value is not None}
     return parse_introspection_settings(Node(data, AUTH_CONFIG_WHERE, INTROSPECTION_PATH),
                                         secrets or SecretStore([]), "gloo-system")
+
+
+JWT_WHERE = "conf/authconfig.yaml: AuthConfig gloo-system/jwt"
+JWT_PATH = "spec.configs[0].oauth2.accessTokenValidation.jwt"
+
+
+def jwt_settings(fields: t.Mapping[str, t.Any]) -> JwtSettings:
+    """``accessTokenValidation.jwt`` parsed as the config loader does, from a YAML-style mapping
+    (``{"localJwks": {"inlineString": ...}}``).
+
+    :raises ConfigError: as :func:`parse_jwt_settings` does.
+    """
+    return parse_jwt_settings(Node(dict(fields), JWT_WHERE, JWT_PATH))
 
 
 def incoming_request(path: str = "/", *, method: str = "GET", host: str = "api.example.com",

@@ -21,14 +21,12 @@ import redis
 
 from gateway_app.auth.introspection import IntrospectionValidator
 from gateway_app.auth.jwt_validation import JwtValidator
-from gateway_app.auth.jwt_validation import parse_jwt_settings
 from gateway_app.cache import hash_key
 from gateway_app.cache_redis import JWT_KEY_PREFIX
 from gateway_app.cache_redis import KEY_PREFIX
 from gateway_app.cache_redis import FLIGHT_POLL
 from gateway_app.cache_redis import LOCK_PREFIX
 from gateway_app.cache_redis import RedisTokenCache
-from gateway_app.config.fields import Node
 from gateway_app.errors import IdentityProviderError
 from gateway_app.errors import InvalidTokenError
 from tests.keys import claims
@@ -40,6 +38,7 @@ from tests.support.servers import ServerProcess
 from tests.support.servers import free_port
 from tests.support.clocks import FakeClock
 from tests.factories import introspection_settings
+from tests.factories import jwt_settings
 
 REDIS_SERVER = shutil.which("redis-server")
 IDP = "http://idp.test/oauth2/introspect"
@@ -365,7 +364,7 @@ def test_a_failed_idp_call_releases_the_flight_so_other_workers_answer_at_once(
 
 def test_jwt_validators_sharing_redis_check_each_signature_once(redis_url, raw, make_cache, jwt_decodes):
     jwks = jwks_json(public_jwk(rsa_key("redis-shared"), kid="k1"))
-    settings = parse_jwt_settings(Node({"localJwks": {"inlineString": jwks}}, "test.yaml", "jwt"))
+    settings = jwt_settings({"localJwks": {"inlineString": jwks}})
     first, second = (JwtValidator(settings, shared=make_cache(redis_url, prefix=JWT_KEY_PREFIX, single_flight=False))
                      for _ in range(2))
     token = make_jwt(claims(sub="alice"), rsa_key("redis-shared"), "RS256", kid="k1")

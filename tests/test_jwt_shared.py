@@ -12,8 +12,6 @@ import typing as t
 import pytest
 
 from gateway_app.auth.jwt_validation import JwtValidator
-from gateway_app.auth.jwt_validation import parse_jwt_settings
-from gateway_app.config.fields import Node
 from gateway_app.errors import InvalidTokenError
 from tests.keys import AUDIENCE
 from tests.keys import ISSUER
@@ -23,6 +21,7 @@ from tests.keys import make_jwt
 from tests.keys import public_jwk
 from tests.keys import rsa_key
 from tests.support.caches import RecordingCache
+from tests.factories import jwt_settings
 
 KEY = rsa_key("shared")
 OTHER_KEY = rsa_key("shared-other")
@@ -31,7 +30,7 @@ OTHER_KEY = rsa_key("shared-other")
 def validator(shared: RecordingCache, *keys: t.Any, **fields: t.Any) -> JwtValidator:
     jwks = jwks_json(*(public_jwk(key, kid=f"k{index}") for index, key in enumerate(keys or (KEY,))))
     mapping = {"localJwks": {"inlineString": jwks}, "issuer": ISSUER, "audiences": [AUDIENCE], **fields}
-    return JwtValidator(parse_jwt_settings(Node(mapping, "test.yaml", "jwt")), shared=shared)
+    return JwtValidator(jwt_settings(mapping), shared=shared)
 
 
 def token(**overrides: t.Any) -> str:
