@@ -32,6 +32,7 @@ from keys import public_jwk
 from keys import rsa_key
 from factories import upstream_yaml
 from tests.support.clocks import FakeClock as Clock   # seconds from 1_000_000.0 in the stale-if-error tests
+from tests.factories import bearer
 
 IDP = "http://idp.test/introspect"
 JWKS = "http://idp.test/jwks.json"
@@ -127,7 +128,7 @@ def upstream(requests_mock):
 
 def _get(client, token: str | None = TOKEN, **headers: str):
     if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
+        headers.update(bearer(token))
     return client.get("/api", headers=headers)
 
 

@@ -16,6 +16,7 @@ from gateway_app.cache import hash_key
 from gateway_app.config.build import build_config
 from gateway_app.reload import Watcher
 from tests.support.servers import free_port
+from tests.factories import bearer
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp-plans.test/introspect"
@@ -144,7 +145,7 @@ def _introspection(request: t.Any, context: t.Any) -> dict[str, t.Any]:
 
 def get(app: t.Any, path: str = "/pets", token: str | None = "alice", **headers: str) -> t.Any:
     if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
+        headers.update(bearer(token))
     return app.test_client().get(path, headers=headers)
 
 

@@ -60,7 +60,7 @@ def call(http: requests.Session, gateway: ServerProcess, path: str, access_token
          **headers: str) -> requests.Response:
     sent = {**HOST, **headers}
     if access_token is not None:
-        sent["Authorization"] = f"Bearer {access_token}"
+        sent.update(bearer(access_token))
     return http.get(gateway.url + path, headers=sent, timeout=TIMEOUT)
 
 
