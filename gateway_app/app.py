@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import typing as t
 
 from flask import Flask
 
@@ -15,8 +16,11 @@ from .views import register_views
 
 
 def create_app(config_dir: str | pathlib.Path | None = None, rego_dir: str | pathlib.Path | None = None,
-               settings: Settings | None = None) -> Flask:
+               settings: Settings | None = None, clock: t.Callable[[], float] | None = None) -> Flask:
     """Build the app from a config and a Rego directory (defaults: ``GATEWAY_*`` env, then conf/ and rego/).
+
+    ``clock`` (epoch seconds) is what token validators and their caches read instead of
+    ``time.time``; None means the real clocks.
 
     :raises ConfigError: the configuration is invalid; start-up stops.
     """
@@ -24,7 +28,7 @@ def create_app(config_dir: str | pathlib.Path | None = None, rego_dir: str | pat
     configure_logging(settings)
     app = Flask("gateway_app")     # the package: its logger name and root path
     app.config["MAX_CONTENT_LENGTH"] = None
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, clock=clock)
     app.extensions["gateway"] = gateway
     register_error_handlers(app)
     register_views(app, gateway)

@@ -129,12 +129,17 @@ class RedisBackoff:
 
 
 class RedisTokenCache:
-    """Token-cache entries in Redis, with an in-process near cache that is also the fallback."""
+    """Token-cache entries in Redis, with an in-process near cache that is also the fallback.
+
+    ``clock`` (monotonic seconds) times near entries, the back-off and a follower's wait for a
+    flight; ``sleep`` paces that wait's polls.
+    """
 
     def __init__(self, url: str, fallback_max_entries: int = 10_000, *, prefix: str = KEY_PREFIX,
                  socket_timeout: float = SOCKET_TIMEOUT, retry_after: float = RETRY_AFTER,
                  near_ttl: float = NEAR_TTL, flight_wait: float = FLIGHT_WAIT, single_flight: bool = True,
-                 clock: t.Callable[[], float] = time.monotonic) -> None:
+                 clock: t.Callable[[], float] = time.monotonic,
+                 sleep: t.Callable[[float], None] = time.sleep) -> None:
         self.prefix = prefix
         self.single_flight = single_flight
         self.flight_wait = flight_wait
@@ -143,6 +148,8 @@ class RedisTokenCache:
         self._client = connect(url, socket_timeout)
         self._backoff = RedisBackoff(url, "token cache", "using the in-process cache", retry_after=retry_after,
                                      clock=clock)
+        self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._flights: dict[str, bytes] = {}          # key -> token of the flight this process leads
         self._release_lock = self._client.register_script(RELEASE_LOCK)
@@ -222,9 +229,9 @@ class RedisTokenCache:
 
     def _wait_for_leader(self, key: str) -> dict[str, t.Any] | None:
         """Poll for the entry another process is fetching; None once it gives up or the lock is gone."""
-        deadline = time.monotonic() + self.flight_wait
-        while time.monotonic() < deadline:
-            time.sleep(FLIGHT_POLL)
+        deadline = self._clock() + self.flight_wait
+        while self._clock() < deadline:
+            self._sleep(FLIGHT_POLL)
             value = self._fetch(key)
             if value is not None:
                 return value

@@ -67,9 +67,10 @@ class Gateway:
     :raises ConfigError: the first config cannot be loaded (see :func:`load_config`).
     """
 
-    def __init__(self, settings: Settings, forwarder: Forwarder | None = None) -> None:
+    def __init__(self, settings: Settings, forwarder: Forwarder | None = None,
+                 clock: t.Callable[[], float] | None = None) -> None:
         self.settings = settings
-        self.registry = ValidatorRegistry(settings.token_cache_url)
+        self.registry = ValidatorRegistry(settings.token_cache_url, clock=clock)   # clock: epoch seconds
         self.trusted_proxies = TrustedProxies(settings.trusted_proxies)
         # The body limit has one home: each route's max_body_bytes, set when the config is built.
         self.forwarder = forwarder or Forwarder()

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
-import textwrap
 import typing as t
 
 import pytest
 
 from gateway_app import create_app
+from gateway_app.observability import configure_logging
 from gateway_app.settings import Settings
+from tests.factories import write_tree
+from tests.support.clocks import FakeClock
 from tests.support.recording_upstream import RecordingUpstream
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _gateway_logging() -> None:
+    """Configure gateway_app logging once before the first test, as every app does.
+
+    ``configure_logging`` makes the ``gateway_app`` logger non-propagating; pytest's caplog
+    attaches to such loggers only if they are so when a test starts. Done here, a test sees
+    ``gateway_app.*`` records in caplog whether or not an earlier test built an app.
+    """
+    configure_logging(Settings())
 
 
 @pytest.fixture(autouse=True)
@@ -23,28 +37,56 @@ def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def write_tree(root: pathlib.Path, files: t.Mapping[str, str]) -> pathlib.Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    return root
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """Epoch seconds that move only when the test says so (:mod:`tests.support.clocks`)."""
+    return FakeClock()
 
 
 @pytest.fixture
 def make_app(tmp_path: pathlib.Path) -> t.Callable[..., t.Any]:
-    """``make_app({"vs.yaml": ...}, rego={"p.rego": ...}, **settings)`` -> a Flask app."""
+    """``make_app({"vs.yaml": ...}, rego={"p.rego": ...}, clock=None, **settings)`` -> a Flask app
+    from :func:`gateway_app.create_app`; ``clock`` (epoch seconds) replaces the validators' clock."""
 
-    def factory(conf: t.Mapping[str, str], rego: t.Mapping[str, str] | None = None, **settings: t.Any) -> t.Any:
+    def factory(conf: t.Mapping[str, str], rego: t.Mapping[str, str] | None = None, *,
+                clock: t.Callable[[], float] | None = None, **settings: t.Any) -> t.Any:
         config_dir = write_tree(tmp_path / "conf", conf)
         rego_dir = write_tree(tmp_path / "rego", rego or {})
         options = {"reload_interval": 0, "log_level": "debug", **settings}
-        app = create_app(settings=Settings.from_env({}, config_dir=config_dir, rego_dir=rego_dir, **options))
+        app = create_app(settings=Settings.from_env({}, config_dir=config_dir, rego_dir=rego_dir, **options),
+                         clock=clock)
         app.testing = True
         return app
 
     return factory
+
+
+class _Collecting(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def access_records() -> t.Iterator[list[logging.LogRecord]]:
+    """The test's ``gateway_app.access`` records, in order, each with its ``fields``.
+
+    Collected by a handler on that logger itself: ``configure_logging`` makes ``gateway_app``
+    non-propagating, and pytest's caplog only sees such a logger if it was made so before the
+    test started, so caplog misses the records of a test that builds the first app.
+    """
+    records: list[logging.LogRecord] = []
+    handler = _Collecting(records)
+    access = logging.getLogger("gateway_app.access")
+    access.addHandler(handler)
+    try:
+        yield records
+    finally:
+        access.removeHandler(handler)
 
 
 @pytest.fixture

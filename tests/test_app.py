@@ -9,6 +9,7 @@ import time
 import pytest
 import requests
 from tests.factories import upstream_yaml
+from tests.factories import bearer
 
 IDP = "http://idp.test/admin/oauth2/introspect"
 UPSTREAM = "http://upstream.test:8000"
@@ -121,7 +122,7 @@ def test_valid_token_is_forwarded_with_x_customer_from_sub(make_app, requests_mo
     app = _secured(make_app)
     _idp(requests_mock)
     upstream = _upstream(requests_mock)
-    response = app.test_client().get("/headers", headers={"Authorization": f"Bearer {GOOD}", "X-Customer": "evil"})
+    response = app.test_client().get("/headers", headers={**bearer(GOOD), "X-Customer": "evil"})
     assert response.status_code == 200
     sent = upstream.last_request.headers
     assert sent["X-Customer"] == "my-client"
@@ -134,7 +135,7 @@ def test_forged_x_customer_is_stripped_when_the_claim_is_absent(make_app, reques
     app = _secured(make_app)
     requests_mock.post(IDP, json={"active": True, "exp": int(time.time()) + 60})
     upstream = _upstream(requests_mock)
-    response = app.test_client().get("/headers", headers={"Authorization": f"Bearer {GOOD}", "X-Customer": "evil"})
+    response = app.test_client().get("/headers", headers={**bearer(GOOD), "X-Customer": "evil"})
     assert response.status_code == 200
     assert "X-Customer" not in upstream.last_request.headers
 
@@ -145,7 +146,7 @@ def test_introspection_answer_is_cached_per_token(make_app, requests_mock):
     _upstream(requests_mock)
     client = app.test_client()
     for _ in range(3):
-        assert client.get("/headers", headers={"Authorization": f"Bearer {GOOD}"}).status_code == 200
+        assert client.get("/headers", headers=bearer(GOOD)).status_code == 200
     assert idp.call_count == 1
 
 
@@ -200,7 +201,7 @@ def test_idp_failure_answers_503_and_does_not_forward(make_app, requests_mock, c
     requests_mock.post(IDP, **answer)
     upstream = _upstream(requests_mock)
     with caplog.at_level(logging.WARNING):
-        response = app.test_client().get("/headers", headers={"Authorization": f"Bearer {GOOD}"})
+        response = app.test_client().get("/headers", headers=bearer(GOOD))
     assert response.status_code == 503
     assert response.get_json()["error"] == "idp_unavailable"
     assert upstream.call_count == 0
@@ -236,21 +237,19 @@ def test_tokens_never_appear_in_logs(make_app, requests_mock, caplog):
     _idp(requests_mock)
     _upstream(requests_mock)
     with caplog.at_level(logging.DEBUG, logger="gateway_app"):
-        app.test_client().get("/headers", headers={"Authorization": f"Bearer {GOOD}"})
+        app.test_client().get("/headers", headers=bearer(GOOD))
         app.test_client().get("/headers", headers={"Authorization": "Bearer qwertyuio23456789"})
     assert GOOD not in caplog.text and "qwertyuio23456789" not in caplog.text
     assert "secret" not in caplog.text.replace("client-secret", "")
 
 
-def test_access_log_has_one_line_per_request(make_app, requests_mock, caplog):
+def test_access_log_has_one_line_per_request(make_app, requests_mock, access_records):
     app = _secured(make_app)
     _idp(requests_mock)
     _upstream(requests_mock)
-    with caplog.at_level(logging.INFO, logger="gateway_app.access"):
-        app.test_client().get("/headers", headers={"Authorization": f"Bearer {GOOD}"})
-    lines = [r for r in caplog.records if r.name == "gateway_app.access"]
-    assert len(lines) == 1
-    fields = lines[0].fields
+    app.test_client().get("/headers", headers=bearer(GOOD))
+    [line] = access_records
+    fields = line.fields
     assert fields["status"] == 200 and fields["auth"] == "allowed" and fields["route"]
     assert fields["sub"] == "my-client" and fields["request_id"]
 
@@ -263,20 +262,12 @@ def test_health_endpoints_do_not_reach_routes(make_app, requests_mock):
     assert ready.status_code == 200 and json.loads(ready.data)["status"] == "ready"
 
 
-def test_a_refused_request_is_logged_with_the_path_as_sent_without_its_query(make_app):
+def test_a_refused_request_is_logged_with_the_path_as_sent_without_its_query(make_app, access_records):
     """The red team's ``/public/%00%1b[31mRED...`` : the record holds the sent target, never the decoded bytes."""
     app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_OPEN})
     sent = "/public/%00%1b[31mRED%1b[0m%08%08%7f"
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    access = logging.getLogger("gateway_app.access")
-    access.addHandler(handler)
-    try:
-        answer = app.test_client().get(sent + "?access_token=" + GOOD,
-                                       environ_overrides={"RAW_URI": sent + "?access_token=" + GOOD})
-    finally:
-        access.removeHandler(handler)
+    answer = app.test_client().get(sent + "?access_token=" + GOOD,
+                                   environ_overrides={"RAW_URI": sent + "?access_token=" + GOOD})
     assert answer.status_code == 400
-    [record] = records
+    [record] = access_records
     assert record.fields["path"] == sent

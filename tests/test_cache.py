@@ -7,31 +7,13 @@ import time
 import pytest
 
 from gateway_app.auth.introspection import IntrospectionValidator
-from gateway_app.auth.introspection import parse_introspection_settings
 from gateway_app.cache import TTLCache
 from gateway_app.cache import KeyHasher
 from gateway_app.cache import hash_key
-from gateway_app.config.fields import Node
-from gateway_app.config.secrets import SecretStore
 from gateway_app.errors import InvalidTokenError
+from tests.factories import introspection_settings
 
 URL = "http://idp.test/oauth2/introspect"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def test_entry_is_served_until_its_ttl_and_not_after(clock):
@@ -110,8 +92,7 @@ def test_key_hasher_gives_hash_key_of_its_prefix_and_the_part():
 
 
 def make_settings(**fields):
-    data = {"introspectionUrl": URL, "disableClientSecret": True, **fields}
-    return parse_introspection_settings(Node(data, "test.yaml", "introspection"), SecretStore([]), "default")
+    return introspection_settings(introspectionUrl=URL, disableClientSecret=True, **fields)
 
 
 def _answer(request, context):

@@ -17,8 +17,9 @@ from gateway_app.errors import AccessDeniedError
 from gateway_app.errors import ConfigError
 from gateway_app.errors import InsufficientScopeError
 from gateway_app.errors import PolicyError
-from gateway_app.incoming import IncomingRequest
 from gateway_app.routing import Route
+from tests.factories import bearer
+from tests.factories import incoming_request
 
 CLAIMS = {"iss": "https://idp.example.com/", "email": "alice@example.com", "groups": ["dev", "admin"],
           "tier": "gold", "disabled": False, "scope": "read write"}
@@ -67,8 +68,7 @@ class StaticValidator:
 def run_step(claims: t.Mapping[str, t.Any], **options: t.Any) -> AuthState:
     step = OAuth2Step(index=0, name="config_0", token_source=TokenSource(), validator=StaticValidator(claims),
                       validator_kind="introspection", **options)
-    request = IncomingRequest(method="GET", scheme="http", host="h", path="/", query_string="",
-                              headers={"authorization": "Bearer abc"})
+    request = incoming_request(host="h", headers=bearer("abc"), send_host=False)
     ctx = AuthContext(request=request, route=Route(name="r", source="t", matchers=(), targets=()), state=AuthState())
     step.run(ctx)
     return ctx.state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+import typing as t
 import urllib.parse
 
 import jwt
@@ -17,19 +18,17 @@ from gateway_app.auth.client_auth import ClientAuthSettings
 from gateway_app.auth.client_auth import build_client_auth
 from gateway_app.auth.introspection import IntrospectionSettings
 from gateway_app.auth.introspection import IntrospectionValidator
-from gateway_app.auth.introspection import parse_introspection_settings
-from gateway_app.config.fields import Node
 from gateway_app.config.secrets import Secret
 from gateway_app.config.secrets import SecretStore
 from gateway_app.config.secrets import SecretValue
 from gateway_app.errors import ConfigError
+from tests.factories import introspection_settings
+from tests.support.clocks import FakeClock
 
 URL = "http://idp.test/realms/demo/protocol/openid-connect/token/introspect"
 CLIENT_ID = "gateway client:1"
 SECRET = "p@ss word/é+:" + "x" * 40            # long enough for HS256..HS512
 TOKEN = "opaque-token-1234"
-WHERE = "conf/auth.yaml: AuthConfig gloo-system/oauth"
-PATH = "spec.configs[0].oauth2.accessTokenValidation.introspection"
 
 
 def _pem(key) -> str:
@@ -57,17 +56,16 @@ def secret_store() -> SecretStore:
 
 
 def make_settings(**fields) -> IntrospectionSettings:
-    data = {"introspectionUrl": URL, "clientId": CLIENT_ID,
-            "clientSecretRef": {"name": "client-secret", "namespace": "gloo-system"}}
-    data.update(fields)
-    data = {key: value for key, value in data.items() if value is not None}
-    return parse_introspection_settings(Node(data, WHERE, PATH), secret_store(), "gloo-system")
+    defaults = {"introspectionUrl": URL, "clientId": CLIENT_ID,
+                "clientSecretRef": {"name": "client-secret", "namespace": "gloo-system"}}
+    return introspection_settings(secret_store(), **{**defaults, **fields})
 
 
-def applied(settings: IntrospectionSettings) -> tuple[dict[str, str], dict[str, str]]:
+def applied(settings: IntrospectionSettings,
+            clock: t.Callable[[], float] = time.time) -> tuple[dict[str, str], dict[str, str]]:
     data: dict[str, str] = {}
     headers: dict[str, str] = {}
-    build_client_auth(settings.client_auth).apply(data, headers)
+    build_client_auth(settings.client_auth, clock=clock).apply(data, headers)
     return data, headers
 
 
@@ -209,8 +207,9 @@ def test_post_puts_id_and_secret_in_the_form():
 
 def test_client_secret_jwt_sends_a_fresh_hs256_assertion():
     settings = make_settings(clientAuthentication={"method": "client_secret_jwt", "keyId": "k7"})
-    first, headers = applied(settings)
-    second, _ = applied(settings)
+    clock = FakeClock(int(time.time()))             # PyJWT checks exp against the real clock below
+    first, headers = applied(settings, clock)
+    second, _ = applied(settings, clock)
     assert headers == {}
     assert first["client_assertion_type"] == ASSERTION_TYPE
     assert jwt.get_unverified_header(first["client_assertion"])["alg"] == "HS256"
@@ -218,7 +217,7 @@ def test_client_secret_jwt_sends_a_fresh_hs256_assertion():
     claims = jwt.decode(first["client_assertion"], SECRET, algorithms=["HS256"], audience=URL)
     assert claims["iss"] == claims["sub"] == CLIENT_ID
     assert claims["exp"] - claims["iat"] == 60
-    assert abs(claims["iat"] - time.time()) < 5
+    assert claims["iat"] == clock.now
     assert claims["jti"] != jwt.decode(second["client_assertion"], SECRET, algorithms=["HS256"], audience=URL)["jti"]
 
 

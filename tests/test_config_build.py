@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
-import textwrap
 import typing as t
 
 import pytest
@@ -21,16 +20,11 @@ from gateway_app.incoming import IncomingRequest
 from gateway_app.routing import Route
 
 from tests.keys import public_jwk
+from tests.factories import write_tree
 from tests.keys import rsa_key
 from tests.support.servers import REPO_ROOT as REPO
+from tests.factories import incoming_request
 
-
-def write_tree(root: pathlib.Path, files: t.Mapping[str, str]) -> pathlib.Path:
-    """Write ``files`` (name -> dedented text) under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (root / name).write_text(textwrap.dedent(text))
-    return root
 
 
 UPSTREAMS = """
@@ -145,9 +139,8 @@ spec:
 
 
 def request(path: str, host: str = "api.example.com", method: str = "GET", **headers: str) -> IncomingRequest:
-    lowered = {name.replace("_", "-").lower(): value for name, value in headers.items()}
-    return IncomingRequest(method=method, scheme="http", host=host, path=path, query_string="",
-                           headers={"host": host, **lowered})
+    return incoming_request(path, method=method, host=host,
+                            headers={name.replace("_", "-"): value for name, value in headers.items()})
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from keys import jwks_json
 from keys import make_jwt
 from keys import public_jwk
 from keys import rsa_key
+from tests.factories import bearer
 
 INTERNAL = "corp.internal"
 JWKS_URL = "http://jwks.corp.internal:8443/keys"
@@ -90,9 +91,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("path, bearer, status, reason", list(CASES.values()), ids=list(CASES))
-def test_no_error_body_or_challenge_names_an_internal_host_issuer_or_policy(client, path, bearer, status, reason):
-    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+@pytest.mark.parametrize("path, token, status, reason", list(CASES.values()), ids=list(CASES))
+def test_no_error_body_or_challenge_names_an_internal_host_issuer_or_policy(client, path, token, status, reason):
+    headers = bearer(token) if token else {}
     response = client.get(path, headers=headers)
     assert (response.status_code, response.get_json()["error"]) == (status, reason)
     visible = response.get_data(as_text=True) + response.headers.get("WWW-Authenticate", "")
@@ -102,7 +103,7 @@ def test_no_error_body_or_challenge_names_an_internal_host_issuer_or_policy(clie
 
 def test_a_jwks_outage_answers_503_without_the_jwks_url(client):
     """The issue's example: today ``JWKS fetch from http://jwks.corp.internal:8443/keys failed``."""
-    response = client.get("/remote", headers={"Authorization": f"Bearer {token()}"})
+    response = client.get("/remote", headers=bearer(token()))
     assert response.status_code == 503
     assert response.get_json()["message"] == "the identity provider is unavailable"
     assert "jwks.corp.internal" not in response.get_data(as_text=True)
@@ -110,7 +111,7 @@ def test_a_jwks_outage_answers_503_without_the_jwks_url(client):
 
 def test_the_log_names_what_the_answer_hides(client, caplog):
     with caplog.at_level(logging.INFO):
-        client.get("/issuer", headers={"Authorization": f"Bearer {token(iss='https://evil.example/')}"})
-        client.get("/condition", headers={"Authorization": f"Bearer {token(tenant='other')}"})
+        client.get("/issuer", headers=bearer(token(iss='https://evil.example/')))
+        client.get("/condition", headers=bearer(token(tenant='other')))
         client.get("/opaque", headers={"Authorization": "Bearer opaque-token-123"})
     assert ISSUER in caplog.text and CLAIMS_CONDITION in caplog.text and IDP in caplog.text

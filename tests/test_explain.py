@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gateway_app.cli import main
-from tests.conftest import write_tree
+from tests.factories import write_tree
 from tests.test_app import AUTH_YAML
 from tests.test_app import GOOD
 from tests.test_app import IDP

@@ -28,6 +28,7 @@ from keys import public_jwk
 from keys import rsa_key
 from test_paths import lenient_reading
 from factories import upstream_yaml
+from tests.factories import bearer
 
 DOCUMENTED = {200, 400, 401, 403, 404, 413, 501, 502, 503, 504}
 UPSTREAM = "http://upstream.test:8000"
@@ -132,7 +133,7 @@ def sent_headers(upstream) -> dict[str, str]:
 
 def test_client_copies_of_claim_and_template_headers_are_replaced(gateway):
     make, upstream = gateway
-    response = make().get("/petstore", headers={"Authorization": f"Bearer {TOKEN}", "X-User": "root",
+    response = make().get("/petstore", headers={**bearer(TOKEN), "X-User": "root",
                                                 "x-customer": "evil", "X-Tenant": "other-tenant"})
     assert response.status_code == 200
     sent = sent_headers(upstream)
@@ -199,7 +200,7 @@ def test_duplicate_authorization_headers_are_refused_with_400(gateway):
 
 def test_two_different_tokens_in_header_and_query_are_refused(gateway):
     make, upstream = gateway
-    response = make().get("/petstore?access_token=other-token-123", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = make().get("/petstore?access_token=other-token-123", headers=bearer(TOKEN))
     assert response.status_code == 403
     assert response.get_json()["error"] == "token_ambiguous"
     assert not upstream.called
@@ -207,7 +208,7 @@ def test_two_different_tokens_in_header_and_query_are_refused(gateway):
 
 def test_a_header_named_in_connection_cannot_smuggle_a_managed_header_through(gateway):
     make, upstream = gateway
-    response = make().get("/petstore", headers={"Authorization": f"Bearer {TOKEN}", "Connection": "x-user",
+    response = make().get("/petstore", headers={**bearer(TOKEN), "Connection": "x-user",
                                                 "X-User": "root"})
     assert response.status_code == 200
     assert sent_headers(upstream).get("x-user") == "alice"
@@ -226,7 +227,7 @@ def test_more_headers_than_the_limit_answer_400(gateway):
 def test_a_body_over_the_route_limit_answers_413_before_auth_and_upstream(gateway, requests_mock):
     make, upstream = gateway
     client = make()
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = bearer(TOKEN)
     assert client.post("/petstore", data=b"x" * 100, headers=headers).status_code == 200
     response = client.post("/petstore", data=b"x" * 101, headers=headers)
     assert response.status_code == 413
@@ -238,7 +239,7 @@ def test_a_chunked_body_over_the_route_limit_answers_413(gateway):
     """Needs the per-route limit applied to chunked bodies too (proposed to the lead)."""
     make, upstream = gateway
     response = make().post("/petstore", input_stream=io.BytesIO(b"x" * 1000),
-                           headers={"Authorization": f"Bearer {TOKEN}", "Transfer-Encoding": "chunked"},
+                           headers={**bearer(TOKEN), "Transfer-Encoding": "chunked"},
                            environ_overrides={"wsgi.input_terminated": True})
     assert response.status_code == 413
     assert not upstream.called
@@ -255,7 +256,7 @@ def test_a_route_limit_above_the_global_limit_wins(gateway):
     """The route allows 100 bytes, GATEWAY_MAX_BODY_BYTES 50: 80 bytes pass, sized or chunked."""
     make, upstream = gateway
     client = make(max_body_bytes=50)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    headers = bearer(TOKEN)
     assert client.post("/petstore", data=b"x" * 80, headers=headers).status_code == 200
     chunked = client.post("/petstore", input_stream=io.BytesIO(b"x" * 80),
                           headers={**headers, "Transfer-Encoding": "chunked"},
@@ -351,7 +352,7 @@ def test_forged_jwts_never_pass_and_never_crash(gateway):
 
     check()
     good = make_jwt(claims(iss=None, aud=None), JWT_KEY)
-    assert client.get("/jwt", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+    assert client.get("/jwt", headers=bearer(good)).status_code == 200
 
 
 def test_any_header_names_and_values_get_a_documented_answer(gateway):
@@ -401,7 +402,7 @@ def test_any_method_and_body_gets_a_documented_answer(gateway):
            body=st.binary(max_size=300), length=st.one_of(st.none(), st.integers(0, 400).map(str),
                                                           st.sampled_from(["-1", "abc", "1e3", " 5", "+5", "0x10"])))
     def check(method, body, length):
-        headers = {"Authorization": f"Bearer {TOKEN}"}
+        headers = bearer(TOKEN)
         overrides = {}
         if length is not None:
             overrides["CONTENT_LENGTH"] = length

@@ -28,6 +28,7 @@ from keys import jwks_json
 from keys import public_jwk
 from keys import raw_jwt
 from keys import rsa_key
+from tests.factories import bearer
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp.internal.test:4445/introspect"
@@ -126,9 +127,6 @@ def make_client(make_app, requests_mock):
 def client(make_client):
     return make_client()
 
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def refused(response, status: int, reason: str) -> None:

@@ -16,23 +16,21 @@ import requests
 from factories import upstream_yaml
 from gateway_app.auth.idp_http import call_limit
 from gateway_app.auth.introspection import IntrospectionValidator
-from gateway_app.auth.introspection import parse_introspection_settings
-from gateway_app.config.fields import Node
-from gateway_app.config.secrets import SecretStore
 from gateway_app.errors import IdentityProviderError
 from gateway_app.errors import IdpOverloadedError
 from tests.support.idp_servers import HeldIdp
 from tests.support.idp_servers import PlainUpstream
 from tests.support.idp_servers import TricklingIdp
+from tests.factories import bearer
+from tests.factories import introspection_settings
 
 IDP = "http://idp.test/introspect"
 ACTIVE = b'{"active": true, "sub": "alice"}'
 
 
 def validator(url: str = IDP, **fields) -> IntrospectionValidator:
-    data = {"introspectionUrl": url, "disableClientSecret": True, **fields}
-    return IntrospectionValidator(parse_introspection_settings(Node(data, "t.yaml", "introspection"),
-                                                               SecretStore([]), "default"), sleep=lambda s: None)
+    settings = introspection_settings(introspectionUrl=url, disableClientSecret=True, **fields)
+    return IntrospectionValidator(settings, sleep=lambda s: None)
 
 
 @pytest.mark.parametrize("where", ["head", "body"])
@@ -114,7 +112,7 @@ def test_a_slow_idp_with_8_concurrent_bogus_tokens_does_not_stop_the_public_rout
                         "vs.yaml": VS_YAML, "auth.yaml": AUTH_YAML % idp.port})
 
         def get(path: str, token: str | None = None) -> tuple[int, str | None]:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            headers = bearer(token) if token else {}
             response = app.test_client().get(path, headers=headers)
             return response.status_code, (response.get_json(silent=True) or {}).get("error")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-import time
 import typing as t
 
 import pytest
@@ -16,7 +15,6 @@ from jwt.algorithms import RSAAlgorithm
 from gateway_app.auth.jwks import FIRST_RETRY
 from gateway_app.auth.jwks import NO_SIGNATURE_KEYS
 from gateway_app.auth.jwks import DiscoverySettings
-from gateway_app.auth.jwks import JwksCache
 from gateway_app.auth.jwks import RemoteJwksSettings
 from gateway_app.auth.jwks import key_fits_alg
 from gateway_app.auth.jwks import parse_jwks
@@ -31,30 +29,13 @@ from tests.keys import jwks
 from tests.keys import make_jwt
 from tests.keys import public_jwk
 from tests.keys import rsa_key
+from tests.support.clocks import FakeClock
 
 JWKS_URL = "https://idp.example.test/oauth2/jwks"
 ISSUER_URL = "https://idp.example.test/"
 DISCOVERY_URL = "https://idp.example.test/.well-known/openid-configuration"
 REFRESH = 300.0
 MIN_FETCH = 30.0
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 class RecordingSpawn:
@@ -315,9 +296,13 @@ def test_warm_up_fetches_now_and_swallows_failures(requests_mock: t.Any, clock: 
     assert jwks_route.call_count == 1
 
 
-def test_own_session_ignores_proxy_environment() -> None:
-    cache = JwksCache(url=JWKS_URL)
-    assert cache._session.trust_env is False
+def test_own_session_ignores_proxy_environment(requests_mock: t.Any, clock: FakeClock,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    requests_mock.get(JWKS_URL, json=main_jwks())
+    assert remote_validator(clock).validate(token_for()).subject == "my-client"
+    assert not requests_mock.last_request.proxies      # a session reading the environment would send via the proxy
 
 
 # -- key rotation and unknown kids -------------------------------------------------------
@@ -412,8 +397,11 @@ def test_discovery_is_repeated_after_a_failed_jwks_fetch(requests_mock: t.Any, c
 
 def test_eight_threads_validating_during_a_slow_refresh_all_succeed(requests_mock: t.Any,
                                                                    clock: FakeClock) -> None:
+    fetching, finish = threading.Event(), threading.Event()
+
     def slow_jwks(request: t.Any, context: t.Any) -> dict[str, t.Any]:
-        time.sleep(0.6)
+        fetching.set()
+        finish.wait(5)                       # the refresh is held until the other seven have answered
         return main_jwks()
 
     jwks_route = requests_mock.get(JWKS_URL, [{"json": main_jwks()}, {"json": slow_jwks}])
@@ -422,26 +410,31 @@ def test_eight_threads_validating_during_a_slow_refresh_all_succeed(requests_moc
     clock.advance(REFRESH)
     token = token_for()
     start = threading.Barrier(8)
-    outcomes: list[tuple[str, float]] = []
+    outcomes: list[str] = []
+    seven_answered, counting = threading.Event(), threading.Lock()
 
     def validate() -> None:
         start.wait()
-        began = time.monotonic()
         try:
             subject = jwt_validator.validate(token).subject or ""
         except Exception as e:  # noqa: BLE001 - the assertion below reports it
             subject = repr(e)
-        outcomes.append((subject, time.monotonic() - began))
+        with counting:
+            outcomes.append(subject)
+            if len(outcomes) == 7:
+                seven_answered.set()
 
     threads = [threading.Thread(target=validate) for _ in range(8)]
     for thread in threads:
         thread.start()
+    assert fetching.wait(5)
+    only_the_fetcher_waits = seven_answered.wait(5)
+    finish.set()
     for thread in threads:
         thread.join(timeout=5)
-    assert [subject for subject, _ in outcomes] == ["my-client"] * 8
+    assert only_the_fetcher_waits, f"only the fetching thread may wait for the refresh: {outcomes}"
+    assert outcomes == ["my-client"] * 8
     assert jwks_route.call_count == 2
-    durations = sorted(duration for _, duration in outcomes)
-    assert durations[6] < 0.4, f"only the fetching thread may wait for the refresh: {durations}"
 
 
 def test_concurrent_first_use_fetches_once_and_never_queues_behind_the_fetch(requests_mock: t.Any,

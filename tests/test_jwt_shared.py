@@ -1,7 +1,8 @@
 """Verified JWT claims shared between validators (workers, replicas) through a token cache.
 
-The shared backend here is an in-process TTLCache with the CacheBackend interface; the
-Redis backend itself is covered in test_cache_redis.py, with a real redis-server.
+The shared backend here is a RecordingCache (tests/support/caches.py), whose entries stand for
+what another worker finds in Redis; the Redis backend itself is covered in test_cache_redis.py,
+with a real redis-server.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ import typing as t
 import pytest
 
 from gateway_app.auth.jwt_validation import JwtValidator
-from gateway_app.auth.jwt_validation import parse_jwt_settings
-from gateway_app.cache import TTLCache
-from gateway_app.config.fields import Node
 from gateway_app.errors import InvalidTokenError
 from tests.keys import AUDIENCE
 from tests.keys import ISSUER
@@ -22,15 +20,17 @@ from tests.keys import jwks_json
 from tests.keys import make_jwt
 from tests.keys import public_jwk
 from tests.keys import rsa_key
+from tests.support.caches import RecordingCache
+from tests.factories import jwt_settings
 
 KEY = rsa_key("shared")
 OTHER_KEY = rsa_key("shared-other")
 
 
-def validator(shared: TTLCache, *keys: t.Any, **fields: t.Any) -> JwtValidator:
+def validator(shared: RecordingCache, *keys: t.Any, **fields: t.Any) -> JwtValidator:
     jwks = jwks_json(*(public_jwk(key, kid=f"k{index}") for index, key in enumerate(keys or (KEY,))))
     mapping = {"localJwks": {"inlineString": jwks}, "issuer": ISSUER, "audiences": [AUDIENCE], **fields}
-    return JwtValidator(parse_jwt_settings(Node(mapping, "test.yaml", "jwt")), shared=shared)
+    return JwtValidator(jwt_settings(mapping), shared=shared)
 
 
 def token(**overrides: t.Any) -> str:
@@ -38,7 +38,7 @@ def token(**overrides: t.Any) -> str:
 
 
 def test_a_token_verified_by_one_validator_is_accepted_by_another_without_a_signature_check(jwt_decodes):
-    shared: TTLCache = TTLCache()
+    shared = RecordingCache()
     value = token(sub="my-client")
     first = validator(shared).validate(value)
     second = validator(shared).validate(value)
@@ -47,16 +47,16 @@ def test_a_token_verified_by_one_validator_is_accepted_by_another_without_a_sign
 
 
 def test_the_shared_entry_holds_claims_and_the_key_thumbprint_under_a_hashed_key():
-    shared: TTLCache = TTLCache()
+    shared = RecordingCache()
     value = token()
     validator(shared).validate(value)
-    [(key, (_, entry))] = shared._entries.items()
+    [(key, entry)] = shared.entries.items()
     assert value not in key and len(key) == 64
     assert set(entry) == {"claims", "key", "alg"} and len(entry["key"]) == 64 and entry["alg"] == "RS256"
 
 
 def test_an_entry_whose_key_is_not_in_this_validators_key_set_is_not_trusted(jwt_decodes):
-    shared: TTLCache = TTLCache()
+    shared = RecordingCache()
     value = token()
     validator(shared).validate(value)
     with pytest.raises(InvalidTokenError) as caught:
@@ -66,7 +66,7 @@ def test_an_entry_whose_key_is_not_in_this_validators_key_set_is_not_trusted(jwt
 
 
 def test_validators_with_other_acceptance_rules_do_not_share_entries():
-    shared: TTLCache = TTLCache()
+    shared = RecordingCache()
     value = token()
     validator(shared).validate(value)
     with pytest.raises(InvalidTokenError) as caught:
@@ -75,11 +75,11 @@ def test_validators_with_other_acceptance_rules_do_not_share_entries():
 
 
 def test_an_expired_shared_entry_is_refused_with_its_reason():
-    shared: TTLCache = TTLCache()
+    shared = RecordingCache()
     value = token()
     claims_of = validator(shared).validate(value).claims
-    [(key, (deadline, entry))] = shared._entries.items()
-    shared._entries[key] = (deadline, {**entry, "claims": {**claims_of, "exp": 1_000_000}})
+    [(key, entry)] = shared.entries.items()
+    shared.entries[key] = {**entry, "claims": {**claims_of, "exp": 1_000_000}}
     with pytest.raises(InvalidTokenError) as caught:
         validator(shared).validate(value)
     assert caught.value.reason == "token_expired"
@@ -90,28 +90,27 @@ def test_an_expired_shared_entry_is_refused_with_its_reason():
     {"claims": {"sub": "x"}, "key": "0" * 64, "alg": "RS256"},
 ])
 def test_a_malformed_or_unknown_shared_entry_means_verifying_locally(entry, jwt_decodes):
-    shared: TTLCache = TTLCache()
+    shared = RecordingCache()
     value = token()
     validator(shared).validate(value)
-    [key] = list(shared._entries)
-    shared._entries[key] = (shared._entries[key][0], entry)
+    [key] = list(shared.entries)
+    shared.entries[key] = entry
     assert validator(shared).validate(value).claims["sub"] == claims()["sub"]
     assert jwt_decodes == [value, value]
 
 
 def test_an_entry_naming_an_alg_this_validator_does_not_allow_is_not_trusted(jwt_decodes):
-    shared: TTLCache = TTLCache()
+    shared = RecordingCache()
     value = token()
     validator(shared).validate(value)
-    [key] = list(shared._entries)
-    deadline, entry = shared._entries[key]
-    shared._entries[key] = (deadline, {**entry, "alg": "ES256"})
+    [(key, entry)] = shared.entries.items()
+    shared.entries[key] = {**entry, "alg": "ES256"}
     validator(shared).validate(value)
     assert jwt_decodes == [value, value]
 
 
 def test_a_refused_token_is_never_shared():
-    shared: TTLCache = TTLCache()
+    shared = RecordingCache()
     with pytest.raises(InvalidTokenError):
         validator(shared).validate(make_jwt(claims(), OTHER_KEY, "RS256", kid="k0"))
-    assert not shared._entries
+    assert not shared.entries

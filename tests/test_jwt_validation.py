@@ -16,8 +16,6 @@ from gateway_app.auth.jwks import DiscoverySettings
 from gateway_app.auth.jwks import LocalJwksSettings
 from gateway_app.auth.jwks import RemoteJwksSettings
 from gateway_app.auth.jwt_validation import JwtValidator
-from gateway_app.auth.jwt_validation import parse_jwt_settings
-from gateway_app.config.fields import Node
 from gateway_app.errors import ConfigError
 from gateway_app.errors import InvalidTokenError
 from tests.keys import AUDIENCE
@@ -34,9 +32,10 @@ from tests.keys import pem_of_public
 from tests.keys import public_jwk
 from tests.keys import raw_jwt
 from tests.keys import rsa_key
+from tests.factories import JWT_PATH as PATH
+from tests.factories import JWT_WHERE as WHERE
+from tests.factories import jwt_settings
 
-WHERE = "conf/authconfig.yaml: AuthConfig gloo-system/jwt"
-PATH = "spec.configs[0].oauth2.accessTokenValidation.jwt"
 
 # alg -> (private key, kid) for every supported algorithm
 SIGNERS: dict[str, tuple[t.Callable[[], t.Any], str]] = {
@@ -57,14 +56,10 @@ def all_keys_jwks() -> str:
     )
 
 
-def settings_from(mapping: dict[str, t.Any]):
-    return parse_jwt_settings(Node(mapping, WHERE, PATH))
-
-
 def validator(jwks_text: str | None = None, **fields: t.Any) -> JwtValidator:
     mapping = {"localJwks": {"inlineString": jwks_text or all_keys_jwks()}, "issuer": ISSUER,
                "audiences": [AUDIENCE], **fields}
-    return JwtValidator(settings_from(mapping))
+    return JwtValidator(jwt_settings(mapping))
 
 
 def rsa_token(**overrides: t.Any) -> str:
@@ -129,7 +124,7 @@ def test_token_without_kid_is_verified_by_the_key_that_fits() -> None:
 
 
 def test_without_issuer_and_audiences_configured_any_iss_and_aud_pass() -> None:
-    jwt_validator = JwtValidator(settings_from({"localJwks": {"inlineString": all_keys_jwks()}}))
+    jwt_validator = JwtValidator(jwt_settings({"localJwks": {"inlineString": all_keys_jwks()}}))
     assert jwt_validator.validate(rsa_token(iss="https://elsewhere/", aud="x")).subject == "my-client"
 
 
@@ -314,7 +309,7 @@ def test_oversized_token_message_gives_the_size_not_the_token() -> None:
 # -- configuration -----------------------------------------------------------------
 
 def test_defaults_are_every_asymmetric_algorithm_30s_skew_and_5s_timeout() -> None:
-    settings = settings_from({"remoteJwks": {"url": "https://idp/jwks"}})
+    settings = jwt_settings({"remoteJwks": {"url": "https://idp/jwks"}})
     assert settings.algorithms == SIGNATURE_ALGORITHMS
     assert settings.clock_skew == 30.0
     assert settings.timeout == 5.0
@@ -324,7 +319,7 @@ def test_defaults_are_every_asymmetric_algorithm_30s_skew_and_5s_timeout() -> No
 
 
 def test_every_field_is_read() -> None:
-    settings = settings_from({
+    settings = jwt_settings({
         "discovery": {"issuerUrl": "https://idp/", "refreshInterval": "1m"},
         "issuer": "https://idp/", "audiences": ["a", "b"], "algorithms": ["ES256", "RS256"],
         "clockSkew": "5s", "requireKid": True, "requireTyp": True, "timeout": "500ms",
@@ -337,15 +332,15 @@ def test_every_field_is_read() -> None:
 
 
 def test_equal_configs_give_equal_hashable_settings() -> None:
-    first = settings_from({"localJwks": {"inlineString": gloo_seed_jwks()}, "audiences": ["a"]})
-    second = settings_from({"localJwks": {"inlineString": gloo_seed_jwks()}, "audiences": ["a"]})
-    other = settings_from({"localJwks": {"inlineString": gloo_seed_jwks()}, "audiences": ["b"]})
+    first = jwt_settings({"localJwks": {"inlineString": gloo_seed_jwks()}, "audiences": ["a"]})
+    second = jwt_settings({"localJwks": {"inlineString": gloo_seed_jwks()}, "audiences": ["a"]})
+    other = jwt_settings({"localJwks": {"inlineString": gloo_seed_jwks()}, "audiences": ["b"]})
     assert first == second and hash(first) == hash(second)
     assert first != other
 
 
 def test_local_jwks_is_parsed_once_into_keys() -> None:
-    settings = settings_from({"localJwks": {"inlineString": gloo_seed_jwks()}})
+    settings = jwt_settings({"localJwks": {"inlineString": gloo_seed_jwks()}})
     assert isinstance(settings.jwks, LocalJwksSettings)
     assert [key.kid for key in settings.jwks.key_set.keys] == ["sKvSeedKey"]
 
@@ -385,6 +380,6 @@ CONFIG_ERRORS = {
 @pytest.mark.parametrize("mapping, message", list(CONFIG_ERRORS.values()), ids=list(CONFIG_ERRORS))
 def test_invalid_config_is_a_config_error_naming_the_field(mapping: dict[str, t.Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        settings_from(mapping)
+        jwt_settings(mapping)
     assert message in str(caught.value)
     assert str(caught.value).startswith(f"{WHERE}: {PATH}")

@@ -26,6 +26,7 @@ from tests.keys import jwks
 from tests.keys import public_jwk
 from tests.keys import rsa_key
 from tests.factories import upstream_yaml
+from tests.factories import bearer
 
 UPSTREAM = "http://upstream.test:8000"
 GOOD = "ory_at_metricstoken123"
@@ -130,8 +131,8 @@ def test_requests_are_counted_by_route_status_and_auth_outcome(make_app, request
     host = {"Host": "api.example.com"}
     before = scrape(client)
 
-    assert client.get("/things", headers={**host, "Authorization": f"Bearer {GOOD}"}).status_code == 200
-    assert client.get("/things", headers={**host, "Authorization": f"Bearer {GOOD}"}).status_code == 200
+    assert client.get("/things", headers={**host, **bearer(GOOD)}).status_code == 200
+    assert client.get("/things", headers={**host, **bearer(GOOD)}).status_code == 200
     assert client.get("/things", headers=host).status_code == 403
     assert client.get("/things", headers={**host, "Authorization": "Bearer inactive-token"}).status_code == 403
     assert client.get("/things", headers={"Host": "unknown.example.com"}).status_code == 404
@@ -152,7 +153,7 @@ def test_idp_calls_and_token_cache_hits_and_misses_are_counted(make_app, request
     before = scrape(client)
 
     for token in (GOOD, GOOD, GOOD, "inactive-token"):
-        client.get("/things", headers={"Host": "api.example.com", "Authorization": f"Bearer {token}"})
+        client.get("/things", headers={"Host": "api.example.com", **bearer(token)})
 
     after = scrape(client)
     assert idp.call_count == 2
@@ -177,7 +178,7 @@ def test_idp_errors_are_counted_by_reason_and_answer_503(make_app, requests_mock
     client = app.test_client()
     before = scrape(client)
 
-    response = client.get("/things", headers={"Host": "api.example.com", "Authorization": f"Bearer {GOOD}"})
+    response = client.get("/things", headers={"Host": "api.example.com", **bearer(GOOD)})
 
     after = scrape(client)
     assert response.status_code == 503
@@ -247,7 +248,7 @@ def test_metric_labels_hold_no_tokens_subjects_or_paths(make_app, requests_mock)
     requests_mock.get(f"{UPSTREAM}/users/12345/secret-report", json={"ok": True})
     client = app.test_client()
 
-    client.get("/users/12345/secret-report", headers={"Host": "api.example.com", "Authorization": f"Bearer {GOOD}"})
+    client.get("/users/12345/secret-report", headers={"Host": "api.example.com", **bearer(GOOD)})
     client.get("/users/12345/secret-report", headers={"Host": "api.example.com",
                                                       "Authorization": "Bearer another-token"})
 

@@ -18,6 +18,7 @@ import requests_mock as requests_mock_module
 from gateway_app.errors import BadRequestError
 from gateway_app.paths import MAX_PATH_LENGTH
 from gateway_app.paths import normalize_path
+from tests.factories import bearer
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp.test/introspect"
@@ -243,7 +244,7 @@ def test_paths_that_resolve_to_petstore_need_a_token_and_forward_the_resolved_pa
     client, upstream = gateway
     assert send(client, path).status_code == 403
     assert not upstream.called
-    response = send(client, path, headers={"Authorization": f"Bearer {TOKEN}"})
+    response = send(client, path, headers=bearer(TOKEN))
     assert response.status_code == 200
     assert lenient_reading(forwarded_path(upstream)).startswith("/petstore")
     assert forwarded_path(upstream) == normalize_path(path)

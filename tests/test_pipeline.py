@@ -22,8 +22,8 @@ from gateway_app.errors import AccessDeniedError
 from gateway_app.errors import IdentityProviderError
 from gateway_app.errors import InvalidTokenError
 from gateway_app.errors import MissingTokenError
-from gateway_app.incoming import IncomingRequest
 from gateway_app.routing import Route
+from tests.factories import incoming_request
 
 
 @dataclasses.dataclass(eq=False)
@@ -48,7 +48,7 @@ def fail(error: Exception) -> t.Callable[[AuthContext], None]:
 
 
 def context() -> AuthContext:
-    request = IncomingRequest(method="GET", scheme="http", host="h", path="/", query_string="", headers={})
+    request = incoming_request(host="h", send_host=False)
     return AuthContext(request=request, route=Route(name="r", source="test", matchers=(), targets=()),
                        state=AuthState())
 

@@ -20,6 +20,7 @@ from gateway_app.ratelimit import Rate
 from gateway_app.ratelimit import RedisLimiter
 from gateway_app.ratelimit import LEASE_LIFE_US
 from gateway_app.ratelimit import LEASE_SHARE
+from tests.support.clocks import FakeClock
 from gateway_app.ratelimit import gcra
 from tests.support.servers import free_port
 from tests.test_cache_redis import redis_url  # noqa: F401  (the module's redis-server)
@@ -29,22 +30,11 @@ FIVE_PER_MINUTE = Rate(5, 60 * MICROS)
 INTERVAL = 12 * MICROS                  # 60 s / 5
 
 
-class Clock:
-    def __init__(self, now: int = START) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, microseconds: int) -> None:
-        self.now += microseconds
-
-
 @pytest.fixture(params=["memory", "redis"])
-def make_limiter(request: pytest.FixtureRequest) -> t.Iterator[t.Callable[[Clock], t.Any]]:
+def make_limiter(request: pytest.FixtureRequest) -> t.Iterator[t.Callable[[FakeClock], t.Any]]:
     made: list[RedisLimiter] = []
 
-    def factory(clock: Clock) -> t.Any:
+    def factory(clock: FakeClock) -> t.Any:
         if request.param == "memory":
             return MemoryLimiter(clock=clock)
         url = request.getfixturevalue("redis_url")
@@ -64,7 +54,7 @@ def hits(limiter: t.Any, count: int, rate: Rate = FIVE_PER_MINUTE, quota: Rate |
 
 
 def test_a_burst_of_exactly_the_limit_passes_and_the_next_is_refused(make_limiter):
-    limiter = make_limiter(Clock())
+    limiter = make_limiter(FakeClock(START))
     remaining = [limiter.hit("k", FIVE_PER_MINUTE, None).remaining for _ in range(5)]
     refused = limiter.hit("k", FIVE_PER_MINUTE, None)
 
@@ -73,7 +63,7 @@ def test_a_burst_of_exactly_the_limit_passes_and_the_next_is_refused(make_limite
 
 
 def test_one_request_passes_again_exactly_one_interval_later_not_a_microsecond_earlier(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     hits(limiter, 5)
     clock.advance(INTERVAL - 1)
@@ -88,7 +78,7 @@ def test_one_request_passes_again_exactly_one_interval_later_not_a_microsecond_e
 
 
 def test_a_full_period_of_silence_restores_the_whole_budget_and_no_more(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     hits(limiter, 5)
     clock.advance(10 * 60 * MICROS)
@@ -97,7 +87,7 @@ def test_a_full_period_of_silence_restores_the_whole_budget_and_no_more(make_lim
 
 
 def test_refused_requests_do_not_use_up_budget(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     hits(limiter, 5)
     assert hits(limiter, 20) == [False] * 20
@@ -107,7 +97,7 @@ def test_refused_requests_do_not_use_up_budget(make_limiter):
 
 
 def test_reset_is_the_time_until_the_bucket_is_full_again(make_limiter):
-    limiter = make_limiter(Clock())
+    limiter = make_limiter(FakeClock(START))
     first = limiter.hit("k", FIVE_PER_MINUTE, None)
     second = limiter.hit("k", FIVE_PER_MINUTE, None)
 
@@ -115,13 +105,13 @@ def test_reset_is_the_time_until_the_bucket_is_full_again(make_limiter):
 
 
 def test_keys_do_not_share_a_budget(make_limiter):
-    limiter = make_limiter(Clock())
+    limiter = make_limiter(FakeClock(START))
     assert hits(limiter, 6, key="alice") == [True] * 5 + [False]
     assert hits(limiter, 1, key="bob") == [True]
 
 
 def test_quota_refuses_at_its_limit_and_starts_over_exactly_at_the_window_edge(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     generous = Rate(1000, MICROS)
     quota = Rate(3, 60 * MICROS)
@@ -138,7 +128,7 @@ def test_quota_refuses_at_its_limit_and_starts_over_exactly_at_the_window_edge(m
 
 
 def test_the_window_with_fewer_remaining_is_reported(make_limiter):
-    limiter = make_limiter(Clock())
+    limiter = make_limiter(FakeClock(START))
     usage = limiter.hit("k", FIVE_PER_MINUTE, Rate(100, 3600 * MICROS))
     tight = limiter.hit("q", FIVE_PER_MINUTE, Rate(2, 3600 * MICROS))
 
@@ -147,7 +137,7 @@ def test_the_window_with_fewer_remaining_is_reported(make_limiter):
 
 
 def test_a_request_refused_by_the_rate_is_not_counted_in_the_quota(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     quota = Rate(10, 3600 * MICROS)
     hits(limiter, 5, quota=quota)
@@ -171,7 +161,7 @@ def test_limits_that_do_not_divide_the_period_round_the_interval_down():
 
 
 def test_a_changed_limit_applies_at_once_and_keeps_the_requests_already_counted(make_limiter):
-    clock = Clock()
+    clock = FakeClock(START)
     limiter = make_limiter(clock)
     hits(limiter, 3)
     raised = Rate(10, 60 * MICROS)
@@ -184,7 +174,7 @@ def test_a_changed_limit_applies_at_once_and_keeps_the_requests_already_counted(
 @pytest.mark.parametrize("limit", [50, 1000], ids=["one-call-per-request", "leases"])
 def test_concurrent_hits_on_redis_admit_exactly_the_limit(redis_url, limit):  # noqa: F811
     redis.Redis.from_url(redis_url).flushdb()
-    clock = Clock()                                      # leases do not expire: every leftover gets used
+    clock = FakeClock(START)                                      # leases do not expire: every leftover gets used
     limiters = [RedisLimiter(redis_url, clock=clock, failure_mode="closed") for _ in range(4)]
     rate = Rate(limit, 3600 * MICROS)
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -200,14 +190,14 @@ def _script_calls(client: redis.Redis) -> int:
     return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
-def _two_workers(url: str, clock: Clock) -> list[RedisLimiter]:
+def _two_workers(url: str, clock: FakeClock) -> list[RedisLimiter]:
     redis.Redis.from_url(url).flushdb()
     return [RedisLimiter(url, clock=clock, failure_mode="closed") for _ in range(2)]
 
 
 def test_leases_admit_exactly_the_limit_across_workers_with_fewer_script_calls(redis_url):  # noqa: F811
     client = redis.Redis.from_url(redis_url)
-    clock = Clock()
+    clock = FakeClock(START)
     workers = _two_workers(redis_url, clock)
     rate = Rate(1000, 3600 * MICROS)                    # no refill while the clock stands still
     client.config_resetstat()
@@ -221,7 +211,7 @@ def test_leases_admit_exactly_the_limit_across_workers_with_fewer_script_calls(r
 
 def test_the_last_requests_of_a_budget_are_one_script_call_each(redis_url):  # noqa: F811
     client = redis.Redis.from_url(redis_url)
-    workers = _two_workers(redis_url, Clock())
+    workers = _two_workers(redis_url, FakeClock(START))
     rate = Rate(2 * LEASE_SHARE - 1, 3600 * MICROS)
     client.config_resetstat()
     admitted = sum(workers[i % 2].hit("k", rate, None).allowed for i in range(rate.limit + 10))
@@ -231,7 +221,7 @@ def test_the_last_requests_of_a_budget_are_one_script_call_each(redis_url):  # n
 
 
 def test_leftovers_of_an_expired_lease_are_given_back_on_its_next_hit(redis_url):  # noqa: F811
-    clock = Clock()
+    clock = FakeClock(START)
     first, second = _two_workers(redis_url, clock)
     rate = Rate(1000, 3600 * MICROS)
     used_by_first = sum(first.hit("k", rate, None).allowed for _ in range(20))   # leases of 1, 2, 4, 8, 16
@@ -247,7 +237,7 @@ def test_leftovers_of_an_expired_lease_are_given_back_on_its_next_hit(redis_url)
 
 
 def test_remaining_counts_down_by_one_per_request_through_a_lease(redis_url):  # noqa: F811
-    (limiter, _) = _two_workers(redis_url, Clock())
+    (limiter, _) = _two_workers(redis_url, FakeClock(START))
     rate = Rate(1000, 3600 * MICROS)
 
     assert [limiter.hit("k", rate, None).remaining for _ in range(40)] == list(range(999, 959, -1))
@@ -256,7 +246,7 @@ def test_remaining_counts_down_by_one_per_request_through_a_lease(redis_url):  #
 def test_leases_off_make_one_script_call_per_request(redis_url):  # noqa: F811
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    limiter = RedisLimiter(redis_url, clock=Clock(), failure_mode="closed", lease_max=1)
+    limiter = RedisLimiter(redis_url, clock=FakeClock(START), failure_mode="closed", lease_max=1)
     client.config_resetstat()
     hits(limiter, 50, Rate(1000, 3600 * MICROS))
 
@@ -264,7 +254,7 @@ def test_leases_off_make_one_script_call_per_request(redis_url):  # noqa: F811
 
 
 def test_a_quota_is_leased_and_given_back_in_its_own_window(redis_url):  # noqa: F811
-    clock = Clock()
+    clock = FakeClock(START)
     first, second = _two_workers(redis_url, clock)
     rate = Rate(100_000, 60 * MICROS)
     quota = Rate(500, 3600 * MICROS)
@@ -279,7 +269,7 @@ def test_a_quota_is_leased_and_given_back_in_its_own_window(redis_url):  # noqa:
 
 
 def test_memory_limiter_divides_every_limit_by_the_worker_count():
-    limiter = MemoryLimiter(divisor=2, clock=Clock())
+    limiter = MemoryLimiter(divisor=2, clock=FakeClock(START))
     assert hits(limiter, 3) == [True, True, False]
 
 
@@ -295,5 +285,5 @@ def test_redis_down_fails_closed_within_the_socket_timeout_and_backs_off():
 
 def test_redis_down_fails_open_to_per_worker_limits():
     limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", failure_mode="open",
-                           fallback=MemoryLimiter(clock=Clock()))
+                           fallback=MemoryLimiter(clock=FakeClock(START)))
     assert hits(limiter, 6) == [True] * 5 + [False]

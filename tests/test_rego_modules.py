@@ -17,6 +17,7 @@ from gateway_app.policy.engine import PolicyEngine
 from gateway_app.policy.loader import load_rego_directory
 from gateway_app.policy.input_document import build_input
 from gateway_app.policy.tooling import run_rego_tests
+from tests.factories import incoming_request
 
 REGO_DIR = pathlib.Path(__file__).resolve().parent.parent / "rego"
 SEED_MODULE = "oauth-scope-apiproduct-opa-cm"
@@ -33,17 +34,9 @@ class Route:
 
 def fixture_request() -> IncomingRequest:
     """The request the seed module's tests describe in ``request_input``."""
-    return IncomingRequest(
-        method="GET",
-        scheme="http",
-        host="api.example.com",
-        path="/api/pets",
-        query_string="limit=1",
-        headers={"host": "api.example.com", "authorization": "Bearer not-a-real-token",
-                 "accept": "application/json"},
-        query={"limit": ["1"]},
-        request_id="req-1",
-    )
+    return incoming_request("/api/pets", host="api.example.com", query_string="limit=1",
+                            headers={"authorization": "Bearer not-a-real-token", "accept": "application/json"},
+                            query={"limit": ["1"]}, request_id="req-1")
 
 
 def with_claims(claims: dict[str, t.Any] | None) -> AuthState:

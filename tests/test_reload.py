@@ -16,6 +16,7 @@ from gateway_app.reload import Watcher
 from gateway_app.reload import install_reload_signal
 from gateway_app.reload import start_watcher
 from tests.factories import upstream_yaml
+from tests.factories import bearer
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp-reload.test/introspect"
@@ -199,14 +200,14 @@ def test_the_token_cache_survives_a_reload_when_idp_settings_are_unchanged(make_
     app = _token_app(make_app, requests_mock)
     idp = _idp(requests_mock)
     watcher = Watcher(app.extensions["gateway"])
-    bearer = {"Authorization": f"Bearer {TOKEN}"}
-    assert status_of(app, bearer) == 200
+    credentials = bearer(TOKEN)
+    assert status_of(app, credentials) == 200
 
     write(tmp_path / "conf" / "auth.yaml", TOKEN_AUTH_YAML % {
         "url": IDP, "extra": "dynamicMetadataFromClaims: {sub: sub}"})
     assert watcher.check() is True
 
-    assert status_of(app, bearer) == 200
+    assert status_of(app, credentials) == 200
     assert idp.call_count == 1
 
 
@@ -215,13 +216,13 @@ def test_a_new_introspection_url_does_not_reuse_cached_answers(make_app, request
     old_idp = _idp(requests_mock)
     new_idp = _idp(requests_mock, "http://idp-other.test/introspect")
     watcher = Watcher(app.extensions["gateway"])
-    bearer = {"Authorization": f"Bearer {TOKEN}"}
-    assert status_of(app, bearer) == 200
+    credentials = bearer(TOKEN)
+    assert status_of(app, credentials) == 200
 
     write(tmp_path / "conf" / "auth.yaml", TOKEN_AUTH_YAML % {"url": "http://idp-other.test/introspect", "extra": ""})
     assert watcher.check() is True
 
-    assert status_of(app, bearer) == 200
+    assert status_of(app, credentials) == 200
     assert (old_idp.call_count, new_idp.call_count) == (1, 1)
 
 

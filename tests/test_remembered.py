@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 import typing as t
 
 import pytest
@@ -17,10 +16,15 @@ from gateway_app.auth.remembered import TOKEN_AND_ROUTE_INPUT
 from gateway_app.auth.remembered import within
 from gateway_app.policy.engine import PolicyEngine
 from gateway_app.policy.input_shape import ALL
+from tests.factories import write_tree
+from tests.support.clocks import EPOCH
+from tests.support.clocks import FakeClock
 from keys import jwks_json
 from keys import make_jwt
 from keys import public_jwk
 from keys import rsa_key
+from tests.factories import bearer
+from tests.factories import incoming_request
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp.test/introspect"
@@ -121,13 +125,14 @@ spec:
 
 
 @pytest.fixture
-def gateway(make_app, requests_mock, monkeypatch) -> t.Any:
-    return build_client(make_app, requests_mock, monkeypatch)
+def gateway(make_app, requests_mock, monkeypatch, clock) -> t.Any:
+    return build_client(make_app, requests_mock, monkeypatch, clock=clock)
 
 
 def build_client(make_app, requests_mock, monkeypatch, **settings: t.Any) -> t.Any:
     """The test client; ``client.evaluations`` counts policy evaluations by query."""
     jwks = jwks_json(public_jwk(KEY, kid="k1", alg="RS256"))
+    settings.setdefault("clock", FakeClock())
     app = make_app(config(jwks), rego={"seed.rego": SEED_POLICY, "bypath.rego": PATH_POLICY,
                                        "intro.rego": INTROSPECTION_POLICY}, **settings)
     requests_mock.get(UPSTREAM + "/petstore", json={"ok": True})
@@ -148,12 +153,9 @@ def build_client(make_app, requests_mock, monkeypatch, **settings: t.Any) -> t.A
 
 
 def token(scope: str = "petstore", sub: str = "my-client", lifetime: int = 3600) -> str:
-    now = int(time.time())
-    return make_jwt({"sub": sub, "scope": scope, "iat": now, "exp": now + lifetime}, KEY, "RS256", kid="k1")
+    """A JWT issued at :data:`EPOCH`, where the gateway's clock starts (:class:`FakeClock`)."""
+    return make_jwt({"sub": sub, "scope": scope, "iat": EPOCH, "exp": EPOCH + lifetime}, KEY, "RS256", kid="k1")
 
-
-def bearer(value: str, **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {value}", **headers}
 
 
 def upstream_headers(requests_mock) -> dict[str, str]:
@@ -219,23 +221,23 @@ def test_different_tokens_get_their_own_outcomes(gateway, requests_mock):
     assert gateway.get("/petstore", headers=bearer(token(scope="tracks"))).status_code == 403
 
 
-def test_an_expired_jwt_is_refused_with_403_after_its_allow_was_remembered(gateway):
-    jwt = token(lifetime=1)
+def test_an_expired_jwt_is_refused_with_403_after_its_allow_was_remembered(gateway, clock):
+    jwt = token(lifetime=60)
     assert gateway.get("/petstore", headers=bearer(jwt)).status_code == 200
-    time.sleep(1.1)
+    clock.advance(60)                                 # exp reached (clockSkew: 0s)
     response = gateway.get("/petstore", headers=bearer(jwt))
     assert response.status_code == 403
     assert json.loads(response.data)["error"] == "token_expired"
 
 
-def test_a_revoked_opaque_token_is_refused_once_its_cache_entry_expires(gateway, requests_mock):
+def test_a_revoked_opaque_token_is_refused_once_its_cache_entry_expires(gateway, requests_mock, clock):
     idp = requests_mock.post(IDP, json={"active": True, "sub": "my-client", "scope": "petstore",
-                                        "exp": int(time.time()) + 3600})
+                                        "exp": EPOCH + 3600})
     assert gateway.get("/opaque", headers=bearer("opaque-token-1")).status_code == 200
     assert gateway.get("/opaque", headers=bearer("opaque-token-1")).status_code == 200
     assert (idp.call_count, gateway.evaluations) == (1, {"data.intro.allow == true": 1})
     requests_mock.post(IDP, json={"active": False})
-    time.sleep(1.1)                                   # cacheTimeout: 1s
+    clock.advance(1)                                  # cacheTimeout: 1s
     assert gateway.get("/opaque", headers=bearer("opaque-token-1")).status_code == 403
 
 
@@ -253,12 +255,11 @@ def test_denials_are_never_remembered(gateway):
     assert gateway.evaluations == {"data.test.allow == true": 3}
 
 
-def test_the_access_record_of_a_remembered_allow_names_the_query(gateway, caplog):
+def test_the_access_record_of_a_remembered_allow_names_the_query(gateway, access_records):
     jwt = token()
     gateway.get("/petstore", headers=bearer(jwt))
-    with caplog.at_level("INFO", logger="gateway_app.access"):
-        gateway.get("/petstore", headers=bearer(jwt))
-    fields = [r.fields for r in caplog.records if r.name == "gateway_app.access"][-1]
+    gateway.get("/petstore", headers=bearer(jwt))
+    fields = access_records[-1].fields
     assert (fields["auth"], fields["query"], fields["sub"]) == ("allowed", "data.test.allow == true", "my-client")
 
 
@@ -314,27 +315,24 @@ spec:
 
 
 def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(tmp_path, requests_mock):
-    from conftest import write_tree
     from gateway_app.auth.state import AuthState
     from gateway_app.auth.steps import AuthContext
     from gateway_app.auth.registry import ValidatorRegistry
     from gateway_app.config.build import load_config
     from gateway_app.errors import InvalidTokenError
-    from gateway_app.incoming import IncomingRequest
 
-    now = [1_700_000_000.0]
+    clock = FakeClock()
     conf = write_tree(tmp_path / "conf", {
         "auth.yaml": REAL_AUTH % {"name": "real", "idp": IDP, "extra": ""} + "---"
         + REAL_AUTH % {"name": "real-short", "idp": IDP, "extra": ", cacheTimeout: 2s"},
         "routes.yaml": REAL_ROUTES % {"upstream": UPSTREAM}})
     rego = write_tree(tmp_path / "rego", {"intro.rego": INTROSPECTION_POLICY})
-    config = load_config(conf, rego, ValidatorRegistry(clock=lambda: now[0]))
+    config = load_config(conf, rego, ValidatorRegistry(clock=clock))
     idp = requests_mock.post(IDP, [{"json": {"active": True, "sub": "alice", "scope": "petstore"}},
                                    {"json": {"active": False}}])
 
     def authorize(path: str) -> str:
-        incoming = IncomingRequest(method="GET", scheme="http", host="api.test", path=path, query_string="",
-                                   headers={"authorization": "Bearer opaque-token-1"})
+        incoming = incoming_request(path, host="api.test", headers=bearer("opaque-token-1"), send_host=False)
         route = config.router.match(incoming).route
         assert route.auth is not None and route.auth.remember_outcomes
         state = AuthState()
@@ -343,10 +341,10 @@ def test_a_remembered_outcome_on_real_short_ends_3s_after_real_cached_the_token(
 
     assert authorize("/real") == "alice"                    # the IdP's answer, cached for 10 min
     assert authorize("/real-short") == "alice"              # the same entry; the outcome is remembered
-    now[0] += 1
+    clock.advance(1)
     assert authorize("/real-short") == "alice"              # from the remembered outcome
     assert idp.call_count == 1
-    now[0] += 2                                             # revoked at the IdP; 3 s after real cached it
+    clock.advance(2)                                       # revoked at the IdP; 3 s after real cached it
     with pytest.raises(InvalidTokenError) as caught:
         authorize("/real-short")
     assert caught.value.reason == "token_inactive"

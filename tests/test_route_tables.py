@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import textwrap
 import typing as t
 
 import pytest
@@ -17,16 +16,12 @@ from gateway_app.incoming import IncomingRequest
 from tests.keys import claims
 from tests.keys import make_jwt
 from tests.keys import public_jwk
+from tests.factories import write_tree
 from tests.keys import rsa_key
+from tests.factories import bearer
 from tests.support.servers import REPO_ROOT as REPO
+from tests.factories import incoming_request
 
-
-def write_tree(root: pathlib.Path, files: t.Mapping[str, str]) -> pathlib.Path:
-    """Write ``files`` (name -> dedented text) under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (root / name).write_text(textwrap.dedent(text))
-    return root
 
 
 API_PRODUCTS = (REPO / "conf" / "api-products.yaml").read_text()
@@ -44,8 +39,7 @@ spec:
 
 
 def request(path: str, host: str = "api.example.com", method: str = "GET") -> IncomingRequest:
-    return IncomingRequest(method=method, scheme="http", host=host, path=path, query_string="",
-                           headers={"host": host})
+    return incoming_request(path, method=method, host=host)
 
 
 @pytest.fixture
@@ -251,8 +245,8 @@ def policy_app(make_app, requests_mock) -> t.Callable[[str, dict[str, str]], t.A
     return factory
 
 
-def bearer(**overrides: t.Any) -> dict[str, str]:
-    return {"Authorization": "Bearer " + make_jwt(claims(**overrides), rsa_key())}
+def signed_bearer(**overrides: t.Any) -> dict[str, str]:
+    return bearer(make_jwt(claims(**overrides), rsa_key()))
 
 
 def shadow_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, t.Any]]:
@@ -263,7 +257,7 @@ def test_shadow_policy_agreeing_with_the_enforced_one_logs_nothing(policy_app, c
     client = policy_app(SHADOW, {**SEED_REGO, **CANDIDATE})
     caplog.set_level(logging.WARNING)
 
-    response = client.get("/orders", headers=bearer(scope="petstore"))
+    response = client.get("/orders", headers=signed_bearer(scope="petstore"))
 
     assert response.status_code == 403                       # the seed policy: no API product, deny
     assert shadow_records(caplog) == []                       # the candidate denies too
@@ -273,7 +267,7 @@ def test_shadow_policy_allowing_where_the_enforced_one_denies_is_logged(policy_a
     client = policy_app(SHADOW, {**SEED_REGO, **CANDIDATE})
     caplog.set_level(logging.WARNING)
 
-    response = client.get("/orders", headers=bearer(scope="admin", sub="alice"))
+    response = client.get("/orders", headers=signed_bearer(scope="admin", sub="alice"))
 
     assert response.status_code == 403
     record, = shadow_records(caplog)
@@ -284,7 +278,7 @@ def test_shadow_policy_allowing_where_the_enforced_one_denies_is_logged(policy_a
 def test_rich_decision_allow_adds_the_policy_headers_upstream(policy_app, requests_mock):
     client = policy_app(RICH, RICH_REGO)
 
-    response = client.get("/orders", headers=bearer(tier="gold"))
+    response = client.get("/orders", headers=signed_bearer(tier="gold"))
 
     assert response.status_code == 200
     assert requests_mock.request_history[-1].headers["x-tier"] == "gold"
@@ -293,7 +287,7 @@ def test_rich_decision_allow_adds_the_policy_headers_upstream(policy_app, reques
 def test_rich_decision_deny_answers_the_policy_status_headers_and_body(policy_app, requests_mock):
     client = policy_app(RICH, RICH_REGO)
 
-    response = client.get("/orders", headers=bearer(tier="free"))
+    response = client.get("/orders", headers=signed_bearer(tier="free"))
 
     assert response.status_code == 402
     assert response.headers["x-upgrade"] == "gold"

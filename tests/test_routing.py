@@ -17,12 +17,12 @@ from gateway_app.routing import PathRewrite
 from gateway_app.routing import Route
 from gateway_app.routing import Router
 from gateway_app.routing import VirtualHost
+from tests.factories import incoming_request
 
 
 def request(path: str = "/", host: str = "example.com", method: str = "GET",
             headers: t.Mapping[str, str] | None = None) -> IncomingRequest:
-    return IncomingRequest(method=method, scheme="http", host=host, path=path, query_string="",
-                           headers={"host": host, **(headers or {})})
+    return incoming_request(path, method=method, host=host, headers={"host": host, **(headers or {})})
 
 
 def route(name: str, *matchers: Matcher) -> Route:

@@ -16,15 +16,13 @@ from gateway_app.errors import ConfigError
 from gateway_app.errors import InvalidTokenError
 from gateway_app.incoming import IncomingRequest
 from gateway_app.incoming import parameter_key
+from tests.factories import incoming_request
 from hypothesis import given
 from hypothesis import strategies as st
 
 
 def make_request(headers=None, query=None, cookies=None) -> IncomingRequest:
-    return IncomingRequest(method="GET", scheme="http", host="gw", path="/", query_string="",
-                           headers={k.lower(): v for k, v in (headers or {}).items()}, query=query or {},
-                           cookies={name: (value,) if isinstance(value, str) else tuple(value)
-                                    for name, value in (cookies or {}).items()})
+    return incoming_request(host="gw", headers=headers, send_host=False, query=query or {}, cookies=cookies)
 
 
 def test_default_limit_is_8192_characters():

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from gateway_app.config.build import build_config
-from tests.conftest import write_tree
+from tests.factories import write_tree
 from tests.factories import upstream_yaml
 from tests.keys import claims
 from tests.keys import jwks_json
@@ -16,6 +16,7 @@ from tests.keys import make_jwt
 from tests.keys import pem_of_public
 from tests.keys import public_jwk
 from tests.keys import rsa_key
+from tests.factories import bearer
 
 UPSTREAM = "http://upstream.test:8000"
 
@@ -84,16 +85,16 @@ def test_jwt_from_header_or_token_key_is_verified_and_removed(make_app, requests
     kid = None if source == "publicKey" else "main"
     token = make_jwt(claims(grp="admin"), key, kid=kid)
     client = app.test_client()
-    assert client.get("/x", headers={"Authorization": f"Bearer {token}", "Group": "forged"}).status_code == 200
+    assert client.get("/x", headers={**bearer(token), "Group": "forged"}).status_code == 200
     assert "Authorization" not in upstream.last_request.headers
     assert upstream.last_request.headers["Group"] == "admin"
     assert client.get(f"/x?jwt={token}").status_code == 200
     assert "jwt=" not in upstream.last_request.url
     assert client.get("/x").status_code == 401
     other = make_jwt(claims(grp="admin"), rsa_key("other"), kid=kid)
-    assert client.get("/x", headers={"Authorization": f"Bearer {other}"}).status_code == 401
+    assert client.get("/x", headers=bearer(other)).status_code == 401
     dev = make_jwt(claims(grp="dev"), key, kid=kid)
-    assert client.get("/x", headers={"Authorization": f"Bearer {dev}"}).status_code == 403
+    assert client.get("/x", headers=bearer(dev)).status_code == 403
 
 
 def test_jwks_url_fetches_the_keys(make_app, requests_mock, key):
@@ -101,7 +102,7 @@ def test_jwks_url_fetches_the_keys(make_app, requests_mock, key):
     app = _app(make_app, jwt_middleware("      jwksUrl: http://idp.test/jwks"), ingress("jwt"))
     requests_mock.get(f"{UPSTREAM}/x", json={})
     token = make_jwt(claims(grp="admin"), key)
-    assert app.test_client().get("/x", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert app.test_client().get("/x", headers=bearer(token)).status_code == 200
 
 
 @pytest.mark.parametrize("source, message", [
@@ -162,8 +163,8 @@ def test_opa_after_jwt_runs_in_middleware_order(make_app, requests_mock, key):
     client = app.test_client()
     assert client.get("/x").status_code == 401
     token = make_jwt(claims(grp="admin"), key)
-    assert client.get("/x", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    assert client.get("/x", headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}).status_code \
+    assert client.get("/x", headers=bearer(token)).status_code == 200
+    assert client.get("/x", headers={**bearer(token), "Accept": "application/json"}).status_code \
         == 403
 
 

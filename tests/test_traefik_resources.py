@@ -4,15 +4,15 @@ route table and auth pipeline, through the Flask test client (IdP and upstream m
 from __future__ import annotations
 
 import json
-import logging
 import pathlib
 import time
 
 import pytest
 
 from gateway_app.config.build import build_config
-from tests.conftest import write_tree
+from tests.factories import write_tree
 from tests.factories import upstream_yaml
+from tests.factories import bearer
 
 IDP = "http://idp.test/realms/demo/protocol/openid-connect/token/introspect"
 UPSTREAM = "http://upstream.test:8000"
@@ -105,7 +105,7 @@ def test_token_from_each_source_is_introspected_and_removed_before_forwarding(ma
     upstream = _upstream(requests_mock)
     client = app.test_client()
     if how == "header":
-        response = client.get("/secure", headers={"Host": "api.example.com", "Authorization": f"Bearer {GOOD}"})
+        response = client.get("/secure", headers={"Host": "api.example.com", **bearer(GOOD)})
     elif how == "query":
         response = client.get(f"/secure?token={GOOD}&x=1", headers={"Host": "api.example.com"})
     else:
@@ -139,7 +139,7 @@ def test_claims_expression_that_does_not_hold_is_403(make_app, requests_mock):
     _idp(requests_mock, claims={"grp": "dev", "scope": "read write"})
     upstream = _upstream(requests_mock)
     response = app.test_client().get("/secure", headers={"Host": "api.example.com",
-                                                         "Authorization": f"Bearer {GOOD}"})
+                                                         **bearer(GOOD)})
     assert response.status_code == 403
     assert response.get_json()["error"] == "claims_mismatch"
     assert upstream.call_count == 0
@@ -150,7 +150,7 @@ def test_claims_expression_or_branch_allows(make_app, requests_mock):
     _idp(requests_mock, claims={"grp": "dev", "scope": "read superuser"})
     _upstream(requests_mock)
     response = app.test_client().get("/secure", headers={"Host": "api.example.com",
-                                                         "Authorization": f"Bearer {GOOD}"})
+                                                         **bearer(GOOD)})
     assert response.status_code == 200
 
 
@@ -172,7 +172,7 @@ def test_forward_authorization_true_keeps_the_credential(make_app, requests_mock
                .replace("- name: oauth2-token-introspection", "- name: keep"))
     _idp(requests_mock)
     upstream = _upstream(requests_mock, "/keep")
-    response = app.test_client().get("/keep", headers={"Host": "api.example.com", "Authorization": f"Bearer {GOOD}"})
+    response = app.test_client().get("/keep", headers={"Host": "api.example.com", **bearer(GOOD)})
     assert response.status_code == 200
     assert upstream.last_request.headers["Authorization"] == f"Bearer {GOOD}"
 
@@ -265,20 +265,13 @@ def test_the_older_api_group_is_accepted(tmp_path):
     assert _statuses(tmp_path, files) == []
 
 
-def test_username_claim_is_the_subject_of_the_access_record(make_app, requests_mock, caplog):
+def test_username_claim_is_the_subject_of_the_access_record(make_app, requests_mock, access_records):
     app = _app(make_app)
     _idp(requests_mock)
     _upstream(requests_mock)
-    access = logging.getLogger("gateway_app.access")
-    access.addHandler(caplog.handler)          # the app's logging does not propagate to the root
-    try:
-        with caplog.at_level("INFO", logger="gateway_app.access"):
-            response = app.test_client().get("/secure", headers={"Host": "api.example.com",
-                                                                 "Authorization": f"Bearer {GOOD}"})
-    finally:
-        access.removeHandler(caplog.handler)
+    response = app.test_client().get("/secure", headers={"Host": "api.example.com", **bearer(GOOD)})
     assert response.status_code == 200
-    fields = [r.fields for r in caplog.records if r.name == "gateway_app.access"][-1]
+    fields = access_records[-1].fields
     assert fields["sub"] == "ada"
     assert fields["route"] == "apps/whoami/routes[0]"
     assert fields["auth_config"] == "apps/oauth2-token-introspection"
@@ -298,14 +291,14 @@ def test_templated_idp_headers_are_rendered_per_request_and_key_the_cache(make_a
                     "b.yaml": INGRESS_ROUTE.replace("api.example.com", "b.example.com")
                     .replace("name: whoami\n  namespace", "name: b\n  namespace")})
     client = app.test_client()
-    bearer = {"Authorization": f"Bearer {GOOD}", "X-Tenant": "acme"}
-    assert client.get("/secure?a=1", headers={"Host": "api.example.com", **bearer}).status_code == 200
+    credentials = bearer(GOOD, **{"X-Tenant": "acme"})
+    assert client.get("/secure?a=1", headers={"Host": "api.example.com", **credentials}).status_code == 200
     sent = idp.last_request.headers
     assert sent["X-Forwarded-Host"] == "api.example.com"
     assert sent["X-Original"] == "GET /secure?a=1 acme"
-    assert client.get("/secure?a=1", headers={"Host": "api.example.com", **bearer}).status_code == 200
+    assert client.get("/secure?a=1", headers={"Host": "api.example.com", **credentials}).status_code == 200
     assert idp.call_count == 1
-    assert client.get("/secure?a=1", headers={"Host": "b.example.com", **bearer}).status_code == 200
+    assert client.get("/secure?a=1", headers={"Host": "b.example.com", **credentials}).status_code == 200
     assert idp.call_count == 2
     assert idp.last_request.headers["X-Forwarded-Host"] == "b.example.com"
 

@@ -11,7 +11,7 @@ from gateway_app.traefik.rewrites import parse_add_prefix
 from gateway_app.traefik.rewrites import parse_replace_path_regex
 from gateway_app.traefik.rewrites import parse_strip_prefix
 from gateway_app.config.fields import Node
-from tests.conftest import write_tree
+from tests.factories import write_tree
 from tests.factories import upstream_yaml
 
 UPSTREAM = "http://upstream.test:8000"

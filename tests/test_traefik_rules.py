@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gateway_app.errors import ConfigError
-from gateway_app.incoming import IncomingRequest
 from gateway_app.routing import Matcher
 from gateway_app.traefik.rules import compile_rule
+from tests.factories import incoming_request
 
 
 def request(path="/", method="GET", host="api.example.com", headers=None, query=None, remote="10.1.2.3"):
-    return IncomingRequest(method=method, scheme="http", host=host, path=path, query_string="",
-                           headers=headers or {}, query=query or {}, remote_addr=remote)
+    return incoming_request(path, method=method, host=host, headers=headers, send_host=False, query=query or {},
+                            remote_addr=remote)
 
 
 def matches(rule: str, **kwargs) -> bool:

@@ -6,14 +6,13 @@ import pytest
 
 from gateway_app.auth.state import AuthState
 from gateway_app.errors import ConfigError
-from gateway_app.incoming import IncomingRequest
 from gateway_app.transform import HeaderTemplate
 from gateway_app.transform import HeaderTransforms
 from gateway_app.transform import compile_template
+from tests.factories import incoming_request
 
 SEED_TEMPLATE = '{{ dynamic_metadata("config_0:sub", "envoy.filters.http.ext_authz")}}'
-REQUEST = IncomingRequest(method="GET", scheme="http", host="h", path="/", query_string="",
-                          headers={"x-tenant": "acme", "x-customer": "forged"})
+REQUEST = incoming_request(host="h", headers={"x-tenant": "acme", "x-customer": "forged"}, send_host=False)
 
 
 def render(text: str, metadata: dict | None = None) -> str:

@@ -5,7 +5,6 @@ Counters are per process here (no Redis); tests/e2e/test_usage_plans_e2e.py shar
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 import time
@@ -17,6 +16,7 @@ from gateway_app.cache import hash_key
 from gateway_app.config.build import build_config
 from gateway_app.reload import Watcher
 from tests.support.servers import free_port
+from tests.factories import bearer
 
 UPSTREAM = "http://upstream.test:8000"
 IDP = "http://idp-plans.test/introspect"
@@ -145,7 +145,7 @@ def _introspection(request: t.Any, context: t.Any) -> dict[str, t.Any]:
 
 def get(app: t.Any, path: str = "/pets", token: str | None = "alice", **headers: str) -> t.Any:
     if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
+        headers.update(bearer(token))
     return app.test_client().get(path, headers=headers)
 
 
@@ -213,14 +213,13 @@ def test_scope_global_shares_one_budget_across_products(plans_app):
     assert statuses(app, 2, "/pets") + statuses(app, 2, "/tracks") == [200, 200, 200, 429]
 
 
-def test_a_plan_chosen_by_rego_dynamic_metadata_is_applied(plans_app, caplog):
+def test_a_plan_chosen_by_rego_dynamic_metadata_is_applied(plans_app, access_records):
     app = plans_app()
-    with caplog.at_level(logging.INFO, logger="gateway_app.access"):
-        responses = [get(app, token="vip") for _ in range(6)]
+    responses = [get(app, token="vip") for _ in range(6)]
 
     assert [r.status_code for r in responses] == [200] * 5 + [429]
     assert responses[0].headers["RateLimit-Policy"] == '"gold";q=5;w=60'
-    fields = [r.fields for r in caplog.records if hasattr(r, "fields")]
+    fields = [r.fields for r in access_records]
     assert {f["usage_plan"] for f in fields} == {"gold"}
     assert [f["rate_limit"] for f in fields] == ["allowed"] * 5 + ["limited"]
 
@@ -286,11 +285,10 @@ def test_behind_a_trusted_proxy_the_anonymous_plan_counts_the_forwarded_client(p
     assert via_proxy("192.0.2.2") == 200
 
 
-def test_the_access_record_carries_plan_consumer_hash_and_outcome_never_the_client_id(plans_app, caplog):
+def test_the_access_record_carries_plan_consumer_hash_and_outcome_never_the_client_id(plans_app, access_records):
     app = plans_app()
-    with caplog.at_level(logging.INFO, logger="gateway_app.access"):
-        statuses(app, 4, token="alice-secret-client")
-    fields = [r.fields for r in caplog.records if hasattr(r, "fields")]
+    statuses(app, 4, token="alice-secret-client")
+    fields = [r.fields for r in access_records]
 
     assert [f["rate_limit"] for f in fields] == ["allowed"] * 3 + ["limited"]
     assert [f["status"] for f in fields] == [200, 200, 200, 429]

@@ -16,6 +16,7 @@ from gateway_app.worker import HeadState
 from gateway_app.worker import MinRateSocket
 from gateway_app.worker import min_body_rate_from_env
 from gateway_app.worker import timeouts_from_env
+from tests.support.clocks import FakeClock
 
 LIMITS = HeadLimits(request_line=20, head=200)
 HEAD = b"GET /a HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
@@ -115,14 +116,6 @@ def test_a_timeout_that_is_not_a_positive_number_stops_start_up(name, raw):
 
 # --- The minimum body data rate and the declared body size (F2) ------------------------------
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class TricklingSocket:
     """A client socket that has ``arrivals`` ready, one per recv; then every recv waits out its timeout."""
 
@@ -147,7 +140,7 @@ class TricklingSocket:
 
 def test_a_body_trickled_below_the_minimum_rate_is_cut_with_408_after_the_grace_period():
     """The red team's trickle: one byte every 5 s; 240 bytes/s after 5 s of grace (Kestrel's default)."""
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     sock = TricklingSocket(clock, [b"x"] * 100, seconds_per_recv=5.0)
     body = MinRateSocket(sock, rate=240, grace=5.0, timeout=30.0, clock=clock)
     assert body.recv(8192) == b"x"              # within the grace period
@@ -159,7 +152,7 @@ def test_a_body_trickled_below_the_minimum_rate_is_cut_with_408_after_the_grace_
 
 
 def test_a_body_at_the_minimum_rate_is_read_whole():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     sock = TricklingSocket(clock, [b"x" * 480] * 20, seconds_per_recv=1.0)   # 480 bytes/s
     body = MinRateSocket(sock, rate=240, grace=5.0, timeout=30.0, clock=clock)
     assert b"".join(body.recv(8192) for _ in range(20)) == b"x" * 480 * 20
@@ -167,7 +160,7 @@ def test_a_body_at_the_minimum_rate_is_read_whole():
 
 def test_a_body_that_stops_within_the_rate_keeps_the_client_timeout_error():
     """A wait shorter than the rate allows ends as GATEWAY_CLIENT_TIMEOUT always did: TimeoutError (400)."""
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     sock = TricklingSocket(clock, [b"x" * 100_000], seconds_per_recv=0.1)
     body = MinRateSocket(sock, rate=240, grace=5.0, timeout=2.0, clock=clock)
     body.recv(65536)

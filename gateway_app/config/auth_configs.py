@@ -149,7 +149,8 @@ def token_validator(kind: str, node: Node, namespace: str, ctx: AuthBuildContext
         ctx.used_validator_keys.add(key)
         shared = ctx.validators.shared_jwt_cache()
         return ctx.validators.get(key, lambda: JwtValidator(settings, shared=shared,
-                                                             **ctx.validators.clock_options("wall_clock"))), None
+                                                             **ctx.validators.clock_options("wall_clock"),
+                                                             **ctx.validators.clock_options("clock"))), None
     settings = parse_introspection_settings(node, ctx.secrets, namespace)
     key = ("introspection", settings.config_digest)
     ctx.used_validator_keys.add(key)
@@ -166,7 +167,8 @@ def _with_stale_if_error(validation: Node, kind: str, validator: t.Any, ctx: Aut
         return validator
     key = ("stale-if-error", id(validator), window)
     ctx.used_validator_keys.add(key)
-    return ctx.validators.get(key, lambda: StaleIfErrorValidator(validator, window))
+    return ctx.validators.get(key, lambda: StaleIfErrorValidator(validator, window,
+                                                                 **ctx.validators.clock_options("clock")))
 
 
 def _required_scopes(node: Node) -> tuple[str, ...]:

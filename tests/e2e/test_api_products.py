@@ -19,6 +19,7 @@ from tests.support.servers import gateway_server
 from tests.support.servers import render_config
 
 from .conftest import token
+from tests.factories import bearer
 
 TIMEOUT = 10
 HOST = {"Host": "api.example.com"}
@@ -59,7 +60,7 @@ def call(http: requests.Session, gateway: ServerProcess, path: str, access_token
          **headers: str) -> requests.Response:
     sent = {**HOST, **headers}
     if access_token is not None:
-        sent["Authorization"] = f"Bearer {access_token}"
+        sent.update(bearer(access_token))
     return http.get(gateway.url + path, headers=sent, timeout=TIMEOUT)
 
 
@@ -108,7 +109,7 @@ def test_sub_reaches_upstream_as_x_customer_and_a_client_copy_is_replaced(gatewa
 
 def test_other_hosts_have_no_api_products(gateway, http, tokens):
     response = http.get(gateway.url + "/petstore/pets", headers={"Host": "other.example.com",
-                                                                 "Authorization": f"Bearer {tokens['tracks']}"},
+                                                                 **bearer(tokens['tracks'])},
                         timeout=TIMEOUT)
     assert response.status_code == 404
 

@@ -17,6 +17,7 @@ from tests.support.servers import gateway_server
 from tests.support.servers import render_config
 
 from .conftest import token
+from tests.factories import bearer
 
 TIMEOUT = 10
 
@@ -97,9 +98,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, oauth: ServerProcess,
         yield server
 
 
-
-def bearer(access_token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {access_token}"}
 
 
 def echoed_headers(response: requests.Response) -> dict[str, str]:

@@ -24,6 +24,7 @@ from tests.support.servers import gateway_server
 from tests.support.servers import render_config
 
 from .conftest import token
+from tests.factories import bearer
 
 CONFIG = """\
 apiVersion: v1
@@ -137,17 +138,17 @@ def _exchange(gateway: ServerProcess, oauth: ServerProcess) -> dict:
     secrets = {"opaque": opaque, "other": other_opaque, "jwt": jwt, "bad": bad, "cookie": cookie,
                "tampered": _tampered(jwt)}
     calls: list[tuple[str, dict, int]] = [
-        ("/opaque/headers", {"Authorization": f"Bearer {opaque}"}, 200),
+        ("/opaque/headers", bearer(opaque), 200),
         (f"/opaque/get?access_token={opaque}&x=1", {}, 200),
         ("/opaque/cookies", {"Cookie": f"at={opaque}; sid={cookie}"}, 200),
-        ("/opaque/headers", {"Authorization": f"Bearer {bad}"}, 403),
+        ("/opaque/headers", bearer(bad), 403),
         (f"/opaque/get?access_token={bad}", {}, 403),
         ("/opaque/get", {"Cookie": f"at={bad}; sid={cookie}"}, 403),
-        (f"/opaque/get?access_token={other_opaque}", {"Authorization": f"Bearer {opaque}"}, 403),
+        (f"/opaque/get?access_token={other_opaque}", bearer(opaque), 403),
         ("/opaque/get", {"Authorization": f"Bearer {opaque}, Bearer {bad}"}, 400),
-        ("/down/get", {"Authorization": f"Bearer {opaque}"}, 503),
-        ("/jwt/headers", {"Authorization": f"Bearer {jwt}"}, 200),
-        ("/jwt/headers", {"Authorization": f"Bearer {secrets['tampered']}"}, 403),
+        ("/down/get", bearer(opaque), 503),
+        ("/jwt/headers", bearer(jwt), 200),
+        ("/jwt/headers", bearer(secrets['tampered']), 403),
         ("/jwt/headers", {"Authorization": f"Bearer {jwt}x"}, 403),
     ]
     answers: list[str] = []

@@ -33,6 +33,7 @@ from tests.support.recording_upstream import RecordingUpstream
 from tests.support.servers import ServerProcess
 from tests.support.servers import gateway_server
 from tests.support.servers import render_config
+from tests.factories import bearer
 
 KEY = rsa_key()
 
@@ -141,23 +142,22 @@ def upstream(stack) -> t.Iterator[RecordingUpstream]:
     stack[1].clear()
 
 
-def bearer(**overrides: t.Any) -> list[tuple[str, str]]:
-    token = make_jwt(claims(iss=None, aud=None, **overrides), KEY)
-    return [("Authorization", f"Bearer {token}")]
+def signed_bearer(**overrides: t.Any) -> list[tuple[str, str]]:
+    return list(bearer(make_jwt(claims(iss=None, aud=None, **overrides), KEY)).items())
 
 
 # --- item 7: values the gateway writes ---------------------------------------------------
 
 def test_a_non_latin1_sub_claim_is_forwarded_percent_encoded_not_a_500(gateway, upstream):
     """The issue's example: ``sub: 山田`` through claimsToHeaders answered 500 upstream_request_invalid."""
-    answer = exchange(gateway.port, path="/claims", headers=bearer(sub="山田"))
+    answer = exchange(gateway.port, path="/claims", headers=signed_bearer(sub="山田"))
     assert answer.status == 200, answer
     [seen] = upstream.requests
     assert seen.header("x-user") == "UTF-8''%E5%B1%B1%E7%94%B0"
 
 
 def test_crlf_in_a_claim_never_reaches_the_upstream_raw(gateway, upstream):
-    answer = exchange(gateway.port, path="/claims", headers=bearer(sub="alice\r\nX-Admin: yes", name="a\x00b"))
+    answer = exchange(gateway.port, path="/claims", headers=signed_bearer(sub="alice\r\nX-Admin: yes", name="a\x00b"))
     assert answer.status == 200
     [seen] = upstream.requests
     assert seen.header("x-admin") is None
@@ -167,13 +167,13 @@ def test_crlf_in_a_claim_never_reaches_the_upstream_raw(gateway, upstream):
 
 
 def test_a_list_claim_element_holding_a_comma_cannot_pose_as_two(gateway, upstream):
-    assert exchange(gateway.port, path="/claims", headers=bearer(groups=["dev,admin", "ops"])).status == 200
+    assert exchange(gateway.port, path="/claims", headers=signed_bearer(groups=["dev,admin", "ops"])).status == 200
     [seen] = upstream.requests
     assert seen.header("x-groups") == "UTF-8''dev%2Cadmin,ops"
 
 
 def test_a_plain_claim_is_forwarded_as_it_is(gateway, upstream):
-    assert exchange(gateway.port, path="/claims", headers=bearer(sub="alice", groups=["dev", "ops"])).status == 200
+    assert exchange(gateway.port, path="/claims", headers=signed_bearer(sub="alice", groups=["dev", "ops"])).status == 200
     [seen] = upstream.requests
     assert (seen.header("x-user"), seen.header("x-groups")) == ("alice", "dev,ops")
 

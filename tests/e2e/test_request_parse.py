@@ -43,6 +43,7 @@ from tests.support.recording_upstream import RecordingUpstream
 from tests.support.servers import ServerProcess
 from tests.support.servers import gateway_server
 from tests.support.servers import render_config
+from tests.factories import bearer
 
 KEY = rsa_key("request-parse")
 HOUR = 3600
@@ -205,8 +206,10 @@ def policy_saw(request: RecordedRequest) -> dict[str, t.Any]:
     return json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
 
 
-def bearer(token: str) -> tuple[str, str]:
-    return ("Authorization", f"Bearer {token}")
+def bearer_field(token: str) -> tuple[str, str]:
+    """The bearer header as one raw (name, value) field."""
+    [(name, value)] = bearer(token).items()
+    return name, value
 
 
 # -- 1. the request target is parsed once ------------------------------------------------------
@@ -222,7 +225,7 @@ def test_fragment_in_request_target_is_refused(stack, target):
 
 
 def test_query_string_is_forwarded_byte_for_byte(stack):
-    exchange = send(stack, "/echo/s?r=%2Fhome&d=50%25&e=a+b&f=%7e", [bearer(ALICE)])
+    exchange = send(stack, "/echo/s?r=%2Fhome&d=50%25&e=a+b&f=%7e", [bearer_field(ALICE)])
     assert exchange.status == 200
     [request] = exchange.forwarded
     assert request.target == "/echo/s?r=%2Fhome&d=50%25&e=a+b&f=%7e"
@@ -237,7 +240,7 @@ def test_query_string_is_forwarded_byte_for_byte(stack):
                               "not UTF-8", "lone percent"])
 def test_a_query_that_reads_two_ways_is_refused(stack, target):
     """``d=50%`` would reach the upstream as ``50%25`` (urllib3) or be read as ``50%`` (the policy)."""
-    exchange = send(stack, target, [bearer(ALICE)])
+    exchange = send(stack, target, [bearer_field(ALICE)])
     assert (exchange.status, reason(exchange)) == (400, "query_invalid")
     assert exchange.forwarded == []
 
@@ -258,7 +261,7 @@ def test_a_header_a_protected_route_sets_cannot_be_sent_through_an_open_route(st
     assert exchange.status == 200
     [request] = exchange.forwarded
     assert request.header_values("x-customer") == []
-    exchange = send(stack, "/admin", [bearer(ALICE), ("X-Customer", "evil")])
+    exchange = send(stack, "/admin", [bearer_field(ALICE), ("X-Customer", "evil")])
     assert exchange.status == 200
     assert exchange.forwarded[0].header_values("x-customer") == ["alice"]
 
@@ -305,7 +308,7 @@ def test_a_host_variant_of_a_protected_virtual_service_is_protected(stack, host)
 
 
 def test_the_normalized_host_is_what_the_policy_sees_and_the_upstream_receives(stack):
-    exchange = send(stack, "/anything", [bearer(ALICE)], host="SECURE.Example.com.:08080")
+    exchange = send(stack, "/anything", [bearer_field(ALICE)], host="SECURE.Example.com.:08080")
     assert exchange.status == 200
     [request] = exchange.forwarded
     assert policy_saw(request)["host"] == "secure.example.com:8080"
@@ -365,20 +368,20 @@ def test_a_repeated_query_token_with_a_forged_copy_is_refused(stack):
         "cookie PHP list", "cookie PHP index", "quoted cookie name", "dollar cookie name"])
 def test_a_credential_name_variant_next_to_a_valid_header_token_is_refused(stack, target, headers):
     """Red team F3: each carried an unvalidated credential to the upstream next to a valid one."""
-    exchange = send(stack, target, [bearer(ALICE), *headers])
+    exchange = send(stack, target, [bearer_field(ALICE), *headers])
     assert (exchange.status, reason(exchange)) == (403, "token_ambiguous")
     assert exchange.forwarded == []
 
 
 def test_a_raw_semicolon_in_the_query_is_refused(stack):
     """Rack 2 and old ``parse_qs`` read ``a=1;access_token=EVIL`` as a second credential."""
-    exchange = send(stack, "/echo?a=1;access_token=EVIL", [bearer(ALICE)])
+    exchange = send(stack, "/echo?a=1;access_token=EVIL", [bearer_field(ALICE)])
     assert (exchange.status, reason(exchange)) == (400, "query_invalid")
     assert exchange.forwarded == []
 
 
 def test_a_repeated_authorization_header_is_refused(stack):
-    exchange = send(stack, "/echo", [bearer(ALICE), bearer(FORGED_ADMIN)])
+    exchange = send(stack, "/echo", [bearer_field(ALICE), bearer_field(FORGED_ADMIN)])
     assert exchange.status == 400
     assert exchange.forwarded == []
 
@@ -414,7 +417,7 @@ FORGED_FORWARDING = [
 def test_forwarding_headers_from_an_untrusted_loopback_peer_are_dropped(stack):
     """From 127.0.0.1 over plain HTTP, ``X-Forwarded-Proto: https`` must not reach the upstream
     nor make the policy see ``scheme == "https"`` (gunicorn trusts loopback by default)."""
-    exchange = send(stack, "/echo", [bearer(ALICE), *FORGED_FORWARDING])
+    exchange = send(stack, "/echo", [bearer_field(ALICE), *FORGED_FORWARDING])
     assert exchange.status == 200
     [request] = exchange.forwarded
     saw = policy_saw(request)
@@ -457,7 +460,7 @@ def test_a_method_override_in_the_query_is_refused(stack):
 
 def test_forwarding_headers_from_a_trusted_proxy_are_kept_and_give_the_scheme(trusted_stack):
     """With gunicorn's own trust off, the gateway alone decides: a listed proxy's headers count."""
-    exchange = send(trusted_stack, "/echo", [bearer(ALICE), ("X-Forwarded-Proto", "https"),
+    exchange = send(trusted_stack, "/echo", [bearer_field(ALICE), ("X-Forwarded-Proto", "https"),
                                              ("X-Forwarded-For", "203.0.113.9"), ("X-Forwarded-Client-Cert", "x")])
     assert exchange.status == 200
     [request] = exchange.forwarded
@@ -468,7 +471,7 @@ def test_forwarding_headers_from_a_trusted_proxy_are_kept_and_give_the_scheme(tr
 
 
 def test_query_and_path_the_policy_saw_are_what_the_upstream_parses(stack):
-    exchange = send(stack, "/echo/a/./b/../c?x=1&x=2&y=", [bearer(ALICE)])
+    exchange = send(stack, "/echo/a/./b/../c?x=1&x=2&y=", [bearer_field(ALICE)])
     [request] = exchange.forwarded
     saw = policy_saw(request)
     assert request.target == saw["path"] == "/echo/a/c?x=1&x=2&y="

@@ -23,6 +23,7 @@ from .test_walkthrough import AUTH_CONFIG
 from .test_walkthrough import CLIENT_SECRET
 from .test_walkthrough import UPSTREAM
 from .test_walkthrough import VIRTUAL_SERVICE_WITH_TRANSFORMATION
+from tests.factories import bearer
 
 TIMEOUT = 10
 CACHE_TIMEOUT = 2.0
@@ -62,7 +63,7 @@ def introspection_calls(http: requests.Session, oauth: ServerProcess) -> int:
 
 
 def get_headers(http: requests.Session, gateway: ServerProcess, access_token: str) -> requests.Response:
-    return http.get(f"{gateway.url}/headers", headers={"Authorization": f"Bearer {access_token}"},
+    return http.get(f"{gateway.url}/headers", headers=bearer(access_token),
                     timeout=TIMEOUT, stream=False)
 
 

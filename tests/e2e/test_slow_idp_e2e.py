@@ -20,6 +20,7 @@ from tests.support.idp_servers import PlainUpstream
 from tests.support.servers import ServerProcess
 from tests.support.servers import gateway_server
 from tests.support.servers import render_config
+from tests.factories import bearer
 
 CONFIG = """\
 apiVersion: gloo.solo.io/v1
@@ -68,7 +69,7 @@ def slow_idp_gateway(tmp_path) -> t.Iterator[tuple[ServerProcess, HeldIdp]]:
 
 
 def get(gateway: ServerProcess, path: str, token: str | None = None) -> tuple[int, str | None]:
-    headers = {"Authorization": f"Bearer {token}", "Connection": "close"} if token else {"Connection": "close"}
+    headers = {**bearer(token), "Connection": "close"} if token else {"Connection": "close"}
     with requests.Session() as session:
         session.trust_env = False
         response = session.get(gateway.url + path, headers=headers, timeout=8)

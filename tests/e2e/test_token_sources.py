@@ -15,6 +15,7 @@ from tests.support.servers import gateway_server
 from tests.support.servers import render_config
 
 from .conftest import token
+from tests.factories import bearer
 
 TIMEOUT = 10
 
@@ -154,7 +155,7 @@ def test_custom_header_without_scheme_carries_the_bare_token(gateway, http, acce
     accepted = http.get(gateway.url + "/custom/pets", headers={"X-Api-Token": access_token}, timeout=TIMEOUT)
     with_scheme = http.get(gateway.url + "/custom/pets", headers={"X-Api-Token": f"Bearer {access_token}"},
                            timeout=TIMEOUT)
-    bearer_only = http.get(gateway.url + "/custom/pets", headers={"Authorization": f"Bearer {access_token}"},
+    bearer_only = http.get(gateway.url + "/custom/pets", headers=bearer(access_token),
                            timeout=TIMEOUT)
 
     assert accepted.status_code == 200
@@ -169,7 +170,7 @@ def test_two_different_tokens_in_one_request_are_refused_without_asking_the_idp(
     calls_before = introspection_calls(http, oauth)
 
     response = http.get(gateway.url + "/multi/pets", params={"access_token": other_token},
-                        headers={"Authorization": f"Bearer {access_token}"}, timeout=TIMEOUT)
+                        headers=bearer(access_token), timeout=TIMEOUT)
 
     assert response.status_code == 403
     assert response.json()["error"] == "token_ambiguous"
@@ -178,7 +179,7 @@ def test_two_different_tokens_in_one_request_are_refused_without_asking_the_idp(
 
 def test_the_same_token_in_header_and_query_is_accepted(gateway, http, access_token):
     response = http.get(gateway.url + "/multi/pets", params={"access_token": access_token},
-                        headers={"Authorization": f"Bearer {access_token}"}, timeout=TIMEOUT)
+                        headers=bearer(access_token), timeout=TIMEOUT)
 
     assert response.status_code == 200
     assert echo(response)[0]["x-customer"] == "my-client"

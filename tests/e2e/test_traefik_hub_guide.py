@@ -17,6 +17,7 @@ import requests
 from tests.support.servers import ServerProcess
 from tests.support.servers import gateway_server
 from tests.support.servers import render_config
+from tests.factories import bearer
 
 TIMEOUT = 10
 
@@ -132,7 +133,7 @@ def echoed_headers(response: requests.Response) -> dict[str, str]:
 
 def test_step_1_token_from_authorization_bearer_is_accepted_and_not_forwarded(gateway, http, admin_token):
     response = http.get(gateway.url + "/anything/oauth2-token-introspection", timeout=TIMEOUT,
-                        headers={**HOST, "Authorization": f"Bearer {admin_token}"})
+                        headers={**HOST, **bearer(admin_token)})
     assert response.status_code == 200
     assert "authorization" not in echoed_headers(response)
 
@@ -166,7 +167,7 @@ def test_step_3_token_from_a_cookie_is_accepted_and_removed(gateway, http, admin
 
 def test_step_4_claims_expression_admits_group_admin_and_forwards_claim_headers(gateway, http, admin_token):
     response = http.get(gateway.url + "/anything/oauth2-token-introspection-claims", timeout=TIMEOUT,
-                        headers={**HOST, "Authorization": f"Bearer {admin_token}", "Group": "forged"})
+                        headers={**HOST, **bearer(admin_token), "Group": "forged"})
     assert response.status_code == 200
     headers = echoed_headers(response)
     assert headers["group"] == "admin"
@@ -181,7 +182,7 @@ def test_step_4_claims_expression_admits_group_admin_and_forwards_claim_headers(
 def test_step_4_claims_expression_refuses_another_group_with_403(gateway, http, oauth, clients):
     dev_token = keycloak_token(http, oauth, "hub-dev")
     response = http.get(gateway.url + "/anything/oauth2-token-introspection-claims", timeout=TIMEOUT,
-                        headers={**HOST, "Authorization": f"Bearer {dev_token}"})
+                        headers={**HOST, **bearer(dev_token)})
     assert response.status_code == 403
     assert response.json()["error"] == "claims_mismatch"
 

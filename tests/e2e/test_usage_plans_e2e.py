@@ -21,6 +21,7 @@ from tests.support.servers import render_config
 from tests.test_cache_redis import redis_server
 
 from .conftest import token
+from tests.factories import bearer
 
 TIMEOUT = 10
 BRONZE = 5
@@ -131,7 +132,7 @@ def burst(replicas: Replicas, access_token: str, count: int) -> list[requests.Re
         with requests.Session() as session:
             session.trust_env = False
             gateway = replicas.gateways[index % 2]
-            return session.get(f"{gateway.url}/anything/{index}", headers={"Authorization": f"Bearer {access_token}"},
+            return session.get(f"{gateway.url}/anything/{index}", headers=bearer(access_token),
                                timeout=TIMEOUT)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, range(count)))

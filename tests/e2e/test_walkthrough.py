@@ -23,6 +23,7 @@ from tests.support.servers import gateway_server
 from tests.support.servers import render_config
 
 from .conftest import token
+from tests.factories import bearer
 
 pytestmark = pytest.mark.skipif(not (REPO_ROOT / "wsgi.py").is_file(), reason="the gateway (wsgi.py) is not there yet")
 
@@ -153,9 +154,6 @@ def gateways(tmp_path: pathlib.Path, oauth: ServerProcess, httpbin: ServerProces
     launcher.stop_all()
 
 
-
-def bearer(access_token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {access_token}"}
 
 
 def upstream_headers(response: requests.Response) -> dict[str, str]:
