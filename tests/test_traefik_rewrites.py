@@ -13,6 +13,8 @@ from gateway_app.traefik.rewrites import parse_strip_prefix
 from gateway_app.config.fields import Node
 from tests.factories import write_tree
 from tests.factories import upstream_yaml
+from tests.keys import public_jwk
+from tests.keys import rsa_key
 
 UPSTREAM = "http://upstream.test:8000"
 
@@ -73,6 +75,47 @@ def test_a_rewritten_path_must_be_normal_or_is_refused_as_gloo_rewrites_are():
             PathChanges(steps=(step,), replacement="").apply("/a/x")
         assert caught.value.reason == reason
     assert PathChanges(steps=(double,), replacement="").apply("/a") == "/v1/a"
+
+
+PROTECTED_BESIDE_OPEN = """
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: jwt, namespace: apps}
+spec:
+  plugin:
+    jwt:
+      jwksUrl: http://127.0.0.1:1/.well-known/jwks.json
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: app, namespace: apps}
+spec:
+  routes:
+  - match: PathPrefix(`/api/admin`)
+    kind: Rule
+    middlewares: [{name: jwt}, {name: only-api}]
+    services: [{name: app, port: 80}]
+  - match: PathPrefix(`/api`)
+    kind: Rule
+    middlewares: [{name: only-api}]
+    services: [{name: app, port: 80}]
+"""
+
+
+@pytest.mark.parametrize("path, upstream_path", [("/apiadmin/users", "/apiadmin/users"), ("/api/x", "/x"),
+                                                 ("/api", "/"), ("/api/", "/"), ("/apix", "/apix")])
+def test_strip_prefix_strips_whole_segments_only_so_an_open_route_never_reaches_a_guarded_path(
+        make_app, requests_mock, path, upstream_path):
+    """Red team pass 2, finding 1: ``/apiadmin`` on the open ``/api`` route reached the upstream as
+    ``/admin``, a path the protected ``/api/admin`` route guards."""
+    upstream = requests_mock.get(f"{UPSTREAM}{upstream_path}", text="ok")
+    requests_mock.get("http://127.0.0.1:1/.well-known/jwks.json", json={"keys": [public_jwk(rsa_key(), kid="k")]})
+    app = make_app({"u.yaml": upstream_yaml("app", "apps"),
+                    "m.yaml": middleware("only-api", "  stripPrefix:\n    prefixes: [/api]") + PROTECTED_BESIDE_OPEN})
+
+    assert app.test_client().get(path).status_code == 200
+    assert upstream.call_count == 1
+    assert app.test_client().get("/api/admin/users").status_code in (401, 403)
 
 
 def test_routes_shows_the_path_changes(tmp_path):

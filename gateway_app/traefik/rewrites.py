@@ -54,7 +54,14 @@ def parse_headers(node: Node) -> tuple[HeaderTemplate, ...]:
 
 
 def parse_strip_prefix(node: Node) -> tuple[PathStep, str]:
-    """``stripPrefix.prefixes``: remove the first prefix the path starts with ("" becomes "/")."""
+    """``stripPrefix.prefixes``: remove the first prefix the path starts with ("" becomes "/").
+
+    A prefix is stripped only on a segment boundary (the path is the prefix, or continues with
+    ``/`` after it). Traefik strips characters: with ``PathPrefix(`/api`)`` and
+    ``stripPrefix: /api``, ``/apiadmin`` would reach the upstream as ``/admin``, a path another,
+    protected route guards, although the route that matched and was authorized is the open
+    ``/api`` one. Here ``/apiadmin`` goes upstream as ``/apiadmin`` (what was authorized).
+    """
     prefixes = tuple(node.str_list("prefixes", required=True))
     node.raw("forceSlash")                      # deprecated in Traefik; the result always starts with "/"
     node.done()
@@ -64,7 +71,7 @@ def parse_strip_prefix(node: Node) -> tuple[PathStep, str]:
 
     def strip(path: str) -> str:
         for prefix in prefixes:
-            if path.startswith(prefix):
+            if path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/"):
                 rest = path[len(prefix):]
                 return rest if rest.startswith("/") else "/" + rest
         return path
