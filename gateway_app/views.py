@@ -15,6 +15,7 @@ import typing as t
 
 from flask import Flask
 from flask import Response
+from flask import abort
 from flask import g
 from flask import jsonify
 from flask import request
@@ -27,6 +28,7 @@ from .incoming import target_path
 from .metrics import exposition
 from .observability import request_id
 
+OWN_SPELLING = "gateway_app.admin_own_spelling"   # environ key: the raw target is an admin endpoint's own path
 WSGIApp = t.Callable[[dict[str, t.Any], t.Callable[..., t.Any]], t.Iterable[bytes]]
 
 
@@ -36,15 +38,16 @@ class GatewayDispatcher:
     The admin prefix is matched on the path routing reads (:func:`incoming.target_path`, the
     raw target normalized), never on the decoded ``PATH_INFO``: ``/__gateway%2fconfig`` is
     refused like any ``%2F`` (400 ``path_invalid``, by the gateway), and an admin endpoint
-    answers only to its own spelling: ``/%5f_gateway/config`` or ``/__gateway//config``
-    (another spelling of an admin path) is 404, so an ingress rule on the prefix sees every
-    request that reaches one.
+    answers only to its own spelling, byte for byte: ``/%5f_gateway/config``,
+    ``//__gateway/config``, ``/__gateway/config/`` (other spellings of an admin path) are 404,
+    so an ingress rule on the prefix sees every request that reaches one.
     """
 
-    def __init__(self, flask_app: WSGIApp, gateway: Gateway) -> None:
+    def __init__(self, flask_app: WSGIApp, gateway: Gateway, endpoints: t.Iterable[str]) -> None:
         self.flask_app = flask_app
         self.gateway = gateway
         self.admin_prefix = gateway.settings.admin_prefix.rstrip("/") + "/"
+        self.endpoints = frozenset(endpoints)
 
     def __call__(self, environ: dict[str, t.Any], start_response: t.Callable[..., t.Any]) -> t.Iterable[bytes]:
         try:
@@ -52,7 +55,8 @@ class GatewayDispatcher:
         except BadRequestError:
             raw_path = path = ""                    # the gateway refuses it, with its own parse
         if path.startswith(self.admin_prefix):
-            environ["PATH_INFO"] = raw_path         # another spelling matches no admin rule: 404
+            environ["PATH_INFO"] = path
+            environ[OWN_SPELLING] = raw_path == path and path in self.endpoints
             return self.flask_app(environ, start_response)
         response = self.gateway.respond(Request(environ))
         return response(environ, start_response)
@@ -85,11 +89,14 @@ def register_views(app: Flask, gateway: Gateway) -> None:
     def _request_id() -> None:          # error bodies of admin endpoints carry it (errors.py reads g)
         g.request_id = request_id(request.headers.get("X-Request-Id"), gateway.settings.trust_request_id)
 
+    @app.before_request
+    def _own_spelling_only() -> None:
+        if not request.environ.get(OWN_SPELLING, True):
+            abort(404)
+
     app.url_map.merge_slashes = False         # no redirects built from the client's Host: 404 instead
-    app.url_map.strict_slashes = False
-    for path, endpoint, view in ((f"{prefix}/health/live", "health_live", live),
-                                 (f"{prefix}/health/ready", "health_ready", ready),
-                                 (f"{prefix}/metrics", "metrics", metrics),
-                                 (f"{prefix}/config", "running_config", running_config)):
+    endpoints = ((f"{prefix}/health/live", "health_live", live), (f"{prefix}/health/ready", "health_ready", ready),
+                 (f"{prefix}/metrics", "metrics", metrics), (f"{prefix}/config", "running_config", running_config))
+    for path, endpoint, view in endpoints:
         app.add_url_rule(path, endpoint, view, methods=["GET"], provide_automatic_options=False)
-    app.wsgi_app = GatewayDispatcher(app.wsgi_app, gateway)  # type: ignore[method-assign]
+    app.wsgi_app = GatewayDispatcher(app.wsgi_app, gateway, (path for path, _, _ in endpoints))  # type: ignore[method-assign]

@@ -32,10 +32,13 @@ def test_admin_endpoints_answer_to_their_own_spelling(client, path):
 
 
 @pytest.mark.parametrize("path", ["/%5f_gateway/config", "/%5F%5Fgateway/health/ready", "/__gateway/%63onfig",
-                                  "/__gateway//config", "/__gateway/./config", "/x/../__gateway/config"])
+                                  "/__gateway//config", "/__gateway/./config", "/x/../__gateway/config",
+                                  # red team pass 2, finding 2: leading and trailing slashes
+                                  "//__gateway/config", "///__gateway/metrics", "/__gateway/config/",
+                                  "http://gw.test//__gateway/config"])
 def test_another_spelling_of_an_admin_path_is_not_found_and_never_forwarded(client, requests_mock, path):
     upstream = requests_mock.get("http://upstream.test:8000/__gateway/config", text="upstream")
-    response = client.get(path)
+    response = client.get("/", environ_overrides={"RAW_URI": path})     # the request target as sent
 
     assert (response.status_code, response.json["error"]) == (404, "not_found")
     assert not upstream.called
