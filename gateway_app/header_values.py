@@ -1,6 +1,7 @@
-"""Header field values the gateway writes or relays: valid HTTP by construction (RFC 9110 §5.5).
+"""Header fields the gateway writes or relays: valid HTTP by construction (RFC 9110 §5.5).
 
-Two rules live here, each once:
+The connection-specific fields (:data:`HOP_BY_HOP_HEADERS`) and those a policy may not set
+(:func:`is_gateway_owned`) are named here; and these rules about values, each once:
 
 * :func:`header_text` turns a claim, a metadata value or a policy header value into header
   text (``claimsToHeaders``, ``forwardHeaders``, ``dynamic_metadata(...)`` templates, OPA
@@ -41,6 +42,24 @@ _OBS_FOLD = re.compile(r"\r?\n[ \t]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SCALARS = (str, int, float, bool)
+
+# Connection-specific fields (RFC 9110 §7.6.1): werkzeug.http.is_hop_by_hop_header's set
+# (RFC 2616 §13.5.1) plus Proxy-Connection. Never copied from one hop to the next.
+HOP_BY_HOP_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+})
+# What a policy decision (OPA ``headers``) may not set, on allow or on deny: framing and
+# connection fields (a deny answering ``Upgrade`` or ``Content-Length`` of its own would let a
+# front proxy read the connection another way), the routed ``Host``, the request id and the
+# forwarding fields the gateway writes (``X-Forwarded-*``, ``Forwarded``).
+_DECISION_FORBIDDEN = HOP_BY_HOP_HEADERS | {"content-length", "host", "x-request-id", "forwarded"}
+
+
+def is_gateway_owned(name: str) -> bool:
+    """Whether a policy decision may not set the header ``name`` (any case); see above."""
+    lowered = name.lower()
+    return lowered in _DECISION_FORBIDDEN or lowered.startswith("x-forwarded-")
 
 
 def header_text(value: t.Any) -> str | None:

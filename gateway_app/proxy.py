@@ -39,6 +39,7 @@ from gateway_app.errors import BadRequestError
 from gateway_app.errors import GatewayError
 from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
+from gateway_app.header_values import HOP_BY_HOP_HEADERS
 from gateway_app.header_values import relayed_text
 from gateway_app.incoming import OVERRIDE_HEADERS
 from gateway_app.incoming import is_forwarding_header
@@ -53,11 +54,6 @@ log = logging.getLogger("gateway_app.proxy")
 CHUNK_SIZE = 64 * 1024
 _MAX_REMEMBERED = 64          # pools and timeouts an adapter keeps at hand (upstreams x settings)
 
-# werkzeug.http.is_hop_by_hop_header's set (RFC 2616 §13.5.1), plus Proxy-Connection.
-HOP_BY_HOP_HEADERS = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-})
 # Framing and expectations are settled between the client and the gateway; Host and
 # the forwarding headers are set explicitly.
 _NOT_COPIED_FROM_CLIENT = HOP_BY_HOP_HEADERS | {"content-length", "expect", "host"}

@@ -79,10 +79,22 @@ def test_unknown_object_keys_are_ignored():
     {"allowed": True, "headers": {"x-a": ["b"]}},
     {"allowed": True, "headers": {"x-a\r\nx-admin": "yes"}},
     {"allowed": True, "headers": {"x a": "b"}},
+    # Red team pass 2, findings 3 and 6: an interim status as the answer, fields the gateway owns.
+    {"allowed": False, "http_status": 101, "headers": {"Upgrade": "websocket", "Connection": "Upgrade"}},
+    {"allowed": False, "http_status": 100},
+    {"allowed": False, "headers": {"Content-Length": "0"}},
+    {"allowed": False, "headers": {"Transfer-Encoding": "chunked"}},
+    {"allowed": True, "headers": {"Host": "admin.internal"}},
+    {"allowed": True, "headers": {"X-Request-Id": "forged"}},
+    {"allowed": True, "headers": {"x-forwarded-for": "10.0.0.1"}},
+    {"allowed": True, "headers": {"Forwarded": "for=10.0.0.1"}},
+    {"allowed": True, "headers": {"keep-alive": "timeout=5"}},
 ], ids=["no allowed", "allowed as a string", "allowed as a number", "allowed null",
         "status as a string", "status below 100", "status above 599", "status as a float", "status as a boolean",
         "a header value that is a number", "headers as a list", "a header value that is a list",
-        "a header name with CRLF", "a header name with a space"])
+        "a header name with CRLF", "a header name with a space",
+        "101 with Upgrade", "100", "deny with Content-Length", "deny with Transfer-Encoding", "allow with Host",
+        "allow with X-Request-Id", "allow with X-Forwarded-For", "allow with Forwarded", "allow with Keep-Alive"])
 def test_malformed_objects_deny_as_invalid_even_when_allowed_is_true(value):
     decision = Decision.from_result(value)
 

@@ -37,7 +37,7 @@ from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
 from gateway_app.incoming import IncomingRequest
 from gateway_app.proxy import CHUNK_SIZE
-from gateway_app.proxy import HOP_BY_HOP_HEADERS
+from gateway_app.header_values import HOP_BY_HOP_HEADERS
 from gateway_app.proxy import Forwarder
 from gateway_app.request_body import ClientBody
 from gateway_app.request_body import client_body

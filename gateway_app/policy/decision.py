@@ -3,13 +3,15 @@
 Gloo's query semantics: a result allows only when it is ``true`` or a list whose first element
 is ``true``. OPA-Envoy's richer result is an object::
 
-    {"allowed": bool, "headers": {str: str}, "http_status": 100..599, "body": any,
+    {"allowed": bool, "headers": {str: str}, "http_status": 200..599, "body": any,
      "dynamic_metadata": {str: any}}
 
 where ``allowed`` is required and must be a boolean, ``headers`` (optional) must map header
 names (RFC 9110 tokens) to strings (made valid header text by
-:func:`gateway_app.header_values.field_text`), ``http_status`` (optional, 403 by default on deny)
-must be an integer status, and ``dynamic_metadata`` (optional, as opa-envoy-plugin's) must be an
+:func:`gateway_app.header_values.field_text`) and set none of the fields the gateway owns
+(:func:`gateway_app.header_values.is_gateway_owned`: framing and connection fields, ``Host``,
+``X-Request-Id``, ``X-Forwarded-*``, ``Forwarded``), ``http_status`` (optional, 403 by default on deny)
+must be a final status (200 to 599; a 1xx is an interim answer), and ``dynamic_metadata`` (optional, as opa-envoy-plugin's) must be an
 object: on allow it joins the request's dynamic metadata (``usagePlan`` there picks the usage plan).
 Other keys are ignored. Anything else denies:
 
@@ -33,6 +35,7 @@ from ..describe import describe_type
 from ..errors import AccessDeniedError
 from ..errors import PolicyError
 from ..header_values import field_text
+from ..header_values import is_gateway_owned
 from ..header_values import is_token
 
 ALLOWED = "policy_allowed"
@@ -125,9 +128,13 @@ def _from_object(result: dict[str, t.Any]) -> Decision:
     headers = result.get("headers", {})
     if not _is_str_map(headers):
         return _invalid("'headers' must map header names to strings")
+    owned = sorted(name for name in headers if is_gateway_owned(name))
+    if owned:
+        return _invalid(f"'headers' may not set {', '.join(owned)[:80]} (framing, Host, request id and "
+                        f"forwarding fields are the gateway's)")
     status = result.get("http_status")
     if status is not None and not _is_status(status):
-        return _invalid(f"'http_status' must be an integer from 100 to 599, got {status!r:.40}")
+        return _invalid(f"'http_status' must be an integer from 200 to 599, got {status!r:.40}")
     metadata = result.get("dynamic_metadata", {})
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         return _invalid("'dynamic_metadata' must be an object")
@@ -143,4 +150,5 @@ def _is_str_map(value: t.Any) -> bool:
 
 
 def _is_status(value: t.Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599
+    """A final status (RFC 9110 §15): 1xx are interim answers, never the answer to a request."""
+    return isinstance(value, int) and not isinstance(value, bool) and 200 <= value <= 599
