@@ -246,3 +246,15 @@ def test_a_transfer_coding_other_than_chunked_is_not_implemented(coding):
 @pytest.mark.parametrize("coding", ["chunked", "Chunked", " chunked "])
 def test_the_chunked_transfer_coding_is_accepted(coding):
     assert from_environ(environ(HTTP_TRANSFER_ENCODING=coding)).headers["transfer-encoding"] == coding
+
+
+def test_two_cookie_fields_are_forwarded_as_the_pairs_the_gateway_read():
+    """Red team pass 2, finding 4: ``Cookie: a=1`` + ``Cookie: b=2`` reached the upstream as ``a=1,b=2``."""
+    request = from_environ(environ(HTTP_COOKIE="a=1,b=2"))       # how gunicorn joins the two fields
+
+    assert request.headers["cookie"] == "a=1; b=2"
+    assert request.cookies == {"a": ("1",), "b": ("2",)}
+
+
+def test_one_cookie_field_is_forwarded_as_sent():
+    assert from_environ(environ(HTTP_COOKIE="a=1;b=2")).headers["cookie"] == "a=1;b=2"
