@@ -136,6 +136,7 @@ class PathRewrite:
 
     prefixes: tuple[PathMatcher, ...]
     replacement: str                   # starts with '/'
+    whole_path: bool = False           # a regex matcher: the whole path is the matched part (Envoy)
 
     @classmethod
     def for_route(cls, matchers: t.Sequence[Matcher],
@@ -143,18 +144,26 @@ class PathRewrite:
         """A route's matchers, their rewritten prefixes bound to segment boundaries, and its rewrite.
 
         Each matcher's last path condition is the one replaced (delegation puts the parent's
-        first); a route with regex matchers only rewrites from ``/``.
+        first). A path matched by a regex matcher is replaced whole, as Envoy's
+        ``prefix_rewrite`` does on a ``safe_regex`` route (the matched "prefix" is the path); a
+        matcher without a path condition rewrites from ``/``.
         """
         bounded = tuple(dataclasses.replace(m, paths=m.paths[:-1] + tuple(
             dataclasses.replace(p, segment_boundary=True) if p.kind == "prefix" else p for p in m.paths[-1:]))
             for m in matchers)
         rewritten = {p for m in bounded for p in m.paths[-1:] if p.kind in ("prefix", "exact")}
-        if not rewritten:
-            rewritten = {PathMatcher("prefix", "/")}
-        return bounded, cls(tuple(sorted(rewritten, key=lambda p: (-len(p.value), p.kind, p.value))), replacement)
+        whole_path = any(p.kind == "regex" for m in bounded for p in m.paths[-1:])
+        if any(not m.paths for m in bounded) or not (rewritten or whole_path):
+            rewritten.add(PathMatcher("prefix", "/"))
+        ordered = tuple(sorted(rewritten, key=lambda p: (-len(p.value), p.kind, p.value)))
+        return bounded, cls(ordered, replacement, whole_path)
 
     def apply(self, path: str) -> str:
         """The upstream path for ``path`` (a normalized path), unchanged when no prefix matches.
+
+        The matched part is replaced on segment boundaries: what followed it stays a segment of
+        its own (prefix ``/`` rewritten to ``/api`` sends ``/pets`` as ``/api/pets``, where a
+        plain string swap would send ``/apipets``).
 
         :raises BadRequestError: ``rewrite_invalid``: the result is not in normal form (it would
             hold a dot-segment or an empty segment that the upstream resolves on its own).
@@ -163,8 +172,10 @@ class PathRewrite:
             if prefix.matches(path):
                 break
         else:
-            return path
+            return checked_rewrite(self.replacement) if self.whole_path else path
         rest = path[len(prefix.value):]
+        if prefix.value.endswith("/") and rest:
+            rest = "/" + rest           # the rest starts a segment: never glued onto the replacement
         result = self.replacement + rest
         if self.replacement.endswith("/") and rest.startswith("/"):
             result = self.replacement + rest[1:]

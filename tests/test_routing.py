@@ -155,6 +155,20 @@ def test_a_prefix_followed_by_a_rewrite_matches_on_segment_boundaries():
     assert rewrite.apply("/assets/app.js") == "/public/app.js"
 
 
+@pytest.mark.parametrize("path", ["/r/admin", "/r", "/rx/y/z"])
+def test_a_regex_matched_path_is_replaced_whole_as_envoy_does(path):
+    """Red team pass 2, finding 7: ``/r/admin`` on ``regex /r[a-z]*(/.*)?`` with ``/x`` went up as ``/xr/admin``."""
+    _, rewrite = PathRewrite.for_route((Matcher(paths=(PathMatcher("regex", "/r[a-z]*(/.*)?"),)),), "/x")
+
+    assert rewrite.apply(path) == "/x"
+
+
+def test_a_matcher_without_a_path_rewrites_from_the_root():
+    _, rewrite = PathRewrite.for_route((Matcher(methods=frozenset({"GET"})),), "/api")
+
+    assert rewrite.apply("/pets") == "/api/pets"
+
+
 def test_a_case_insensitive_prefix_is_rewritten_as_it_matched():
     matcher = Matcher(paths=(PathMatcher("prefix", "/assets", case_sensitive=False),))
     _, rewrite = PathRewrite.for_route((matcher,), "/public")
