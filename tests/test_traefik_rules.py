@@ -39,6 +39,11 @@ def matches(rule: str, **kwargs) -> bool:
     ("Header(`X-Env`, `prod`)", {"headers": {"x-env": "production"}}, False),
     ("HeaderRegexp(`X-Env`, `^prod`)", {"headers": {"x-env": "production"}}, True),
     ("HeaderRegexp(`X-Env`, `^prod`)", {}, False),
+    # Red team pass 2, finding 8: a header sent twice arrives joined with ","; Traefik matches any field.
+    ("Header(`X-Internal`, `1`)", {"headers": {"x-internal": "1,1"}}, True),
+    ("!Header(`X-Internal`, `1`)", {"headers": {"x-internal": "1, 1"}}, False),
+    ("Header(`Accept`, `text/html, */*`)", {"headers": {"accept": "text/html, */*"}}, True),
+    ("HeaderRegexp(`X-Env`, `^prod$`)", {"headers": {"x-env": "dev,prod"}}, True),
     ("Query(`mobile`, `true`)", {"query": {"mobile": ["false", "true"]}}, True),
     ("Query(`mobile`, `true`)", {"query": {"mobile": ["false"]}}, False),
     ("Query(`mobile`)", {"query": {"mobile": [""]}}, True),

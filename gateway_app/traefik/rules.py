@@ -152,14 +152,25 @@ def _method(call: Call, source: Source) -> Predicate:
     return lambda request: request.method in methods
 
 
+def _field_values(request: t.Any, name: str) -> tuple[str, ...]:
+    """The values a repeated header may have been sent as: the server joined the fields with
+    ``,``, so the whole value and each comma-separated element are candidates. Traefik matches
+    when any field matches (Go's ``req.Header[key]``): ``X-Internal: 1`` sent twice still
+    matches ``Header(`X-Internal`, `1`)`` (and does not slip past ``!Header(...)``)."""
+    value = request.headers.get(name)
+    if value is None:
+        return ()
+    return (value, *(element.strip() for element in value.split(","))) if "," in value else (value,)
+
+
 def _header(call: Call, source: Source) -> Predicate:
     name, value = call.arguments[0].lower(), call.arguments[1]
-    return lambda request: request.headers.get(name) == value
+    return lambda request: value in _field_values(request, name)
 
 
 def _header_regexp(call: Call, source: Source) -> Predicate:
     name, pattern = call.arguments[0].lower(), _regex(call, source, 1)
-    return lambda request: (value := request.headers.get(name)) is not None and pattern.search(value) is not None
+    return lambda request: any(pattern.search(value) is not None for value in _field_values(request, name))
 
 
 def _query(call: Call, source: Source) -> Predicate:
