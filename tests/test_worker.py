@@ -314,3 +314,33 @@ def test_gunicorns_refusals_keep_their_status_with_a_stable_reason():
     assert parse_error_answer(errors.ExpectationFailed("200-ok"))[0] == 417
     assert parse_error_answer(errors.InvalidResponseHeader("x"))[0] == 500
     assert parse_error_answer(ValueError("bug")) is None
+
+
+# --- The body limit the loop applies: the largest any route allows -----------------------------
+
+LIMITED_ROUTES = """
+apiVersion: gateway.solo.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: gloo-system}
+spec:
+  virtualHost:
+    domains: ['*']
+    routes:
+    - matchers: [{prefix: /big}]
+      routeAction: {single: {upstream: {name: up, namespace: gloo-system}}}
+      options: {maxRequestBodyBytes: %s}
+    - matchers: [{prefix: /}]
+      routeAction: {single: {upstream: {name: up, namespace: gloo-system}}}
+"""
+
+
+@pytest.mark.parametrize("route_limit, global_limit, largest", [
+    (100, 50, 100), (10, 50, 50), (100, 0, None)],
+    ids=["a route above the global limit", "a route below it", "no global limit"])
+def test_the_loop_reads_a_body_up_to_the_largest_limit_any_route_allows(make_app, route_limit, global_limit,
+                                                                       largest):
+    from factories import upstream_yaml
+
+    app = make_app({"up.yaml": upstream_yaml("up", "gloo-system"), "vs.yaml": LIMITED_ROUTES % route_limit},
+                   max_body_bytes=global_limit)
+    assert app.extensions["gateway"].largest_body_limit() == largest
