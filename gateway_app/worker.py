@@ -799,6 +799,13 @@ class HeadReadingWorker(gthread.ThreadWorker):
         return min(deadline, pending.cap)
 
     def _push_deadline(self, conn: gthread.TConn, pending: _Pending) -> None:
+        """Note when ``pending`` is due; the heap of deadlines is rebuilt when mostly stale (served requests)."""
+        if len(self._deadlines) > 2 * len(self.pending) + 64:
+            self._deadlines = [(self._deadline(entry), next(self._sequence), waiting, entry)
+                               for waiting, entry in self.pending.items()]
+            heapq.heapify(self._deadlines)
+            if self.pending.get(conn) is pending:
+                return                                  # included
         heapq.heappush(self._deadlines, (self._deadline(pending), next(self._sequence), conn, pending))
 
     def _receive(self, conn: gthread.TConn, request: RequestBuffer, flags: int = 0) -> bool:
