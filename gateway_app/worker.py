@@ -87,6 +87,7 @@ MIN_BODY_RATE_ENV = "GATEWAY_MIN_BODY_RATE"
 DEFAULT_MIN_BODY_RATE = 240.0      # bytes/s: Kestrel's MinRequestBodyDataRate default
 MIN_BODY_RATE_WINDOW = 5.0         # seconds: each window must hold rate x window bytes (Kestrel's grace)
 RECV_SIZE = 65536
+K = t.TypeVar("K")
 READ_PER_EVENT = 1024 * 1024       # bytes one readiness event may read before the loop serves others
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # The overload rule: above this share of worker_connections, a connection that never completed a
@@ -346,8 +347,9 @@ class BodyFraming:
 def body_framing(head: bytes) -> BodyFraming:
     """The framing of a request whose head ends in ``head`` (``CRLF CRLF`` found), read as gunicorn reads it.
 
-    Only the unambiguous cases are waited for: one ``Content-Length`` of digits, or one
-    ``Transfer-Encoding: chunked`` on HTTP/1.1 without ``Content-Length``. Anything else
+    Only the cases gunicorn reads a body for are waited for: one ``Content-Length`` of digits, or
+    ``Transfer-Encoding`` ending in ``chunked`` (once, after content codings only) on HTTP/1.1
+    without ``Content-Length``. Anything else
     (duplicates, both, other codings, obsolete line folding) is :attr:`Framing.PARSER`: the
     request goes to gunicorn's parser without its body, which refuses it (RFC 9112 §6.3) or
     reads the body itself. This scan only decides how long to wait; gunicorn's parse of the
@@ -373,7 +375,10 @@ def body_framing(head: bytes) -> BodyFraming:
         elif name == b"expect":
             expects = http11 and value.lower() == b"100-continue"
     if codings:
-        chunked = codings == [b"chunked"] and not lengths and http11
+        # gunicorn's reading: one list over every field; chunked once and last, after content codings
+        listed = [coding.strip(b" \t") for coding in b",".join(codings).split(b",")]
+        chunked = (listed[-1] == b"chunked" and listed.count(b"chunked") == 1 and not lengths and http11
+                   and set(listed[:-1]) <= {b"gzip", b"deflate", b"compress", b"identity"})
         return BodyFraming(Framing.CHUNKED if chunked else Framing.PARSER, expects_continue=expects)
     if not lengths:
         return BodyFraming(Framing.NONE)
@@ -877,26 +882,13 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._end_lingering(conn)
 
     def shed_overload(self, now: float) -> None:
-        """Above the high-water mark of open connections, requests on connections that never
-        completed one get :data:`OVERLOAD_TIMEOUT` seconds, oldest closed first, and at the
-        ``worker_connections`` cap the oldest such one is closed at once (408).
-
-        Envoy's overload manager "reduce timeouts" action, nginx's ``limit_conn``: waiting
-        requests are cheap in the loop, but each holds one of ``worker_connections``; without
-        this, clients that open connections faster than the head deadline closes them keep the
-        worker from accepting anyone else.
-        """
+        """The overload rule (:func:`overload_victims`) on this worker's waiting requests: each shed one
+        is answered 408 if it sent anything, and closed at once (no lingering read under overload)."""
         if self.nr_conns < self.high_water:
             return
-        shed = []
-        for conn, pending in self.pending.items():
-            if pending.served_before:
-                continue
-            full = self.nr_conns - len(shed) >= self.worker_connections
-            if pending.started + OVERLOAD_TIMEOUT > now and not full:
-                break
-            shed.append((conn, pending))
-        for conn, pending in shed:
+        waiting = ((conn, pending.started, pending.served_before) for conn, pending in self.pending.items())
+        for conn in overload_victims(waiting, self.nr_conns, self.high_water, self.worker_connections, now):
+            pending = self.pending[conn]
             self._forget(conn)
             if pending.request.head.data:
                 self._time_out(conn, pending, overloaded=True)
@@ -1004,6 +996,33 @@ PARSE_ERROR_ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, str, str]
     ((http_errors.InvalidH2CPreface,), 400, "invalid_http2_preface", "invalid HTTP/2 preface"),
     ((ssl.SSLError,), 403, "tls_error", "TLS error"),
 )
+
+
+def overload_victims(waiting: t.Iterable[tuple[K, float, bool]], open_connections: int, high_water: int,
+                     limit: int, now: float) -> list[K]:
+    """Which waiting requests to close under overload, oldest first.
+
+    ``waiting``: ``(key, started, served_before)`` in arrival order (``started`` in seconds of
+    the loop's monotonic clock; ``served_before``: the connection completed a request already).
+    At ``high_water`` open connections or more, a connection that never completed a request
+    has :data:`OVERLOAD_TIMEOUT` seconds for its first; at ``limit`` (``worker_connections``)
+    the oldest such ones are closed until one slot is free. Envoy's overload manager "reduce
+    timeouts" action, nginx's ``limit_conn``: waiting requests are cheap in the loop, but each
+    holds one of ``worker_connections``, and clients opening connections faster than the head
+    deadline closes them would keep the worker from accepting anyone else. Kept-alive clients
+    keep their deadlines.
+    """
+    victims: list[K] = []
+    if open_connections < high_water:
+        return victims
+    for key, started, served_before in waiting:
+        if served_before:
+            continue
+        full = open_connections - len(victims) >= limit
+        if started + OVERLOAD_TIMEOUT > now and not full:
+            break
+        victims.append(key)
+    return victims
 
 
 def parse_error_answer(exc: BaseException) -> tuple[int, str, str] | None:

@@ -156,9 +156,11 @@ def post(headers: bytes, version: bytes = b"HTTP/1.1") -> bytes:
     (post(b"Content-Length: 10\r\n"), BodyFraming(Framing.LENGTH, 10)),
     (post(b"content-length:  0 \r\n"), BodyFraming(Framing.LENGTH, 0)),
     (post(b"Transfer-Encoding: Chunked\r\n"), BodyFraming(Framing.CHUNKED)),
+    (post(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"), BodyFraming(Framing.CHUNKED)),
     (post(b"Content-Length: 5\r\nExpect: 100-Continue\r\n"), BodyFraming(Framing.LENGTH, 5, True)),
     (post(b"Content-Length: 5\r\nExpect: 100-continue\r\n", b"HTTP/1.0"), BodyFraming(Framing.LENGTH, 5, False)),
-], ids=["no body", "Content-Length", "spaces and case", "chunked", "Expect on HTTP/1.1", "Expect ignored on 1.0"])
+], ids=["no body", "Content-Length", "spaces and case", "chunked", "chunked after gzip, as gunicorn reads it",
+        "Expect on HTTP/1.1", "Expect ignored on 1.0"])
 def test_the_loop_waits_for_the_body_its_framing_declares(head, framing):
     assert body_framing(head) == framing
 
@@ -167,11 +169,11 @@ def test_the_loop_waits_for_the_body_its_framing_declares(head, framing):
     (b"Content-Length: 5\r\nContent-Length: 5\r\n", b"HTTP/1.1"),
     (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1"),
     (b"Content-Length: +5\r\n", b"HTTP/1.1"),
-    (b"Transfer-Encoding: gzip, chunked\r\n", b"HTTP/1.1"),
+    (b"Transfer-Encoding: chunked, gzip\r\n", b"HTTP/1.1"),
     (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1"),
     (b"Transfer-Encoding: chunked\r\n", b"HTTP/1.0"),
     (b"X-Folded: a\r\n b\r\nContent-Length: 5\r\n", b"HTTP/1.1"),
-], ids=["two lengths", "length and chunked", "a sign", "another coding", "chunked twice", "chunked on 1.0",
+], ids=["two lengths", "length and chunked", "a sign", "chunked not last", "chunked twice", "chunked on 1.0",
         "obs-fold"])
 def test_an_ambiguous_framing_goes_to_gunicorns_parser_at_once(headers, version):
     request = RequestBuffer(BIG_LIMITS, None, post(headers, version))
@@ -344,3 +346,35 @@ def test_the_loop_reads_a_body_up_to_the_largest_limit_any_route_allows(make_app
     app = make_app({"up.yaml": upstream_yaml("up", "gloo-system"), "vs.yaml": LIMITED_ROUTES % route_limit},
                    max_body_bytes=global_limit)
     assert app.extensions["gateway"].largest_body_limit() == largest
+
+
+# --- The overload rule ------------------------------------------------------------------------
+
+from gateway_app.worker import OVERLOAD_TIMEOUT  # noqa: E402
+from gateway_app.worker import overload_victims  # noqa: E402
+
+
+def test_below_the_high_water_mark_no_waiting_request_is_shed():
+    clock = FakeClock()
+    waiting = [(n, clock() - 9.0, False) for n in range(10)]
+    assert overload_victims(waiting, open_connections=74, high_water=75, limit=100, now=clock()) == []
+
+
+def test_above_the_high_water_mark_new_connections_older_than_the_short_timeout_are_shed_oldest_first():
+    """The red team's F3: thousands of unfinished heads; each new connection gets 1 s instead of 10."""
+    clock = FakeClock()
+    waiting = [("a", clock() - 3.0, False), ("b", clock() - 2.0, False), ("kept-alive", clock() - 5.0, True),
+               ("c", clock() - OVERLOAD_TIMEOUT / 2, False), ("d", clock(), False)]
+    assert overload_victims(waiting, open_connections=80, high_water=75, limit=100, now=clock()) == ["a", "b"]
+
+
+def test_at_worker_connections_the_oldest_new_connections_are_shed_until_one_slot_is_free():
+    clock = FakeClock()
+    waiting = [(n, clock() - 0.1 * (10 - n), False) for n in range(10)]        # all younger than 1 s
+    assert overload_victims(waiting, open_connections=102, high_water=75, limit=100, now=clock()) == [0, 1, 2]
+
+
+def test_kept_alive_connections_keep_their_deadlines_under_overload():
+    clock = FakeClock()
+    waiting = [(n, clock() - 9.0, True) for n in range(10)]
+    assert overload_victims(waiting, open_connections=100, high_water=75, limit=100, now=clock()) == []
