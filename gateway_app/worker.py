@@ -480,6 +480,7 @@ class RequestBuffer:
         self._spool: t.BinaryIO | None = None        # made by the first body byte after the head
         self._body_bytes = 0                  # read after the end of the head
         self._chunks: ChunkedScanner | None = None
+        self.too_large = False          # the body declares more than body_limit: refused 413 unread
         self.state = RequestState.INCOMPLETE
         if data:
             self.feed(data)
@@ -534,7 +535,8 @@ class RequestBuffer:
             self.state = RequestState.READY
 
     def _over_limit(self, declared: int) -> bool:
-        return self.body_limit is not None and declared > self.body_limit
+        self.too_large = self.body_limit is not None and declared > self.body_limit
+        return self.too_large
 
     def _ready_if(self, ready: bool) -> None:
         self.state = RequestState.READY if ready else RequestState.INCOMPLETE
@@ -608,7 +610,7 @@ class _Handoff:
     """What the loop read of a request, for the thread that serves it."""
 
     body: BufferedBody | None
-    continued: bool
+    continued: bool               # gunicorn sends no "100 Continue"
 
 
 @dataclasses.dataclass
@@ -705,7 +707,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if body is not None and isinstance(unreader, SocketUnreader):
             unreader.sock = body
         if handoff is not None and handoff.continued:
-            req._expected_100_continue = False      # the loop sent "100 Continue" before the body
+            req._expected_100_continue = False      # sent by the loop, or the body is refused unread
         try:
             return super().handle_request(req, conn)
         except TimeoutError:
@@ -740,7 +742,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if conn.parser is None:
             conn.init()         # plain HTTP/1: makes the parser, blocking socket; reads nothing
         conn.parser.unreader.unread(bytes(request.head.data))
-        self.handoffs[conn] = _Handoff(request.buffered_body(conn.sock), continued)
+        # No "100 Continue" from gunicorn once the loop sent it, nor for a body refused unread (RFC 9110 §10.1.1)
+        self.handoffs[conn] = _Handoff(request.buffered_body(conn.sock), continued or request.too_large)
 
     def _park(self, conn: gthread.TConn, request: RequestBuffer, *, served_before: bool) -> None:
         """Wait in the poller for the rest of the request, until its deadline."""

@@ -218,6 +218,8 @@ def test_an_unreadable_chunked_body_goes_to_gunicorns_parser_which_refuses_it(bo
 def test_a_content_length_above_the_body_limit_is_ready_at_once_for_the_413():
     request = RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: 101\r\n"))
     assert request.state is RequestState.READY and request.body_received == 0
+    assert request.too_large
+    assert not RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: 100\r\n")).too_large
 
 
 def test_chunk_sizes_adding_up_above_the_body_limit_are_ready_at_once_for_the_413():

@@ -608,3 +608,25 @@ def test_more_unfinished_heads_than_worker_connections_are_shed_408_and_the_open
     assert len(answers) > 300, "the held heads were closed well before the 10 s head deadline"
     assert {status_of(answer) for answer in answers} <= {408, None}
     assert any(b'"head_too_slow"' in answer for answer in answers)
+
+
+def test_expect_100_continue_is_answered_before_the_body_and_once(impatient_gateway):
+    """The loop waits for the body, so it says ``100 Continue`` itself; gunicorn then sends none."""
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /anything/expect HTTP/1.1\r\nHost: gateway.test\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 5\r\nConnection: close\r\n\r\n")
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        sock.sendall(b"hello")
+        rest = read_until_closed(sock)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert status_of(rest) == 200 and b"100 Continue" not in rest
+
+
+def test_expect_100_continue_with_a_length_above_the_limit_is_refused_413_without_continue(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /anything/expect HTTP/1.1\r\nHost: gateway.test\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 20000000\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 413 and b"100 Continue" not in answer
