@@ -54,6 +54,7 @@ import heapq
 import http
 import itertools
 import os
+import re
 import selectors
 import socket
 import ssl
@@ -344,6 +345,9 @@ class BodyFraming:
     expects_continue: bool = False     # ``Expect: 100-continue`` on HTTP/1.1 (RFC 9110 §10.1.1)
 
 
+_FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding|expect):([^\r]*)")
+
+
 def body_framing(head: bytes) -> BodyFraming:
     """The framing of a request whose head ends in ``head`` (``CRLF CRLF`` found), read as gunicorn reads it.
 
@@ -356,24 +360,23 @@ def body_framing(head: bytes) -> BodyFraming:
     same bytes is the one the application sees.
     """
     end = head.find(b"\r\n\r\n")
-    lines = head[:end].split(b"\r\n")
-    if lines and not lines[0]:
-        lines = lines[1:]                      # one empty line may come first
-    http11 = lines[0].endswith(b" HTTP/1.1") if lines else False
+    start = 2 if head[:2] == b"\r\n" else 0          # one empty line may come first
+    line_end = head.find(b"\r\n", start)
+    http11 = head[start:line_end].endswith(b" HTTP/1.1")
+    fields = head[line_end:end].lower()
+    if b"\r\n " in fields or b"\r\n\t" in fields:     # obsolete line folding: refused
+        return BodyFraming(Framing.PARSER)
     lengths: list[bytes] = []
     codings: list[bytes] = []
     expects = False
-    for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            return BodyFraming(Framing.PARSER)
-        name, _, value = line.partition(b":")
-        name, value = name.lower(), value.strip(b" \t")
+    for name, value in _FRAMING_FIELD.findall(fields):
+        value = value.strip(b" \t")
         if name == b"content-length":
             lengths.append(value)
         elif name == b"transfer-encoding":
-            codings.append(value.lower())
-        elif name == b"expect":
-            expects = http11 and value.lower() == b"100-continue"
+            codings.append(value)
+        else:
+            expects = http11 and value == b"100-continue"
     if codings:
         # gunicorn's reading: one list over every field; chunked once and last, after content codings
         listed = [coding.strip(b" \t") for coding in b",".join(codings).split(b",")]
