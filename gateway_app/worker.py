@@ -707,8 +707,6 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if guarded:
             req.body.reader = _GuardedBodyReader(req.body.reader, req)
         body = handoff.body if handoff is not None else None
-        if body is not None and isinstance(unreader, SocketUnreader):
-            unreader.sock = body
         if handoff is not None and handoff.continued:
             req._expected_100_continue = False      # sent by the loop, or the body is refused unread
         try:
@@ -718,9 +716,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
                           _peer(conn), self.client_timeout)
             return False
         finally:
-            if body is not None and isinstance(unreader, SocketUnreader):
-                unreader.sock = conn.sock
-                unreader.unread(unreader.take_buffered() + body.rest(RECV_SIZE))
+            if body is not None:
+                self._end_handoff(conn, body)
 
     def finish_request(self, conn: gthread.TConn, fs: t.Any) -> None:
         """gthread's, except that a parked request waits in the loop and a closing connection lingers there.
@@ -729,9 +726,9 @@ class HeadReadingWorker(gthread.ThreadWorker):
         then read until the peer closes, for up to 2 s. A client that keeps the connection open
         stalls the whole worker for those 2 s; here the same lingering read waits in the poller.
         """
-        handoff = self.handoffs.pop(conn, None)         # the thread failed before the request was parsed
+        handoff = self.handoffs.pop(conn, None)         # the thread ended before handle_request
         if handoff is not None and handoff.body is not None:
-            handoff.body.rest()
+            self._end_handoff(conn, handoff.body)
         result = None if fs.cancelled() or fs.exception() is not None else fs.result()
         if isinstance(result, _Parked):
             self._park(conn, result.request, served_before=True)
@@ -744,9 +741,24 @@ class HeadReadingWorker(gthread.ThreadWorker):
         """Give gunicorn's parser the bytes read: the head through its unreader, the body as its socket."""
         if conn.parser is None:
             conn.init()         # plain HTTP/1: makes the parser, blocking socket; reads nothing
-        conn.parser.unreader.unread(bytes(request.head.data))
+        unreader = conn.parser.unreader
+        unreader.unread(bytes(request.head.data))
+        body = request.buffered_body(conn.sock)
+        if body is not None:
+            unreader.sock = body          # every read of the body, wherever gunicorn makes it (h2c upgrade too)
         # No "100 Continue" from gunicorn once the loop sent it, nor for a body refused unread (RFC 9110 §10.1.1)
-        self.handoffs[conn] = _Handoff(request.buffered_body(conn.sock), continued or request.too_large)
+        self.handoffs[conn] = _Handoff(body, continued or request.too_large)
+
+    @staticmethod
+    def _end_handoff(conn: gthread.TConn, body: BufferedBody) -> None:
+        """The client's socket back to gunicorn's unreader, after what it holds the bytes the loop read
+        past the request (a pipelined one's start); the rest of an unread body is dropped (the
+        connection closes: :class:`_GuardedBodyReader`)."""
+        unreader = getattr(conn.parser, "unreader", None)
+        rest = body.rest(RECV_SIZE)
+        if isinstance(unreader, SocketUnreader) and unreader.sock is body:
+            unreader.sock = conn.sock
+            unreader.unread(unreader.take_buffered() + rest)
 
     def _park(self, conn: gthread.TConn, request: RequestBuffer, *, served_before: bool) -> None:
         """Wait in the poller for the rest of the request, until its deadline."""
