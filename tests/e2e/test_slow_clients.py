@@ -630,3 +630,18 @@ def test_expect_100_continue_with_a_length_above_the_limit_is_refused_413_withou
                      b"Content-Length: 20000000\r\n\r\n")
         answer = read_until_closed(sock)
     assert status_of(answer) == 413 and b"100 Continue" not in answer
+
+
+def test_a_kept_alive_connection_stalling_its_next_body_holds_no_thread_and_gets_408(impatient_gateway):
+    """The body of a kept-alive connection's next request goes back to the loop too (one thread here)."""
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
+        sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        assert status_of(read_answer(sock)) == 200
+        sock.sendall(b"POST /anything/second HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\nabc")
+        with requests.Session() as session:
+            session.trust_env = False
+            statuses = [session.get(impatient_gateway.url + "/anything/public", timeout=OPEN_ROUTE_TIMEOUT).status_code
+                        for _ in range(3)]
+        answer = read_until_closed(sock)
+    assert statuses == [200] * 3
+    assert status_of(answer) == 408 and b'"body_too_slow"' in answer
