@@ -40,6 +40,11 @@ worker_class = "gateway_app.worker.HeadReadingWorker"
 # add GIL contention (measured here: 4 threads gave ~10% more requests/s than 8 on a local
 # upstream). Raise it when upstreams or the IdP are slow, since a waiting request holds a thread.
 threads = int(os.environ.get("GATEWAY_THREADS", 4))
+# Connections per worker. One waiting for its request costs the event loop ~1.6 KiB and no thread, but
+# may buffer up to a whole head (limit_request_fields x limit_request_field_size, ~1.6 MiB) plus 64 KiB
+# of body in memory: the worst case grows with this. Above 75 % of it, incomplete requests on new
+# connections get 1 s (gateway_app.worker.overload_victims).
+worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", 1000))
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 
 # A worker silent for longer than this is killed and replaced; keep it above the

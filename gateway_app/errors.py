@@ -304,11 +304,16 @@ def error_body(error: GatewayError, request_id: str | None) -> dict[str, t.Any]:
     return {"error": error.reason, "message": error.message, "request_id": request_id}
 
 
+def error_json(error: GatewayError, request_id: str | None = None) -> str:
+    """The JSON error body (:func:`error_body`) as sent; also for answers from outside the app (the worker's)."""
+    return _json(error_body(error, request_id))
+
+
 def render_error(error: GatewayError, request_id: str | None = None) -> Response:
     """One JSON body plus challenge headers for any gateway error (no app context needed)."""
     body = getattr(error, "body", None)
     if body is None:
-        response = Response(_json(error_body(error, request_id)), mimetype="application/json")
+        response = Response(error_json(error, request_id), mimetype="application/json")
     elif isinstance(body, (dict, list)):
         response = Response(_json(body), mimetype="application/json")
     else:

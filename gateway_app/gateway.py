@@ -82,6 +82,7 @@ class Gateway:
         self.loaded_fingerprint = tree_fingerprint(settings.config_dir, settings.rego_dir)
         self.config: GatewayConfig = self._first_config()
         self.last_reload: dict[str, t.Any] | None = None     # the admin view's "last_reload"
+        self._largest_body_limit: tuple[GatewayConfig, int | None] | None = None
 
     # -- config ------------------------------------------------------------------
     def _first_config(self) -> GatewayConfig:
@@ -215,6 +216,17 @@ class Gateway:
         """
         return from_environ(environ, request_id=rid, trusted_proxies=self.trusted_proxies,
                             max_header_count=self.settings.max_header_count)
+
+    def largest_body_limit(self) -> int | None:
+        """The largest request body any route of the current config allows (bytes); None when one
+        has no limit. What the worker reads of a body before the request takes a thread."""
+        config = self.config
+        cached = self._largest_body_limit
+        if cached is None or cached[0] is not config:
+            limits = [route.max_body_bytes for vhost in config.router.virtual_hosts for route in vhost.routes]
+            largest = None if not limits or None in limits else max(t.cast(list[int], limits))
+            cached = self._largest_body_limit = (config, largest if limits else self._body_limit)
+        return cached[1]
 
     @staticmethod
     def _authorize(ctx: AuthContext, auth: AuthPipeline, decision: dict[str, t.Any]) -> None:

@@ -1,51 +1,70 @@
-"""The gunicorn worker: gthread, except that a request head is read whole before it takes a thread.
+"""The gunicorn worker: gthread, except that a request is read whole, head and body, before it takes a thread.
 
 gunicorn's gthread worker hands a connection to its thread pool as soon as it is readable and
-parses the request head there, with blocking reads: eight clients that send one header line a
-second hold the eight threads of a 2 x 4 gateway, and every other client waits (issue 12,
-class 11). :class:`HeadReadingWorker` reads heads without blocking: a new connection waits in
-the worker's event loop until gunicorn's parser can decide on the bytes read (a whole head, or
-one it refuses at once), and only then goes to the pool; a kept-alive connection that becomes
-readable goes to a thread as under gthread, which reads what has arrived without blocking and,
-if the head is not whole, sends it back to the loop for the rest. A head that is not whole
-within the head deadline is answered ``408 Request Timeout`` (RFC 9110 §15.5.9) and the
-connection closed; such a client never holds a thread for longer than one non-blocking read.
+parses the request head there, then reads the body, with blocking reads: eight clients that
+send one header line a second, or a body byte now and then, hold the eight threads of a 2 x 4
+gateway, and every other client waits (issue 12, class 11; the red team's F1-F3).
+:class:`HeadReadingWorker` reads requests without blocking, as nginx does with
+``proxy_request_buffering on`` and Envoy with its buffer filter: a new connection waits in the
+worker's event loop until its head is whole (:class:`HeadBuffer`) and then until its body is
+(:class:`RequestBuffer`: ``Content-Length``, or chunked framing scanned to its last chunk and
+trailers; up to 64 KiB in memory, the rest in a temporary file), and only then goes to the
+pool. A kept-alive connection that becomes readable goes to a thread as under gthread, which
+reads what has arrived without blocking and, if the request is not whole, sends it back to the
+loop for the rest. ``Expect: 100-continue`` is answered ``100 Continue`` by the loop when it
+starts waiting for the body (gunicorn then sends none), not when a declared size is refused.
 
-The deadline (``GATEWAY_HEAD_TIMEOUT``, seconds, default 10) starts when the connection is
-accepted, and for a kept-alive connection when the first byte of its next request arrives (the
-idle wait before that is gunicorn's ``keepalive``), as nginx's ``client_header_timeout`` does.
-The bytes read are given back to gunicorn's parser through its unreader, so what the
-application sees is what a plain gthread worker gives. A request body is read by the thread, as
-before, but each wait on the client there is bounded (``GATEWAY_CLIENT_TIMEOUT``, default 30 s:
-see :meth:`HeadReadingWorker.handle_request`), and the body must arrive at a minimum data rate
-(``GATEWAY_MIN_BODY_RATE`` bytes/s averaged from its first read, default 240, after a 5 s grace:
-Kestrel's ``MinRequestBodyDataRate``), else it is answered ``408`` and the connection closed, so
-a client trickling a body holds a thread for about the grace period (:class:`MinRateSocket`).
-A chunked body whose chunk sizes declare more than the body limit the application set
-(:func:`limit_declared_body`) is refused ``413`` when the chunk-size line is read, before its
-data. After any body that could not be read whole, the answer says ``Connection: close``.
+Deadlines, all in the loop, all answered ``408 Request Timeout`` (RFC 9110 §15.5.9, the
+gateway's JSON error) and the connection closed, so a slow client never holds a thread:
+
+* the head (``GATEWAY_HEAD_TIMEOUT``, seconds, default 10) from the accept, or for a kept-alive
+  connection from the first byte of its next request (the idle wait before that is gunicorn's
+  ``keepalive``), as nginx's ``client_header_timeout``;
+* the body: at least ``GATEWAY_MIN_BODY_RATE`` x 5 bytes (default 240 bytes/s, Kestrel's
+  ``MinRequestBodyDataRate``) in every 5 s window, measured per window and not averaged from the
+  first read (:class:`MinRateWindow`), and some byte every ``GATEWAY_CLIENT_TIMEOUT`` seconds
+  (default 30), as nginx's ``client_body_timeout``;
+* overload: above 75 % of ``worker_connections`` open, a connection that has not completed a
+  request has 1 s for it, the oldest closed first (:meth:`HeadReadingWorker.shed_overload`).
+
+The body limit applied in the loop is the largest any route allows
+(:meth:`HeadReadingWorker.body_limit`): a ``Content-Length`` or chunk sizes declaring more are
+handed to the application unread, which answers 413 at once (:func:`limit_declared_body` for
+chunk sizes). The bytes read are given back to gunicorn's parser, the head through its unreader
+and the body as the socket it reads from (:class:`BufferedBody`), so gunicorn parses the request
+once and the application sees what a plain gthread worker gives. The answer is written by the
+thread, each write bounded by ``GATEWAY_CLIENT_TIMEOUT``. After any body that could not be read
+whole, the answer says ``Connection: close``. gunicorn's own refusals (400, 414, 417, 431, 501)
+are the gateway's JSON errors with fixed messages (:meth:`HeadReadingWorker.handle_error`).
 
 A connection to close is half-closed and drained in the event loop too (gthread drains it on
 the loop's thread for up to 2 s, so a client that does not close stalls every other one).
 
-Heads are read only where their bytes are HTTP/1 on a plain socket: with gunicorn's own TLS
-(``certfile``), HTTP/2 prior knowledge or the uwsgi protocol the worker behaves as gthread.
-Built against gunicorn 27's gthread event loop (``enqueue_req`` is its one hand-off to the pool,
-called on the loop's thread); ``setup.cfg`` pins that major version.
+Requests are read in the loop only where their bytes are HTTP/1 on a plain socket: with
+gunicorn's own TLS (``certfile``), HTTP/2 prior knowledge or the uwsgi protocol the worker
+behaves as gthread. Built against gunicorn 27's gthread event loop (``enqueue_req`` is its one
+hand-off to the pool, called on the loop's thread); ``setup.cfg`` pins that major version.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import heapq
+import http
+import itertools
 import os
+import re
 import selectors
 import socket
+import ssl
+import tempfile
 import time
 import typing as t
 from functools import partial
 
 from gunicorn import util
+from gunicorn.http import errors as http_errors
 from gunicorn.http.body import ChunkedReader
 from gunicorn.http.body import LengthReader
 from gunicorn.http.errors import LimitRequestHeaders
@@ -56,8 +75,10 @@ from gunicorn.http2 import negotiation
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
 
+from .errors import GatewayError
 from .errors import PayloadTooLargeError
 from .errors import RequestTimeoutError
+from .errors import error_json
 
 HEAD_TIMEOUT_ENV = "GATEWAY_HEAD_TIMEOUT"
 DEFAULT_HEAD_TIMEOUT = 10.0
@@ -65,8 +86,15 @@ CLIENT_TIMEOUT_ENV = "GATEWAY_CLIENT_TIMEOUT"
 DEFAULT_CLIENT_TIMEOUT = 30.0
 MIN_BODY_RATE_ENV = "GATEWAY_MIN_BODY_RATE"
 DEFAULT_MIN_BODY_RATE = 240.0      # bytes/s: Kestrel's MinRequestBodyDataRate default
-MIN_BODY_RATE_GRACE = 5.0          # seconds: Kestrel's grace period
+MIN_BODY_RATE_WINDOW = 5.0         # seconds: each window must hold rate x window bytes (Kestrel's grace)
 RECV_SIZE = 65536
+K = t.TypeVar("K")
+READ_PER_EVENT = 1024 * 1024       # bytes one readiness event may read before the loop serves others
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The overload rule: above this share of worker_connections, a connection that never completed a
+# request has OVERLOAD_TIMEOUT seconds for it (Envoy overload manager's "reduce timeouts").
+OVERLOAD_FRACTION = 0.75
+OVERLOAD_TIMEOUT = 1.0
 # A closed connection's lingering read (RFC 9112 §9.6): as gunicorn's util.close_graceful.
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 65536
@@ -109,7 +137,7 @@ def timeouts_from_env(environ: t.Mapping[str, str] | None = None) -> tuple[float
 
 
 def min_body_rate_from_env(environ: t.Mapping[str, str] | None = None) -> float:
-    """``GATEWAY_MIN_BODY_RATE``: bytes/s a request body must average after the grace period; 0 turns it off.
+    """``GATEWAY_MIN_BODY_RATE``: bytes/s a request body must hold in every 5 s window; 0 turns it off.
 
     :raises ValueError: not a finite number of bytes per second, 0 or above.
     """
@@ -117,46 +145,39 @@ def min_body_rate_from_env(environ: t.Mapping[str, str] | None = None) -> float:
                             unit="bytes per second")
 
 
-class MinRateSocket:
-    """The client socket as the request-body reader sees it: each ``recv`` bounded by the minimum data rate.
+class MinRateWindow:
+    """The minimum data rate of a request body, per window: at least ``rate * window`` bytes in every
+    ``window`` seconds, and some byte every ``idle_timeout`` seconds.
 
-    From the first ``recv`` the client must have sent, on average, ``rate`` bytes/s, checked
-    once ``grace`` seconds have passed (Kestrel's ``MinRequestBodyDataRate``: 240 bytes/s after
-    5 s). A ``recv`` waits at most until the rate would be missed, and at most ``timeout``
-    seconds (``GATEWAY_CLIENT_TIMEOUT``, whose expiry stays a ``TimeoutError``).
-
-    :raises RequestTimeoutError: the body arrives slower than ``rate`` (408).
+    A window starts when the head is whole and a new one as soon as the current one holds its
+    quota, so a burst followed by a trickle is cut one window after the burst (an average from
+    the first read is not: 1 MB then a byte every 10 s keeps 240 bytes/s for an hour). The
+    quota is Kestrel's ``MinRequestBodyDataRate`` (240 bytes/s, 5 s grace) measured as nginx's
+    ``client_body_timeout`` is: per period, not since the start. ``rate`` 0: the idle timeout only.
+    Times are seconds of an injected monotonic clock.
     """
 
-    def __init__(self, sock: socket.socket, rate: float, grace: float, timeout: float,
-                 clock: t.Callable[[], float] = time.monotonic) -> None:
-        self._sock = sock
-        self._rate = rate
-        self._grace = grace
-        self._timeout = timeout
-        self._clock = clock
-        self._started: float | None = None
-        self.received = 0
+    def __init__(self, rate: float, window: float, idle_timeout: float, now: float) -> None:
+        self._quota = rate * window
+        self._window = window
+        self._idle_timeout = idle_timeout
+        self._window_start = self._last_read = now
+        self._in_window = 0
 
-    def recv(self, size: int, flags: int = 0) -> bytes:
-        now = self._clock()
-        if self._started is None:
-            self._started = now
-        due = self._started + max(self._grace, self.received / self._rate)   # when the rate is missed
-        wait = min(self._timeout, due - now)
-        if wait <= 0:
-            raise RequestTimeoutError(f"request body slower than {self._rate:g} bytes/s")
-        self._sock.settimeout(wait)
-        try:
-            data = self._sock.recv(size, flags)
-        except TimeoutError:
-            if wait < self._timeout:
-                raise RequestTimeoutError(f"request body slower than {self._rate:g} bytes/s") from None
-            raise
-        finally:
-            self._sock.settimeout(self._timeout)
-        self.received += len(data)
-        return data
+    def feed(self, size: int, now: float) -> None:
+        """``size`` bytes arrived at ``now``."""
+        if size <= 0:
+            return
+        self._last_read = now
+        self._in_window += size
+        if self._quota and self._in_window >= self._quota:
+            self._window_start, self._in_window = now, 0
+
+    @property
+    def deadline(self) -> float:
+        """When the body is too slow, unless more bytes arrive before."""
+        idle = self._last_read + self._idle_timeout
+        return min(idle, self._window_start + self._window) if self._quota else idle
 
 
 class _GuardedBodyReader:
@@ -305,17 +326,293 @@ class HeadBuffer:
         return limit > 0 and self._line_end - line_start > limit
 
 
-@dataclasses.dataclass
-class _PendingHead:
-    head: HeadBuffer
-    deadline: float               # time.monotonic()
+class Framing(enum.Enum):
+    """How the end of a request body is found, as far as the loop needs to know (RFC 9112 §6.3)."""
+
+    NONE = "none"             # no body
+    LENGTH = "length"         # Content-Length
+    CHUNKED = "chunked"       # Transfer-Encoding: chunked
+    PARSER = "parser"         # anything else: gunicorn's parser decides at once (it refuses most)
+
+
+@dataclasses.dataclass(frozen=True)
+class BodyFraming:
+    """The framing fields of one whole head: ``length`` in bytes for :attr:`Framing.LENGTH`."""
+
+    framing: Framing
+    length: int = 0
+    expects_continue: bool = False     # ``Expect: 100-continue`` on HTTP/1.1 (RFC 9110 §10.1.1)
+
+
+_FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding|expect):([^\r]*)")
+
+
+def body_framing(head: bytes) -> BodyFraming:
+    """The framing of a request whose head ends in ``head`` (``CRLF CRLF`` found), read as gunicorn reads it.
+
+    Only the cases gunicorn reads a body for are waited for: one ``Content-Length`` of digits, or
+    ``Transfer-Encoding`` ending in ``chunked`` (once, after content codings only) on HTTP/1.1
+    without ``Content-Length``. Anything else
+    (duplicates, both, other codings, obsolete line folding) is :attr:`Framing.PARSER`: the
+    request goes to gunicorn's parser without its body, which refuses it (RFC 9112 §6.3) or
+    reads the body itself. This scan only decides how long to wait; gunicorn's parse of the
+    same bytes is the one the application sees.
+    """
+    end = head.find(b"\r\n\r\n")
+    start = 2 if head[:2] == b"\r\n" else 0          # one empty line may come first
+    line_end = head.find(b"\r\n", start)
+    http11 = head[start:line_end].endswith(b" HTTP/1.1")
+    fields = head[line_end:end].lower()
+    if b"\r\n " in fields or b"\r\n\t" in fields:     # obsolete line folding: refused
+        return BodyFraming(Framing.PARSER)
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    expects = False
+    for name, value in _FRAMING_FIELD.findall(fields):
+        value = value.strip(b" \t")
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.append(value)
+        else:
+            expects = http11 and value == b"100-continue"
+    if codings:
+        # gunicorn's reading: one list over every field; chunked once and last, after content codings
+        listed = [coding.strip(b" \t") for coding in b",".join(codings).split(b",")]
+        chunked = (listed[-1] == b"chunked" and listed.count(b"chunked") == 1 and not lengths and http11
+                   and set(listed[:-1]) <= {b"gzip", b"deflate", b"compress", b"identity"})
+        return BodyFraming(Framing.CHUNKED if chunked else Framing.PARSER, expects_continue=expects)
+    if not lengths:
+        return BodyFraming(Framing.NONE)
+    if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+        return BodyFraming(Framing.PARSER)
+    return BodyFraming(Framing.LENGTH, int(lengths[0]), expects)
+
+
+class ChunkedScanner:
+    """Finds the end of a chunked body (RFC 9112 §7.1) in bytes fed as they arrive, keeping none of them.
+
+    :attr:`declared` is the sum of the chunk sizes read so far; :attr:`done` is set after the
+    last chunk's trailer section; :attr:`invalid` when the framing cannot be read (gunicorn's
+    parser then refuses it). Each byte is looked at once.
+    """
+
+    MAX_LINE = 4096            # a chunk-size line or trailer field longer than this is refused
+
+    def __init__(self) -> None:
+        self.declared = 0
+        self.done = False
+        self.invalid = False
+        self._line = bytearray()
+        self._data_left = 0          # bytes of chunk data still to come
+        self._crlf_left = 0
+        self._in_trailers = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Scan ``data``; bytes after the end of the body are ignored."""
+        view = memoryview(data)
+        while view and not (self.done or self.invalid):
+            if self._data_left:
+                step = min(self._data_left, len(view))
+                self._data_left -= step
+                view = view[step:]
+                continue
+            if self._crlf_left:                  # the CRLF that ends a chunk's data
+                self.invalid = view[0] != b"\r\n"[2 - self._crlf_left]
+                self._crlf_left -= 1
+                view = view[1:]
+                continue
+            end = bytes(view[:self.MAX_LINE]).find(b"\n")
+            if end < 0:
+                self._line += view
+                view = view[len(view):]
+                self.invalid = len(self._line) > self.MAX_LINE
+                continue
+            self._line += view[:end + 1]
+            view = view[end + 1:]
+            self._end_line(bytes(self._line))
+            self._line.clear()
+
+    def _end_line(self, line: bytes) -> None:
+        if not line.endswith(b"\r\n") or len(line) > self.MAX_LINE:
+            self.invalid = True
+        elif self._in_trailers:
+            self.done = line == b"\r\n"
+        else:
+            size = line[:-2].split(b";", 1)[0].rstrip(b" \t")
+            if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
+                self.invalid = True
+                return
+            chunk = int(size, 16)
+            self.declared += chunk
+            if chunk:
+                self._data_left, self._crlf_left = chunk, 2
+            else:
+                self._in_trailers = True
+
+
+class RequestState(enum.Enum):
+    """What the bytes of a request read so far allow."""
+
+    INCOMPLETE = "incomplete"   # wait for more bytes
+    READY = "ready"             # gunicorn's parser and the application can have it without another read
+    TOO_LARGE = "too_large"     # no head can end within the limits: 431
+
+
+SPOOL_THRESHOLD = 64 * 1024     # bytes of a body kept in memory; beyond, a temporary file
+
+
+class RequestBuffer:
+    """One request read whole before it takes a thread: its head, then its body (request buffering).
+
+    As nginx's ``proxy_request_buffering on`` and Envoy's buffer filter: the head is read into
+    a :class:`HeadBuffer`; once it ends, :func:`body_framing` says how much body follows, which
+    is read into :attr:`body` (memory up to 64 KiB, then a temporary file). The request is
+    :attr:`RequestState.READY` when the body is whole, when its framing is not one to wait for,
+    or when it declares more than ``body_limit`` bytes (a ``Content-Length`` or a chunk size:
+    the application answers 413 without its data). The bytes are kept as read, for gunicorn's
+    parser: :attr:`head` holds those read until the head ended (some body bytes, maybe), a spool the rest,
+    possibly with the start of a pipelined request after the body (:meth:`buffered_body`).
+    """
+
+    def __init__(self, limits: HeadLimits, body_limit: int | None, data: bytes = b"") -> None:
+        self.head = HeadBuffer(limits)
+        self.body_limit = body_limit
+        self.framing: BodyFraming | None = None
+        self._spool: t.BinaryIO | None = None        # made by the first body byte after the head
+        self._body_bytes = 0                  # read after the end of the head
+        self._chunks: ChunkedScanner | None = None
+        self.too_large = False          # the body declares more than body_limit: refused 413 unread
+        self.state = RequestState.INCOMPLETE
+        if data:
+            self.feed(data)
+
+    @property
+    def expects_continue(self) -> bool:
+        """The client waits for ``100 Continue`` before its body, which is not all here yet."""
+        return self.framing is not None and self.framing.expects_continue and self.state is RequestState.INCOMPLETE
+
+    @property
+    def in_body(self) -> bool:
+        """The head is whole and the body is being read."""
+        return self.framing is not None
+
+    def feed(self, chunk: bytes) -> RequestState:
+        """Append ``chunk`` and return (and keep in :attr:`state`) what the bytes now allow."""
+        if self.framing is None:
+            state = self.head.feed(chunk)
+            if state is HeadState.TOO_LARGE:
+                self.state = RequestState.TOO_LARGE
+            elif state is HeadState.DECIDABLE:
+                self._start_body()
+            return self.state
+        if self._spool is None:
+            self._spool = t.cast(t.BinaryIO, tempfile.SpooledTemporaryFile(SPOOL_THRESHOLD))
+        self._spool.write(chunk)
+        self._body_arrived(chunk)
+        return self.state
+
+    def _start_body(self) -> None:
+        data = bytes(self.head.data)
+        end = data.find(b"\r\n\r\n")
+        if end < 0:                           # a bare LF or a long request line: refused at once
+            self.framing = BodyFraming(Framing.PARSER)
+        else:
+            self.framing = body_framing(data)
+        if self.framing.framing is Framing.CHUNKED:
+            self._chunks = ChunkedScanner()
+        self._body_arrived(data[end + 4:] if end >= 0 else b"")
+
+    def _body_arrived(self, chunk: bytes) -> None:
+        framing = self.framing
+        assert framing is not None
+        self._body_bytes += len(chunk)
+        if framing.framing is Framing.LENGTH:
+            whole = self._body_bytes >= framing.length
+            self._ready_if(whole or self._over_limit(framing.length))
+        elif self._chunks is not None:
+            self._chunks.feed(chunk)
+            self._ready_if(self._chunks.done or self._chunks.invalid or self._over_limit(self._chunks.declared))
+        else:
+            self.state = RequestState.READY
+
+    def _over_limit(self, declared: int) -> bool:
+        self.too_large = self.body_limit is not None and declared > self.body_limit
+        return self.too_large
+
+    def _ready_if(self, ready: bool) -> None:
+        self.state = RequestState.READY if ready else RequestState.INCOMPLETE
+
+    @property
+    def body_received(self) -> int:
+        """Bytes read after the end of the head."""
+        return self._body_bytes
+
+    def buffered_body(self, sock: t.Any) -> BufferedBody | None:
+        """The bytes read after the head, then ``sock``, for gunicorn's unreader; None when none were read."""
+        spool, self._spool = self._spool, None
+        if spool is None:
+            return None
+        spool.seek(0)
+        return BufferedBody(spool, sock)
+
+    def close(self) -> None:
+        """Drop the bytes read (the request will not be served)."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+
+
+class BufferedBody:
+    """A request body read by the loop, as the socket gunicorn's unreader reads from (``recv``).
+
+    The thread's parser reads the body from here, never from the client; what is left after the
+    request (the start of a pipelined one) goes back to the unreader (:meth:`rest`).
+    """
+
+    def __init__(self, spool: t.BinaryIO, sock: t.Any) -> None:
+        self._spool = spool
+        self._sock = sock
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        """The next bytes read by the loop; once they are used up, the client's (a body gunicorn
+        frames differently from :func:`body_framing`, which the loop did not wait for)."""
+        return self._spool.read(size) or t.cast(bytes, self._sock.recv(size, flags))
+
+    def rest(self, max_bytes: int = -1) -> bytes:
+        """Up to ``max_bytes`` of the bytes not read yet (after a whole body: what one read took past
+        its end); closes the spool (its temporary file, if any)."""
+        data = self._spool.read(max_bytes)
+        self._spool.close()
+        return data
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    """A connection whose request is being read in the loop."""
+
+    request: RequestBuffer
+    started: float                # time.monotonic(): accepted, or the first byte of a kept-alive request
+    served_before: bool           # a request on this connection was answered already
+    window: MinRateWindow | None = None
+    window_seen: int = 0          # body bytes fed to the window
+    continued: bool = False       # "100 Continue" sent
+    cap: float = float("inf")     # a stopping worker's deadline
 
 
 @dataclasses.dataclass
 class _Parked:
-    """What a pool thread returns for a head still incomplete: the loop waits for the rest."""
+    """What a pool thread returns for a request still incomplete: the loop waits for the rest."""
 
-    head: HeadBuffer
+    request: RequestBuffer
+
+
+@dataclasses.dataclass
+class _Handoff:
+    """What the loop read of a request, for the thread that serves it."""
+
+    body: BufferedBody | None
+    continued: bool               # gunicorn sends no "100 Continue"
 
 
 @dataclasses.dataclass
@@ -325,11 +622,11 @@ class _Lingering:
 
 
 class HeadReadingWorker(gthread.ThreadWorker):
-    """gunicorn's gthread worker that reads each request head in its event loop, within a deadline.
+    """gunicorn's gthread worker that reads each request, head and body, in its event loop, within deadlines.
 
     ``gunicorn -k gateway_app.worker.HeadReadingWorker`` (``conf/gunicorn.conf.py`` sets it).
-    Settings: gunicorn's own (``threads``, ``keepalive``, ``limit_request_*``),
-    ``GATEWAY_HEAD_TIMEOUT`` and ``GATEWAY_CLIENT_TIMEOUT`` (see the module docstring).
+    Settings: gunicorn's own (``threads``, ``keepalive``, ``worker_connections``, ``limit_request_*``),
+    ``GATEWAY_HEAD_TIMEOUT``, ``GATEWAY_CLIENT_TIMEOUT`` and ``GATEWAY_MIN_BODY_RATE`` (see the module docstring).
     """
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
@@ -338,8 +635,12 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.min_body_rate = min_body_rate_from_env()
         self.head_limits = HeadLimits.from_config(self.cfg)
         self.reads_heads = not self.cfg.is_ssl and getattr(self.cfg, "protocol", "http") == "http"
-        # Insertion order is deadline order: every entry gets the same timeout from "now".
-        self.pending_heads: dict[gthread.TConn, _PendingHead] = {}
+        self.high_water = max(1, int(self.worker_connections * OVERLOAD_FRACTION))
+        # Insertion order is arrival order; deadlines are kept in a heap, checked lazily.
+        self.pending: dict[gthread.TConn, _Pending] = {}
+        self._deadlines: list[tuple[float, int, gthread.TConn, _Pending]] = []
+        self._sequence = itertools.count()
+        self.handoffs: dict[gthread.TConn, _Handoff] = {}
         self.lingering: dict[gthread.TConn, _Lingering] = {}
 
     @classmethod
@@ -352,52 +653,61 @@ class HeadReadingWorker(gthread.ThreadWorker):
         timeouts_from_env()
         min_body_rate_from_env()
         if cfg.is_ssl:
-            log.warning("gunicorn terminates TLS here: request heads are read by pool threads "
+            log.warning("gunicorn terminates TLS here: requests are read by pool threads "
                         "without the %s deadline; terminate TLS in front of the gateway", HEAD_TIMEOUT_ENV)
 
-    def enqueue_req(self, conn: gthread.TConn) -> None:
-        """A new connection waits in the loop for its head; a readable kept-alive one goes to a thread.
+    def body_limit(self) -> int | None:
+        """The most bytes a request body may declare here: the largest limit of any route of the app.
 
-        The thread reads without blocking (:meth:`handle`) and sends an incomplete head back
+        The application refuses (413) what its route does not allow; the loop stops reading
+        at the largest, so no route's allowance is cut. None: some route has no limit.
+        """
+        gateway = getattr(self.wsgi, "extensions", {}).get("gateway")
+        return gateway.largest_body_limit() if gateway is not None else None
+
+    def enqueue_req(self, conn: gthread.TConn) -> None:
+        """A new connection waits in the loop for its request; a readable kept-alive one goes to a thread.
+
+        The thread reads without blocking (:meth:`handle`) and sends an incomplete request back
         here, so a client that sends its next request whole costs the loop nothing more than
         under gthread.
         """
         if conn.parser is None and self.reads_heads and not negotiation.prior_knowledge_allowed(self.cfg, conn.client):
-            self._park(conn, HeadBuffer(self.head_limits))
+            self._park(conn, RequestBuffer(self.head_limits, self.body_limit()), served_before=False)
         else:
             super().enqueue_req(conn)
 
     def handle(self, conn: gthread.TConn) -> t.Any:
-        """In a pool thread: gthread's, once the head is whole; an incomplete head goes back to the loop."""
-        if self.reads_heads and conn.parser is not None and not conn.is_http2:
-            head = HeadBuffer(self.head_limits, conn.parser.unreader.take_buffered())
-            waiting = self._receive(conn, head, socket.MSG_DONTWAIT)
-            if head.state is HeadState.INCOMPLETE:
-                return _Parked(head) if waiting else False    # False: the peer left, as gthread ends it
-            if head.state is HeadState.TOO_LARGE:
+        """In a pool thread: gthread's, once the request is whole; an incomplete one goes back to the loop."""
+        if self.reads_heads and conn.parser is not None and not conn.is_http2 and conn not in self.handoffs:
+            # a kept-alive connection: its next request, read without blocking
+            request = RequestBuffer(self.head_limits, self.body_limit(), conn.parser.unreader.take_buffered())
+            waiting = self._receive(conn, request, socket.MSG_DONTWAIT)
+            if request.state is RequestState.INCOMPLETE and (waiting or not request.in_body):
+                return _Parked(request) if waiting else False    # False: the peer left, as gthread ends it
+            if request.state is RequestState.TOO_LARGE:
                 return self._refuse_too_large(conn)
-            conn.parser.unreader.unread(bytes(head.data))
+            self._hand_off(conn, request, continued=False)
         return super().handle(conn)
 
     def handle_request(self, req: t.Any, conn: gthread.TConn) -> bool:
-        """In a pool thread, once the head is parsed: gthread's, with every wait on the client bounded.
+        """In a pool thread, once the head is parsed: gthread's, reading the body the loop read.
 
-        A read of the body that gets nothing, or a write of the answer that the client does not
-        take (one ``sendall``, up to 64 KiB), for ``GATEWAY_CLIENT_TIMEOUT`` seconds raises
-        ``TimeoutError``: the gateway answers an unreadable body 400 ``body_invalid``, and a
-        stalled answer ends with the connection closed. Without it a client that stops sending
-        its body holds the thread for good: gthread's loop keeps the worker alive, so the
-        worker ``timeout`` never fires. The body's reads are also held to the minimum data rate
-        (:class:`MinRateSocket`), and a body that could not be read closes the connection.
+        gunicorn's parser reads the body from what the loop buffered (:class:`BufferedBody`).
+        A write of the answer that the client does not take (one ``sendall``, up to 64 KiB), or
+        a read the loop did not buffer, for ``GATEWAY_CLIENT_TIMEOUT`` seconds raises
+        ``TimeoutError``: the connection is closed. A body that could not be read whole closes
+        the connection (:class:`_GuardedBodyReader`).
         """
         conn.sock.settimeout(self.client_timeout)
+        handoff = self.handoffs.pop(conn, None)
         unreader = getattr(conn.parser, "unreader", None)
         guarded = isinstance(unreader, SocketUnreader) and not conn.is_http2 and req.body is not None
         if guarded:
             req.body.reader = _GuardedBodyReader(req.body.reader, req)
-            if self.min_body_rate:
-                unreader.sock = MinRateSocket(conn.sock, self.min_body_rate, MIN_BODY_RATE_GRACE,
-                                              self.client_timeout)
+        body = handoff.body if handoff is not None else None
+        if handoff is not None and handoff.continued:
+            req._expected_100_continue = False      # sent by the loop, or the body is refused unread
         try:
             return super().handle_request(req, conn)
         except TimeoutError:
@@ -405,59 +715,130 @@ class HeadReadingWorker(gthread.ThreadWorker):
                           _peer(conn), self.client_timeout)
             return False
         finally:
-            if guarded:
-                unreader.sock = conn.sock
+            if body is not None:
+                self._end_handoff(conn, body)
 
     def finish_request(self, conn: gthread.TConn, fs: t.Any) -> None:
-        """gthread's, except that a parked head waits in the loop and a closing connection lingers there.
+        """gthread's, except that a parked request waits in the loop and a closing connection lingers there.
 
         gthread closes a connection with ``util.close_graceful`` on the loop's thread: half-close,
         then read until the peer closes, for up to 2 s. A client that keeps the connection open
         stalls the whole worker for those 2 s; here the same lingering read waits in the poller.
         """
+        handoff = self.handoffs.pop(conn, None)         # the thread ended before handle_request
+        if handoff is not None and handoff.body is not None:
+            self._end_handoff(conn, handoff.body)
         result = None if fs.cancelled() or fs.exception() is not None else fs.result()
         if isinstance(result, _Parked):
-            self._park(conn, result.head)
+            self._park(conn, result.request, served_before=True)
         elif result or result is None or not self.reads_heads or conn.is_http2:
             super().finish_request(conn, fs)
         else:
             self._linger(conn)
 
-    def _park(self, conn: gthread.TConn, head: HeadBuffer) -> None:
-        """Wait in the poller for the rest of the head, until the head deadline."""
+    def _hand_off(self, conn: gthread.TConn, request: RequestBuffer, *, continued: bool) -> None:
+        """Give gunicorn's parser the bytes read: the head through its unreader, the body as its socket."""
+        if conn.parser is None:
+            conn.init()         # plain HTTP/1: makes the parser, blocking socket; reads nothing
+        unreader = conn.parser.unreader
+        unreader.unread(bytes(request.head.data))
+        body = request.buffered_body(conn.sock)
+        if body is not None:
+            unreader.sock = body          # every read of the body, wherever gunicorn makes it (h2c upgrade too)
+        # No "100 Continue" from gunicorn once the loop sent it, nor for a body refused unread (RFC 9110 §10.1.1)
+        self.handoffs[conn] = _Handoff(body, continued or request.too_large)
+
+    @staticmethod
+    def _end_handoff(conn: gthread.TConn, body: BufferedBody) -> None:
+        """The client's socket back to gunicorn's unreader, after what it holds the bytes the loop read
+        past the request (a pipelined one's start); the rest of an unread body is dropped (the
+        connection closes: :class:`_GuardedBodyReader`)."""
+        unreader = getattr(conn.parser, "unreader", None)
+        rest = body.rest(RECV_SIZE)
+        if isinstance(unreader, SocketUnreader) and unreader.sock is body:
+            unreader.sock = conn.sock
+            unreader.unread(unreader.take_buffered() + rest)
+
+    def _park(self, conn: gthread.TConn, request: RequestBuffer, *, served_before: bool) -> None:
+        """Wait in the poller for the rest of the request, until its deadline."""
         try:
             if conn.sock.gettimeout() != 0.0:
                 conn.sock.setblocking(False)
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_readable, conn))
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         except (OSError, ValueError, KeyError):
             self._drop(conn)
             return
-        self.pending_heads[conn] = _PendingHead(head, time.monotonic() + self.head_timeout)
+        pending = _Pending(request, time.monotonic(), served_before)
+        self.pending[conn] = pending
+        self._progress(conn, pending)
+        if pending.window is None:
+            self._push_deadline(conn, pending)
 
-    def _on_head_readable(self, conn: gthread.TConn, _sock: t.Any) -> None:
-        pending = self.pending_heads[conn]
+    def _on_readable(self, conn: gthread.TConn, _sock: t.Any) -> None:
+        pending = self.pending[conn]
         try:
-            if self._receive(conn, pending.head):
+            if self._receive(conn, pending.request):
+                self._progress(conn, pending)
                 return
-            self._forget(conn)
-            if pending.head.state is HeadState.DECIDABLE:
-                if conn.parser is None:
-                    conn.init()     # plain HTTP/1: makes the parser, blocking socket; reads nothing
-                conn.parser.unreader.unread(bytes(pending.head.data))
+            # A client that half-closes after its head gets the answer to what it sent (400: a body cut short).
+            ready = pending.request.state is RequestState.READY or pending.request.in_body
+            self._forget(conn, served=ready)
+            if ready:
+                self._hand_off(conn, pending.request, continued=pending.continued)
                 super().enqueue_req(conn)
-            elif pending.head.state is HeadState.TOO_LARGE:
+            elif pending.request.state is RequestState.TOO_LARGE:
                 self._refuse_too_large(conn)
                 self._linger(conn)
             else:
                 self._drop(conn)
         except Exception:
-            self.log.exception("Error reading a request head")
+            self.log.exception("Error reading a request")
             self._forget(conn)
             self._drop(conn)
 
-    def _receive(self, conn: gthread.TConn, head: HeadBuffer, flags: int = 0) -> bool:
-        """Read what the socket holds into ``head``; whether to wait for more (head incomplete, peer there)."""
-        while head.state is HeadState.INCOMPLETE:
+    def _progress(self, conn: gthread.TConn, pending: _Pending) -> None:
+        """After bytes of a waiting request: start or feed its body window, answer ``Expect``, note deadlines."""
+        request, now = pending.request, time.monotonic()
+        if not request.in_body:
+            return
+        if pending.window is None:
+            pending.window = MinRateWindow(self.min_body_rate, MIN_BODY_RATE_WINDOW, self.client_timeout, now)
+            self._push_deadline(conn, pending)
+        pending.window.feed(request.body_received - pending.window_seen, now)
+        pending.window_seen = request.body_received
+        if request.expects_continue and not pending.continued:
+            pending.continued = True
+            try:
+                conn.sock.send(CONTINUE)       # RFC 9110 §10.1.1: the client may wait for it before its body
+            except OSError:
+                pass                           # the client sends its body after its own wait
+
+    def _deadline(self, pending: _Pending) -> float:
+        if pending.window is not None:
+            deadline = pending.window.deadline
+        else:
+            deadline = pending.started + self.head_timeout
+        return min(deadline, pending.cap)
+
+    def _push_deadline(self, conn: gthread.TConn, pending: _Pending) -> None:
+        """Note when ``pending`` is due; the heap of deadlines is rebuilt when mostly stale (served requests)."""
+        if len(self._deadlines) > 2 * len(self.pending) + 64:
+            self._deadlines = [(self._deadline(entry), next(self._sequence), waiting, entry)
+                               for waiting, entry in self.pending.items()]
+            heapq.heapify(self._deadlines)
+            if self.pending.get(conn) is pending:
+                return                                  # included
+        heapq.heappush(self._deadlines, (self._deadline(pending), next(self._sequence), conn, pending))
+
+    def _receive(self, conn: gthread.TConn, request: RequestBuffer, flags: int = 0) -> bool:
+        """Read what the socket holds into ``request``; whether to wait for more (incomplete, peer there).
+
+        At most :data:`READ_PER_EVENT` bytes per call, so one fast body does not hold the loop.
+        """
+        budget = READ_PER_EVENT
+        while request.state is RequestState.INCOMPLETE:
+            if budget <= 0:
+                return True
             try:
                 chunk = conn.sock.recv(RECV_SIZE, flags)
             except (BlockingIOError, InterruptedError):
@@ -466,7 +847,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 return False
             if not chunk:
                 return False
-            head.feed(chunk)
+            budget -= len(chunk)
+            request.feed(chunk)
         return False
 
     def _refuse_too_large(self, conn: gthread.TConn) -> bool:
@@ -474,8 +856,11 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.handle_error(None, conn.sock, conn.client, LimitRequestHeaders("max buffer headers"))
         return False
 
-    def _forget(self, conn: gthread.TConn) -> None:
-        self.pending_heads.pop(conn, None)
+    def _forget(self, conn: gthread.TConn, served: bool = False) -> None:
+        """Stop waiting for the request on ``conn``; its bytes are dropped unless it is ``served``."""
+        pending = self.pending.pop(conn, None)
+        if pending is not None and not served:
+            pending.request.close()
         self._unregister(conn)
 
     def _unregister(self, conn: gthread.TConn) -> None:
@@ -489,24 +874,51 @@ class HeadReadingWorker(gthread.ThreadWorker):
         conn.close()
 
     def murder_keepalived(self, force: bool = False) -> None:
-        """gthread's expiry of idle kept-alive connections, then of late heads and lingering closes (all when ``force``)."""
+        """gthread's expiry of idle kept-alive connections, then of late requests and lingering closes
+        (all when ``force``), and the overload rule (:meth:`shed_overload`)."""
         super().murder_keepalived(force)
         now = time.monotonic()
-        while self.pending_heads:
-            conn, pending = next(iter(self.pending_heads.items()))
-            if pending.deadline > now and not force:
-                break
-            self._forget(conn)
-            if pending.deadline <= now and pending.head.data:
-                self._time_out(conn)
-                self._linger(conn)
-            else:
+        if force:
+            for conn in list(self.pending):
+                self._forget(conn)
                 self._drop(conn)
+            self._deadlines.clear()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, conn, pending = heapq.heappop(self._deadlines)
+            if self.pending.get(conn) is not pending:
+                continue                                   # answered, or parked again since
+            if self._deadline(pending) > now:
+                self._push_deadline(conn, pending)         # bytes arrived: the deadline moved on
+                continue
+            self._expire(conn, pending)
+        self.shed_overload(now)
         while self.lingering:
             conn, lingering = next(iter(self.lingering.items()))
             if lingering.deadline > now and not force:
                 break
             self._end_lingering(conn)
+
+    def shed_overload(self, now: float) -> None:
+        """The overload rule (:func:`overload_victims`) on this worker's waiting requests: each shed one
+        is answered 408 if it sent anything, and closed at once (no lingering read under overload)."""
+        if self.nr_conns < self.high_water:
+            return
+        waiting = ((conn, pending.started, pending.served_before) for conn, pending in self.pending.items())
+        for conn in overload_victims(waiting, self.nr_conns, self.high_water, self.worker_connections, now):
+            pending = self.pending[conn]
+            self._forget(conn)
+            if pending.request.head.data:
+                self._time_out(conn, pending, overloaded=True)
+            self._drop(conn)
+
+    def _expire(self, conn: gthread.TConn, pending: _Pending) -> None:
+        """A request not whole in time: 408 when part of it came (one that sent nothing gets none, as from nginx)."""
+        self._forget(conn)
+        if pending.request.head.data:
+            self._time_out(conn, pending)
+            self._linger(conn)
+        else:
+            self._drop(conn)
 
     def _linger(self, conn: gthread.TConn) -> None:
         """Half-close, then read (and drop) what the peer still sends until it closes or 2 s pass.
@@ -543,20 +955,113 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._unregister(conn)
         self._drop(conn)
 
-    def _time_out(self, conn: gthread.TConn) -> None:
-        """408 to a client that sent part of a head (one that sent nothing gets none, as from nginx)."""
-        self.log.warning("Request head from ip=%s not complete after %g s: closed", _peer(conn), self.head_timeout)
-        try:
-            util.write_error(conn.sock, 408, "Request Timeout",
-                             f"The request head was not complete within {self.head_timeout:g} s.")
-        except OSError:
-            pass
+    def handle_error(self, req: t.Any, client: t.Any, addr: t.Any, exc: BaseException) -> None:
+        """gunicorn's answer to a request its parser refused, or to a failure outside the
+        application, as the gateway's JSON error (:func:`write_error_json`): same statuses as
+        gunicorn, a stable ``reason``, a fixed message, ``Connection: close``."""
+        answer = parse_error_answer(exc)
+        ip = addr[0] if isinstance(addr, tuple) else addr
+        if answer is None or answer[1] == "internal_error":
+            self.log.exception("Error handling request")
+            answer = (500, "internal_error", "internal error")
+        else:
+            self.log.warning("Invalid request from ip=%s: %s", ip, type(exc).__name__)
+        write_error_json(client, *answer)
+
+    def _time_out(self, conn: gthread.TConn, pending: _Pending, overloaded: bool = False) -> None:
+        """Answer 408 (RFC 9110 §15.5.9) to a request that did not arrive in time: ``head_too_slow``
+        or ``body_too_slow`` (:class:`~gateway_app.errors.RequestTimeoutError`)."""
+        if pending.window is not None:
+            reason, message = RequestTimeoutError.reason, RequestTimeoutError.public_message
+            what = f"body below {self.min_body_rate:g} bytes/s per {MIN_BODY_RATE_WINDOW:g} s"
+        else:
+            reason, message = "head_too_slow", "the request head arrived too slowly"
+            what = f"head not complete after {self.head_timeout:g} s"
+        if overloaded:
+            what = f"{self.nr_conns} connections open, above {self.high_water}: {OVERLOAD_TIMEOUT:g} s to send a request"
+        self.log.warning("Request from ip=%s: %s: closed", _peer(conn), what)
+        write_error_json(conn.sock, 408, reason, message)
 
     def _cap_keepalive(self, deadline: float) -> None:
-        """On stop, heads still arriving get what kept-alive connections get (gthread's linger)."""
+        """On stop, requests still arriving get what kept-alive connections get (gthread's linger)."""
         super()._cap_keepalive(deadline)
-        for pending in self.pending_heads.values():
-            pending.deadline = min(pending.deadline, deadline)
+        for conn, pending in self.pending.items():
+            pending.cap = min(pending.cap, deadline)
+            self._push_deadline(conn, pending)
+
+
+# gunicorn's parse errors as answers: (exception classes, status, reason, message). The first entry
+# that matches wins; the message is fixed, never the input (gunicorn's own quotes the input).
+PARSE_ERROR_ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, str, str], ...] = (
+    ((http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName), 500, "internal_error",
+     "internal error"),
+    ((http_errors.InvalidRequestLine,), 400, "invalid_request_line", "invalid request line"),
+    ((http_errors.InvalidRequestMethod,), 400, "invalid_method", "invalid request method"),
+    ((http_errors.InvalidHTTPVersion,), 400, "invalid_http_version", "unsupported HTTP version"),
+    ((http_errors.ObsoleteFolding,), 400, "invalid_header", "obsolete line folding in a header"),
+    ((http_errors.InvalidHeaderName,), 400, "invalid_header", "invalid header name"),
+    ((http_errors.InvalidHeader,), 400, "invalid_header", "invalid header"),
+    ((http_errors.LimitRequestLine,), 414, "uri_too_long", "request line too long"),
+    ((http_errors.LimitRequestHeaders,), 431, "header_fields_too_large", "request header fields too large"),
+    ((http_errors.ExpectationFailed,), 417, "expectation_failed", "only the 100-continue expectation is supported"),
+    ((http_errors.UnsupportedTransferCoding,), 501, "unsupported_transfer_coding", "unsupported transfer coding"),
+    ((http_errors.InvalidChunkSize, http_errors.ChunkMissingTerminator, http_errors.InvalidChunkExtension), 400,
+     "invalid_chunked_body", "invalid chunked body"),
+    ((http_errors.InvalidProxyLine,), 400, "invalid_proxy_line", "invalid PROXY protocol line"),
+    ((http_errors.ForbiddenProxyRequest,), 403, "forbidden", "request forbidden"),
+    ((http_errors.InvalidSchemeHeaders,), 400, "invalid_scheme_headers", "contradictory scheme headers"),
+    ((http_errors.InvalidH2CPreface,), 400, "invalid_http2_preface", "invalid HTTP/2 preface"),
+    ((ssl.SSLError,), 403, "tls_error", "TLS error"),
+)
+
+
+def overload_victims(waiting: t.Iterable[tuple[K, float, bool]], open_connections: int, high_water: int,
+                     limit: int, now: float) -> list[K]:
+    """Which waiting requests to close under overload, oldest first.
+
+    ``waiting``: ``(key, started, served_before)`` in arrival order (``started`` in seconds of
+    the loop's monotonic clock; ``served_before``: the connection completed a request already).
+    At ``high_water`` open connections or more, a connection that never completed a request
+    has :data:`OVERLOAD_TIMEOUT` seconds for its first; at ``limit`` (``worker_connections``)
+    the oldest such ones are closed until one slot is free. Envoy's overload manager "reduce
+    timeouts" action, nginx's ``limit_conn``: waiting requests are cheap in the loop, but each
+    holds one of ``worker_connections``, and clients opening connections faster than the head
+    deadline closes them would keep the worker from accepting anyone else. Kept-alive clients
+    keep their deadlines.
+    """
+    victims: list[K] = []
+    if open_connections < high_water:
+        return victims
+    for key, started, served_before in waiting:
+        if served_before:
+            continue
+        full = open_connections - len(victims) >= limit
+        if started + OVERLOAD_TIMEOUT > now and not full:
+            break
+        victims.append(key)
+    return victims
+
+
+def parse_error_answer(exc: BaseException) -> tuple[int, str, str] | None:
+    """``(status, reason, message)`` for an error of gunicorn's parser (its statuses), None for any other."""
+    for classes, status, reason, message in PARSE_ERROR_ANSWERS:
+        if isinstance(exc, classes):
+            return status, reason, message
+    return None
+
+
+def write_error_json(sock: t.Any, status: int, reason: str, message: str) -> None:
+    """Answer ``status`` with the gateway's JSON error body (:func:`gateway_app.errors.error_json`) and
+    ``Connection: close``, from outside the application (no request id). Send errors are ignored."""
+    error = GatewayError(message, reason=reason, status_code=status)
+    error.message_is_public = True          # fixed texts of this module, never the client's input
+    body = error_json(error).encode()
+    head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    try:
+        util.write_nonblock(sock, head + body)
+    except OSError:
+        pass
 
 
 def _peer(conn: gthread.TConn) -> str:

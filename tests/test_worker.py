@@ -6,14 +6,12 @@ import types
 
 import pytest
 
-from gateway_app.errors import RequestTimeoutError
 from gateway_app.worker import DEFAULT_CLIENT_TIMEOUT
 from gateway_app.worker import DEFAULT_HEAD_TIMEOUT
 from gateway_app.worker import DEFAULT_MIN_BODY_RATE
 from gateway_app.worker import HeadBuffer
 from gateway_app.worker import HeadLimits
 from gateway_app.worker import HeadState
-from gateway_app.worker import MinRateSocket
 from gateway_app.worker import min_body_rate_from_env
 from gateway_app.worker import timeouts_from_env
 from tests.support.clocks import FakeClock
@@ -116,57 +114,6 @@ def test_a_timeout_that_is_not_a_positive_number_stops_start_up(name, raw):
 
 # --- The minimum body data rate and the declared body size (F2) ------------------------------
 
-class TricklingSocket:
-    """A client socket that has ``arrivals`` ready, one per recv; then every recv waits out its timeout."""
-
-    def __init__(self, clock: FakeClock, arrivals: list[bytes], seconds_per_recv: float) -> None:
-        self.clock = clock
-        self.arrivals = list(arrivals)
-        self.seconds_per_recv = seconds_per_recv
-        self.timeout: float | None = None
-        self.waits: list[float] = []
-
-    def settimeout(self, timeout: float | None) -> None:
-        self.timeout = timeout
-
-    def recv(self, size: int, flags: int = 0) -> bytes:
-        self.waits.append(self.timeout)
-        if not self.arrivals:
-            self.clock.now += self.timeout
-            raise TimeoutError("timed out")
-        self.clock.now += self.seconds_per_recv
-        return self.arrivals.pop(0)
-
-
-def test_a_body_trickled_below_the_minimum_rate_is_cut_with_408_after_the_grace_period():
-    """The red team's trickle: one byte every 5 s; 240 bytes/s after 5 s of grace (Kestrel's default)."""
-    clock = FakeClock(100.0)
-    sock = TricklingSocket(clock, [b"x"] * 100, seconds_per_recv=5.0)
-    body = MinRateSocket(sock, rate=240, grace=5.0, timeout=30.0, clock=clock)
-    assert body.recv(8192) == b"x"              # within the grace period
-    with pytest.raises(RequestTimeoutError) as cut:
-        body.recv(8192)
-    assert cut.value.status_code == 408 and cut.value.reason == "body_too_slow"
-    assert clock.now - 100.0 <= 5.0 + 5.0       # held for at most the grace plus one wait
-    assert sock.timeout == 30.0                 # the socket keeps the client timeout for the answer
-
-
-def test_a_body_at_the_minimum_rate_is_read_whole():
-    clock = FakeClock(100.0)
-    sock = TricklingSocket(clock, [b"x" * 480] * 20, seconds_per_recv=1.0)   # 480 bytes/s
-    body = MinRateSocket(sock, rate=240, grace=5.0, timeout=30.0, clock=clock)
-    assert b"".join(body.recv(8192) for _ in range(20)) == b"x" * 480 * 20
-
-
-def test_a_body_that_stops_within_the_rate_keeps_the_client_timeout_error():
-    """A wait shorter than the rate allows ends as GATEWAY_CLIENT_TIMEOUT always did: TimeoutError (400)."""
-    clock = FakeClock(100.0)
-    sock = TricklingSocket(clock, [b"x" * 100_000], seconds_per_recv=0.1)
-    body = MinRateSocket(sock, rate=240, grace=5.0, timeout=2.0, clock=clock)
-    body.recv(65536)
-    with pytest.raises(TimeoutError) as stopped:
-        body.recv(65536)
-    assert not isinstance(stopped.value, RequestTimeoutError)
 
 
 @pytest.mark.parametrize("raw, expected", [("", DEFAULT_MIN_BODY_RATE), ("0", 0.0), ("1000", 1000.0)])
@@ -178,3 +125,253 @@ def test_the_minimum_body_rate_comes_from_the_environment(raw, expected):
 def test_a_bad_minimum_body_rate_stops_start_up(raw):
     with pytest.raises(ValueError, match="GATEWAY_MIN_BODY_RATE"):
         min_body_rate_from_env({"GATEWAY_MIN_BODY_RATE": raw})
+
+
+# --- Request buffering: the body is read in the loop before the request takes a thread -------
+
+from gateway_app.worker import BodyFraming  # noqa: E402
+from gateway_app.worker import ChunkedScanner  # noqa: E402
+from gateway_app.worker import Framing  # noqa: E402
+from gateway_app.worker import MinRateWindow  # noqa: E402
+from gateway_app.worker import RequestBuffer  # noqa: E402
+from gateway_app.worker import RequestState  # noqa: E402
+from gateway_app.worker import SPOOL_THRESHOLD  # noqa: E402
+from gateway_app.worker import body_framing  # noqa: E402
+from gateway_app.worker import parse_error_answer  # noqa: E402
+
+BIG_LIMITS = HeadLimits(request_line=8190, head=100_000)
+
+
+def post(headers: bytes, version: bytes = b"HTTP/1.1") -> bytes:
+    return b"POST /up " + version + b"\r\nHost: x\r\n" + headers + b"\r\n"
+
+
+@pytest.mark.parametrize("head, framing", [
+    (post(b""), BodyFraming(Framing.NONE)),
+    (post(b"Content-Length: 10\r\n"), BodyFraming(Framing.LENGTH, 10)),
+    (post(b"content-length:  0 \r\n"), BodyFraming(Framing.LENGTH, 0)),
+    (post(b"Transfer-Encoding: Chunked\r\n"), BodyFraming(Framing.CHUNKED)),
+    (post(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"), BodyFraming(Framing.CHUNKED)),
+    (post(b"Content-Length: 5\r\nExpect: 100-Continue\r\n"), BodyFraming(Framing.LENGTH, 5, True)),
+    (post(b"Content-Length: 5\r\nExpect: 100-continue\r\n", b"HTTP/1.0"), BodyFraming(Framing.LENGTH, 5, False)),
+], ids=["no body", "Content-Length", "spaces and case", "chunked", "chunked after gzip, as gunicorn reads it",
+        "Expect on HTTP/1.1", "Expect ignored on 1.0"])
+def test_the_loop_waits_for_the_body_its_framing_declares(head, framing):
+    assert body_framing(head) == framing
+
+
+@pytest.mark.parametrize("headers, version", [
+    (b"Content-Length: 5\r\nContent-Length: 5\r\n", b"HTTP/1.1"),
+    (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1"),
+    (b"Content-Length: +5\r\n", b"HTTP/1.1"),
+    (b"Transfer-Encoding: chunked, gzip\r\n", b"HTTP/1.1"),
+    (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1"),
+    (b"Transfer-Encoding: chunked\r\n", b"HTTP/1.0"),
+    (b"X-Folded: a\r\n b\r\nContent-Length: 5\r\n", b"HTTP/1.1"),
+], ids=["two lengths", "length and chunked", "a sign", "chunked not last", "chunked twice", "chunked on 1.0",
+        "obs-fold"])
+def test_an_ambiguous_framing_goes_to_gunicorns_parser_at_once(headers, version):
+    request = RequestBuffer(BIG_LIMITS, None, post(headers, version))
+    assert request.framing == BodyFraming(Framing.PARSER)
+    assert request.state is RequestState.READY
+
+
+def test_a_sized_body_is_ready_when_its_last_byte_arrives():
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Content-Length: 10\r\n") + b"abc")
+    assert request.in_body and request.state is RequestState.INCOMPLETE
+    for byte in b"defghi":
+        assert request.feed(bytes([byte])) is RequestState.INCOMPLETE
+    assert request.feed(b"jGET /next") is RequestState.READY
+    assert request.body_received == 3 + 6 + 10
+    request.close()
+
+
+def test_a_chunked_body_is_ready_after_its_trailers_in_any_split():
+    body = b"5;name=v\r\nhello\r\n10\r\n" + b"x" * 16 + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    for split in range(1, len(body)):
+        request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n"))
+        assert request.feed(body[:split]) is RequestState.INCOMPLETE, split
+        assert request.feed(body[split:]) is RequestState.READY, split
+        request.close()
+
+
+def test_a_chunked_body_byte_by_byte_declares_its_sizes():
+    scanner = ChunkedScanner()
+    for byte in b"a\r\n0123456789\r\nA\r\n0123456789\r\n0\r\n\r\n":
+        assert not scanner.done
+        scanner.feed(bytes([byte]))
+    assert scanner.done and not scanner.invalid and scanner.declared == 20
+
+
+@pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello", b"1" * 17 + b"\r\n", b"5" + b" " * 5000],
+                         ids=["not hex", "no CRLF after the data", "bare LF", "17 hex digits", "endless size line"])
+def test_an_unreadable_chunked_body_goes_to_gunicorns_parser_which_refuses_it(body):
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n") + body)
+    assert request.state is RequestState.READY
+
+
+def test_a_content_length_above_the_body_limit_is_ready_at_once_for_the_413():
+    request = RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: 101\r\n"))
+    assert request.state is RequestState.READY and request.body_received == 0
+    assert request.too_large
+    assert not RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: 100\r\n")).too_large
+
+
+def test_chunk_sizes_adding_up_above_the_body_limit_are_ready_at_once_for_the_413():
+    request = RequestBuffer(BIG_LIMITS, 100, post(b"Transfer-Encoding: chunked\r\n") + b"40\r\n" + b"x" * 64 + b"\r\n")
+    assert request.state is RequestState.INCOMPLETE
+    assert request.feed(b"40\r\n") is RequestState.READY          # 128 declared, before its data
+    request.close()
+
+
+def test_expect_100_continue_is_answered_only_while_the_body_is_awaited():
+    request = RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: 5\r\nExpect: 100-continue\r\n"))
+    assert request.expects_continue
+    request.feed(b"hello")
+    assert not request.expects_continue
+    request.close()
+    over = RequestBuffer(BIG_LIMITS, 1, post(b"Content-Length: 5\r\nExpect: 100-continue\r\n"))
+    assert not over.expects_continue                            # refused 413 without asking for the body
+
+
+def test_the_buffered_body_is_given_back_byte_for_byte_then_the_socket():
+    class Client:
+        def recv(self, size: int, flags: int = 0) -> bytes:
+            return b"from the socket"
+
+    body = bytes(range(256)) * 1024                             # above the in-memory threshold
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Content-Length: %d\r\n" % len(body)) + body[:10])
+    for start in range(10, len(body), 5000):
+        request.feed(body[start:start + 5000])
+    assert request.state is RequestState.READY and len(body) > SPOOL_THRESHOLD
+    assert bytes(request.head.data).endswith(body[:10])
+    buffered = request.buffered_body(Client())
+    assert buffered is not None
+    read = b"".join(iter(lambda: buffered.recv(65536), b"from the socket"))
+    assert read == body[10:]
+    assert buffered.rest() == b""
+
+
+def test_a_request_without_body_bytes_after_its_head_has_no_buffered_body():
+    request = RequestBuffer(BIG_LIMITS, None, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert request.state is RequestState.READY and request.buffered_body(None) is None
+
+
+def test_a_head_too_large_stays_too_large():
+    request = RequestBuffer(LIMITS, None, b"GET /a HTTP/1.1\r\n" + b"X: " + b"v" * 300)
+    assert request.state is RequestState.TOO_LARGE
+
+
+# --- The minimum body rate, per window ----------------------------------------------------------
+
+def test_a_burst_then_a_trickle_is_cut_one_window_after_the_burst():
+    """The red team's F2': 1 MB at once, then 1 byte every 10 s; averaged from the start it passed for an hour."""
+    clock = FakeClock(100.0)
+    window = MinRateWindow(rate=240, window=5.0, idle_timeout=30.0, now=clock())
+    window.feed(1_000_000, clock())
+    clock.now += 4.0
+    window.feed(1, clock())
+    assert window.deadline == 100.0 + 5.0                      # the burst's window, restarted at the burst
+
+
+def test_a_body_at_the_minimum_rate_keeps_moving_its_deadline():
+    clock = FakeClock(100.0)
+    window = MinRateWindow(rate=240, window=5.0, idle_timeout=30.0, now=clock())
+    for _ in range(100):
+        clock.now += 1.0
+        window.feed(240, clock())
+        assert window.deadline > clock.now
+    assert window.deadline <= clock.now + 5.0
+
+
+def test_a_body_below_the_rate_within_a_window_is_due_at_the_window_end():
+    """The red team's F1: Content-Length 10 and no body; or a byte a second, 5 bytes per 1200-byte window."""
+    clock = FakeClock(100.0)
+    window = MinRateWindow(rate=240, window=5.0, idle_timeout=30.0, now=clock())
+    for _ in range(4):
+        clock.now += 1.0
+        window.feed(1, clock())
+    assert window.deadline == 105.0
+
+
+def test_without_a_minimum_rate_the_body_has_the_idle_timeout_between_bytes():
+    clock = FakeClock(100.0)
+    window = MinRateWindow(rate=0, window=5.0, idle_timeout=30.0, now=clock())
+    clock.now += 20.0
+    window.feed(1, clock())
+    assert window.deadline == 150.0
+
+
+# --- gunicorn's refusals as the gateway's errors ------------------------------------------------
+
+def test_gunicorns_refusals_keep_their_status_with_a_stable_reason():
+    from gunicorn.http import errors
+
+    assert parse_error_answer(errors.InvalidHTTPVersion("HTTP/9.9")) == (
+        400, "invalid_http_version", "unsupported HTTP version")
+    assert parse_error_answer(errors.LimitRequestLine(9000, 8190))[:2] == (414, "uri_too_long")
+    assert parse_error_answer(errors.ExpectationFailed("200-ok"))[0] == 417
+    assert parse_error_answer(errors.InvalidResponseHeader("x"))[0] == 500
+    assert parse_error_answer(ValueError("bug")) is None
+
+
+# --- The body limit the loop applies: the largest any route allows -----------------------------
+
+LIMITED_ROUTES = """
+apiVersion: gateway.solo.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: gloo-system}
+spec:
+  virtualHost:
+    domains: ['*']
+    routes:
+    - matchers: [{prefix: /big}]
+      routeAction: {single: {upstream: {name: up, namespace: gloo-system}}}
+      options: {maxRequestBodyBytes: %s}
+    - matchers: [{prefix: /}]
+      routeAction: {single: {upstream: {name: up, namespace: gloo-system}}}
+"""
+
+
+@pytest.mark.parametrize("route_limit, global_limit, largest", [
+    (100, 50, 100), (10, 50, 50), (100, 0, None)],
+    ids=["a route above the global limit", "a route below it", "no global limit"])
+def test_the_loop_reads_a_body_up_to_the_largest_limit_any_route_allows(make_app, route_limit, global_limit,
+                                                                       largest):
+    from factories import upstream_yaml
+
+    app = make_app({"up.yaml": upstream_yaml("up", "gloo-system"), "vs.yaml": LIMITED_ROUTES % route_limit},
+                   max_body_bytes=global_limit)
+    assert app.extensions["gateway"].largest_body_limit() == largest
+
+
+# --- The overload rule ------------------------------------------------------------------------
+
+from gateway_app.worker import OVERLOAD_TIMEOUT  # noqa: E402
+from gateway_app.worker import overload_victims  # noqa: E402
+
+
+def test_below_the_high_water_mark_no_waiting_request_is_shed():
+    clock = FakeClock(100.0)
+    waiting = [(n, clock() - 9.0, False) for n in range(10)]
+    assert overload_victims(waiting, open_connections=74, high_water=75, limit=100, now=clock()) == []
+
+
+def test_above_the_high_water_mark_new_connections_older_than_the_short_timeout_are_shed_oldest_first():
+    """The red team's F3: thousands of unfinished heads; each new connection gets 1 s instead of 10."""
+    clock = FakeClock(100.0)
+    waiting = [("a", clock() - 3.0, False), ("b", clock() - 2.0, False), ("kept-alive", clock() - 5.0, True),
+               ("c", clock() - OVERLOAD_TIMEOUT / 2, False), ("d", clock(), False)]
+    assert overload_victims(waiting, open_connections=80, high_water=75, limit=100, now=clock()) == ["a", "b"]
+
+
+def test_at_worker_connections_the_oldest_new_connections_are_shed_until_one_slot_is_free():
+    clock = FakeClock(100.0)
+    waiting = [(n, clock() - 0.1 * (10 - n), False) for n in range(10)]        # all younger than 1 s
+    assert overload_victims(waiting, open_connections=102, high_water=75, limit=100, now=clock()) == [0, 1, 2]
+
+
+def test_kept_alive_connections_keep_their_deadlines_under_overload():
+    clock = FakeClock(100.0)
+    waiting = [(n, clock() - 9.0, True) for n in range(10)]
+    assert overload_victims(waiting, open_connections=100, high_water=75, limit=100, now=clock()) == []

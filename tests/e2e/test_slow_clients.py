@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import select
+import selectors
 import socket
 import threading
 import time
@@ -265,13 +266,14 @@ def test_clients_that_keep_a_finished_connection_open_do_not_stall_the_worker(im
     assert statuses == [200] * 3
 
 
-def test_a_body_that_stops_arriving_is_answered_400_after_the_client_timeout(impatient_gateway):
+def test_a_body_that_stops_arriving_is_answered_408_by_the_loop_and_closed(impatient_gateway):
+    """The body is read in the loop: a stalled one is answered 408 there, and never reaches the one thread."""
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
         sock.sendall(b"POST /anything/stalled HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\nabc")
         answer = read_answer(sock)
         assert read_until_closed(sock) == b"", "closed after the answer: where a next request starts is unknown"
-    assert status_of(answer) == 400
-    assert b'"body_invalid"' in answer
+    assert status_of(answer) == 408
+    assert b'"body_too_slow"' in answer
     assert b"Connection: close" in answer
     with requests.Session() as session:
         session.trust_env = False
@@ -416,6 +418,14 @@ PIPELINED = (b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
              b"POST /third HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
              b"GET /fourth?x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
+BIG_BODY = bytes(range(256)) * 800           # 204,800 bytes: spilled to a temporary file by the loop
+CHUNKED_WITH_TRAILER = (b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+                        b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+SIZED = b"POST /sized HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world"
+EXPECTING = (b"POST /expect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n"
+             b"Connection: close\r\n\r\n")
+
 CASES = {
     "one packet": ([GET], 0.0),
     "a head in one-byte packets": (split_every(GET, 1), 0.002),
@@ -423,11 +433,24 @@ CASES = {
     "pipelined requests in 7-byte packets": (split_every(PIPELINED, 7), 0.002),
     "the next request's head arriving after a pause": ([PIPELINED[:40], PIPELINED[40:]], 0.2),
     "an empty line before the request line": ([b"\r\n" + GET], 0.0),
-    "a bare LF, refused": ([b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n"], 0.0),
-    "a request line over the limit, refused": ([b"GET /" + b"a" * 300], 0.0),
-    "obs-fold, refused": ([b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n"], 0.0),
-    "more header fields than the limit, refused": (
-        [b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(12)) + b"\r\n"], 0.0),
+    "a sized body in one-byte packets": (split_every(SIZED, 1), 0.002),
+    "a chunked body with extensions and trailers in 5-byte packets, then a request":
+        (split_every(CHUNKED_WITH_TRAILER, 5), 0.002),
+    "a 200 KB body (spilled to a file) in 64 KB packets": (
+        split_every(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                    % len(BIG_BODY) + BIG_BODY, 65536), 0.01),
+    "Expect: 100-continue with the body in the same packet": ([EXPECTING + b"hello"], 0.0),
+    "Expect: 100-continue, the body after a pause": ([EXPECTING, b"hello"], 0.3),
+}
+REFUSED = {
+    "a bare LF": [b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n"],
+    "a request line over the limit": [b"GET /" + b"a" * 300],
+    "obs-fold": [b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n"],
+    "more header fields than the limit": [b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(12)) + b"\r\n"],
+    "an invalid HTTP version": [b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"],
+    "an invalid method": [b"G<T / HTTP/1.1\r\nHost: x\r\n\r\n"],
+    "Expect: 200-ok": [b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n"],
+    "an invalid chunk size": [b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"],
 }
 
 
@@ -440,8 +463,185 @@ def test_the_app_sees_byte_for_byte_what_a_plain_gthread_worker_gives(echo_serve
     assert without_date(exchange(head_reading.port, packets, pause)) == expected
 
 
+@pytest.mark.parametrize("case", list(REFUSED), ids=list(REFUSED))
+def test_a_request_gunicorn_refuses_gets_its_status_as_the_gateways_json_error(echo_servers, case):
+    """Class 4: gunicorn's HTML answers become the gateway's JSON error, same status, input never reflected."""
+    plain, head_reading = echo_servers
+    packets = REFUSED[case]
+    expected = exchange(plain.port, packets)
+    answer = exchange(head_reading.port, packets)
+    assert status_of(answer) == status_of(expected)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\nContent-Type: application/json\r\n" in head and b"\r\nConnection: close\r\n" in head
+    error = json.loads(body)
+    assert set(error) == {"error", "message", "request_id"} and error["request_id"] is None
+    for sent in (b"HTTP/9.9", b"G<T", b"200-ok", b"zz", b"aaaa"):
+        if sent in packets[0]:
+            assert sent not in body
+
+
 def test_a_head_larger_than_gunicorns_limits_is_answered_431_at_once(echo_servers):
     _, head_reading = echo_servers
     head = b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"v" * 290 + b"\r\n"
     answer = exchange(head_reading.port, [head * 12])
     assert status_of(answer) == 431
+
+
+# --- Request buffering and the overload rule: each red-team class with an open route probed ---
+
+def probe_during(url: str, attack: t.Callable[[threading.Event], None], seconds: float,
+                 attackers: int) -> tuple[OpenRouteProbe, list]:
+    """Run ``attackers`` copies of ``attack(stop)`` for ``seconds`` while probing ``url`` (after a 1 s head start)."""
+    stop = threading.Event()
+    probe = OpenRouteProbe(url)
+    with concurrent.futures.ThreadPoolExecutor(attackers) as pool:
+        futures = [pool.submit(attack, stop) for _ in range(attackers)]
+        time.sleep(1.0)
+        deadline = time.monotonic() + seconds
+        probe.run_until(lambda: time.monotonic() > deadline)
+        stop.set()
+        results = [future.result(timeout=60) for future in futures]
+    return probe, results
+
+
+def assert_open_route_answered(probe: OpenRouteProbe) -> None:
+    """Most probes answered 200 within OPEN_ROUTE_TIMEOUT each (one slow one on a shared machine is no stall)."""
+    answered = len(probe.statuses) - len(probe.failures)
+    assert len(probe.statuses) >= 5 and answered >= 0.8 * len(probe.statuses), probe.statuses
+
+
+def heads_without_bodies(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team F1: ``Content-Length: 10`` and no body, reconnecting after each answer."""
+    answers = []
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /anything/open HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\n")
+            answers.append(read_until_closed(sock))
+    return answers
+
+
+def test_heads_whose_bodies_never_come_leave_an_open_route_answering_and_get_408(gateway):
+    """F1: 16 loops (2 x 4 threads) of a whole head and no body: the body is awaited in the loop, not on a thread."""
+    probe, results = probe_during(gateway.url + "/anything/public",
+                                  lambda stop: heads_without_bodies(gateway.port, stop), seconds=6.0, attackers=16)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert answers and {status_of(answer) for answer in answers} == {408}
+    assert all(b'"body_too_slow"' in answer and b"Connection: close" in answer for answer in answers)
+
+
+def burst_then_trickle(port: int, stop: threading.Event) -> tuple[bytes, int]:
+    """Red team F2: 1 MB at once, then a byte a second (the average from the first read stays above 240 B/s)."""
+    trickled = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 3000000\r\n\r\n"
+                     + b"x" * 1_000_000)
+        try:
+            while trickled < 60 and not select.select([sock], [], [], 1.0)[0]:
+                sock.sendall(b"x")
+                trickled += 1
+        except OSError:
+            pass
+        return read_until_closed(sock), trickled
+
+
+def test_a_burst_then_a_trickle_is_cut_408_one_window_after_the_burst_and_the_open_route_answers(gateway):
+    """F2: 12 clients (8 stalled a 2 x 4 gateway before) burst 1 MB then trickle; each window needs 1200 bytes."""
+    probe, results = probe_during(gateway.url + "/anything/public",
+                                  lambda stop: burst_then_trickle(gateway.port, stop), seconds=5.0, attackers=12)
+    assert_open_route_answered(probe)
+    assert [status_of(answer) for answer, _ in results] == [408] * 12
+    assert all(b'"body_too_slow"' in answer for answer, _ in results)
+    assert max(trickled for _, trickled in results) < 20, "cut about one 5 s window after the burst"
+
+
+def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 150) -> list[bytes]:
+    """Red team F3: ``connections`` sockets each holding a head that never ends, re-opened as they close."""
+    answers: list[bytes] = []
+    selector = selectors.DefaultSelector()
+
+    def open_one() -> None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /anything/hold HTTP/1.1\r\nHost: gateway.test\r\n")
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        except OSError:
+            pass
+
+    for _ in range(connections):
+        open_one()
+    while not stop.is_set():
+        for key, _ in selector.select(0.1):
+            selector.unregister(key.fileobj)
+            try:
+                key.fileobj.setblocking(True)
+                answers.append(read_until_closed(key.fileobj))
+            finally:
+                key.fileobj.close()
+            open_one()
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    selector.close()
+    return answers
+
+
+@pytest.fixture(scope="module")
+def small_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
+    """One worker, 4 threads, 100 worker_connections, the default 10 s head deadline."""
+    tmp = tmp_path_factory.mktemp("small")
+    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=free_port())
+    (tmp / "rego").mkdir()
+    env = {"GUNICORN_CMD_ARGS": "--worker-connections 100", "GATEWAY_LOG_LEVEL": "info"}
+    with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4, env=env, name="small") as server:
+        yield server
+
+
+def test_more_unfinished_heads_than_worker_connections_are_shed_408_and_the_open_route_answers(small_gateway):
+    """F3: 300 connections hold unfinished heads against 100 worker_connections; above 75 a connection
+    that never completed a request has 1 s, so the open route's connections are accepted and answered."""
+    probe, results = probe_during(small_gateway.url + "/anything/public",
+                                  lambda stop: hold_unfinished_heads(small_gateway.port, stop),
+                                  seconds=5.0, attackers=2)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert len(answers) > 300, "the held heads were closed well before the 10 s head deadline"
+    assert {status_of(answer) for answer in answers} <= {408, None}
+    assert any(b'"head_too_slow"' in answer for answer in answers)
+
+
+def test_expect_100_continue_is_answered_before_the_body_and_once(impatient_gateway):
+    """The loop waits for the body, so it says ``100 Continue`` itself; gunicorn then sends none."""
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /anything/expect HTTP/1.1\r\nHost: gateway.test\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 5\r\nConnection: close\r\n\r\n")
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        sock.sendall(b"hello")
+        rest = read_until_closed(sock)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert status_of(rest) == 200 and b"100 Continue" not in rest
+
+
+def test_expect_100_continue_with_a_length_above_the_limit_is_refused_413_without_continue(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /anything/expect HTTP/1.1\r\nHost: gateway.test\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 20000000\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 413 and b"100 Continue" not in answer
+
+
+def test_a_kept_alive_connection_stalling_its_next_body_holds_no_thread_and_gets_408(impatient_gateway):
+    """The body of a kept-alive connection's next request goes back to the loop too (one thread here)."""
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=30) as sock:
+        sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        assert status_of(read_answer(sock)) == 200
+        sock.sendall(b"POST /anything/second HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\nabc")
+        with requests.Session() as session:
+            session.trust_env = False
+            statuses = [session.get(impatient_gateway.url + "/anything/public", timeout=OPEN_ROUTE_TIMEOUT).status_code
+                        for _ in range(3)]
+        answer = read_until_closed(sock)
+    assert statuses == [200] * 3
+    assert status_of(answer) == 408 and b'"body_too_slow"' in answer
