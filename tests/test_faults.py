@@ -24,7 +24,6 @@ from gateway_app.errors import ConfigError
 from gateway_app.errors import IdentityProviderError
 from gateway_app.errors import InvalidTokenError
 from gateway_app.metrics import REGISTRY
-from gateway_app.policy.engine import PolicyEngine
 from keys import claims
 from keys import jwks
 from keys import make_jwt
@@ -33,6 +32,7 @@ from keys import rsa_key
 from factories import upstream_yaml
 from tests.support.clocks import FakeClock as Clock   # seconds from 1_000_000.0 in the stale-if-error tests
 from tests.factories import bearer
+from tests.support.regorus_engines import record_engines
 
 IDP = "http://idp.test/introspect"
 JWKS = "http://idp.test/jwks.json"
@@ -372,11 +372,15 @@ def test_jwks_down_at_start_answers_503_then_recovers(make_app, requests_mock, u
 
 # -- Rego evaluation errors and engine panics -------------------------------------------------
 
-@pytest.fixture
-def policy_client(make_app, upstream):
+def _policy_client(make_app):
     app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_YAML, "auth.yaml": POLICY_AUTH},
                    rego={"numbers.rego": POLICY})
     return app.test_client()
+
+
+@pytest.fixture
+def policy_client(make_app, upstream):
+    return _policy_client(make_app)
 
 
 def test_a_rego_evaluation_error_denies_that_request_only(policy_client, upstream):
@@ -388,32 +392,18 @@ def test_a_rego_evaluation_error_denies_that_request_only(policy_client, upstrea
     assert upstream.call_count == 1
 
 
-class FakePanic(BaseException):
-    """Stands in for ``pyo3_runtime.PanicException``, which derives from BaseException."""
-
-
-def test_an_engine_panic_denies_the_request_and_the_next_one_gets_a_fresh_engine(policy_client, monkeypatch,
+def test_an_engine_panic_denies_the_request_and_the_next_one_gets_a_fresh_engine(make_app, monkeypatch,
                                                                               upstream):
-    real_engine = PolicyEngine._engine
-    panics = []
+    engines = record_engines(monkeypatch)                  # before the app builds its engines
+    client = _policy_client(make_app)
+    engines.panic_next("thread 'main' panicked at src/interpreter.rs")
 
-    class PanickingEngine:
-        def set_input(self, document):
-            pass
-
-        def eval_rule(self, query):
-            panics.append(query)
-            raise FakePanic("thread 'main' panicked at src/interpreter.rs")
-
-        eval_query = eval_rule
-
-    monkeypatch.setattr(PolicyEngine, "_engine", lambda self: PanickingEngine())
-    response = policy_client.get("/api", headers={"x-n": "7"})
+    response = client.get("/api", headers={"x-n": "7"})
     assert response.status_code == 403
     assert response.get_json()["error"] == "policy_error"
-    assert panics
-    monkeypatch.setattr(PolicyEngine, "_engine", real_engine)
-    assert policy_client.get("/api", headers={"x-n": "7"}).status_code == 200
+    assert [life for life in engines.lives if life.panic]
+    assert client.get("/api", headers={"x-n": "7"}).status_code == 200    # the poisoned engine would panic again
+    assert upstream.call_count == 1
 
 
 # -- upstream faults ----------------------------------------------------------------------------

@@ -4,11 +4,9 @@ import gc
 import pathlib
 import sys
 import threading
-import time
 import weakref
 
 import pytest
-import regorus
 
 from gateway_app.errors import ConfigError
 from gateway_app.errors import PolicyError
@@ -18,6 +16,7 @@ from gateway_app.policy.input_shape import input_shape
 from gateway_app.policy.loader import RegoModule
 from gateway_app.policy.loader import load_module
 from gateway_app.policy.loader import load_rego_directory
+from tests.support.regorus_engines import record_engines
 
 V0_POLICY = """package gloo
 default allow = false
@@ -267,22 +266,11 @@ def test_unprepared_query_that_does_not_compile_is_a_policy_error_at_evaluation(
         engine.evaluate("data.gloo.allow ===", {})
 
 
-def test_engine_panic_becomes_a_policy_error_and_the_engine_is_rebuilt():
+def test_engine_panic_becomes_a_policy_error_and_the_engine_is_rebuilt(monkeypatch):
+    engines = record_engines(monkeypatch)
     policy = engine_for(V0_POLICY, queries=("data.gloo.allow",))
-    handed_over = []
-    released = threading.Event()
-
-    def own_a_foreign_engine() -> None:
-        foreign = regorus.Engine()  # unsendable: it must also be dropped in this thread
-        handed_over.append(foreign)
-        released.wait(5)
-        del foreign
-
-    owner = threading.Thread(target=own_a_foreign_engine)
-    owner.start()
-    while not handed_over:
-        time.sleep(0.001)
-    engine_module._thread_engines().engines[policy._key] = (weakref.ref(policy), handed_over.pop())
+    here = threading.get_ident()
+    engines.panic_next("thread 'main' panicked at src/interpreter.rs")
 
     with pytest.raises(PolicyError) as caught:
         policy.evaluate("data.gloo.allow", {"user": "alice"})
@@ -290,28 +278,29 @@ def test_engine_panic_becomes_a_policy_error_and_the_engine_is_rebuilt():
     reason = caught.value.reason
     del caught
     gc.collect()
-    released.set()
-    owner.join()
+    poisoned = [life for life in engines.built_on(here) if life.panic]
 
     assert (cause_name, reason) == ("PanicException", "policy_error")
-    assert policy.evaluate("data.gloo.allow", {"user": "alice"}) is True
+    assert [life.dropped_on for life in poisoned] == [here]
+    assert policy.evaluate("data.gloo.allow", {"user": "alice"}) is True   # a poisoned engine would panic again
+    assert engines.built_on(here)[-1].alive
 
 
-def test_an_old_generations_engine_is_dropped_by_its_own_thread_at_its_next_evaluation():
+def test_an_old_generations_engine_is_dropped_by_its_own_thread_at_its_next_evaluation(monkeypatch):
+    engines = record_engines(monkeypatch)
     old = engine_for(V0_POLICY, queries=("data.gloo.allow",))
     new = engine_for(V0_POLICY, queries=("data.gloo.allow",))
-    old_key = old._key
-    held: list[list[int]] = []
+    seen: list[list[int | None]] = []
     step = threading.Event()
     proceed = threading.Event()
 
     def serve() -> None:
         old.evaluate("data.gloo.allow", {"user": "alice"})
-        held.append(list(engine_module._thread_engines().engines))
+        seen.append([life.dropped_on for life in engines.built_on(threading.get_ident())])
         step.set()
         proceed.wait(5)
         new.evaluate("data.gloo.allow", {"user": "alice"})     # the next request, new generation
-        held.append(list(engine_module._thread_engines().engines))
+        seen.append([life.dropped_on for life in engines.built_on(threading.get_ident())])
 
     thread = threading.Thread(target=serve)
     thread.start()
@@ -321,38 +310,43 @@ def test_an_old_generations_engine_is_dropped_by_its_own_thread_at_its_next_eval
     proceed.set()
     thread.join()
 
-    assert old_key in held[0]
-    assert held[1] == [new._key]
+    assert seen == [[None], [thread.ident, None]]     # old's engine dropped on its thread; new's built and kept
 
 
-def test_release_thread_engines_drops_the_calling_threads_engines():
+def test_release_thread_engines_drops_the_calling_threads_engines(monkeypatch):
+    engines = record_engines(monkeypatch)
+    here = threading.get_ident()
     policy = engine_for(V0_POLICY, queries=("data.gloo.allow",))
     policy.evaluate("data.gloo.allow", {"user": "alice"})
-    assert engine_module._thread_engines().engines
+    assert [life for life in engines.built_on(here) if life.alive]
 
     engine_module.release_thread_engines()
 
-    assert not engine_module._thread_engines().engines
+    assert all(life.dropped_on == here for life in engines.built_on(here))
     assert policy.evaluate("data.gloo.allow", {"user": "alice"}) is True
+    assert engines.built_on(here)[-1].alive                    # rebuilt on its next evaluation
 
 
 def test_engines_are_built_once_per_thread_not_per_evaluation(monkeypatch):
-    built = []
-    real_engine = regorus.Engine
-
-    def counting_engine():
-        built.append(threading.get_ident())
-        return real_engine()
-
     policy = engine_for(V0_POLICY, queries=("data.gloo.allow",))
-    monkeypatch.setattr(regorus, "Engine", counting_engine)
+    engines = record_engines(monkeypatch)
     for _ in range(50):
         policy.evaluate("data.gloo.allow", {"user": "alice"})
     worker = threading.Thread(target=lambda: [policy.evaluate("data.gloo.allow", {}) for _ in range(50)])
     worker.start()
     worker.join()
 
-    assert len(built) == 1 and built[0] != threading.get_ident()
+    assert [life.built_on for life in engines.lives] == [worker.ident]
+
+
+def test_a_threads_engine_is_dropped_on_that_thread_when_it_ends(monkeypatch):
+    policy = engine_for(V0_POLICY, queries=("data.gloo.allow",))
+    engines = record_engines(monkeypatch)
+    worker = threading.Thread(target=policy.evaluate, args=("data.gloo.allow", {"user": "alice"}))
+    worker.start()
+    worker.join()
+
+    assert [(life.built_on, life.dropped_on) for life in engines.lives] == [(worker.ident, worker.ident)]
 
 
 def test_eight_threads_evaluating_one_engine_get_their_own_correct_answers():
@@ -382,20 +376,25 @@ def test_eight_threads_evaluating_one_engine_get_their_own_correct_answers():
 def test_dropping_an_engine_used_by_a_live_thread_leaks_nothing_and_does_not_raise(monkeypatch):
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    engines = record_engines(monkeypatch)
     policy = engine_for(V0_POLICY)
     policy_ref = weakref.ref(policy)
     evaluated = threading.Event()
     dropped = threading.Event()
-    registry_sizes = []
+    drops: list[list[int | None]] = []
+
+    def drops_here() -> list[int | None]:
+        """Where this thread's evaluated engines were dropped (the loader's parse engines are never evaluated)."""
+        return [life.dropped_on for life in engines.built_on(threading.get_ident()) if life.evaluations]
 
     def work() -> None:
         policy_ref().evaluate("data.gloo.allow", {"user": "alice"})
-        registry_sizes.append(len(engine_module._thread_engines().engines))
+        drops.append(drops_here())
         evaluated.set()
         dropped.wait(5)
         replacement = engine_for(V1_POLICY)
         replacement.evaluate("data.modern.allow", {"user": "alice"})
-        registry_sizes.append(len(engine_module._thread_engines().engines))
+        drops.append(drops_here())
 
     worker = threading.Thread(target=work)
     worker.start()
@@ -406,7 +405,7 @@ def test_dropping_an_engine_used_by_a_live_thread_leaks_nothing_and_does_not_rai
 
     assert policy_ref() is None
     assert unraisable == []
-    assert registry_sizes == [1, 1]
+    assert drops == [[None], [worker.ident, None]]     # the old engine dropped on the worker, one held
 
 
 @pytest.mark.parametrize(("source", "shape"), [
@@ -448,28 +447,41 @@ def test_rule_equals_true_query_gives_what_the_full_query_gives(value, expected)
     assert engine.evaluate("data.eq.allow == true", {"x": 2}) is None
 
 
-def test_answers_are_remembered_per_trimmed_input_and_still_follow_the_input():
+def test_answers_are_remembered_per_trimmed_input_and_still_follow_the_input(monkeypatch):
+    engines = record_engines(monkeypatch)
     source = "package memo\nimport rego.v1\nallow if input.state.scope == \"ok\"\n"
     engine = engine_for(source, queries=("data.memo.allow == true",))
+    before = engines.evaluations()
     for request_id in range(5):
         assert engine.evaluate("data.memo.allow == true", {"state": {"scope": "ok"}, "id": request_id}) is True
         assert engine.evaluate("data.memo.allow == true", {"state": {"scope": "no"}, "id": request_id}) is None
-    plan = engine._plans["data.memo.allow == true"]
-    assert len(plan.memo) == 2                     # the request id is not part of the key
+    assert engines.evaluations() - before == 2      # one per scope: the request id is not part of the key
 
 
-def test_policies_using_the_clock_are_never_memoized():
+def test_policies_using_the_clock_are_never_memoized(monkeypatch):
+    engines = record_engines(monkeypatch)
     source = "package clock\nimport rego.v1\nallow if time.now_ns() > input.after\n"
     engine = engine_for(source, queries=("data.clock.allow",))
+    before = engines.evaluations()
+    assert engine.evaluate("data.clock.allow", {"after": 0}) is True
     assert engine.evaluate("data.clock.allow", {"after": 0}) is True
     assert engine.evaluate("data.clock.allow", {"after": 2**62}) is None
     assert engine.reads("data.clock.allow") is None    # no input shape: answers are never remembered
+    assert engines.evaluations() - before == 3
 
 
 def test_the_memo_is_bounded(monkeypatch):
     monkeypatch.setattr(engine_module, "MEMO_ENTRIES", 3)
+    engines = record_engines(monkeypatch)
     source = "package bound\nimport rego.v1\nallow if input.n > 0\n"
     engine = engine_for(source, queries=("data.bound.allow",))
-    for n in range(10):
-        engine.evaluate("data.bound.allow", {"n": n})
-    assert len(engine._plans["data.bound.allow"].memo) == 3
+    for n in range(1, 5):                        # one more distinct input than the memo holds
+        assert engine.evaluate("data.bound.allow", {"n": n}) is True
+
+    def evaluations_for(n: int) -> int:
+        before = engines.evaluations()
+        assert engine.evaluate("data.bound.allow", {"n": n}) is True
+        return engines.evaluations() - before
+
+    assert evaluations_for(4) == 0               # the newest answer is remembered
+    assert evaluations_for(1) == 1               # the oldest was let go

@@ -34,27 +34,41 @@ class Gate:
         return self.result
 
 
-class CountingEvent(threading.Event):
-    """The in-flight call's ``done`` event, counting the followers blocked on it."""
+class WatchedKey(str):
+    """A key that counts its lookups once armed: SingleFlight finds a caller's flight by its key,
+    so an armed lookup is a caller joining the flight in progress."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Semaphore(0)
+    def __new__(cls, value: str) -> WatchedKey:
+        key = super().__new__(cls, value)
+        key.armed = False
+        key.lookups = threading.Semaphore(0)
+        return key
 
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiting.release()
-        return super().wait(timeout)
+    def __hash__(self) -> int:
+        if self.armed:
+            self.lookups.release()
+        return super().__hash__()
 
 
 def _run_concurrently(flight: SingleFlight, key: str, gate: Gate) -> list[concurrent.futures.Future]:
-    """Start the leader; once every follower blocks on its call, let it finish."""
+    """Start the leader; once every follower has joined its flight, let it finish.
+
+    Followers pass a computation of their own that fails: a follower that ran it instead of
+    joining would show ``AssertionError`` instead of the leader's outcome.
+    """
+    key = WatchedKey(key)
+
+    def not_shared() -> object:
+        raise AssertionError("a follower ran its own computation")
+
     with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
         futures = [pool.submit(flight.do, key, gate)]
         assert gate.started.wait(WAIT)
-        done = flight._calls[key].done = CountingEvent()     # observe followers joining the flight
-        futures += [pool.submit(flight.do, key, gate) for _ in range(THREADS - 1)]
+        key.armed = True
+        futures += [pool.submit(flight.do, key, not_shared) for _ in range(THREADS - 1)]
         for _ in range(THREADS - 1):
-            assert done.waiting.acquire(timeout=WAIT)
+            assert key.lookups.acquire(timeout=WAIT)
+        assert not any(future.done() for future in futures)      # everyone waits for the leader
         gate.release.set()
     return futures
 
