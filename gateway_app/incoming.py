@@ -26,9 +26,11 @@ and authorized is what is forwarded. Its rules, each refused with 400 and a stab
   repeated name is seen (werkzeug's ``request.cookies`` keeps only the first). Pairs are split
   on ``;`` and on ``,`` (how servers join a repeated ``Cookie`` header); names are kept
   percent-decoded (PHP decodes them). Where a name may carry a credential, query and cookie
-  names are compared as :func:`parameter_key` reads them. A ``Cookie`` value holding a ``,``
-  (two Cookie fields, which the server joins with ``,``) is forwarded as the pairs read,
-  joined by ``"; "`` (RFC 9113 §8.2.3), so the upstream reads the cookies the gateway read.
+  names are compared as :func:`parameter_key` reads them. The ``Cookie`` header is forwarded as
+  sent: ``recent=1,2,3`` is one cookie to most upstreams. Two Cookie fields (RFC 6265 §5.4: a
+  user agent sends one) are refused by the worker, which still sees them apart
+  (:mod:`gateway_app.worker`); here, where they arrive joined by ``,``, the split on ``,`` only
+  makes a credential hidden in a second field visible to the token sources.
 - **Transfer coding** (RFC 9112 §6.1): ``chunked`` alone; any other coding is refused with
   501 ``transfer_coding_unsupported``.
 - **Forwarding headers**: every header a client could forge about the connection
@@ -189,8 +191,6 @@ def from_environ(environ: t.Mapping[str, t.Any], *, request_id: str = "",
     host = normalize_host(authority or "")
     if host:
         headers["host"] = host                 # the policy's headers show the Host that is forwarded
-    if "," in headers.get("cookie", ""):       # repeated Cookie fields, joined by the server with ","
-        headers["cookie"] = "; ".join(cookie_parts(headers["cookie"]))
     return IncomingRequest(
         method=environ.get("REQUEST_METHOD", "GET"), scheme=_scheme(environ, headers, trusted), host=host,
         path=normalize_path(raw_path), query_string=query_string, headers=headers,
