@@ -51,9 +51,20 @@ HOP_BY_HOP_HEADERS = frozenset({
 })
 # What a policy decision (OPA ``headers``) may not set, on allow or on deny: framing and
 # connection fields (a deny answering ``Upgrade`` or ``Content-Length`` of its own would let a
-# front proxy read the connection another way), the routed ``Host``, the request id and the
-# forwarding fields the gateway writes (``X-Forwarded-*``, ``Forwarded``).
-_DECISION_FORBIDDEN = HOP_BY_HOP_HEADERS | {"content-length", "host", "x-request-id", "forwarded"}
+# front proxy read the connection another way) and ``Expect``; the routed ``Host``, the request
+# id and the forwarding fields the gateway writes (``X-Forwarded-*``, ``Forwarded``, ``Via``,
+# ``X-Real-IP``); and the URL and method overrides the gateway drops from every client
+# (``X-Original-URL``, ``X-HTTP-Method-Override``…: the upstream serves what was routed).
+# Headers that make an upstream serve another URL or method than the one routed and authorized
+# (IIS, Symfony, Express method-override, Spring, Rails, nginx auth_request; Next.js skips its
+# middleware, its auth, for ``X-Middleware-Subrequest``: CVE-2025-29927).
+OVERRIDE_FIELDS = frozenset({
+    "x-original-url", "x-rewrite-url", "x-original-uri", "x-original-method", "x-http-method-override",
+    "x-http-method", "x-method-override", "x-method", "x-middleware-subrequest",
+})
+_DECISION_FORBIDDEN = HOP_BY_HOP_HEADERS | OVERRIDE_FIELDS | {
+    "content-length", "expect", "host", "x-request-id", "forwarded", "via", "x-real-ip",
+}
 
 
 def is_gateway_owned(name: str) -> bool:

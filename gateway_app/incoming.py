@@ -55,6 +55,7 @@ import urllib.parse
 
 from .errors import BadRequestError
 from .errors import TransferCodingError
+from .header_values import OVERRIDE_FIELDS
 from .paths import normalize_path
 
 MAX_HOST_LENGTH = 253                         # RFC 1034 §3.1, without the root dot
@@ -87,13 +88,8 @@ IDENTITY_HEADER_PREFIXES = ("x-auth-request-", "x-authenticated-", "x-webauth-",
 IDENTITY_HEADERS = frozenset({"remote-user", "remote-groups", "remote-email", "remote-name", "x-user", "x-email",
                               "x-userinfo", "x-auth-user", "x-user-email", "x-user-id", "x-user-name",
                               "x-user-groups", "x-user-roles"})
-# Headers that make an upstream serve another URL or method than the one routed and authorized
-# (IIS, Symfony, Express method-override, Spring, Rails, nginx auth_request): dropped from every peer.
-OVERRIDE_HEADERS = frozenset({
-    "x-original-url", "x-rewrite-url", "x-original-uri", "x-original-method", "x-http-method-override",
-    "x-http-method", "x-method-override", "x-method",
-    "x-middleware-subrequest",      # Next.js skips its middleware (its auth) for it: CVE-2025-29927
-})
+# URL and method overrides (:data:`gateway_app.header_values.OVERRIDE_FIELDS`): dropped from every peer.
+OVERRIDE_HEADERS = OVERRIDE_FIELDS
 # Query parameters that make a framework serve another method than the one authorized
 # (Symfony ``_method`` with http_method_override, Laravel, Rails Rack::MethodOverride):
 # a query carrying one is refused with ``method_override``.

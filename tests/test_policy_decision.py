@@ -89,12 +89,22 @@ def test_unknown_object_keys_are_ignored():
     {"allowed": True, "headers": {"x-forwarded-for": "10.0.0.1"}},
     {"allowed": True, "headers": {"Forwarded": "for=10.0.0.1"}},
     {"allowed": True, "headers": {"keep-alive": "timeout=5"}},
+    # Red team pass 3, finding 9
+    {"allowed": True, "headers": {"Expect": "100-continue"}},
+    {"allowed": True, "headers": {"Via": "1.1 internal"}},
+    {"allowed": True, "headers": {"X-Real-IP": "10.0.0.1"}},
+    {"allowed": True, "headers": {"X-Original-URL": "/admin"}},
+    {"allowed": True, "headers": {"X-HTTP-Method-Override": "DELETE"}},
+    {"allowed": False, "http_status": 200},
+    {"allowed": False, "http_status": 304},
 ], ids=["no allowed", "allowed as a string", "allowed as a number", "allowed null",
         "status as a string", "status below 100", "status above 599", "status as a float", "status as a boolean",
         "a header value that is a number", "headers as a list", "a header value that is a list",
         "a header name with CRLF", "a header name with a space",
         "101 with Upgrade", "100", "deny with Content-Length", "deny with Transfer-Encoding", "allow with Host",
-        "allow with X-Request-Id", "allow with X-Forwarded-For", "allow with Forwarded", "allow with Keep-Alive"])
+        "allow with X-Request-Id", "allow with X-Forwarded-For", "allow with Forwarded", "allow with Keep-Alive",
+        "allow with Expect", "allow with Via", "allow with X-Real-IP", "allow with X-Original-URL",
+        "allow with X-HTTP-Method-Override", "deny with 200", "deny with 304"])
 def test_malformed_objects_deny_as_invalid_even_when_allowed_is_true(value):
     decision = Decision.from_result(value)
 

@@ -9,9 +9,10 @@ is ``true``. OPA-Envoy's richer result is an object::
 where ``allowed`` is required and must be a boolean, ``headers`` (optional) must map header
 names (RFC 9110 tokens) to strings (made valid header text by
 :func:`gateway_app.header_values.field_text`) and set none of the fields the gateway owns
-(:func:`gateway_app.header_values.is_gateway_owned`: framing and connection fields, ``Host``,
-``X-Request-Id``, ``X-Forwarded-*``, ``Forwarded``), ``http_status`` (optional, 403 by default on deny)
-must be a final status (200 to 599; a 1xx is an interim answer), and ``dynamic_metadata`` (optional, as opa-envoy-plugin's) must be an
+(:func:`gateway_app.header_values.is_gateway_owned`: framing and connection fields, ``Expect``,
+``Host``, ``X-Request-Id``, the forwarding fields, URL and method overrides), ``http_status`` (optional, 403 by default on deny)
+must be a final status (200 to 599; a 1xx is an interim answer; on deny 300 to 599 but not
+304: a deny is a redirect or an error), and ``dynamic_metadata`` (optional, as opa-envoy-plugin's) must be an
 object: on allow it joins the request's dynamic metadata (``usagePlan`` there picks the usage plan).
 Other keys are ignored. Anything else denies:
 
@@ -133,8 +134,9 @@ def _from_object(result: dict[str, t.Any]) -> Decision:
         return _invalid(f"'headers' may not set {', '.join(owned)[:80]} (framing, Host, request id and "
                         f"forwarding fields are the gateway's)")
     status = result.get("http_status")
-    if status is not None and not _is_status(status):
-        return _invalid(f"'http_status' must be an integer from 200 to 599, got {status!r:.40}")
+    if status is not None and not _is_status(status, allowed):
+        return _invalid(f"'http_status' must be an integer from {'200' if allowed else '300'} to 599 "
+                        f"(not 304 on deny), got {status!r:.40}")
     metadata = result.get("dynamic_metadata", {})
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         return _invalid("'dynamic_metadata' must be an object")
@@ -149,6 +151,9 @@ def _is_str_map(value: t.Any) -> bool:
                                            for k, v in value.items())
 
 
-def _is_status(value: t.Any) -> bool:
-    """A final status (RFC 9110 §15): 1xx are interim answers, never the answer to a request."""
-    return isinstance(value, int) and not isinstance(value, bool) and 200 <= value <= 599
+def _is_status(value: t.Any, allowed: bool) -> bool:
+    """A final status (RFC 9110 §15: a 1xx is an interim answer); on deny a redirect or an error,
+    never a success nor ``304 Not Modified`` (the answer to a conditional request, no body)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return False
+    return 200 <= value <= 599 if allowed else 300 <= value <= 599 and value != 304
