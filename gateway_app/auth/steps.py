@@ -19,6 +19,7 @@ from ..errors import PolicyError
 from ..header_values import header_text
 from ..incoming import IncomingRequest
 from ..policy.decision import Decision
+from ..policy.input_document import RouteMeta
 from ..policy.input_document import build_input
 from .state import AuthState
 from .state import TokenInfo
@@ -27,7 +28,6 @@ from .tokens import TokenSource
 
 if t.TYPE_CHECKING:
     from ..policy.engine import PolicyEngine
-    from ..routing import Route
 
 log = logging.getLogger("gateway_app.decision")
 
@@ -44,12 +44,21 @@ class TokenValidator(t.Protocol):
         """
 
 
+class RouteView(RouteMeta, t.Protocol):
+    """What the auth steps read of the matched route (:class:`gateway_app.routing.Route` is one):
+    the policy input's metadata, and ``policy_key``, which keys remembered outcomes."""
+
+    @property
+    def policy_key(self) -> str:
+        """The route metadata a policy can see, as one string."""
+
+
 @dataclasses.dataclass
 class AuthContext:
     """Everything a step sees for one request."""
 
     request: IncomingRequest
-    route: "Route"
+    route: RouteView
     state: AuthState
     policy_input: dict[str, t.Any] | None = None     # set when a policy was evaluated
     policy_duration: float = 0.0
