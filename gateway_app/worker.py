@@ -27,6 +27,12 @@ gateway's JSON error) and the connection closed, so a slow client never holds a 
 * overload: above 75 % of ``worker_connections`` open, a connection that has not completed a
   request has 1 s for it, the oldest closed first (:meth:`HeadReadingWorker.shed_overload`).
 
+A request goes to a thread only when it is whole or when gunicorn's parser refuses it from the
+bytes already read: chunked framing the loop cannot read (a bare LF, a missing CRLF) is answered
+400 ``invalid_chunked_body`` by the loop itself (gunicorn's chunk reader would wait on the socket
+for a CRLF, on a pool thread, with no minimum rate: red team 3 F1), as are the other
+:class:`Refusal` answers below.
+
 The body limit applied in the loop is the largest any route allows
 (:meth:`HeadReadingWorker.body_limit`): a ``Content-Length`` or chunk sizes declaring more are
 handed to the application unread, which answers 413 at once (:func:`limit_declared_body` for
@@ -393,8 +399,9 @@ class ChunkedScanner:
     """Finds the end of a chunked body (RFC 9112 §7.1) in bytes fed as they arrive, keeping none of them.
 
     :attr:`declared` is the sum of the chunk sizes read so far; :attr:`done` is set after the
-    last chunk's trailer section; :attr:`invalid` when the framing cannot be read (gunicorn's
-    parser then refuses it). Each byte is looked at once.
+    last chunk's trailer section; :attr:`invalid` when the framing cannot be read (the
+    loop refuses it: gunicorn's reader would wait on the socket for a CRLF, on a pool thread).
+    Each byte is looked at once.
     """
 
     MAX_LINE = 4096            # a chunk-size line or trailer field longer than this is refused
@@ -457,6 +464,23 @@ class RequestState(enum.Enum):
     INCOMPLETE = "incomplete"   # wait for more bytes
     READY = "ready"             # gunicorn's parser and the application can have it without another read
     TOO_LARGE = "too_large"     # no head can end within the limits: 431
+    REFUSED = "refused"         # the loop answers it itself (:attr:`RequestBuffer.refusal`), no thread
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """An answer the loop gives a request itself, then closes the connection: ``status``, the
+    gateway's JSON error ``reason`` and fixed ``message``, ``retry_after`` seconds (503), and
+    ``detail`` for the log line only."""
+
+    status: int
+    reason: str
+    message: str
+    retry_after: int | None = None
+    detail: str = ""
+
+
+INVALID_CHUNKED = Refusal(400, "invalid_chunked_body", "invalid chunked body")
 
 
 SPOOL_THRESHOLD = 64 * 1024     # bytes of a body kept in memory; beyond, a temporary file
@@ -483,6 +507,7 @@ class RequestBuffer:
         self._body_bytes = 0                  # read after the end of the head
         self._chunks: ChunkedScanner | None = None
         self.too_large = False          # the body declares more than body_limit: refused 413 unread
+        self.refusal: Refusal | None = None
         self.state = RequestState.INCOMPLETE
         if data:
             self.feed(data)
@@ -532,7 +557,10 @@ class RequestBuffer:
             self._ready_if(whole or self._over_limit(framing.length))
         elif self._chunks is not None:
             self._chunks.feed(chunk)
-            self._ready_if(self._chunks.done or self._chunks.invalid or self._over_limit(self._chunks.declared))
+            if self._chunks.invalid:
+                self.refuse(INVALID_CHUNKED)
+            else:
+                self._ready_if(self._chunks.done or self._over_limit(self._chunks.declared))
         else:
             self.state = RequestState.READY
 
@@ -555,6 +583,12 @@ class RequestBuffer:
             return None
         spool.seek(0)
         return BufferedBody(spool, sock)
+
+    def refuse(self, refusal: Refusal) -> None:
+        """The loop answers this request itself (:attr:`RequestState.REFUSED`); its bytes are dropped."""
+        self.refusal = refusal
+        self.state = RequestState.REFUSED
+        self.close()
 
     def close(self) -> None:
         """Drop the bytes read (the request will not be served)."""
@@ -685,6 +719,9 @@ class HeadReadingWorker(gthread.ThreadWorker):
             waiting = self._receive(conn, request, socket.MSG_DONTWAIT)
             if request.state is RequestState.INCOMPLETE and (waiting or not request.in_body):
                 return _Parked(request) if waiting else False    # False: the peer left, as gthread ends it
+            if request.refusal is not None:
+                self._answer_refusal(conn, request.refusal)
+                return False                                     # lingers in the loop (finish_request)
             if request.state is RequestState.TOO_LARGE:
                 return self._refuse_too_large(conn)
             self._hand_off(conn, request, continued=False)
@@ -780,6 +817,11 @@ class HeadReadingWorker(gthread.ThreadWorker):
             if self._receive(conn, pending.request):
                 self._progress(conn, pending)
                 return
+            if pending.request.refusal is not None:
+                self._forget(conn)
+                self._answer_refusal(conn, pending.request.refusal)
+                self._linger(conn)
+                return
             # A client that half-closes after its head gets the answer to what it sent (400: a body cut short).
             ready = pending.request.state is RequestState.READY or pending.request.in_body
             self._forget(conn, served=ready)
@@ -855,6 +897,13 @@ class HeadReadingWorker(gthread.ThreadWorker):
         """gunicorn's own answer (431) to a head its parser would refuse as too large."""
         self.handle_error(None, conn.sock, conn.client, LimitRequestHeaders("max buffer headers"))
         return False
+
+    def _answer_refusal(self, conn: gthread.TConn, refusal: Refusal) -> None:
+        """The loop's own answer to a request it will not hand to a thread; one warning line, no traceback."""
+        self.log.warning("Invalid request from ip=%s: %s%s", _peer(conn), refusal.reason,
+                         f" ({refusal.detail})" if refusal.detail else "")
+        headers = (("Retry-After", str(refusal.retry_after)),) if refusal.retry_after is not None else ()
+        write_error_json(conn.sock, refusal.status, refusal.reason, refusal.message, headers)
 
     def _forget(self, conn: gthread.TConn, served: bool = False) -> None:
         """Stop waiting for the request on ``conn``; its bytes are dropped unless it is ``served``."""
@@ -1050,14 +1099,17 @@ def parse_error_answer(exc: BaseException) -> tuple[int, str, str] | None:
     return None
 
 
-def write_error_json(sock: t.Any, status: int, reason: str, message: str) -> None:
-    """Answer ``status`` with the gateway's JSON error body (:func:`gateway_app.errors.error_json`) and
-    ``Connection: close``, from outside the application (no request id). Send errors are ignored."""
+def write_error_json(sock: t.Any, status: int, reason: str, message: str,
+                     headers: t.Sequence[tuple[str, str]] = ()) -> None:
+    """Answer ``status`` with the gateway's JSON error body (:func:`gateway_app.errors.error_json`),
+    ``headers`` and ``Connection: close``, from outside the application (no request id). Send
+    errors are ignored."""
     error = GatewayError(message, reason=reason, status_code=status)
     error.message_is_public = True          # fixed texts of this module, never the client's input
     body = error_json(error).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
     head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+            f"{extra}Content-Length: {len(body)}\r\n\r\n").encode()
     try:
         util.write_nonblock(sock, head + body)
     except OSError:

@@ -203,11 +203,24 @@ def test_a_chunked_body_byte_by_byte_declares_its_sizes():
     assert scanner.done and not scanner.invalid and scanner.declared == 20
 
 
-@pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello", b"1" * 17 + b"\r\n", b"5" + b" " * 5000],
-                         ids=["not hex", "no CRLF after the data", "bare LF", "17 hex digits", "endless size line"])
-def test_an_unreadable_chunked_body_goes_to_gunicorns_parser_which_refuses_it(body):
+@pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello", b"5\n", b"5\r\nhello\n",
+                                  b"5\r\nhello\r\n0\n\n", b"0\r\nX-T: 1\n", b"1" * 17 + b"\r\n", b"5" + b" " * 5000],
+                         ids=["not hex", "no CRLF after the data", "bare LF", "bare LF alone after a size",
+                              "bare LF after the data", "bare LF after the last chunk", "bare LF in a trailer",
+                              "17 hex digits", "endless size line"])
+def test_a_chunked_body_the_loop_cannot_frame_is_refused_400_by_the_loop(body):
+    """Red team 3 F1: gunicorn's chunk reader waits on the socket for a CRLF after a bare LF, on a
+    pool thread; the loop answers what it cannot frame itself, and no thread ever reads the client."""
     request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n") + body)
-    assert request.state is RequestState.READY
+    assert request.state is RequestState.REFUSED
+    assert request.refusal is not None and (request.refusal.status, request.refusal.reason) == (400, "invalid_chunked_body")
+    assert request.buffered_body(None) is None                  # its bytes are dropped
+
+
+def test_a_bare_lf_trickled_a_byte_at_a_time_is_refused_on_the_byte_that_breaks_the_framing():
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n"))
+    assert request.feed(b"5") is RequestState.INCOMPLETE
+    assert request.feed(b"\n") is RequestState.REFUSED
 
 
 def test_a_content_length_above_the_body_limit_is_ready_at_once_for_the_413():

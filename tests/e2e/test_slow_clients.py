@@ -645,3 +645,32 @@ def test_a_kept_alive_connection_stalling_its_next_body_holds_no_thread_and_gets
         answer = read_until_closed(sock)
     assert statuses == [200] * 3
     assert status_of(answer) == 408 and b'"body_too_slow"' in answer
+
+
+# --- Red team 3: what the loop cannot frame, overload after a first request, budgets, fragmentation ---
+
+def bare_lf_chunked_trickle(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team 3 F1: a chunked body whose size line ends in a bare LF, then a byte now and then."""
+    answers = []
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /anything/open HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\n")
+            try:
+                while not select.select([sock], [], [], 1.0)[0] and not stop.is_set():
+                    sock.sendall(b"h")
+            except OSError:
+                pass
+            answers.append(read_until_closed(sock))
+    return answers
+
+
+def test_bare_lf_chunk_framing_is_refused_400_by_the_loop_and_the_open_route_answers(gateway):
+    """16 clients (2 x 4 threads; 0/6 probes answered before) send framing gunicorn's reader would
+    wait on: each is answered 400 by the loop at once, before a byte more."""
+    probe, results = probe_during(gateway.url + "/anything/public",
+                                  lambda stop: bare_lf_chunked_trickle(gateway.port, stop), seconds=5.0, attackers=16)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert len(answers) > 16, "each answered at once, not after a timeout"
+    assert {status_of(answer) for answer in answers} == {400}
+    assert all(b'"invalid_chunked_body"' in answer and b"Connection: close" in answer for answer in answers)
