@@ -24,8 +24,10 @@ gateway's JSON error) and the connection closed, so a slow client never holds a 
   ``MinRequestBodyDataRate``) in every 5 s window, measured per window and not averaged from the
   first read (:class:`MinRateWindow`), and some byte every ``GATEWAY_CLIENT_TIMEOUT`` seconds
   (default 30), as nginx's ``client_body_timeout``;
-* overload: above 75 % of ``worker_connections`` open, a connection that has not completed a
-  request has 1 s for it, the oldest closed first (:meth:`HeadReadingWorker.shed_overload`).
+* overload: above 75 % of ``worker_connections`` open, every connection not in a pool thread
+  has 1 s: an idle kept-alive one for its next request, any other for the request it is sending,
+  whether or not it completed one before, idle ones closed first; at ``worker_connections``,
+  the oldest incomplete requests are closed until one slot is free (:meth:`HeadReadingWorker.shed_overload`).
 
 A request goes to a thread only when it is whole or when gunicorn's parser refuses it from the
 bytes already read: chunked framing the loop cannot read (a bare LF, a missing CRLF) is answered
@@ -627,7 +629,6 @@ class _Pending:
 
     request: RequestBuffer
     started: float                # time.monotonic(): accepted, or the first byte of a kept-alive request
-    served_before: bool           # a request on this connection was answered already
     window: MinRateWindow | None = None
     window_seen: int = 0          # body bytes fed to the window
     continued: bool = False       # "100 Continue" sent
@@ -707,7 +708,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         under gthread.
         """
         if conn.parser is None and self.reads_heads and not negotiation.prior_knowledge_allowed(self.cfg, conn.client):
-            self._park(conn, RequestBuffer(self.head_limits, self.body_limit()), served_before=False)
+            self._park(conn, RequestBuffer(self.head_limits, self.body_limit()))
         else:
             super().enqueue_req(conn)
 
@@ -767,7 +768,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._end_handoff(conn, handoff.body)
         result = None if fs.cancelled() or fs.exception() is not None else fs.result()
         if isinstance(result, _Parked):
-            self._park(conn, result.request, served_before=True)
+            self._park(conn, result.request)
         elif result or result is None or not self.reads_heads or conn.is_http2:
             super().finish_request(conn, fs)
         else:
@@ -796,7 +797,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             unreader.sock = conn.sock
             unreader.unread(unreader.take_buffered() + rest)
 
-    def _park(self, conn: gthread.TConn, request: RequestBuffer, *, served_before: bool) -> None:
+    def _park(self, conn: gthread.TConn, request: RequestBuffer) -> None:
         """Wait in the poller for the rest of the request, until its deadline."""
         try:
             if conn.sock.gettimeout() != 0.0:
@@ -805,7 +806,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         except (OSError, ValueError, KeyError):
             self._drop(conn)
             return
-        pending = _Pending(request, time.monotonic(), served_before)
+        pending = _Pending(request, time.monotonic())
         self.pending[conn] = pending
         self._progress(conn, pending)
         if pending.window is None:
@@ -948,13 +949,26 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._end_lingering(conn)
 
     def shed_overload(self, now: float) -> None:
-        """The overload rule (:func:`overload_victims`) on this worker's waiting requests: each shed one
-        is answered 408 if it sent anything, and closed at once (no lingering read under overload)."""
+        """The overload rule (:func:`overload_victims`) on this worker's idle kept-alive connections and
+        waiting requests: an idle one is closed, a request is answered 408 if it sent anything, and
+        closed at once (no lingering read under overload)."""
         if self.nr_conns < self.high_water:
             return
-        waiting = ((conn, pending.started, pending.served_before) for conn, pending in self.pending.items())
-        for conn in overload_victims(waiting, self.nr_conns, self.high_water, self.worker_connections, now):
-            pending = self.pending[conn]
+        idle = ((conn, conn.timeout - self.cfg.keepalive) for conn in self.keepalived_conns)
+        waiting = ((conn, pending.started) for conn, pending in self.pending.items())
+        victims = overload_victims(idle, waiting, self.nr_conns, self.high_water, self.worker_connections, now)
+        for conn in victims:
+            pending = self.pending.get(conn)
+            if pending is None:                         # idle kept-alive: closed without an answer
+                if _has_bytes(conn):
+                    continue                            # its next request arrived: gthread takes it
+                if self.keepalived_conns[0] is conn:
+                    self.keepalived_conns.popleft()     # idle victims are the oldest, in order
+                else:
+                    self.keepalived_conns.remove(conn)
+                self._unregister(conn)
+                self._drop(conn)
+                continue
             self._forget(conn)
             if pending.request.head.data:
                 self._time_out(conn, pending, overloaded=True)
@@ -1064,28 +1078,32 @@ PARSE_ERROR_ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, str, str]
 )
 
 
-def overload_victims(waiting: t.Iterable[tuple[K, float, bool]], open_connections: int, high_water: int,
-                     limit: int, now: float) -> list[K]:
-    """Which waiting requests to close under overload, oldest first.
+def overload_victims(idle: t.Iterable[tuple[K, float]], waiting: t.Iterable[tuple[K, float]],
+                     open_connections: int, high_water: int, limit: int, now: float) -> list[K]:
+    """Which connections not in a pool thread to close under overload: idle kept-alive ones first,
+    then incomplete requests, each group oldest first.
 
-    ``waiting``: ``(key, started, served_before)`` in arrival order (``started`` in seconds of
-    the loop's monotonic clock; ``served_before``: the connection completed a request already).
-    At ``high_water`` open connections or more, a connection that never completed a request
-    has :data:`OVERLOAD_TIMEOUT` seconds for its first; at ``limit`` (``worker_connections``)
-    the oldest such ones are closed until one slot is free. Envoy's overload manager "reduce
-    timeouts" action, nginx's ``limit_conn``: waiting requests are cheap in the loop, but each
-    holds one of ``worker_connections``, and clients opening connections faster than the head
-    deadline closes them would keep the worker from accepting anyone else. Kept-alive clients
-    keep their deadlines.
+    ``idle``: ``(key, idle since)`` of kept-alive connections waiting for their next request;
+    ``waiting``: ``(key, started)`` of requests being read, whether or not an earlier request on
+    the connection was answered; both in that order, in seconds of the loop's monotonic clock.
+    At ``high_water`` open connections or more, each has :data:`OVERLOAD_TIMEOUT` seconds, idle
+    ones closed first; at ``limit`` (``worker_connections``) the oldest incomplete requests are
+    closed until one slot is free (an idle connection younger than the deadline is not: its
+    client may be sending a request that the loop has not read yet). Envoy's overload manager
+    "reduce timeouts" action; nginx closes idle keep-alive connections first when it runs out
+    of connections (``ngx_drain_connections``). A connection that
+    completed a request is no exception (red team 3 F2: one GET, then a body at the minimum rate).
     """
     victims: list[K] = []
     if open_connections < high_water:
         return victims
-    for key, started, served_before in waiting:
-        if served_before:
-            continue
+    for key, since in idle:
+        if since + OVERLOAD_TIMEOUT > now:
+            break
+        victims.append(key)
+    for key, since in waiting:
         full = open_connections - len(victims) >= limit
-        if started + OVERLOAD_TIMEOUT > now and not full:
+        if since + OVERLOAD_TIMEOUT > now and not full:
             break
         victims.append(key)
     return victims
@@ -1114,6 +1132,16 @@ def write_error_json(sock: t.Any, status: int, reason: str, message: str,
         util.write_nonblock(sock, head + body)
     except OSError:
         pass
+
+
+def _has_bytes(conn: gthread.TConn) -> bool:
+    """Whether the client sent bytes the loop has not read (a request racing its idle connection's close)."""
+    try:
+        return bool(conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
 
 
 def _peer(conn: gthread.TConn) -> str:

@@ -366,25 +366,38 @@ from gateway_app.worker import overload_victims  # noqa: E402
 
 def test_below_the_high_water_mark_no_waiting_request_is_shed():
     clock = FakeClock(100.0)
-    waiting = [(n, clock() - 9.0, False) for n in range(10)]
-    assert overload_victims(waiting, open_connections=74, high_water=75, limit=100, now=clock()) == []
+    waiting = [(n, clock() - 9.0) for n in range(10)]
+    idle = [("idle", clock() - 9.0)]
+    assert overload_victims(idle, waiting, open_connections=74, high_water=75, limit=100, now=clock()) == []
 
 
-def test_above_the_high_water_mark_new_connections_older_than_the_short_timeout_are_shed_oldest_first():
+def test_above_the_high_water_mark_connections_older_than_the_short_timeout_are_shed_oldest_first():
     """The red team's F3: thousands of unfinished heads; each new connection gets 1 s instead of 10."""
     clock = FakeClock(100.0)
-    waiting = [("a", clock() - 3.0, False), ("b", clock() - 2.0, False), ("kept-alive", clock() - 5.0, True),
-               ("c", clock() - OVERLOAD_TIMEOUT / 2, False), ("d", clock(), False)]
-    assert overload_victims(waiting, open_connections=80, high_water=75, limit=100, now=clock()) == ["a", "b"]
+    waiting = [("a", clock() - 3.0), ("b", clock() - 2.0), ("c", clock() - OVERLOAD_TIMEOUT / 2), ("d", clock())]
+    assert overload_victims([], waiting, open_connections=80, high_water=75, limit=100, now=clock()) == ["a", "b"]
 
 
 def test_at_worker_connections_the_oldest_new_connections_are_shed_until_one_slot_is_free():
     clock = FakeClock(100.0)
-    waiting = [(n, clock() - 0.1 * (10 - n), False) for n in range(10)]        # all younger than 1 s
-    assert overload_victims(waiting, open_connections=102, high_water=75, limit=100, now=clock()) == [0, 1, 2]
+    waiting = [(n, clock() - 0.1 * (10 - n)) for n in range(10)]        # all younger than 1 s
+    assert overload_victims([], waiting, open_connections=102, high_water=75, limit=100, now=clock()) == [0, 1, 2]
 
 
-def test_kept_alive_connections_keep_their_deadlines_under_overload():
+def test_a_request_after_an_answered_one_gets_the_short_deadline_under_overload():
+    """Red team 3 F2: ~2000 connections each did one GET, then sent a body at exactly the minimum rate."""
     clock = FakeClock(100.0)
-    waiting = [(n, clock() - 9.0, True) for n in range(10)]
-    assert overload_victims(waiting, open_connections=100, high_water=75, limit=100, now=clock()) == []
+    second_requests = [(n, clock() - 5.0) for n in range(3)]
+    assert overload_victims([], second_requests, open_connections=80, high_water=75, limit=100,
+                            now=clock()) == [0, 1, 2]
+
+
+def test_idle_kept_alive_connections_past_the_deadline_are_closed_first_then_the_oldest_requests():
+    """A young idle connection is kept even at worker_connections: its client may be sending a request."""
+    clock = FakeClock(100.0)
+    idle = [("idle-old", clock() - 3.0), ("idle-new", clock() - 0.2)]
+    waiting = [("request-old", clock() - 0.5), ("request-new", clock() - 0.1)]
+    assert overload_victims(idle, waiting, open_connections=80, high_water=75, limit=100,
+                            now=clock()) == ["idle-old"]
+    assert overload_victims(idle, waiting, open_connections=102, high_water=75, limit=100,
+                            now=clock()) == ["idle-old", "request-old", "request-new"]

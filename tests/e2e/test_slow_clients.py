@@ -674,3 +674,50 @@ def test_bare_lf_chunk_framing_is_refused_400_by_the_loop_and_the_open_route_ans
     assert len(answers) > 16, "each answered at once, not after a timeout"
     assert {status_of(answer) for answer in answers} == {400}
     assert all(b'"invalid_chunked_body"' in answer and b"Connection: close" in answer for answer in answers)
+
+
+def hold_second_requests(port: int, stop: threading.Event, connections: int = 70) -> list[bytes]:
+    """Red team 3 F2: each connection completes a GET, then sends a 10 MB body's first bytes and holds
+    it (re-opened as the gateway closes it)."""
+    answers: list[bytes] = []
+    selector = selectors.DefaultSelector()
+
+    def open_one() -> None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+            read_answer(sock)
+            sock.sendall(b"POST /anything/second HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10000000\r\n\r\n"
+                         + b"x" * 1200)
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        except (OSError, StopIteration):
+            pass
+
+    for _ in range(connections):
+        open_one()
+    while not stop.is_set():
+        for key, _ in selector.select(0.1):
+            selector.unregister(key.fileobj)
+            try:
+                key.fileobj.setblocking(True)
+                answers.append(read_until_closed(key.fileobj))
+            finally:
+                key.fileobj.close()
+            open_one()
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    selector.close()
+    return answers
+
+
+def test_second_requests_held_at_the_minimum_rate_are_shed_under_overload_and_the_open_route_answers(small_gateway):
+    """F2 of red team 3: 140 connections (100 worker_connections) that each completed a request hold a
+    second one; above 75 every connection outside a thread has 1 s, whether or not it was served before."""
+    probe, results = probe_during(small_gateway.url + "/anything/public",
+                                  lambda stop: hold_second_requests(small_gateway.port, stop),
+                                  seconds=5.0, attackers=2)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert answers and {status_of(answer) for answer in answers} <= {408, None}
+    assert any(b'"body_too_slow"' in answer for answer in answers)
