@@ -555,18 +555,19 @@ def test_a_burst_then_a_trickle_is_cut_408_one_window_after_the_burst_and_the_op
     assert max(trickled for _, trickled in results) < 20, "cut about one 5 s window after the burst"
 
 
-def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 150) -> list[bytes]:
-    """Red team F3: ``connections`` sockets each holding a head that never ends, re-opened as they close."""
+def hold_connections(port: int, stop: threading.Event, start: t.Callable[[socket.socket], None],
+                     connections: int) -> list[bytes]:
+    """``connections`` sockets each begun by ``start(sock)`` and then held, re-opened as the gateway closes them."""
     answers: list[bytes] = []
     selector = selectors.DefaultSelector()
 
     def open_one() -> None:
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(b"GET /anything/hold HTTP/1.1\r\nHost: gateway.test\r\n")
+            start(sock)
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
-        except OSError:
+        except (OSError, StopIteration):
             pass
 
     for _ in range(connections):
@@ -584,6 +585,12 @@ def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 1
         key.fileobj.close()
     selector.close()
     return answers
+
+
+def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 150) -> list[bytes]:
+    """Red team F3: ``connections`` sockets each holding a head that never ends, re-opened as they close."""
+    return hold_connections(port, stop, lambda sock: sock.sendall(b"GET /anything/hold HTTP/1.1\r\nHost: gateway.test\r\n"),
+                            connections)
 
 
 @pytest.fixture(scope="module")
@@ -679,36 +686,13 @@ def test_bare_lf_chunk_framing_is_refused_400_by_the_loop_and_the_open_route_ans
 def hold_second_requests(port: int, stop: threading.Event, connections: int = 70) -> list[bytes]:
     """Red team 3 F2: each connection completes a GET, then sends a 10 MB body's first bytes and holds
     it (re-opened as the gateway closes it)."""
-    answers: list[bytes] = []
-    selector = selectors.DefaultSelector()
+    def start(sock: socket.socket) -> None:
+        sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        read_answer(sock)
+        sock.sendall(b"POST /anything/second HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10000000\r\n\r\n"
+                     + b"x" * 1200)
 
-    def open_one() -> None:
-        try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
-            read_answer(sock)
-            sock.sendall(b"POST /anything/second HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10000000\r\n\r\n"
-                         + b"x" * 1200)
-            sock.setblocking(False)
-            selector.register(sock, selectors.EVENT_READ)
-        except (OSError, StopIteration):
-            pass
-
-    for _ in range(connections):
-        open_one()
-    while not stop.is_set():
-        for key, _ in selector.select(0.1):
-            selector.unregister(key.fileobj)
-            try:
-                key.fileobj.setblocking(True)
-                answers.append(read_until_closed(key.fileobj))
-            finally:
-                key.fileobj.close()
-            open_one()
-    for key in list(selector.get_map().values()):
-        key.fileobj.close()
-    selector.close()
-    return answers
+    return hold_connections(port, stop, start, connections)
 
 
 def test_second_requests_held_at_the_minimum_rate_are_shed_under_overload_and_the_open_route_answers(small_gateway):
