@@ -35,6 +35,10 @@ bytes already read: chunked framing the loop cannot read (a bare LF, a missing C
 for a CRLF, on a pool thread, with no minimum rate: red team 3 F1), as are the other
 :class:`Refusal` answers below.
 
+Buffered bodies are bounded per worker (:class:`BodyBudget`, ``GATEWAY_BUFFERED_BODY_BYTES``,
+default 24 MiB, memory and temporary files together): a body whose declared size does not fit
+is answered 503 ``server_busy`` with ``Retry-After`` by the loop, as is a failed spool write.
+
 The body limit applied in the loop is the largest any route allows
 (:meth:`HeadReadingWorker.body_limit`): a ``Content-Length`` or chunk sizes declaring more are
 handed to the application unread, which answers 413 at once (:func:`limit_declared_body` for
@@ -67,6 +71,7 @@ import selectors
 import socket
 import ssl
 import tempfile
+import threading
 import time
 import typing as t
 from functools import partial
@@ -95,6 +100,9 @@ DEFAULT_CLIENT_TIMEOUT = 30.0
 MIN_BODY_RATE_ENV = "GATEWAY_MIN_BODY_RATE"
 DEFAULT_MIN_BODY_RATE = 240.0      # bytes/s: Kestrel's MinRequestBodyDataRate default
 MIN_BODY_RATE_WINDOW = 5.0         # seconds: each window must hold rate x window bytes (Kestrel's grace)
+BUFFERED_BODY_BYTES_ENV = "GATEWAY_BUFFERED_BODY_BYTES"
+DEFAULT_BUFFERED_BODY_BYTES = 24 * 1024 * 1024   # per worker: 2 workers fit deploy/k8s's 64 MiB /tmp with room
+BUSY_RETRY_AFTER = 5                             # seconds, the Retry-After of a 503 for a spent body budget
 RECV_SIZE = 65536
 K = t.TypeVar("K")
 READ_PER_EVENT = 1024 * 1024       # bytes one readiness event may read before the loop serves others
@@ -151,6 +159,45 @@ def min_body_rate_from_env(environ: t.Mapping[str, str] | None = None) -> float:
     """
     return _number_from_env(MIN_BODY_RATE_ENV, DEFAULT_MIN_BODY_RATE, environ, zero_allowed=True,
                             unit="bytes per second")
+
+
+def buffered_body_bytes_from_env(environ: t.Mapping[str, str] | None = None) -> int:
+    """``GATEWAY_BUFFERED_BODY_BYTES``: bytes of request bodies one worker may hold buffered at once
+    (memory and temporary files), default 24 MiB.
+
+    :raises ValueError: not a number of bytes above 0.
+    """
+    return int(_number_from_env(BUFFERED_BODY_BYTES_ENV, DEFAULT_BUFFERED_BODY_BYTES, environ, zero_allowed=False,
+                                unit="bytes"))
+
+
+class BodyBudget:
+    """The bytes of request bodies one worker holds buffered (in memory and in temporary files), bounded.
+
+    Bodies are read before routing and auth, so without a bound unauthenticated clients fill
+    ``$TMPDIR`` (red team 3 F3: 7 uploads filled the 64 MiB ``/tmp`` of deploy/k8s). A request
+    reserves what its ``Content-Length`` (or its chunk sizes so far) declares; one that does not
+    fit is refused 503 at once (:data:`SERVER_BUSY`), as Envoy's overload manager and nginx's
+    ``limit_conn`` answer 503. Thread-safe: reservations end on pool threads.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        """Take ``size`` bytes if they are left; whether they were."""
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def release(self, size: int) -> None:
+        """Give back ``size`` bytes reserved before."""
+        with self._lock:
+            self.held -= size
 
 
 class MinRateWindow:
@@ -483,6 +530,7 @@ class Refusal:
 
 
 INVALID_CHUNKED = Refusal(400, "invalid_chunked_body", "invalid chunked body")
+SERVER_BUSY = Refusal(503, "server_busy", "the gateway is busy, retry later", retry_after=BUSY_RETRY_AFTER)
 
 
 SPOOL_THRESHOLD = 64 * 1024     # bytes of a body kept in memory; beyond, a temporary file
@@ -501,9 +549,14 @@ class RequestBuffer:
     possibly with the start of a pipelined request after the body (:meth:`buffered_body`).
     """
 
-    def __init__(self, limits: HeadLimits, body_limit: int | None, data: bytes = b"") -> None:
+    def __init__(self, limits: HeadLimits, body_limit: int | None, data: bytes = b"",
+                 budget: BodyBudget | None = None,
+                 spool: t.Callable[[], t.BinaryIO] = partial(tempfile.SpooledTemporaryFile, SPOOL_THRESHOLD)) -> None:
         self.head = HeadBuffer(limits)
         self.body_limit = body_limit
+        self._budget = budget
+        self._reserved = 0                    # bytes of the budget this body holds
+        self._make_spool = spool
         self.framing: BodyFraming | None = None
         self._spool: t.BinaryIO | None = None        # made by the first body byte after the head
         self._body_bytes = 0                  # read after the end of the head
@@ -533,9 +586,13 @@ class RequestBuffer:
             elif state is HeadState.DECIDABLE:
                 self._start_body()
             return self.state
-        if self._spool is None:
-            self._spool = t.cast(t.BinaryIO, tempfile.SpooledTemporaryFile(SPOOL_THRESHOLD))
-        self._spool.write(chunk)
+        try:
+            if self._spool is None:
+                self._spool = self._make_spool()
+            self._spool.write(chunk)
+        except OSError as error:              # ENOSPC, EIO: the gateway's trouble, not the client's
+            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"spooling the body failed: {error}"))
+            return self.state
         self._body_arrived(chunk)
         return self.state
 
@@ -555,16 +612,36 @@ class RequestBuffer:
         assert framing is not None
         self._body_bytes += len(chunk)
         if framing.framing is Framing.LENGTH:
-            whole = self._body_bytes >= framing.length
-            self._ready_if(whole or self._over_limit(framing.length))
+            if self._over_limit(framing.length):
+                self._ready_if(True)
+            elif self._hold(max(framing.length, self._body_bytes)):
+                self._ready_if(self._body_bytes >= framing.length)
         elif self._chunks is not None:
             self._chunks.feed(chunk)
             if self._chunks.invalid:
                 self.refuse(INVALID_CHUNKED)
-            else:
-                self._ready_if(self._chunks.done or self._over_limit(self._chunks.declared))
+            elif self._over_limit(self._chunks.declared):
+                self._ready_if(True)
+            elif self._hold(max(self._chunks.declared, self._body_bytes)):
+                self._ready_if(self._chunks.done)
         else:
             self.state = RequestState.READY
+
+    def _hold(self, size: int) -> bool:
+        """Reserve up to ``size`` bytes of the worker's :class:`BodyBudget`; refused 503 if they are not left."""
+        more = size - self._reserved
+        if self._budget is None or more <= 0:
+            return True
+        if not self._budget.reserve(more):
+            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"body buffers full ({self._budget.limit} bytes)"))
+            return False
+        self._reserved += more
+        return True
+
+    def _release(self) -> None:
+        reserved, self._reserved = self._reserved, 0
+        if self._budget is not None and reserved:
+            self._budget.release(reserved)
 
     def _over_limit(self, declared: int) -> bool:
         self.too_large = self.body_limit is not None and declared > self.body_limit
@@ -582,9 +659,10 @@ class RequestBuffer:
         """The bytes read after the head, then ``sock``, for gunicorn's unreader; None when none were read."""
         spool, self._spool = self._spool, None
         if spool is None:
+            self._release()
             return None
         spool.seek(0)
-        return BufferedBody(spool, sock)
+        return BufferedBody(spool, sock, self._release)
 
     def refuse(self, refusal: Refusal) -> None:
         """The loop answers this request itself (:attr:`RequestState.REFUSED`); its bytes are dropped."""
@@ -597,6 +675,7 @@ class RequestBuffer:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+        self._release()
 
 
 class BufferedBody:
@@ -606,9 +685,10 @@ class BufferedBody:
     request (the start of a pipelined one) goes back to the unreader (:meth:`rest`).
     """
 
-    def __init__(self, spool: t.BinaryIO, sock: t.Any) -> None:
+    def __init__(self, spool: t.BinaryIO, sock: t.Any, release: t.Callable[[], None] = lambda: None) -> None:
         self._spool = spool
         self._sock = sock
+        self._release = release          # gives the body's bytes back to the worker's BodyBudget
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         """The next bytes read by the loop; once they are used up, the client's (a body gunicorn
@@ -620,6 +700,7 @@ class BufferedBody:
         its end); closes the spool (its temporary file, if any)."""
         data = self._spool.read(max_bytes)
         self._spool.close()
+        self._release()
         return data
 
 
@@ -661,13 +742,15 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     ``gunicorn -k gateway_app.worker.HeadReadingWorker`` (``conf/gunicorn.conf.py`` sets it).
     Settings: gunicorn's own (``threads``, ``keepalive``, ``worker_connections``, ``limit_request_*``),
-    ``GATEWAY_HEAD_TIMEOUT``, ``GATEWAY_CLIENT_TIMEOUT`` and ``GATEWAY_MIN_BODY_RATE`` (see the module docstring).
+    ``GATEWAY_HEAD_TIMEOUT``, ``GATEWAY_CLIENT_TIMEOUT``, ``GATEWAY_MIN_BODY_RATE`` and
+    ``GATEWAY_BUFFERED_BODY_BYTES`` (see the module docstring).
     """
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout, self.client_timeout = timeouts_from_env()
         self.min_body_rate = min_body_rate_from_env()
+        self.body_budget = BodyBudget(buffered_body_bytes_from_env())
         self.head_limits = HeadLimits.from_config(self.cfg)
         self.reads_heads = not self.cfg.is_ssl and getattr(self.cfg, "protocol", "http") == "http"
         self.high_water = max(1, int(self.worker_connections * OVERLOAD_FRACTION))
@@ -687,6 +770,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         super().check_config(cfg, log)
         timeouts_from_env()
         min_body_rate_from_env()
+        buffered_body_bytes_from_env()
         if cfg.is_ssl:
             log.warning("gunicorn terminates TLS here: requests are read by pool threads "
                         "without the %s deadline; terminate TLS in front of the gateway", HEAD_TIMEOUT_ENV)
@@ -708,7 +792,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         under gthread.
         """
         if conn.parser is None and self.reads_heads and not negotiation.prior_knowledge_allowed(self.cfg, conn.client):
-            self._park(conn, RequestBuffer(self.head_limits, self.body_limit()))
+            self._park(conn, RequestBuffer(self.head_limits, self.body_limit(), budget=self.body_budget))
         else:
             super().enqueue_req(conn)
 
@@ -716,7 +800,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         """In a pool thread: gthread's, once the request is whole; an incomplete one goes back to the loop."""
         if self.reads_heads and conn.parser is not None and not conn.is_http2 and conn not in self.handoffs:
             # a kept-alive connection: its next request, read without blocking
-            request = RequestBuffer(self.head_limits, self.body_limit(), conn.parser.unreader.take_buffered())
+            request = RequestBuffer(self.head_limits, self.body_limit(), conn.parser.unreader.take_buffered(),
+                                    budget=self.body_budget)
             waiting = self._receive(conn, request, socket.MSG_DONTWAIT)
             if request.state is RequestState.INCOMPLETE and (waiting or not request.in_body):
                 return _Parked(request) if waiting else False    # False: the peer left, as gthread ends it

@@ -401,3 +401,79 @@ def test_idle_kept_alive_connections_past_the_deadline_are_closed_first_then_the
                             now=clock()) == ["idle-old"]
     assert overload_victims(idle, waiting, open_connections=102, high_water=75, limit=100,
                             now=clock()) == ["idle-old", "request-old", "request-new"]
+
+
+# --- The per-worker budget of buffered body bytes (red team 3 F3) ---
+
+from gateway_app.worker import BodyBudget  # noqa: E402
+from gateway_app.worker import buffered_body_bytes_from_env  # noqa: E402
+
+
+def sized(length: int, sent: bytes = b"") -> bytes:
+    return post(b"Content-Length: %d\r\n" % length) + sent
+
+
+def test_a_body_whose_length_does_not_fit_what_is_left_of_the_budget_is_refused_503_at_once():
+    budget = BodyBudget(1000)
+    first = RequestBuffer(BIG_LIMITS, None, sized(600, b"abc"), budget=budget)
+    assert first.state is RequestState.INCOMPLETE and budget.held == 600
+    second = RequestBuffer(BIG_LIMITS, None, sized(600), budget=budget)
+    assert second.state is RequestState.REFUSED and second.refusal is not None
+    assert (second.refusal.status, second.refusal.reason, second.refusal.retry_after) == (503, "server_busy", 5)
+    assert budget.held == 600
+    first.close()
+    assert budget.held == 0
+    assert RequestBuffer(BIG_LIMITS, None, sized(600), budget=budget).state is RequestState.INCOMPLETE
+
+
+def test_a_chunked_body_is_refused_503_when_its_running_total_exceeds_the_budget():
+    budget = BodyBudget(100)
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n") + b"40\r\n", budget=budget)
+    assert request.state is RequestState.INCOMPLETE
+    request.feed(b"x" * 64 + b"\r\n")
+    assert request.feed(b"40\r\n") is RequestState.REFUSED           # 128 declared
+    assert budget.held == 0
+
+
+def test_a_served_body_gives_its_bytes_back_when_the_thread_is_done_with_it():
+    budget = BodyBudget(10_000)
+    request = RequestBuffer(BIG_LIMITS, None, sized(5000), budget=budget)
+    request.feed(b"x" * 5000)
+    assert request.state is RequestState.READY and budget.held == 5000
+    buffered = request.buffered_body(None)
+    assert buffered is not None and budget.held == 5000             # the thread reads it
+    buffered.rest()
+    assert budget.held == 0
+
+
+def test_a_body_above_the_route_limit_is_refused_413_without_taking_budget():
+    budget = BodyBudget(10)
+    request = RequestBuffer(BIG_LIMITS, 100, sized(101), budget=budget)
+    assert request.state is RequestState.READY and request.too_large and budget.held == 0
+
+
+def test_a_spool_write_error_is_a_503_answer_not_a_reset():
+    """Red team 3 F3/F7: ENOSPC while spooling reset the connection and logged a traceback."""
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    budget = BodyBudget(10_000)
+    request = RequestBuffer(BIG_LIMITS, None, sized(5000), budget=budget, spool=FullDisk)
+    assert request.feed(b"x" * 100) is RequestState.REFUSED
+    assert request.refusal is not None and (request.refusal.status, request.refusal.reason) == (503, "server_busy")
+    assert "No space left" in request.refusal.detail and budget.held == 0
+
+
+@pytest.mark.parametrize("raw, expected", [("", 24 * 1024 * 1024), ("1048576", 1048576)])
+def test_the_buffered_body_budget_comes_from_the_environment(raw, expected):
+    assert buffered_body_bytes_from_env({"GATEWAY_BUFFERED_BODY_BYTES": raw}) == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "lots"])
+def test_a_bad_buffered_body_budget_stops_start_up(raw):
+    with pytest.raises(ValueError, match="GATEWAY_BUFFERED_BODY_BYTES"):
+        buffered_body_bytes_from_env({"GATEWAY_BUFFERED_BODY_BYTES": raw})

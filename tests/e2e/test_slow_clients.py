@@ -705,3 +705,35 @@ def test_second_requests_held_at_the_minimum_rate_are_shed_under_overload_and_th
     answers = [answer for answers in results for answer in answers]
     assert answers and {status_of(answer) for answer in answers} <= {408, None}
     assert any(b'"body_too_slow"' in answer for answer in answers)
+
+
+@pytest.fixture(scope="module")
+def budget_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
+    """One worker, 4 threads, 2 MB of buffered body bytes."""
+    tmp = tmp_path_factory.mktemp("budget")
+    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=free_port())
+    (tmp / "rego").mkdir()
+    env = {"GATEWAY_BUFFERED_BODY_BYTES": "2000000", "GATEWAY_LOG_LEVEL": "info"}
+    with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4, env=env, name="budget") as server:
+        yield server
+
+
+def hold_uploads(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team 3 F3: uploads of 900 kB that send 100 kB and hold, re-opened as they are answered."""
+    def start(sock: socket.socket) -> None:
+        sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 900000\r\n\r\n"
+                     + b"x" * 100_000)
+
+    return hold_connections(port, stop, start, connections=10)
+
+
+def test_uploads_beyond_the_buffered_body_budget_are_refused_503_at_once_and_the_open_route_answers(budget_gateway):
+    """20 held uploads of 900 kB against a 2 MB budget: two fit, the others are answered 503 with Retry-After."""
+    probe, results = probe_during(budget_gateway.url + "/anything/public",
+                                  lambda stop: hold_uploads(budget_gateway.port, stop), seconds=4.0, attackers=2)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert len(answers) > 18, "refused at once, not after a timeout"
+    busy = [answer for answer in answers if status_of(answer) == 503]
+    assert busy and all(b'"server_busy"' in answer and b"Retry-After: 5" in answer for answer in busy)
+    assert {status_of(answer) for answer in answers} <= {503, 408}
