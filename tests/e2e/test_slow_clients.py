@@ -593,14 +593,21 @@ def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 1
                             connections)
 
 
+def one_worker_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory, name: str,
+                       env: dict[str, str]) -> t.ContextManager[ServerProcess]:
+    """The gateway with one worker of 4 threads and ``env`` (info logging)."""
+    tmp = tmp_path_factory.mktemp(name)
+    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=free_port())
+    (tmp / "rego").mkdir()
+    return gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4, env={"GATEWAY_LOG_LEVEL": "info", **env},
+                          name=name)
+
+
 @pytest.fixture(scope="module")
 def small_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
     """One worker, 4 threads, 100 worker_connections, the default 10 s head deadline."""
-    tmp = tmp_path_factory.mktemp("small")
-    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=free_port())
-    (tmp / "rego").mkdir()
-    env = {"GUNICORN_CMD_ARGS": "--worker-connections 100", "GATEWAY_LOG_LEVEL": "info"}
-    with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4, env=env, name="small") as server:
+    with one_worker_gateway(httpbin, tmp_path_factory, "small",
+                            {"GUNICORN_CMD_ARGS": "--worker-connections 100"}) as server:
         yield server
 
 
@@ -710,11 +717,7 @@ def test_second_requests_held_at_the_minimum_rate_are_shed_under_overload_and_th
 @pytest.fixture(scope="module")
 def budget_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
     """One worker, 4 threads, 2 MB of buffered body bytes."""
-    tmp = tmp_path_factory.mktemp("budget")
-    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=free_port())
-    (tmp / "rego").mkdir()
-    env = {"GATEWAY_BUFFERED_BODY_BYTES": "2000000", "GATEWAY_LOG_LEVEL": "info"}
-    with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4, env=env, name="budget") as server:
+    with one_worker_gateway(httpbin, tmp_path_factory, "budget", {"GATEWAY_BUFFERED_BODY_BYTES": "2000000"}) as server:
         yield server
 
 
