@@ -477,3 +477,34 @@ def test_the_buffered_body_budget_comes_from_the_environment(raw, expected):
 def test_a_bad_buffered_body_budget_stops_start_up(raw):
     with pytest.raises(ValueError, match="GATEWAY_BUFFERED_BODY_BYTES"):
         buffered_body_bytes_from_env({"GATEWAY_BUFFERED_BODY_BYTES": raw})
+
+
+# --- Framing overhead of chunked bodies (red team 3 F4) ---
+
+def test_a_body_of_one_byte_chunks_is_refused_400_after_the_first_thousand_chunks():
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n"))
+    assert request.feed(b"1\r\na\r\n" * ChunkedScanner.FREE_CHUNKS) is RequestState.INCOMPLETE
+    assert request.feed(b"1\r\na\r\n") is RequestState.REFUSED
+    assert request.refusal is not None and (request.refusal.status, request.refusal.reason) == (400, "chunks_too_small")
+
+
+def test_chunks_averaging_64_bytes_are_read_whatever_their_count():
+    scanner = ChunkedScanner()
+    body = (b"7f\r\n" + b"x" * 127 + b"\r\n" + b"1\r\na\r\n") * 5000 + b"0\r\n\r\n"   # 64 bytes on average
+    scanner.feed(body)
+    assert scanner.done and not scanner.fragmented and scanner.chunks == 10_000
+
+
+def test_a_trailer_section_larger_than_the_head_cap_is_refused():
+    scanner = ChunkedScanner()
+    scanner.feed(b"0\r\n" + b"X-T: " + b"v" * 4000 + b"\r\n")
+    assert not scanner.invalid
+    scanner.feed((b"X-T: " + b"v" * 4000 + b"\r\n") * 20)
+    assert scanner.invalid and not scanner.done
+
+
+def test_a_chunk_line_split_over_many_reads_is_read_as_one():
+    scanner = ChunkedScanner()
+    for piece in (b"1", b"0;ext", b"=", b"v\r", b"\n"):
+        scanner.feed(piece)
+    assert scanner.declared == 16 and not scanner.invalid

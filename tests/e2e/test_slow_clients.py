@@ -740,3 +740,29 @@ def test_uploads_beyond_the_buffered_body_budget_are_refused_503_at_once_and_the
     busy = [answer for answer in answers if status_of(answer) == 503]
     assert busy and all(b'"server_busy"' in answer and b"Retry-After: 5" in answer for answer in busy)
     assert {status_of(answer) for answer in answers} <= {503, 408}
+
+
+def stream_one_byte_chunks(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team 3 F4: a chunked body of 1-byte chunks streamed as fast as the gateway takes it, reconnecting."""
+    answers = []
+    chunks = b"1\r\na\r\n" * 10_000
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /anything/tiny HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                while not stop.is_set() and not select.select([sock], [], [], 0)[0]:
+                    sock.sendall(chunks)
+            except OSError:
+                pass
+            answers.append(read_until_closed(sock))
+    return answers
+
+
+def test_bodies_of_one_byte_chunks_are_refused_400_and_the_open_route_answers(gateway):
+    """4 clients streaming 1-byte chunks pegged both workers (probes 2.5-5.4 s): each is refused after 1000 chunks."""
+    probe, results = probe_during(gateway.url + "/anything/public",
+                                  lambda stop: stream_one_byte_chunks(gateway.port, stop), seconds=5.0, attackers=4)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert answers and {status_of(answer) for answer in answers} <= {400, None}
+    assert any(b'"chunks_too_small"' in answer for answer in answers)
