@@ -17,8 +17,8 @@ starts waiting for the body (gunicorn then sends none), not when a declared size
 Deadlines, all in the loop, all answered ``408 Request Timeout`` (RFC 9110 §15.5.9, the
 gateway's JSON error) and the connection closed, so a slow client never holds a thread:
 
-* the head (``GATEWAY_HEAD_TIMEOUT``, seconds, default 10) from the accept, or for a kept-alive
-  connection from the first byte of its next request (the idle wait before that is gunicorn's
+* the head (``GATEWAY_HEAD_TIMEOUT``, seconds, default 10; at most ``GATEWAY_MAX_HEAD_BYTES``,
+  default 64 KiB, else 431 at once) from the accept, or for a kept-alive connection from the first byte of its next request (the idle wait before that is gunicorn's
   ``keepalive``), as nginx's ``client_header_timeout``;
 * the body: at least ``GATEWAY_MIN_BODY_RATE`` x 5 bytes (default 240 bytes/s, Kestrel's
   ``MinRequestBodyDataRate``) in every 5 s window, measured per window and not averaged from the
@@ -100,6 +100,8 @@ DEFAULT_CLIENT_TIMEOUT = 30.0
 MIN_BODY_RATE_ENV = "GATEWAY_MIN_BODY_RATE"
 DEFAULT_MIN_BODY_RATE = 240.0      # bytes/s: Kestrel's MinRequestBodyDataRate default
 MIN_BODY_RATE_WINDOW = 5.0         # seconds: each window must hold rate x window bytes (Kestrel's grace)
+MAX_HEAD_BYTES_ENV = "GATEWAY_MAX_HEAD_BYTES"
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024               # nginx's large_client_header_buffers 4 x 8k is 32 KiB
 BUFFERED_BODY_BYTES_ENV = "GATEWAY_BUFFERED_BODY_BYTES"
 DEFAULT_BUFFERED_BODY_BYTES = 24 * 1024 * 1024   # per worker: 2 workers fit deploy/k8s's 64 MiB /tmp with room
 BUSY_RETRY_AFTER = 5                             # seconds, the Retry-After of a 503 for a spent body budget
@@ -168,6 +170,15 @@ def buffered_body_bytes_from_env(environ: t.Mapping[str, str] | None = None) -> 
     :raises ValueError: not a number of bytes above 0.
     """
     return int(_number_from_env(BUFFERED_BODY_BYTES_ENV, DEFAULT_BUFFERED_BODY_BYTES, environ, zero_allowed=False,
+                                unit="bytes"))
+
+
+def max_head_bytes_from_env(environ: t.Mapping[str, str] | None = None) -> int:
+    """``GATEWAY_MAX_HEAD_BYTES``: bytes a whole request head may fill, request line and fields, default 64 KiB.
+
+    :raises ValueError: not a number of bytes above 0.
+    """
+    return int(_number_from_env(MAX_HEAD_BYTES_ENV, DEFAULT_MAX_HEAD_BYTES, environ, zero_allowed=False,
                                 unit="bytes"))
 
 
@@ -302,16 +313,19 @@ class HeadLimits:
     """The sizes gunicorn's parser allows a request head, normalized as its parser does.
 
     ``request_line``: bytes of the request line, 0 for no limit (``limit_request_line``).
-    ``head``: bytes a head may fill before the parser refuses it whatever follows (431); the
-    request line plus ``limit_request_fields`` fields of ``limit_request_field_size`` bytes.
-    Source: ``gunicorn/http/message.py`` (``Message.__init__``, ``Request.__init__``).
+    ``head``: bytes a head may fill before it is refused whatever follows (431); the request
+    line plus ``limit_request_fields`` fields of ``limit_request_field_size`` bytes, at most
+    ``max_head`` (``GATEWAY_MAX_HEAD_BYTES``: gunicorn's per-line limits allow about 1.6 MB,
+    which 600 unfinished heads turned into 860 MB of RSS; nginx caps a head at
+    ``large_client_header_buffers``). Source: ``gunicorn/http/message.py`` (``Message.__init__``,
+    ``Request.__init__``).
     """
 
     request_line: int
     head: int
 
     @classmethod
-    def from_config(cls, cfg: t.Any) -> HeadLimits:
+    def from_config(cls, cfg: t.Any, max_head: int | None = None) -> HeadLimits:
         line = cfg.limit_request_line
         if line < 0 or line >= MAX_REQUEST_LINE:
             line = MAX_REQUEST_LINE
@@ -322,7 +336,8 @@ class HeadLimits:
         if field_size <= 0:
             field_size = DEFAULT_MAX_HEADERFIELD_SIZE
         header_bytes = fields * (field_size + 2) + 4
-        return cls(request_line=line, head=(line or UNLIMITED_REQUEST_LINE) + 4 + header_bytes)
+        head = (line or UNLIMITED_REQUEST_LINE) + 4 + header_bytes
+        return cls(request_line=line, head=head if max_head is None else min(head, max_head))
 
 
 class HeadState(enum.Enum):
@@ -353,8 +368,10 @@ class HeadBuffer:
         """Append ``chunk`` and return (and keep in :attr:`state`) what the bytes now allow."""
         self.data += chunk
         start, self._scanned = self._scanned, len(self.data)
-        if self.data.find(b"\r\n\r\n", max(start - 3, 0)) >= 0 or self._bare_lf_from(start) \
-                or self._request_line_too_long(start):
+        end = self.data.find(b"\r\n\r\n", max(start - 3, 0))
+        if end >= 0 and end + 4 > self.limits.head:
+            self.state = HeadState.TOO_LARGE          # ended, but beyond the cap
+        elif end >= 0 or self._bare_lf_from(start) or self._request_line_too_long(start):
             self.state = HeadState.DECIDABLE
         elif len(self.data) > self.limits.head:
             self.state = HeadState.TOO_LARGE
@@ -766,7 +783,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.head_timeout, self.client_timeout = timeouts_from_env()
         self.min_body_rate = min_body_rate_from_env()
         self.body_budget = BodyBudget(buffered_body_bytes_from_env())
-        self.head_limits = HeadLimits.from_config(self.cfg)
+        self.head_limits = HeadLimits.from_config(self.cfg, max_head_bytes_from_env())
         self.reads_heads = not self.cfg.is_ssl and getattr(self.cfg, "protocol", "http") == "http"
         self.high_water = max(1, int(self.worker_connections * OVERLOAD_FRACTION))
         # Insertion order is arrival order; deadlines are kept in a heap, checked lazily.
@@ -786,6 +803,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         timeouts_from_env()
         min_body_rate_from_env()
         buffered_body_bytes_from_env()
+        max_head_bytes_from_env()
         if cfg.is_ssl:
             log.warning("gunicorn terminates TLS here: requests are read by pool threads "
                         "without the %s deadline; terminate TLS in front of the gateway", HEAD_TIMEOUT_ENV)

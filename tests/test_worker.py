@@ -508,3 +508,34 @@ def test_a_chunk_line_split_over_many_reads_is_read_as_one():
     for piece in (b"1", b"0;ext", b"=", b"v\r", b"\n"):
         scanner.feed(piece)
     assert scanner.declared == 16 and not scanner.invalid
+
+
+# --- The total head size cap (red team 3 F5) ---
+
+from gateway_app.worker import max_head_bytes_from_env  # noqa: E402
+
+
+def test_the_head_cap_bounds_gunicorns_per_line_limits():
+    cfg = types.SimpleNamespace(limit_request_line=8190, limit_request_fields=100, limit_request_field_size=8190)
+    assert HeadLimits.from_config(cfg, 65536) == HeadLimits(request_line=8190, head=65536)
+    assert HeadLimits.from_config(cfg, 10**9).head == 8190 + 4 + 100 * 8192 + 4
+
+
+def test_an_unfinished_head_is_too_large_as_soon_as_it_passes_the_cap():
+    """600 unfinished heads of 1.5 MB each held 860 MB; now each holds at most the cap (and one read)."""
+    limits = HeadLimits(request_line=8190, head=1000)
+    head = HeadBuffer(limits, b"GET / HTTP/1.1\r\n")
+    assert head.feed(b"X-A: " + b"v" * 900 + b"\r\n") is HeadState.INCOMPLETE
+    assert head.feed(b"X-B: " + b"v" * 100) is HeadState.TOO_LARGE
+
+
+def test_a_whole_head_beyond_the_cap_is_too_large_even_in_one_read():
+    limits = HeadLimits(request_line=8190, head=1000)
+    whole = b"GET / HTTP/1.1\r\nX-A: " + b"v" * 1000 + b"\r\n\r\n"
+    assert HeadBuffer(limits, whole).state is HeadState.TOO_LARGE
+    assert HeadBuffer(limits, HEAD + b"x" * 5000).state is HeadState.DECIDABLE      # body bytes do not count
+
+
+@pytest.mark.parametrize("raw, expected", [("", 65536), ("32768", 32768)])
+def test_the_head_cap_comes_from_the_environment(raw, expected):
+    assert max_head_bytes_from_env({"GATEWAY_MAX_HEAD_BYTES": raw}) == expected

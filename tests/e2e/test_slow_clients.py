@@ -766,3 +766,30 @@ def test_bodies_of_one_byte_chunks_are_refused_400_and_the_open_route_answers(ga
     answers = [answer for answers in results for answer in answers]
     assert answers and {status_of(answer) for answer in answers} <= {400, None}
     assert any(b'"chunks_too_small"' in answer for answer in answers)
+
+
+def send_big_heads(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team 3 F5: heads of up to 95 fields of 8 kB (gunicorn's per-line limits allow them), reconnecting."""
+    answers = []
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /anything/big HTTP/1.1\r\nHost: gateway.test\r\n")
+            try:
+                for n in range(95):
+                    if select.select([sock], [], [], 0)[0]:
+                        break
+                    sock.sendall(b"X-Big-%d: %s\r\n" % (n, b"v" * 8000))
+            except OSError:
+                pass
+            answers.append(read_until_closed(sock))
+    return answers
+
+
+def test_heads_beyond_the_head_cap_are_refused_431_at_once_and_the_open_route_answers(gateway):
+    """Each head is refused once it passes 64 KiB (about 8 fields here), not held up to 1.5 MB."""
+    probe, results = probe_during(gateway.url + "/anything/public",
+                                  lambda stop: send_big_heads(gateway.port, stop), seconds=4.0, attackers=8)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert answers and {status_of(answer) for answer in answers} <= {431, None}
+    assert any(b'"header_fields_too_large"' in answer for answer in answers)
