@@ -17,15 +17,27 @@ starts waiting for the body (gunicorn then sends none), not when a declared size
 Deadlines, all in the loop, all answered ``408 Request Timeout`` (RFC 9110 §15.5.9, the
 gateway's JSON error) and the connection closed, so a slow client never holds a thread:
 
-* the head (``GATEWAY_HEAD_TIMEOUT``, seconds, default 10) from the accept, or for a kept-alive
-  connection from the first byte of its next request (the idle wait before that is gunicorn's
+* the head (``GATEWAY_HEAD_TIMEOUT``, seconds, default 10; at most ``GATEWAY_MAX_HEAD_BYTES``,
+  default 64 KiB, else 431 at once) from the accept, or for a kept-alive connection from the first byte of its next request (the idle wait before that is gunicorn's
   ``keepalive``), as nginx's ``client_header_timeout``;
 * the body: at least ``GATEWAY_MIN_BODY_RATE`` x 5 bytes (default 240 bytes/s, Kestrel's
   ``MinRequestBodyDataRate``) in every 5 s window, measured per window and not averaged from the
   first read (:class:`MinRateWindow`), and some byte every ``GATEWAY_CLIENT_TIMEOUT`` seconds
   (default 30), as nginx's ``client_body_timeout``;
-* overload: above 75 % of ``worker_connections`` open, a connection that has not completed a
-  request has 1 s for it, the oldest closed first (:meth:`HeadReadingWorker.shed_overload`).
+* overload: above 75 % of ``worker_connections`` open, every connection not in a pool thread
+  has 1 s: an idle kept-alive one for its next request, any other for the request it is sending,
+  whether or not it completed one before, idle ones closed first; at ``worker_connections``,
+  the oldest incomplete requests are closed until one slot is free (:meth:`HeadReadingWorker.shed_overload`).
+
+A request goes to a thread only when it is whole or when gunicorn's parser refuses it from the
+bytes already read: chunked framing the loop cannot read (a bare LF, a missing CRLF) is answered
+400 ``invalid_chunked_body`` by the loop itself (gunicorn's chunk reader would wait on the socket
+for a CRLF, on a pool thread, with no minimum rate: red team 3 F1), as are the other
+:class:`Refusal` answers below.
+
+Buffered bodies are bounded per worker (:class:`BodyBudget`, ``GATEWAY_BUFFERED_BODY_BYTES``,
+default 24 MiB, memory and temporary files together): a body whose declared size does not fit
+is answered 503 ``server_busy`` with ``Retry-After`` by the loop, as is a failed spool write.
 
 The body limit applied in the loop is the largest any route allows
 (:meth:`HeadReadingWorker.body_limit`): a ``Content-Length`` or chunk sizes declaring more are
@@ -59,6 +71,7 @@ import selectors
 import socket
 import ssl
 import tempfile
+import threading
 import time
 import typing as t
 from functools import partial
@@ -87,6 +100,11 @@ DEFAULT_CLIENT_TIMEOUT = 30.0
 MIN_BODY_RATE_ENV = "GATEWAY_MIN_BODY_RATE"
 DEFAULT_MIN_BODY_RATE = 240.0      # bytes/s: Kestrel's MinRequestBodyDataRate default
 MIN_BODY_RATE_WINDOW = 5.0         # seconds: each window must hold rate x window bytes (Kestrel's grace)
+MAX_HEAD_BYTES_ENV = "GATEWAY_MAX_HEAD_BYTES"
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024               # nginx's large_client_header_buffers 4 x 8k is 32 KiB
+BUFFERED_BODY_BYTES_ENV = "GATEWAY_BUFFERED_BODY_BYTES"
+DEFAULT_BUFFERED_BODY_BYTES = 24 * 1024 * 1024   # per worker: 2 workers fit deploy/k8s's 64 MiB /tmp with room
+BUSY_RETRY_AFTER = 5                             # seconds, the Retry-After of a 503 for a spent body budget
 RECV_SIZE = 65536
 K = t.TypeVar("K")
 READ_PER_EVENT = 1024 * 1024       # bytes one readiness event may read before the loop serves others
@@ -143,6 +161,54 @@ def min_body_rate_from_env(environ: t.Mapping[str, str] | None = None) -> float:
     """
     return _number_from_env(MIN_BODY_RATE_ENV, DEFAULT_MIN_BODY_RATE, environ, zero_allowed=True,
                             unit="bytes per second")
+
+
+def buffered_body_bytes_from_env(environ: t.Mapping[str, str] | None = None) -> int:
+    """``GATEWAY_BUFFERED_BODY_BYTES``: bytes of request bodies one worker may hold buffered at once
+    (memory and temporary files), default 24 MiB.
+
+    :raises ValueError: not a number of bytes above 0.
+    """
+    return int(_number_from_env(BUFFERED_BODY_BYTES_ENV, DEFAULT_BUFFERED_BODY_BYTES, environ, zero_allowed=False,
+                                unit="bytes"))
+
+
+def max_head_bytes_from_env(environ: t.Mapping[str, str] | None = None) -> int:
+    """``GATEWAY_MAX_HEAD_BYTES``: bytes a whole request head may fill, request line and fields, default 64 KiB.
+
+    :raises ValueError: not a number of bytes above 0.
+    """
+    return int(_number_from_env(MAX_HEAD_BYTES_ENV, DEFAULT_MAX_HEAD_BYTES, environ, zero_allowed=False,
+                                unit="bytes"))
+
+
+class BodyBudget:
+    """The bytes of request bodies one worker holds buffered (in memory and in temporary files), bounded.
+
+    Bodies are read before routing and auth, so without a bound unauthenticated clients fill
+    ``$TMPDIR`` (red team 3 F3: 7 uploads filled the 64 MiB ``/tmp`` of deploy/k8s). A request
+    reserves what its ``Content-Length`` (or its chunk sizes so far) declares; one that does not
+    fit is refused 503 at once (:data:`SERVER_BUSY`), as Envoy's overload manager and nginx's
+    ``limit_conn`` answer 503. Thread-safe: reservations end on pool threads.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> bool:
+        """Take ``size`` bytes if they are left; whether they were."""
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def release(self, size: int) -> None:
+        """Give back ``size`` bytes reserved before."""
+        with self._lock:
+            self.held -= size
 
 
 class MinRateWindow:
@@ -247,16 +313,19 @@ class HeadLimits:
     """The sizes gunicorn's parser allows a request head, normalized as its parser does.
 
     ``request_line``: bytes of the request line, 0 for no limit (``limit_request_line``).
-    ``head``: bytes a head may fill before the parser refuses it whatever follows (431); the
-    request line plus ``limit_request_fields`` fields of ``limit_request_field_size`` bytes.
-    Source: ``gunicorn/http/message.py`` (``Message.__init__``, ``Request.__init__``).
+    ``head``: bytes a head may fill before it is refused whatever follows (431); the request
+    line plus ``limit_request_fields`` fields of ``limit_request_field_size`` bytes, at most
+    ``max_head`` (``GATEWAY_MAX_HEAD_BYTES``: gunicorn's per-line limits allow about 1.6 MB,
+    which 600 unfinished heads turned into 860 MB of RSS; nginx caps a head at
+    ``large_client_header_buffers``). Source: ``gunicorn/http/message.py`` (``Message.__init__``,
+    ``Request.__init__``).
     """
 
     request_line: int
     head: int
 
     @classmethod
-    def from_config(cls, cfg: t.Any) -> HeadLimits:
+    def from_config(cls, cfg: t.Any, max_head: int | None = None) -> HeadLimits:
         line = cfg.limit_request_line
         if line < 0 or line >= MAX_REQUEST_LINE:
             line = MAX_REQUEST_LINE
@@ -267,7 +336,8 @@ class HeadLimits:
         if field_size <= 0:
             field_size = DEFAULT_MAX_HEADERFIELD_SIZE
         header_bytes = fields * (field_size + 2) + 4
-        return cls(request_line=line, head=(line or UNLIMITED_REQUEST_LINE) + 4 + header_bytes)
+        head = (line or UNLIMITED_REQUEST_LINE) + 4 + header_bytes
+        return cls(request_line=line, head=head if max_head is None else min(head, max_head))
 
 
 class HeadState(enum.Enum):
@@ -298,8 +368,10 @@ class HeadBuffer:
         """Append ``chunk`` and return (and keep in :attr:`state`) what the bytes now allow."""
         self.data += chunk
         start, self._scanned = self._scanned, len(self.data)
-        if self.data.find(b"\r\n\r\n", max(start - 3, 0)) >= 0 or self._bare_lf_from(start) \
-                or self._request_line_too_long(start):
+        end = self.data.find(b"\r\n\r\n", max(start - 3, 0))
+        if end >= 0 and end + 4 > self.limits.head:
+            self.state = HeadState.TOO_LARGE          # ended, but beyond the cap
+        elif end >= 0 or self._bare_lf_from(start) or self._request_line_too_long(start):
             self.state = HeadState.DECIDABLE
         elif len(self.data) > self.limits.head:
             self.state = HeadState.TOO_LARGE
@@ -393,51 +465,61 @@ class ChunkedScanner:
     """Finds the end of a chunked body (RFC 9112 §7.1) in bytes fed as they arrive, keeping none of them.
 
     :attr:`declared` is the sum of the chunk sizes read so far; :attr:`done` is set after the
-    last chunk's trailer section; :attr:`invalid` when the framing cannot be read (gunicorn's
-    parser then refuses it). Each byte is looked at once.
+    last chunk's trailer section; :attr:`invalid` when the framing cannot be read (the loop
+    refuses it: gunicorn's reader would wait on the socket for a CRLF, on a pool thread);
+    :attr:`fragmented` when the body is mostly framing: after :data:`FREE_CHUNKS` chunks their
+    data must average :data:`MIN_AVERAGE_CHUNK` bytes (a body of 1-byte chunks costs the loop a
+    Python step per 6 bytes: red team 3 F4). Each byte is looked at once: lines are found with
+    ``bytes.find`` from an offset, no slice of the input is copied but the line itself.
     """
 
     MAX_LINE = 4096            # a chunk-size line or trailer field longer than this is refused
+    MAX_TRAILERS = 64 * 1024   # bytes of the trailer section (the head's cap: GATEWAY_MAX_HEAD_BYTES' default)
+    FREE_CHUNKS = 1000
+    MIN_AVERAGE_CHUNK = 64     # bytes
 
     def __init__(self) -> None:
         self.declared = 0
+        self.chunks = 0
         self.done = False
         self.invalid = False
-        self._line = bytearray()
-        self._data_left = 0          # bytes of chunk data still to come
+        self.fragmented = False
+        self._line = b""               # the start of a line split between reads
+        self._data_left = 0            # bytes of chunk data still to come
         self._crlf_left = 0
-        self._in_trailers = False
+        self._trailer_bytes = -1       # -1: not in the trailer section yet
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes) -> None:
         """Scan ``data``; bytes after the end of the body are ignored."""
-        view = memoryview(data)
-        while view and not (self.done or self.invalid):
+        pos, end = 0, len(data)
+        while pos < end and not (self.done or self.invalid or self.fragmented):
             if self._data_left:
-                step = min(self._data_left, len(view))
+                step = min(self._data_left, end - pos)
                 self._data_left -= step
-                view = view[step:]
-                continue
-            if self._crlf_left:                  # the CRLF that ends a chunk's data
-                self.invalid = view[0] != b"\r\n"[2 - self._crlf_left]
+                pos += step
+            elif self._crlf_left:                  # the CRLF that ends a chunk's data
+                self.invalid = data[pos] != b"\r\n"[2 - self._crlf_left]
                 self._crlf_left -= 1
-                view = view[1:]
-                continue
-            end = bytes(view[:self.MAX_LINE]).find(b"\n")
-            if end < 0:
-                self._line += view
-                view = view[len(view):]
-                self.invalid = len(self._line) > self.MAX_LINE
-                continue
-            self._line += view[:end + 1]
-            view = view[end + 1:]
-            self._end_line(bytes(self._line))
-            self._line.clear()
+                pos += 1
+            else:
+                room = self.MAX_LINE - len(self._line)
+                newline = data.find(b"\n", pos, pos + room)
+                if newline < 0:
+                    self._line += data[pos:pos + room]
+                    pos = min(end, pos + room)
+                    self.invalid = len(self._line) >= self.MAX_LINE
+                    continue
+                line, self._line = self._line + data[pos:newline + 1], b""
+                pos = newline + 1
+                self._end_line(line)
 
     def _end_line(self, line: bytes) -> None:
-        if not line.endswith(b"\r\n") or len(line) > self.MAX_LINE:
+        if not line.endswith(b"\r\n"):
             self.invalid = True
-        elif self._in_trailers:
+        elif self._trailer_bytes >= 0:
+            self._trailer_bytes += len(line)
             self.done = line == b"\r\n"
+            self.invalid = self._trailer_bytes > self.MAX_TRAILERS
         else:
             size = line[:-2].split(b";", 1)[0].rstrip(b" \t")
             if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
@@ -447,8 +529,11 @@ class ChunkedScanner:
             self.declared += chunk
             if chunk:
                 self._data_left, self._crlf_left = chunk, 2
+                self.chunks += 1
+                self.fragmented = (self.chunks > self.FREE_CHUNKS
+                                   and self.declared < self.MIN_AVERAGE_CHUNK * self.chunks)
             else:
-                self._in_trailers = True
+                self._trailer_bytes = 0
 
 
 class RequestState(enum.Enum):
@@ -457,6 +542,25 @@ class RequestState(enum.Enum):
     INCOMPLETE = "incomplete"   # wait for more bytes
     READY = "ready"             # gunicorn's parser and the application can have it without another read
     TOO_LARGE = "too_large"     # no head can end within the limits: 431
+    REFUSED = "refused"         # the loop answers it itself (:attr:`RequestBuffer.refusal`), no thread
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """An answer the loop gives a request itself, then closes the connection: ``status``, the
+    gateway's JSON error ``reason`` and fixed ``message``, ``retry_after`` seconds (503), and
+    ``detail`` for the log line only."""
+
+    status: int
+    reason: str
+    message: str
+    retry_after: int | None = None
+    detail: str = ""
+
+
+INVALID_CHUNKED = Refusal(400, "invalid_chunked_body", "invalid chunked body")
+FRAGMENTED_CHUNKED = Refusal(400, "chunks_too_small", "chunked body with too many small chunks")
+SERVER_BUSY = Refusal(503, "server_busy", "the gateway is busy, retry later", retry_after=BUSY_RETRY_AFTER)
 
 
 SPOOL_THRESHOLD = 64 * 1024     # bytes of a body kept in memory; beyond, a temporary file
@@ -475,14 +579,20 @@ class RequestBuffer:
     possibly with the start of a pipelined request after the body (:meth:`buffered_body`).
     """
 
-    def __init__(self, limits: HeadLimits, body_limit: int | None, data: bytes = b"") -> None:
+    def __init__(self, limits: HeadLimits, body_limit: int | None, data: bytes = b"",
+                 budget: BodyBudget | None = None,
+                 spool: t.Callable[[], t.BinaryIO] = partial(tempfile.SpooledTemporaryFile, SPOOL_THRESHOLD)) -> None:
         self.head = HeadBuffer(limits)
         self.body_limit = body_limit
+        self._budget = budget
+        self._reserved = 0                    # bytes of the budget this body holds
+        self._make_spool = spool
         self.framing: BodyFraming | None = None
         self._spool: t.BinaryIO | None = None        # made by the first body byte after the head
         self._body_bytes = 0                  # read after the end of the head
         self._chunks: ChunkedScanner | None = None
         self.too_large = False          # the body declares more than body_limit: refused 413 unread
+        self.refusal: Refusal | None = None
         self.state = RequestState.INCOMPLETE
         if data:
             self.feed(data)
@@ -506,9 +616,13 @@ class RequestBuffer:
             elif state is HeadState.DECIDABLE:
                 self._start_body()
             return self.state
-        if self._spool is None:
-            self._spool = t.cast(t.BinaryIO, tempfile.SpooledTemporaryFile(SPOOL_THRESHOLD))
-        self._spool.write(chunk)
+        try:
+            if self._spool is None:
+                self._spool = self._make_spool()
+            self._spool.write(chunk)
+        except OSError as error:              # ENOSPC, EIO: the gateway's trouble, not the client's
+            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"spooling the body failed: {error}"))
+            return self.state
         self._body_arrived(chunk)
         return self.state
 
@@ -528,13 +642,38 @@ class RequestBuffer:
         assert framing is not None
         self._body_bytes += len(chunk)
         if framing.framing is Framing.LENGTH:
-            whole = self._body_bytes >= framing.length
-            self._ready_if(whole or self._over_limit(framing.length))
+            if self._over_limit(framing.length):
+                self._ready_if(True)
+            elif self._hold(max(framing.length, self._body_bytes)):
+                self._ready_if(self._body_bytes >= framing.length)
         elif self._chunks is not None:
             self._chunks.feed(chunk)
-            self._ready_if(self._chunks.done or self._chunks.invalid or self._over_limit(self._chunks.declared))
+            if self._chunks.invalid:
+                self.refuse(INVALID_CHUNKED)
+            elif self._chunks.fragmented:
+                self.refuse(FRAGMENTED_CHUNKED)
+            elif self._over_limit(self._chunks.declared):
+                self._ready_if(True)
+            elif self._hold(max(self._chunks.declared, self._body_bytes)):
+                self._ready_if(self._chunks.done)
         else:
             self.state = RequestState.READY
+
+    def _hold(self, size: int) -> bool:
+        """Reserve up to ``size`` bytes of the worker's :class:`BodyBudget`; refused 503 if they are not left."""
+        more = size - self._reserved
+        if self._budget is None or more <= 0:
+            return True
+        if not self._budget.reserve(more):
+            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"body buffers full ({self._budget.limit} bytes)"))
+            return False
+        self._reserved += more
+        return True
+
+    def _release(self) -> None:
+        reserved, self._reserved = self._reserved, 0
+        if self._budget is not None and reserved:
+            self._budget.release(reserved)
 
     def _over_limit(self, declared: int) -> bool:
         self.too_large = self.body_limit is not None and declared > self.body_limit
@@ -552,15 +691,23 @@ class RequestBuffer:
         """The bytes read after the head, then ``sock``, for gunicorn's unreader; None when none were read."""
         spool, self._spool = self._spool, None
         if spool is None:
+            self._release()
             return None
         spool.seek(0)
-        return BufferedBody(spool, sock)
+        return BufferedBody(spool, sock, self._release)
+
+    def refuse(self, refusal: Refusal) -> None:
+        """The loop answers this request itself (:attr:`RequestState.REFUSED`); its bytes are dropped."""
+        self.refusal = refusal
+        self.state = RequestState.REFUSED
+        self.close()
 
     def close(self) -> None:
         """Drop the bytes read (the request will not be served)."""
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+        self._release()
 
 
 class BufferedBody:
@@ -570,9 +717,10 @@ class BufferedBody:
     request (the start of a pipelined one) goes back to the unreader (:meth:`rest`).
     """
 
-    def __init__(self, spool: t.BinaryIO, sock: t.Any) -> None:
+    def __init__(self, spool: t.BinaryIO, sock: t.Any, release: t.Callable[[], None] = lambda: None) -> None:
         self._spool = spool
         self._sock = sock
+        self._release = release          # gives the body's bytes back to the worker's BodyBudget
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         """The next bytes read by the loop; once they are used up, the client's (a body gunicorn
@@ -584,6 +732,7 @@ class BufferedBody:
         its end); closes the spool (its temporary file, if any)."""
         data = self._spool.read(max_bytes)
         self._spool.close()
+        self._release()
         return data
 
 
@@ -593,7 +742,6 @@ class _Pending:
 
     request: RequestBuffer
     started: float                # time.monotonic(): accepted, or the first byte of a kept-alive request
-    served_before: bool           # a request on this connection was answered already
     window: MinRateWindow | None = None
     window_seen: int = 0          # body bytes fed to the window
     continued: bool = False       # "100 Continue" sent
@@ -626,14 +774,16 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     ``gunicorn -k gateway_app.worker.HeadReadingWorker`` (``conf/gunicorn.conf.py`` sets it).
     Settings: gunicorn's own (``threads``, ``keepalive``, ``worker_connections``, ``limit_request_*``),
-    ``GATEWAY_HEAD_TIMEOUT``, ``GATEWAY_CLIENT_TIMEOUT`` and ``GATEWAY_MIN_BODY_RATE`` (see the module docstring).
+    ``GATEWAY_HEAD_TIMEOUT``, ``GATEWAY_CLIENT_TIMEOUT``, ``GATEWAY_MIN_BODY_RATE`` and
+    ``GATEWAY_BUFFERED_BODY_BYTES`` (see the module docstring).
     """
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout, self.client_timeout = timeouts_from_env()
         self.min_body_rate = min_body_rate_from_env()
-        self.head_limits = HeadLimits.from_config(self.cfg)
+        self.body_budget = BodyBudget(buffered_body_bytes_from_env())
+        self.head_limits = HeadLimits.from_config(self.cfg, max_head_bytes_from_env())
         self.reads_heads = not self.cfg.is_ssl and getattr(self.cfg, "protocol", "http") == "http"
         self.high_water = max(1, int(self.worker_connections * OVERLOAD_FRACTION))
         # Insertion order is arrival order; deadlines are kept in a heap, checked lazily.
@@ -652,6 +802,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         super().check_config(cfg, log)
         timeouts_from_env()
         min_body_rate_from_env()
+        buffered_body_bytes_from_env()
+        max_head_bytes_from_env()
         if cfg.is_ssl:
             log.warning("gunicorn terminates TLS here: requests are read by pool threads "
                         "without the %s deadline; terminate TLS in front of the gateway", HEAD_TIMEOUT_ENV)
@@ -673,7 +825,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         under gthread.
         """
         if conn.parser is None and self.reads_heads and not negotiation.prior_knowledge_allowed(self.cfg, conn.client):
-            self._park(conn, RequestBuffer(self.head_limits, self.body_limit()), served_before=False)
+            self._park(conn, RequestBuffer(self.head_limits, self.body_limit(), budget=self.body_budget))
         else:
             super().enqueue_req(conn)
 
@@ -681,10 +833,14 @@ class HeadReadingWorker(gthread.ThreadWorker):
         """In a pool thread: gthread's, once the request is whole; an incomplete one goes back to the loop."""
         if self.reads_heads and conn.parser is not None and not conn.is_http2 and conn not in self.handoffs:
             # a kept-alive connection: its next request, read without blocking
-            request = RequestBuffer(self.head_limits, self.body_limit(), conn.parser.unreader.take_buffered())
+            request = RequestBuffer(self.head_limits, self.body_limit(), conn.parser.unreader.take_buffered(),
+                                    budget=self.body_budget)
             waiting = self._receive(conn, request, socket.MSG_DONTWAIT)
             if request.state is RequestState.INCOMPLETE and (waiting or not request.in_body):
                 return _Parked(request) if waiting else False    # False: the peer left, as gthread ends it
+            if request.refusal is not None:
+                self._answer_refusal(conn, request.refusal)
+                return False                                     # lingers in the loop (finish_request)
             if request.state is RequestState.TOO_LARGE:
                 return self._refuse_too_large(conn)
             self._hand_off(conn, request, continued=False)
@@ -730,7 +886,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._end_handoff(conn, handoff.body)
         result = None if fs.cancelled() or fs.exception() is not None else fs.result()
         if isinstance(result, _Parked):
-            self._park(conn, result.request, served_before=True)
+            self._park(conn, result.request)
         elif result or result is None or not self.reads_heads or conn.is_http2:
             super().finish_request(conn, fs)
         else:
@@ -759,7 +915,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             unreader.sock = conn.sock
             unreader.unread(unreader.take_buffered() + rest)
 
-    def _park(self, conn: gthread.TConn, request: RequestBuffer, *, served_before: bool) -> None:
+    def _park(self, conn: gthread.TConn, request: RequestBuffer) -> None:
         """Wait in the poller for the rest of the request, until its deadline."""
         try:
             if conn.sock.gettimeout() != 0.0:
@@ -768,7 +924,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         except (OSError, ValueError, KeyError):
             self._drop(conn)
             return
-        pending = _Pending(request, time.monotonic(), served_before)
+        pending = _Pending(request, time.monotonic())
         self.pending[conn] = pending
         self._progress(conn, pending)
         if pending.window is None:
@@ -779,6 +935,11 @@ class HeadReadingWorker(gthread.ThreadWorker):
         try:
             if self._receive(conn, pending.request):
                 self._progress(conn, pending)
+                return
+            if pending.request.refusal is not None:
+                self._forget(conn)
+                self._answer_refusal(conn, pending.request.refusal)
+                self._linger(conn)
                 return
             # A client that half-closes after its head gets the answer to what it sent (400: a body cut short).
             ready = pending.request.state is RequestState.READY or pending.request.in_body
@@ -856,6 +1017,13 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.handle_error(None, conn.sock, conn.client, LimitRequestHeaders("max buffer headers"))
         return False
 
+    def _answer_refusal(self, conn: gthread.TConn, refusal: Refusal) -> None:
+        """The loop's own answer to a request it will not hand to a thread; one warning line, no traceback."""
+        self.log.warning("Invalid request from ip=%s: %s%s", _peer(conn), refusal.reason,
+                         f" ({refusal.detail})" if refusal.detail else "")
+        headers = (("Retry-After", str(refusal.retry_after)),) if refusal.retry_after is not None else ()
+        write_error_json(conn.sock, refusal.status, refusal.reason, refusal.message, headers)
+
     def _forget(self, conn: gthread.TConn, served: bool = False) -> None:
         """Stop waiting for the request on ``conn``; its bytes are dropped unless it is ``served``."""
         pending = self.pending.pop(conn, None)
@@ -899,13 +1067,26 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._end_lingering(conn)
 
     def shed_overload(self, now: float) -> None:
-        """The overload rule (:func:`overload_victims`) on this worker's waiting requests: each shed one
-        is answered 408 if it sent anything, and closed at once (no lingering read under overload)."""
+        """The overload rule (:func:`overload_victims`) on this worker's idle kept-alive connections and
+        waiting requests: an idle one is closed, a request is answered 408 if it sent anything, and
+        closed at once (no lingering read under overload)."""
         if self.nr_conns < self.high_water:
             return
-        waiting = ((conn, pending.started, pending.served_before) for conn, pending in self.pending.items())
-        for conn in overload_victims(waiting, self.nr_conns, self.high_water, self.worker_connections, now):
-            pending = self.pending[conn]
+        idle = ((conn, conn.timeout - self.cfg.keepalive) for conn in self.keepalived_conns)
+        waiting = ((conn, pending.started) for conn, pending in self.pending.items())
+        victims = overload_victims(idle, waiting, self.nr_conns, self.high_water, self.worker_connections, now)
+        for conn in victims:
+            pending = self.pending.get(conn)
+            if pending is None:                         # idle kept-alive: closed without an answer
+                if _has_bytes(conn):
+                    continue                            # its next request arrived: gthread takes it
+                if self.keepalived_conns[0] is conn:
+                    self.keepalived_conns.popleft()     # idle victims are the oldest, in order
+                else:
+                    self.keepalived_conns.remove(conn)
+                self._unregister(conn)
+                self._drop(conn)
+                continue
             self._forget(conn)
             if pending.request.head.data:
                 self._time_out(conn, pending, overloaded=True)
@@ -1015,28 +1196,32 @@ PARSE_ERROR_ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, str, str]
 )
 
 
-def overload_victims(waiting: t.Iterable[tuple[K, float, bool]], open_connections: int, high_water: int,
-                     limit: int, now: float) -> list[K]:
-    """Which waiting requests to close under overload, oldest first.
+def overload_victims(idle: t.Iterable[tuple[K, float]], waiting: t.Iterable[tuple[K, float]],
+                     open_connections: int, high_water: int, limit: int, now: float) -> list[K]:
+    """Which connections not in a pool thread to close under overload: idle kept-alive ones first,
+    then incomplete requests, each group oldest first.
 
-    ``waiting``: ``(key, started, served_before)`` in arrival order (``started`` in seconds of
-    the loop's monotonic clock; ``served_before``: the connection completed a request already).
-    At ``high_water`` open connections or more, a connection that never completed a request
-    has :data:`OVERLOAD_TIMEOUT` seconds for its first; at ``limit`` (``worker_connections``)
-    the oldest such ones are closed until one slot is free. Envoy's overload manager "reduce
-    timeouts" action, nginx's ``limit_conn``: waiting requests are cheap in the loop, but each
-    holds one of ``worker_connections``, and clients opening connections faster than the head
-    deadline closes them would keep the worker from accepting anyone else. Kept-alive clients
-    keep their deadlines.
+    ``idle``: ``(key, idle since)`` of kept-alive connections waiting for their next request;
+    ``waiting``: ``(key, started)`` of requests being read, whether or not an earlier request on
+    the connection was answered; both in that order, in seconds of the loop's monotonic clock.
+    At ``high_water`` open connections or more, each has :data:`OVERLOAD_TIMEOUT` seconds, idle
+    ones closed first; at ``limit`` (``worker_connections``) the oldest incomplete requests are
+    closed until one slot is free (an idle connection younger than the deadline is not: its
+    client may be sending a request that the loop has not read yet). Envoy's overload manager
+    "reduce timeouts" action; nginx closes idle keep-alive connections first when it runs out
+    of connections (``ngx_drain_connections``). A connection that
+    completed a request is no exception (red team 3 F2: one GET, then a body at the minimum rate).
     """
     victims: list[K] = []
     if open_connections < high_water:
         return victims
-    for key, started, served_before in waiting:
-        if served_before:
-            continue
+    for key, since in idle:
+        if since + OVERLOAD_TIMEOUT > now:
+            break
+        victims.append(key)
+    for key, since in waiting:
         full = open_connections - len(victims) >= limit
-        if started + OVERLOAD_TIMEOUT > now and not full:
+        if since + OVERLOAD_TIMEOUT > now and not full:
             break
         victims.append(key)
     return victims
@@ -1050,18 +1235,31 @@ def parse_error_answer(exc: BaseException) -> tuple[int, str, str] | None:
     return None
 
 
-def write_error_json(sock: t.Any, status: int, reason: str, message: str) -> None:
-    """Answer ``status`` with the gateway's JSON error body (:func:`gateway_app.errors.error_json`) and
-    ``Connection: close``, from outside the application (no request id). Send errors are ignored."""
+def write_error_json(sock: t.Any, status: int, reason: str, message: str,
+                     headers: t.Sequence[tuple[str, str]] = ()) -> None:
+    """Answer ``status`` with the gateway's JSON error body (:func:`gateway_app.errors.error_json`),
+    ``headers`` and ``Connection: close``, from outside the application (no request id). Send
+    errors are ignored."""
     error = GatewayError(message, reason=reason, status_code=status)
     error.message_is_public = True          # fixed texts of this module, never the client's input
     body = error_json(error).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
     head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+            f"{extra}Content-Length: {len(body)}\r\n\r\n").encode()
     try:
         util.write_nonblock(sock, head + body)
     except OSError:
         pass
+
+
+def _has_bytes(conn: gthread.TConn) -> bool:
+    """Whether the client sent bytes the loop has not read (a request racing its idle connection's close)."""
+    try:
+        return bool(conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
 
 
 def _peer(conn: gthread.TConn) -> str:

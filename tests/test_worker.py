@@ -203,11 +203,24 @@ def test_a_chunked_body_byte_by_byte_declares_its_sizes():
     assert scanner.done and not scanner.invalid and scanner.declared == 20
 
 
-@pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello", b"1" * 17 + b"\r\n", b"5" + b" " * 5000],
-                         ids=["not hex", "no CRLF after the data", "bare LF", "17 hex digits", "endless size line"])
-def test_an_unreadable_chunked_body_goes_to_gunicorns_parser_which_refuses_it(body):
+@pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello", b"5\n", b"5\r\nhello\n",
+                                  b"5\r\nhello\r\n0\n\n", b"0\r\nX-T: 1\n", b"1" * 17 + b"\r\n", b"5" + b" " * 5000],
+                         ids=["not hex", "no CRLF after the data", "bare LF", "bare LF alone after a size",
+                              "bare LF after the data", "bare LF after the last chunk", "bare LF in a trailer",
+                              "17 hex digits", "endless size line"])
+def test_a_chunked_body_the_loop_cannot_frame_is_refused_400_by_the_loop(body):
+    """Red team 3 F1: gunicorn's chunk reader waits on the socket for a CRLF after a bare LF, on a
+    pool thread; the loop answers what it cannot frame itself, and no thread ever reads the client."""
     request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n") + body)
-    assert request.state is RequestState.READY
+    assert request.state is RequestState.REFUSED
+    assert request.refusal is not None and (request.refusal.status, request.refusal.reason) == (400, "invalid_chunked_body")
+    assert request.buffered_body(None) is None                  # its bytes are dropped
+
+
+def test_a_bare_lf_trickled_a_byte_at_a_time_is_refused_on_the_byte_that_breaks_the_framing():
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n"))
+    assert request.feed(b"5") is RequestState.INCOMPLETE
+    assert request.feed(b"\n") is RequestState.REFUSED
 
 
 def test_a_content_length_above_the_body_limit_is_ready_at_once_for_the_413():
@@ -353,25 +366,176 @@ from gateway_app.worker import overload_victims  # noqa: E402
 
 def test_below_the_high_water_mark_no_waiting_request_is_shed():
     clock = FakeClock(100.0)
-    waiting = [(n, clock() - 9.0, False) for n in range(10)]
-    assert overload_victims(waiting, open_connections=74, high_water=75, limit=100, now=clock()) == []
+    waiting = [(n, clock() - 9.0) for n in range(10)]
+    idle = [("idle", clock() - 9.0)]
+    assert overload_victims(idle, waiting, open_connections=74, high_water=75, limit=100, now=clock()) == []
 
 
-def test_above_the_high_water_mark_new_connections_older_than_the_short_timeout_are_shed_oldest_first():
+def test_above_the_high_water_mark_connections_older_than_the_short_timeout_are_shed_oldest_first():
     """The red team's F3: thousands of unfinished heads; each new connection gets 1 s instead of 10."""
     clock = FakeClock(100.0)
-    waiting = [("a", clock() - 3.0, False), ("b", clock() - 2.0, False), ("kept-alive", clock() - 5.0, True),
-               ("c", clock() - OVERLOAD_TIMEOUT / 2, False), ("d", clock(), False)]
-    assert overload_victims(waiting, open_connections=80, high_water=75, limit=100, now=clock()) == ["a", "b"]
+    waiting = [("a", clock() - 3.0), ("b", clock() - 2.0), ("c", clock() - OVERLOAD_TIMEOUT / 2), ("d", clock())]
+    assert overload_victims([], waiting, open_connections=80, high_water=75, limit=100, now=clock()) == ["a", "b"]
 
 
 def test_at_worker_connections_the_oldest_new_connections_are_shed_until_one_slot_is_free():
     clock = FakeClock(100.0)
-    waiting = [(n, clock() - 0.1 * (10 - n), False) for n in range(10)]        # all younger than 1 s
-    assert overload_victims(waiting, open_connections=102, high_water=75, limit=100, now=clock()) == [0, 1, 2]
+    waiting = [(n, clock() - 0.1 * (10 - n)) for n in range(10)]        # all younger than 1 s
+    assert overload_victims([], waiting, open_connections=102, high_water=75, limit=100, now=clock()) == [0, 1, 2]
 
 
-def test_kept_alive_connections_keep_their_deadlines_under_overload():
+def test_a_request_after_an_answered_one_gets_the_short_deadline_under_overload():
+    """Red team 3 F2: ~2000 connections each did one GET, then sent a body at exactly the minimum rate."""
     clock = FakeClock(100.0)
-    waiting = [(n, clock() - 9.0, True) for n in range(10)]
-    assert overload_victims(waiting, open_connections=100, high_water=75, limit=100, now=clock()) == []
+    second_requests = [(n, clock() - 5.0) for n in range(3)]
+    assert overload_victims([], second_requests, open_connections=80, high_water=75, limit=100,
+                            now=clock()) == [0, 1, 2]
+
+
+def test_idle_kept_alive_connections_past_the_deadline_are_closed_first_then_the_oldest_requests():
+    """A young idle connection is kept even at worker_connections: its client may be sending a request."""
+    clock = FakeClock(100.0)
+    idle = [("idle-old", clock() - 3.0), ("idle-new", clock() - 0.2)]
+    waiting = [("request-old", clock() - 0.5), ("request-new", clock() - 0.1)]
+    assert overload_victims(idle, waiting, open_connections=80, high_water=75, limit=100,
+                            now=clock()) == ["idle-old"]
+    assert overload_victims(idle, waiting, open_connections=102, high_water=75, limit=100,
+                            now=clock()) == ["idle-old", "request-old", "request-new"]
+
+
+# --- The per-worker budget of buffered body bytes (red team 3 F3) ---
+
+from gateway_app.worker import BodyBudget  # noqa: E402
+from gateway_app.worker import buffered_body_bytes_from_env  # noqa: E402
+
+
+def sized(length: int, sent: bytes = b"") -> bytes:
+    return post(b"Content-Length: %d\r\n" % length) + sent
+
+
+def test_a_body_whose_length_does_not_fit_what_is_left_of_the_budget_is_refused_503_at_once():
+    budget = BodyBudget(1000)
+    first = RequestBuffer(BIG_LIMITS, None, sized(600, b"abc"), budget=budget)
+    assert first.state is RequestState.INCOMPLETE and budget.held == 600
+    second = RequestBuffer(BIG_LIMITS, None, sized(600), budget=budget)
+    assert second.state is RequestState.REFUSED and second.refusal is not None
+    assert (second.refusal.status, second.refusal.reason, second.refusal.retry_after) == (503, "server_busy", 5)
+    assert budget.held == 600
+    first.close()
+    assert budget.held == 0
+    assert RequestBuffer(BIG_LIMITS, None, sized(600), budget=budget).state is RequestState.INCOMPLETE
+
+
+def test_a_chunked_body_is_refused_503_when_its_running_total_exceeds_the_budget():
+    budget = BodyBudget(100)
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n") + b"40\r\n", budget=budget)
+    assert request.state is RequestState.INCOMPLETE
+    request.feed(b"x" * 64 + b"\r\n")
+    assert request.feed(b"40\r\n") is RequestState.REFUSED           # 128 declared
+    assert budget.held == 0
+
+
+def test_a_served_body_gives_its_bytes_back_when_the_thread_is_done_with_it():
+    budget = BodyBudget(10_000)
+    request = RequestBuffer(BIG_LIMITS, None, sized(5000), budget=budget)
+    request.feed(b"x" * 5000)
+    assert request.state is RequestState.READY and budget.held == 5000
+    buffered = request.buffered_body(None)
+    assert buffered is not None and budget.held == 5000             # the thread reads it
+    buffered.rest()
+    assert budget.held == 0
+
+
+def test_a_body_above_the_route_limit_is_refused_413_without_taking_budget():
+    budget = BodyBudget(10)
+    request = RequestBuffer(BIG_LIMITS, 100, sized(101), budget=budget)
+    assert request.state is RequestState.READY and request.too_large and budget.held == 0
+
+
+def test_a_spool_write_error_is_a_503_answer_not_a_reset():
+    """Red team 3 F3/F7: ENOSPC while spooling reset the connection and logged a traceback."""
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    budget = BodyBudget(10_000)
+    request = RequestBuffer(BIG_LIMITS, None, sized(5000), budget=budget, spool=FullDisk)
+    assert request.feed(b"x" * 100) is RequestState.REFUSED
+    assert request.refusal is not None and (request.refusal.status, request.refusal.reason) == (503, "server_busy")
+    assert "No space left" in request.refusal.detail and budget.held == 0
+
+
+@pytest.mark.parametrize("raw, expected", [("", 24 * 1024 * 1024), ("1048576", 1048576)])
+def test_the_buffered_body_budget_comes_from_the_environment(raw, expected):
+    assert buffered_body_bytes_from_env({"GATEWAY_BUFFERED_BODY_BYTES": raw}) == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "lots"])
+def test_a_bad_buffered_body_budget_stops_start_up(raw):
+    with pytest.raises(ValueError, match="GATEWAY_BUFFERED_BODY_BYTES"):
+        buffered_body_bytes_from_env({"GATEWAY_BUFFERED_BODY_BYTES": raw})
+
+
+# --- Framing overhead of chunked bodies (red team 3 F4) ---
+
+def test_a_body_of_one_byte_chunks_is_refused_400_after_the_first_thousand_chunks():
+    request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n"))
+    assert request.feed(b"1\r\na\r\n" * ChunkedScanner.FREE_CHUNKS) is RequestState.INCOMPLETE
+    assert request.feed(b"1\r\na\r\n") is RequestState.REFUSED
+    assert request.refusal is not None and (request.refusal.status, request.refusal.reason) == (400, "chunks_too_small")
+
+
+def test_chunks_averaging_64_bytes_are_read_whatever_their_count():
+    scanner = ChunkedScanner()
+    body = (b"7f\r\n" + b"x" * 127 + b"\r\n" + b"1\r\na\r\n") * 5000 + b"0\r\n\r\n"   # 64 bytes on average
+    scanner.feed(body)
+    assert scanner.done and not scanner.fragmented and scanner.chunks == 10_000
+
+
+def test_a_trailer_section_larger_than_the_head_cap_is_refused():
+    scanner = ChunkedScanner()
+    scanner.feed(b"0\r\n" + b"X-T: " + b"v" * 4000 + b"\r\n")
+    assert not scanner.invalid
+    scanner.feed((b"X-T: " + b"v" * 4000 + b"\r\n") * 20)
+    assert scanner.invalid and not scanner.done
+
+
+def test_a_chunk_line_split_over_many_reads_is_read_as_one():
+    scanner = ChunkedScanner()
+    for piece in (b"1", b"0;ext", b"=", b"v\r", b"\n"):
+        scanner.feed(piece)
+    assert scanner.declared == 16 and not scanner.invalid
+
+
+# --- The total head size cap (red team 3 F5) ---
+
+from gateway_app.worker import max_head_bytes_from_env  # noqa: E402
+
+
+def test_the_head_cap_bounds_gunicorns_per_line_limits():
+    cfg = types.SimpleNamespace(limit_request_line=8190, limit_request_fields=100, limit_request_field_size=8190)
+    assert HeadLimits.from_config(cfg, 65536) == HeadLimits(request_line=8190, head=65536)
+    assert HeadLimits.from_config(cfg, 10**9).head == 8190 + 4 + 100 * 8192 + 4
+
+
+def test_an_unfinished_head_is_too_large_as_soon_as_it_passes_the_cap():
+    """600 unfinished heads of 1.5 MB each held 860 MB; now each holds at most the cap (and one read)."""
+    limits = HeadLimits(request_line=8190, head=1000)
+    head = HeadBuffer(limits, b"GET / HTTP/1.1\r\n")
+    assert head.feed(b"X-A: " + b"v" * 900 + b"\r\n") is HeadState.INCOMPLETE
+    assert head.feed(b"X-B: " + b"v" * 100) is HeadState.TOO_LARGE
+
+
+def test_a_whole_head_beyond_the_cap_is_too_large_even_in_one_read():
+    limits = HeadLimits(request_line=8190, head=1000)
+    whole = b"GET / HTTP/1.1\r\nX-A: " + b"v" * 1000 + b"\r\n\r\n"
+    assert HeadBuffer(limits, whole).state is HeadState.TOO_LARGE
+    assert HeadBuffer(limits, HEAD + b"x" * 5000).state is HeadState.DECIDABLE      # body bytes do not count
+
+
+@pytest.mark.parametrize("raw, expected", [("", 65536), ("32768", 32768)])
+def test_the_head_cap_comes_from_the_environment(raw, expected):
+    assert max_head_bytes_from_env({"GATEWAY_MAX_HEAD_BYTES": raw}) == expected

@@ -555,18 +555,19 @@ def test_a_burst_then_a_trickle_is_cut_408_one_window_after_the_burst_and_the_op
     assert max(trickled for _, trickled in results) < 20, "cut about one 5 s window after the burst"
 
 
-def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 150) -> list[bytes]:
-    """Red team F3: ``connections`` sockets each holding a head that never ends, re-opened as they close."""
+def hold_connections(port: int, stop: threading.Event, start: t.Callable[[socket.socket], None],
+                     connections: int) -> list[bytes]:
+    """``connections`` sockets each begun by ``start(sock)`` and then held, re-opened as the gateway closes them."""
     answers: list[bytes] = []
     selector = selectors.DefaultSelector()
 
     def open_one() -> None:
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(b"GET /anything/hold HTTP/1.1\r\nHost: gateway.test\r\n")
+            start(sock)
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
-        except OSError:
+        except (OSError, StopIteration):
             pass
 
     for _ in range(connections):
@@ -586,14 +587,27 @@ def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 1
     return answers
 
 
+def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 150) -> list[bytes]:
+    """Red team F3: ``connections`` sockets each holding a head that never ends, re-opened as they close."""
+    return hold_connections(port, stop, lambda sock: sock.sendall(b"GET /anything/hold HTTP/1.1\r\nHost: gateway.test\r\n"),
+                            connections)
+
+
+def one_worker_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory, name: str,
+                       env: dict[str, str]) -> t.ContextManager[ServerProcess]:
+    """The gateway with one worker of 4 threads and ``env`` (info logging)."""
+    tmp = tmp_path_factory.mktemp(name)
+    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=free_port())
+    (tmp / "rego").mkdir()
+    return gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4, env={"GATEWAY_LOG_LEVEL": "info", **env},
+                          name=name)
+
+
 @pytest.fixture(scope="module")
 def small_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
     """One worker, 4 threads, 100 worker_connections, the default 10 s head deadline."""
-    tmp = tmp_path_factory.mktemp("small")
-    conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=free_port())
-    (tmp / "rego").mkdir()
-    env = {"GUNICORN_CMD_ARGS": "--worker-connections 100", "GATEWAY_LOG_LEVEL": "info"}
-    with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4, env=env, name="small") as server:
+    with one_worker_gateway(httpbin, tmp_path_factory, "small",
+                            {"GUNICORN_CMD_ARGS": "--worker-connections 100"}) as server:
         yield server
 
 
@@ -645,3 +659,137 @@ def test_a_kept_alive_connection_stalling_its_next_body_holds_no_thread_and_gets
         answer = read_until_closed(sock)
     assert statuses == [200] * 3
     assert status_of(answer) == 408 and b'"body_too_slow"' in answer
+
+
+# --- Red team 3: what the loop cannot frame, overload after a first request, budgets, fragmentation ---
+
+def bare_lf_chunked_trickle(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team 3 F1: a chunked body whose size line ends in a bare LF, then a byte now and then."""
+    answers = []
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /anything/open HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\n")
+            try:
+                while not select.select([sock], [], [], 1.0)[0] and not stop.is_set():
+                    sock.sendall(b"h")
+            except OSError:
+                pass
+            answers.append(read_until_closed(sock))
+    return answers
+
+
+def test_bare_lf_chunk_framing_is_refused_400_by_the_loop_and_the_open_route_answers(gateway):
+    """16 clients (2 x 4 threads; 0/6 probes answered before) send framing gunicorn's reader would
+    wait on: each is answered 400 by the loop at once, before a byte more."""
+    probe, results = probe_during(gateway.url + "/anything/public",
+                                  lambda stop: bare_lf_chunked_trickle(gateway.port, stop), seconds=5.0, attackers=16)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert len(answers) > 16, "each answered at once, not after a timeout"
+    assert {status_of(answer) for answer in answers} == {400}
+    assert all(b'"invalid_chunked_body"' in answer and b"Connection: close" in answer for answer in answers)
+
+
+def hold_second_requests(port: int, stop: threading.Event, connections: int = 70) -> list[bytes]:
+    """Red team 3 F2: each connection completes a GET, then sends a 10 MB body's first bytes and holds
+    it (re-opened as the gateway closes it)."""
+    def start(sock: socket.socket) -> None:
+        sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        read_answer(sock)
+        sock.sendall(b"POST /anything/second HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10000000\r\n\r\n"
+                     + b"x" * 1200)
+
+    return hold_connections(port, stop, start, connections)
+
+
+def test_second_requests_held_at_the_minimum_rate_are_shed_under_overload_and_the_open_route_answers(small_gateway):
+    """F2 of red team 3: 140 connections (100 worker_connections) that each completed a request hold a
+    second one; above 75 every connection outside a thread has 1 s, whether or not it was served before."""
+    probe, results = probe_during(small_gateway.url + "/anything/public",
+                                  lambda stop: hold_second_requests(small_gateway.port, stop),
+                                  seconds=5.0, attackers=2)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert answers and {status_of(answer) for answer in answers} <= {408, None}
+    assert any(b'"body_too_slow"' in answer for answer in answers)
+
+
+@pytest.fixture(scope="module")
+def budget_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[ServerProcess]:
+    """One worker, 4 threads, 2 MB of buffered body bytes."""
+    with one_worker_gateway(httpbin, tmp_path_factory, "budget", {"GATEWAY_BUFFERED_BODY_BYTES": "2000000"}) as server:
+        yield server
+
+
+def hold_uploads(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team 3 F3: uploads of 900 kB that send 100 kB and hold, re-opened as they are answered."""
+    def start(sock: socket.socket) -> None:
+        sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 900000\r\n\r\n"
+                     + b"x" * 100_000)
+
+    return hold_connections(port, stop, start, connections=10)
+
+
+def test_uploads_beyond_the_buffered_body_budget_are_refused_503_at_once_and_the_open_route_answers(budget_gateway):
+    """20 held uploads of 900 kB against a 2 MB budget: two fit, the others are answered 503 with Retry-After."""
+    probe, results = probe_during(budget_gateway.url + "/anything/public",
+                                  lambda stop: hold_uploads(budget_gateway.port, stop), seconds=4.0, attackers=2)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert len(answers) > 18, "refused at once, not after a timeout"
+    busy = [answer for answer in answers if status_of(answer) == 503]
+    assert busy and all(b'"server_busy"' in answer and b"Retry-After: 5" in answer for answer in busy)
+    assert {status_of(answer) for answer in answers} <= {503, 408}
+
+
+def stream_one_byte_chunks(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team 3 F4: a chunked body of 1-byte chunks streamed as fast as the gateway takes it, reconnecting."""
+    answers = []
+    chunks = b"1\r\na\r\n" * 10_000
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"POST /anything/tiny HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                while not stop.is_set() and not select.select([sock], [], [], 0)[0]:
+                    sock.sendall(chunks)
+            except OSError:
+                pass
+            answers.append(read_until_closed(sock))
+    return answers
+
+
+def test_bodies_of_one_byte_chunks_are_refused_400_and_the_open_route_answers(gateway):
+    """4 clients streaming 1-byte chunks pegged both workers (probes 2.5-5.4 s): each is refused after 1000 chunks."""
+    probe, results = probe_during(gateway.url + "/anything/public",
+                                  lambda stop: stream_one_byte_chunks(gateway.port, stop), seconds=5.0, attackers=4)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert answers and {status_of(answer) for answer in answers} <= {400, None}
+    assert any(b'"chunks_too_small"' in answer for answer in answers)
+
+
+def send_big_heads(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team 3 F5: heads of up to 95 fields of 8 kB (gunicorn's per-line limits allow them), reconnecting."""
+    answers = []
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /anything/big HTTP/1.1\r\nHost: gateway.test\r\n")
+            try:
+                for n in range(95):
+                    if select.select([sock], [], [], 0)[0]:
+                        break
+                    sock.sendall(b"X-Big-%d: %s\r\n" % (n, b"v" * 8000))
+            except OSError:
+                pass
+            answers.append(read_until_closed(sock))
+    return answers
+
+
+def test_heads_beyond_the_head_cap_are_refused_431_at_once_and_the_open_route_answers(gateway):
+    """Each head is refused once it passes 64 KiB (about 8 fields here), not held up to 1.5 MB."""
+    probe, results = probe_during(gateway.url + "/anything/public",
+                                  lambda stop: send_big_heads(gateway.port, stop), seconds=4.0, attackers=8)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert answers and {status_of(answer) for answer in answers} <= {431, None}
+    assert any(b'"header_fields_too_large"' in answer for answer in answers)
