@@ -348,14 +348,20 @@ def test_a_content_length_above_the_body_limit_is_refused_413_unread_and_closed(
 
 def read_answer(sock: socket.socket) -> bytes:
     """One answer with a Content-Length body, from a connection that stays open."""
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the gateway closed the connection before the whole answer")
+        return chunk
+
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += more()
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length:"))
     while len(body) < length:
-        body += sock.recv(65536)
+        body += more()
     return head + b"\r\n\r\n" + body
 
 
