@@ -510,14 +510,23 @@ def assert_open_route_answered(probe: OpenRouteProbe) -> None:
     assert len(probe.statuses) >= 5 and answered >= 0.8 * len(probe.statuses), probe.statuses
 
 
-def heads_without_bodies(port: int, stop: threading.Event) -> list[bytes]:
-    """Red team F1: ``Content-Length: 10`` and no body, reconnecting after each answer."""
+def reconnecting(port: int, stop: threading.Event, attack: t.Callable[[socket.socket], None]) -> list[bytes]:
+    """``attack(sock)`` on one connection after another until ``stop``; the answers (send errors ignored)."""
     answers = []
     while not stop.is_set():
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(b"POST /anything/open HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\n")
+            try:
+                attack(sock)
+            except OSError:
+                pass
             answers.append(read_until_closed(sock))
     return answers
+
+
+def heads_without_bodies(port: int, stop: threading.Event) -> list[bytes]:
+    """Red team F1: ``Content-Length: 10`` and no body, reconnecting after each answer."""
+    return reconnecting(port, stop, lambda sock: sock.sendall(
+        b"POST /anything/open HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\n"))
 
 
 def test_heads_whose_bodies_never_come_leave_an_open_route_answering_and_get_408(gateway):
@@ -665,17 +674,12 @@ def test_a_kept_alive_connection_stalling_its_next_body_holds_no_thread_and_gets
 
 def bare_lf_chunked_trickle(port: int, stop: threading.Event) -> list[bytes]:
     """Red team 3 F1: a chunked body whose size line ends in a bare LF, then a byte now and then."""
-    answers = []
-    while not stop.is_set():
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(b"POST /anything/open HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\n")
-            try:
-                while not select.select([sock], [], [], 1.0)[0] and not stop.is_set():
-                    sock.sendall(b"h")
-            except OSError:
-                pass
-            answers.append(read_until_closed(sock))
-    return answers
+    def attack(sock: socket.socket) -> None:
+        sock.sendall(b"POST /anything/open HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\n")
+        while not select.select([sock], [], [], 1.0)[0] and not stop.is_set():
+            sock.sendall(b"h")
+
+    return reconnecting(port, stop, attack)
 
 
 def test_bare_lf_chunk_framing_is_refused_400_by_the_loop_and_the_open_route_answers(gateway):
@@ -744,18 +748,14 @@ def test_uploads_beyond_the_buffered_body_budget_are_refused_503_at_once_and_the
 
 def stream_one_byte_chunks(port: int, stop: threading.Event) -> list[bytes]:
     """Red team 3 F4: a chunked body of 1-byte chunks streamed as fast as the gateway takes it, reconnecting."""
-    answers = []
     chunks = b"1\r\na\r\n" * 10_000
-    while not stop.is_set():
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(b"POST /anything/tiny HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n")
-            try:
-                while not stop.is_set() and not select.select([sock], [], [], 0)[0]:
-                    sock.sendall(chunks)
-            except OSError:
-                pass
-            answers.append(read_until_closed(sock))
-    return answers
+
+    def attack(sock: socket.socket) -> None:
+        sock.sendall(b"POST /anything/tiny HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while not stop.is_set() and not select.select([sock], [], [], 0)[0]:
+            sock.sendall(chunks)
+
+    return reconnecting(port, stop, attack)
 
 
 def test_bodies_of_one_byte_chunks_are_refused_400_and_the_open_route_answers(gateway):
@@ -770,19 +770,14 @@ def test_bodies_of_one_byte_chunks_are_refused_400_and_the_open_route_answers(ga
 
 def send_big_heads(port: int, stop: threading.Event) -> list[bytes]:
     """Red team 3 F5: heads of up to 95 fields of 8 kB (gunicorn's per-line limits allow them), reconnecting."""
-    answers = []
-    while not stop.is_set():
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(b"GET /anything/big HTTP/1.1\r\nHost: gateway.test\r\n")
-            try:
-                for n in range(95):
-                    if select.select([sock], [], [], 0)[0]:
-                        break
-                    sock.sendall(b"X-Big-%d: %s\r\n" % (n, b"v" * 8000))
-            except OSError:
-                pass
-            answers.append(read_until_closed(sock))
-    return answers
+    def attack(sock: socket.socket) -> None:
+        sock.sendall(b"GET /anything/big HTTP/1.1\r\nHost: gateway.test\r\n")
+        for n in range(95):
+            if select.select([sock], [], [], 0)[0]:
+                break
+            sock.sendall(b"X-Big-%d: %s\r\n" % (n, b"v" * 8000))
+
+    return reconnecting(port, stop, attack)
 
 
 def test_heads_beyond_the_head_cap_are_refused_431_at_once_and_the_open_route_answers(gateway):
