@@ -560,6 +560,28 @@ class Refusal:
 
 INVALID_CHUNKED = Refusal(400, "invalid_chunked_body", "invalid chunked body")
 FRAGMENTED_CHUNKED = Refusal(400, "chunks_too_small", "chunked body with too many small chunks")
+VERSION_NOT_SUPPORTED = Refusal(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported")
+COOKIE_REPEATED = Refusal(400, "cookie_repeated", "more than one Cookie header field")
+_LATER_HTTP1 = re.compile(rb" HTTP/1\.[2-9]")
+
+
+def head_refusal(head: bytes) -> Refusal | None:
+    """The loop's own refusal of a whole request head (ending in ``CRLF CRLF``), or None.
+
+    * ``HTTP/1.x`` with x above 1: gunicorn accepts it and echoes the version in its status
+      line; 505 (RFC 9110 §15.6.6; RFC 9112 §2.3 lets a server answer 1.1, not 1.2).
+    * more than one ``Cookie`` field: a user agent sends one (RFC 6265 §5.4), and the WSGI
+      environ joins several with ``,``, which upstreams split differently from ``;``: 400.
+    """
+    start = 2 if head[:2] == b"\r\n" else 0          # one empty line may come first
+    line_end = head.find(b"\r\n", start)
+    if _LATER_HTTP1.fullmatch(head, max(line_end - 9, start), line_end):
+        return VERSION_NOT_SUPPORTED
+    if head[line_end:].lower().count(b"\r\ncookie:") > 1:
+        return COOKIE_REPEATED
+    return None
+
+
 SERVER_BUSY = Refusal(503, "server_busy", "the gateway is busy, retry later", retry_after=BUSY_RETRY_AFTER)
 
 
@@ -633,6 +655,10 @@ class RequestBuffer:
             self.framing = BodyFraming(Framing.PARSER)
         else:
             self.framing = body_framing(data)
+            refusal = head_refusal(data[:end + 4])
+            if refusal is not None:
+                self.refuse(refusal)
+                return
         if self.framing.framing is Framing.CHUNKED:
             self._chunks = ChunkedScanner()
         self._body_arrived(data[end + 4:] if end >= 0 else b"")

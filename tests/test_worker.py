@@ -539,3 +539,34 @@ def test_a_whole_head_beyond_the_cap_is_too_large_even_in_one_read():
 @pytest.mark.parametrize("raw, expected", [("", 65536), ("32768", 32768)])
 def test_the_head_cap_comes_from_the_environment(raw, expected):
     assert max_head_bytes_from_env({"GATEWAY_MAX_HEAD_BYTES": raw}) == expected
+
+
+# --- Heads the loop refuses itself: HTTP/1.2, repeated Cookie (red team 3 F8, F6) ---
+
+from gateway_app.worker import head_refusal  # noqa: E402
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_a_later_http1_minor_version_is_refused_505(version):
+    request = RequestBuffer(BIG_LIMITS, None, b"GET /a " + version + b"\r\nHost: x\r\n\r\n")
+    assert request.state is RequestState.REFUSED and request.refusal is not None
+    assert (request.refusal.status, request.refusal.reason) == (505, "http_version_not_supported")
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+def test_http_1_0_and_1_1_are_not_refused(version):
+    assert head_refusal(b"GET /a " + version + b"\r\nHost: x\r\n\r\n") is None
+
+
+def test_two_cookie_fields_are_refused_400_in_any_case():
+    refusal = head_refusal(b"GET /a HTTP/1.1\r\nCookie: a=1\r\nHost: x\r\ncOOKIE: b=2\r\n\r\n")
+    assert refusal is not None and (refusal.status, refusal.reason) == (400, "cookie_repeated")
+
+
+def test_one_cookie_field_holding_a_comma_is_not_refused():
+    assert head_refusal(b"GET /a HTTP/1.1\r\nCookie: recent=1,2,3; a=\"x,y\"\r\nX-Cookie: 1\r\n\r\n") is None
+
+
+def test_a_cookie_repeated_across_reads_is_refused_when_the_head_ends():
+    request = RequestBuffer(BIG_LIMITS, None, b"GET /b HTTP/1.1\r\nCookie: a=1\r\n")
+    assert request.feed(b"Cookie: b=2\r\n\r\n") is RequestState.REFUSED

@@ -788,3 +788,16 @@ def test_heads_beyond_the_head_cap_are_refused_431_at_once_and_the_open_route_an
     answers = [answer for answers in results for answer in answers]
     assert answers and {status_of(answer) for answer in answers} <= {431, None}
     assert any(b'"header_fields_too_large"' in answer for answer in answers)
+
+
+@pytest.mark.parametrize("request_bytes, status, reason", [
+    (b"GET /anything/v HTTP/1.2\r\nHost: gateway.test\r\n\r\n", 505, b'"http_version_not_supported"'),
+    (b"GET /anything/c HTTP/1.1\r\nHost: gateway.test\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n", 400, b'"cookie_repeated"'),
+], ids=["HTTP/1.2", "two Cookie fields"])
+def test_heads_the_loop_refuses_get_a_json_answer_and_an_http_1_1_status_line(impatient_gateway, request_bytes,
+                                                                               status, reason):
+    """Red team 3 F8 (HTTP/1.2 was answered ``HTTP/1.2 200``) and F6 (two Cookie fields, joined with ``,``)."""
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 %d " % status) and reason in answer and b"Connection: close" in answer
