@@ -522,7 +522,7 @@ class ChunkedScanner:
             self.invalid = self._trailer_bytes > self.MAX_TRAILERS
         else:
             size = line[:-2].split(b";", 1)[0].rstrip(b" \t")
-            if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
+            if not size or size.strip(b"0123456789abcdefABCDEF"):    # a long size is over the limit: 413
                 self.invalid = True
                 return
             chunk = int(size, 16)

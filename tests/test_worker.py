@@ -204,10 +204,10 @@ def test_a_chunked_body_byte_by_byte_declares_its_sizes():
 
 
 @pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello", b"5\n", b"5\r\nhello\n",
-                                  b"5\r\nhello\r\n0\n\n", b"0\r\nX-T: 1\n", b"1" * 17 + b"\r\n", b"5" + b" " * 5000],
+                                  b"5\r\nhello\r\n0\n\n", b"0\r\nX-T: 1\n", b"5" + b" " * 5000],
                          ids=["not hex", "no CRLF after the data", "bare LF", "bare LF alone after a size",
                               "bare LF after the data", "bare LF after the last chunk", "bare LF in a trailer",
-                              "17 hex digits", "endless size line"])
+                              "endless size line"])
 def test_a_chunked_body_the_loop_cannot_frame_is_refused_400_by_the_loop(body):
     """Red team 3 F1: gunicorn's chunk reader waits on the socket for a CRLF after a bare LF, on a
     pool thread; the loop answers what it cannot frame itself, and no thread ever reads the client."""
@@ -228,6 +228,11 @@ def test_a_content_length_above_the_body_limit_is_ready_at_once_for_the_413():
     assert request.state is RequestState.READY and request.body_received == 0
     assert request.too_large
     assert not RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: 100\r\n")).too_large
+
+
+def test_a_chunk_size_of_many_hex_digits_is_ready_at_once_for_the_413():
+    request = RequestBuffer(BIG_LIMITS, 100, post(b"Transfer-Encoding: chunked\r\n") + b"1" + b"0" * 20 + b"\r\n")
+    assert request.state is RequestState.READY and request.too_large
 
 
 def test_chunk_sizes_adding_up_above_the_body_limit_are_ready_at_once_for_the_413():

@@ -695,12 +695,12 @@ def test_bare_lf_chunk_framing_is_refused_400_by_the_loop_and_the_open_route_ans
 
 
 def hold_second_requests(port: int, stop: threading.Event, connections: int = 70) -> list[bytes]:
-    """Red team 3 F2: each connection completes a GET, then sends a 10 MB body's first bytes and holds
+    """Red team 3 F2: each connection completes a GET, then sends a 100 kB body's first bytes and holds
     it (re-opened as the gateway closes it)."""
     def start(sock: socket.socket) -> None:
         sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
         read_answer(sock)
-        sock.sendall(b"POST /anything/second HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10000000\r\n\r\n"
+        sock.sendall(b"POST /anything/second HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100000\r\n\r\n"
                      + b"x" * 1200)
 
     return hold_connections(port, stop, start, connections)
