@@ -416,6 +416,7 @@ class BodyFraming:
     expects_continue: bool = False     # ``Expect: 100-continue`` on HTTP/1.1 (RFC 9110 §10.1.1)
 
 
+UNREADABLE_LENGTH = 10 ** 19      # bytes: a Content-Length of more than 18 digits, above any body limit or budget
 _FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding|expect):([^\r]*)")
 
 
@@ -456,9 +457,12 @@ def body_framing(head: bytes) -> BodyFraming:
         return BodyFraming(Framing.CHUNKED if chunked else Framing.PARSER, expects_continue=expects)
     if not lengths:
         return BodyFraming(Framing.NONE)
-    if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+    if len(lengths) > 1 or not lengths[0].isdigit():
         return BodyFraming(Framing.PARSER)
-    return BodyFraming(Framing.LENGTH, int(lengths[0]), expects)
+    # gunicorn reads leading zeros (int()), so a long length of zeros is a small body to wait for here
+    significant = lengths[0].lstrip(b"0")
+    length = int(significant or b"0") if len(significant) <= 18 else UNREADABLE_LENGTH
+    return BodyFraming(Framing.LENGTH, length, expects)
 
 
 class ChunkedScanner:

@@ -150,11 +150,12 @@ def post(headers: bytes, version: bytes = b"HTTP/1.1") -> bytes:
     (post(b""), BodyFraming(Framing.NONE)),
     (post(b"Content-Length: 10\r\n"), BodyFraming(Framing.LENGTH, 10)),
     (post(b"content-length:  0 \r\n"), BodyFraming(Framing.LENGTH, 0)),
+    (post(b"Content-Length: " + b"0" * 30 + b"5\r\n"), BodyFraming(Framing.LENGTH, 5)),
     (post(b"Transfer-Encoding: Chunked\r\n"), BodyFraming(Framing.CHUNKED)),
     (post(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"), BodyFraming(Framing.CHUNKED)),
     (post(b"Content-Length: 5\r\nExpect: 100-Continue\r\n"), BodyFraming(Framing.LENGTH, 5, True)),
     (post(b"Content-Length: 5\r\nExpect: 100-continue\r\n", b"HTTP/1.0"), BodyFraming(Framing.LENGTH, 5, False)),
-], ids=["no body", "Content-Length", "spaces and case", "chunked", "chunked after gzip, as gunicorn reads it",
+], ids=["no body", "Content-Length", "spaces and case", "leading zeros, read by gunicorn too", "chunked", "chunked after gzip, as gunicorn reads it",
         "Expect on HTTP/1.1", "Expect ignored on 1.0"])
 def test_the_loop_waits_for_the_body_its_framing_declares(head, framing):
     assert body_framing(head) == framing
@@ -221,6 +222,13 @@ def test_a_bare_lf_trickled_a_byte_at_a_time_is_refused_on_the_byte_that_breaks_
     request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n"))
     assert request.feed(b"5") is RequestState.INCOMPLETE
     assert request.feed(b"\n") is RequestState.REFUSED
+
+
+def test_a_content_length_of_more_than_18_digits_is_above_any_limit_and_never_waited_for():
+    request = RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: " + b"9" * 40 + b"\r\n"))
+    assert request.state is RequestState.READY and request.too_large
+    unlimited = RequestBuffer(BIG_LIMITS, None, post(b"Content-Length: " + b"9" * 40 + b"\r\n"), budget=BodyBudget(10**9))
+    assert unlimited.state is RequestState.REFUSED
 
 
 def test_a_content_length_above_the_body_limit_is_ready_at_once_for_the_413():
