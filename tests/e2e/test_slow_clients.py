@@ -540,10 +540,11 @@ def test_heads_whose_bodies_never_come_leave_an_open_route_answering_and_get_408
 
 
 def burst_then_trickle(port: int, stop: threading.Event) -> tuple[bytes, int]:
-    """Red team F2: 1 MB at once, then a byte a second (the average from the first read stays above 240 B/s)."""
+    """Red team F2: 1 MB at once, then a byte a second (the average from the first read stays above 240 B/s);
+    12 declare 18 MB in all, within one worker's buffered-body budget."""
     trickled = 0
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 3000000\r\n\r\n"
+        sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 1500000\r\n\r\n"
                      + b"x" * 1_000_000)
         try:
             while trickled < 60 and not select.select([sock], [], [], 1.0)[0]:
@@ -764,7 +765,7 @@ def test_bodies_of_one_byte_chunks_are_refused_400_and_the_open_route_answers(ga
                                   lambda stop: stream_one_byte_chunks(gateway.port, stop), seconds=5.0, attackers=4)
     assert_open_route_answered(probe)
     answers = [answer for answers in results for answer in answers]
-    assert answers and {status_of(answer) for answer in answers} <= {400, None}
+    assert answers and {status_of(answer) for answer in answers} <= {400, 408, None}   # 408: stopped at the end
     assert any(b'"chunks_too_small"' in answer for answer in answers)
 
 
