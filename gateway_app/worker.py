@@ -416,6 +416,7 @@ class BodyFraming:
     expects_continue: bool = False     # ``Expect: 100-continue`` on HTTP/1.1 (RFC 9110 §10.1.1)
 
 
+UNREADABLE_LENGTH = 10 ** 19      # bytes: a Content-Length of more than 18 digits, above any body limit or budget
 _FRAMING_FIELD = re.compile(rb"\r\n(content-length|transfer-encoding|expect):([^\r]*)")
 
 
@@ -456,9 +457,12 @@ def body_framing(head: bytes) -> BodyFraming:
         return BodyFraming(Framing.CHUNKED if chunked else Framing.PARSER, expects_continue=expects)
     if not lengths:
         return BodyFraming(Framing.NONE)
-    if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+    if len(lengths) > 1 or not lengths[0].isdigit():
         return BodyFraming(Framing.PARSER)
-    return BodyFraming(Framing.LENGTH, int(lengths[0]), expects)
+    # gunicorn reads leading zeros (int()), so a long length of zeros is a small body to wait for here
+    significant = lengths[0].lstrip(b"0")
+    length = int(significant or b"0") if len(significant) <= 18 else UNREADABLE_LENGTH
+    return BodyFraming(Framing.LENGTH, length, expects)
 
 
 class ChunkedScanner:
@@ -522,7 +526,7 @@ class ChunkedScanner:
             self.invalid = self._trailer_bytes > self.MAX_TRAILERS
         else:
             size = line[:-2].split(b";", 1)[0].rstrip(b" \t")
-            if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
+            if not size or size.strip(b"0123456789abcdefABCDEF"):    # a long size is over the limit: 413
                 self.invalid = True
                 return
             chunk = int(size, 16)
@@ -560,6 +564,28 @@ class Refusal:
 
 INVALID_CHUNKED = Refusal(400, "invalid_chunked_body", "invalid chunked body")
 FRAGMENTED_CHUNKED = Refusal(400, "chunks_too_small", "chunked body with too many small chunks")
+VERSION_NOT_SUPPORTED = Refusal(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported")
+COOKIE_REPEATED = Refusal(400, "cookie_repeated", "more than one Cookie header field")
+_LATER_HTTP1 = re.compile(rb" HTTP/1\.[2-9]")
+
+
+def head_refusal(head: bytes) -> Refusal | None:
+    """The loop's own refusal of a whole request head (ending in ``CRLF CRLF``), or None.
+
+    * ``HTTP/1.x`` with x above 1: gunicorn accepts it and echoes the version in its status
+      line; 505 (RFC 9110 §15.6.6; RFC 9112 §2.3 lets a server answer 1.1, not 1.2).
+    * more than one ``Cookie`` field: a user agent sends one (RFC 6265 §5.4), and the WSGI
+      environ joins several with ``,``, which upstreams split differently from ``;``: 400.
+    """
+    start = 2 if head[:2] == b"\r\n" else 0          # one empty line may come first
+    line_end = head.find(b"\r\n", start)
+    if _LATER_HTTP1.fullmatch(head, max(line_end - 9, start), line_end):
+        return VERSION_NOT_SUPPORTED
+    if head[line_end:].lower().count(b"\r\ncookie:") > 1:
+        return COOKIE_REPEATED
+    return None
+
+
 SERVER_BUSY = Refusal(503, "server_busy", "the gateway is busy, retry later", retry_after=BUSY_RETRY_AFTER)
 
 
@@ -633,6 +659,10 @@ class RequestBuffer:
             self.framing = BodyFraming(Framing.PARSER)
         else:
             self.framing = body_framing(data)
+            refusal = head_refusal(data[:end + 4])
+            if refusal is not None:
+                self.refuse(refusal)
+                return
         if self.framing.framing is Framing.CHUNKED:
             self._chunks = ChunkedScanner()
         self._body_arrived(data[end + 4:] if end >= 0 else b"")

@@ -150,11 +150,12 @@ def post(headers: bytes, version: bytes = b"HTTP/1.1") -> bytes:
     (post(b""), BodyFraming(Framing.NONE)),
     (post(b"Content-Length: 10\r\n"), BodyFraming(Framing.LENGTH, 10)),
     (post(b"content-length:  0 \r\n"), BodyFraming(Framing.LENGTH, 0)),
+    (post(b"Content-Length: " + b"0" * 30 + b"5\r\n"), BodyFraming(Framing.LENGTH, 5)),
     (post(b"Transfer-Encoding: Chunked\r\n"), BodyFraming(Framing.CHUNKED)),
     (post(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"), BodyFraming(Framing.CHUNKED)),
     (post(b"Content-Length: 5\r\nExpect: 100-Continue\r\n"), BodyFraming(Framing.LENGTH, 5, True)),
     (post(b"Content-Length: 5\r\nExpect: 100-continue\r\n", b"HTTP/1.0"), BodyFraming(Framing.LENGTH, 5, False)),
-], ids=["no body", "Content-Length", "spaces and case", "chunked", "chunked after gzip, as gunicorn reads it",
+], ids=["no body", "Content-Length", "spaces and case", "leading zeros, read by gunicorn too", "chunked", "chunked after gzip, as gunicorn reads it",
         "Expect on HTTP/1.1", "Expect ignored on 1.0"])
 def test_the_loop_waits_for_the_body_its_framing_declares(head, framing):
     assert body_framing(head) == framing
@@ -204,10 +205,10 @@ def test_a_chunked_body_byte_by_byte_declares_its_sizes():
 
 
 @pytest.mark.parametrize("body", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello", b"5\n", b"5\r\nhello\n",
-                                  b"5\r\nhello\r\n0\n\n", b"0\r\nX-T: 1\n", b"1" * 17 + b"\r\n", b"5" + b" " * 5000],
+                                  b"5\r\nhello\r\n0\n\n", b"0\r\nX-T: 1\n", b"5" + b" " * 5000],
                          ids=["not hex", "no CRLF after the data", "bare LF", "bare LF alone after a size",
                               "bare LF after the data", "bare LF after the last chunk", "bare LF in a trailer",
-                              "17 hex digits", "endless size line"])
+                              "endless size line"])
 def test_a_chunked_body_the_loop_cannot_frame_is_refused_400_by_the_loop(body):
     """Red team 3 F1: gunicorn's chunk reader waits on the socket for a CRLF after a bare LF, on a
     pool thread; the loop answers what it cannot frame itself, and no thread ever reads the client."""
@@ -223,11 +224,23 @@ def test_a_bare_lf_trickled_a_byte_at_a_time_is_refused_on_the_byte_that_breaks_
     assert request.feed(b"\n") is RequestState.REFUSED
 
 
+def test_a_content_length_of_more_than_18_digits_is_above_any_limit_and_never_waited_for():
+    request = RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: " + b"9" * 40 + b"\r\n"))
+    assert request.state is RequestState.READY and request.too_large
+    unlimited = RequestBuffer(BIG_LIMITS, None, post(b"Content-Length: " + b"9" * 40 + b"\r\n"), budget=BodyBudget(10**9))
+    assert unlimited.state is RequestState.REFUSED
+
+
 def test_a_content_length_above_the_body_limit_is_ready_at_once_for_the_413():
     request = RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: 101\r\n"))
     assert request.state is RequestState.READY and request.body_received == 0
     assert request.too_large
     assert not RequestBuffer(BIG_LIMITS, 100, post(b"Content-Length: 100\r\n")).too_large
+
+
+def test_a_chunk_size_of_many_hex_digits_is_ready_at_once_for_the_413():
+    request = RequestBuffer(BIG_LIMITS, 100, post(b"Transfer-Encoding: chunked\r\n") + b"1" + b"0" * 20 + b"\r\n")
+    assert request.state is RequestState.READY and request.too_large
 
 
 def test_chunk_sizes_adding_up_above_the_body_limit_are_ready_at_once_for_the_413():
@@ -539,3 +552,34 @@ def test_a_whole_head_beyond_the_cap_is_too_large_even_in_one_read():
 @pytest.mark.parametrize("raw, expected", [("", 65536), ("32768", 32768)])
 def test_the_head_cap_comes_from_the_environment(raw, expected):
     assert max_head_bytes_from_env({"GATEWAY_MAX_HEAD_BYTES": raw}) == expected
+
+
+# --- Heads the loop refuses itself: HTTP/1.2, repeated Cookie (red team 3 F8, F6) ---
+
+from gateway_app.worker import head_refusal  # noqa: E402
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
+def test_a_later_http1_minor_version_is_refused_505(version):
+    request = RequestBuffer(BIG_LIMITS, None, b"GET /a " + version + b"\r\nHost: x\r\n\r\n")
+    assert request.state is RequestState.REFUSED and request.refusal is not None
+    assert (request.refusal.status, request.refusal.reason) == (505, "http_version_not_supported")
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+def test_http_1_0_and_1_1_are_not_refused(version):
+    assert head_refusal(b"GET /a " + version + b"\r\nHost: x\r\n\r\n") is None
+
+
+def test_two_cookie_fields_are_refused_400_in_any_case():
+    refusal = head_refusal(b"GET /a HTTP/1.1\r\nCookie: a=1\r\nHost: x\r\ncOOKIE: b=2\r\n\r\n")
+    assert refusal is not None and (refusal.status, refusal.reason) == (400, "cookie_repeated")
+
+
+def test_one_cookie_field_holding_a_comma_is_not_refused():
+    assert head_refusal(b"GET /a HTTP/1.1\r\nCookie: recent=1,2,3; a=\"x,y\"\r\nX-Cookie: 1\r\n\r\n") is None
+
+
+def test_a_cookie_repeated_across_reads_is_refused_when_the_head_ends():
+    request = RequestBuffer(BIG_LIMITS, None, b"GET /b HTTP/1.1\r\nCookie: a=1\r\n")
+    assert request.feed(b"Cookie: b=2\r\n\r\n") is RequestState.REFUSED
