@@ -9,21 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-OPEN_VS = """
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: open, namespace: default}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - routeAction: {single: {url: 'http://upstream.test:8000'}}
-"""
+from tests.factories import open_route_yaml
 
 
 @pytest.fixture
 def client(make_app):
-    return make_app({"vs.yaml": OPEN_VS}).test_client()
+    return make_app({"vs.yaml": open_route_yaml("http://upstream.test:8000")}).test_client()
 
 
 @pytest.mark.parametrize("path", ["/__gateway/config", "/__gateway/health/live", "/__gateway/metrics"])
