@@ -187,9 +187,12 @@ class BodyBudget:
 
     Bodies are read before routing and auth, so without a bound unauthenticated clients fill
     ``$TMPDIR`` (red team 3 F3: 7 uploads filled the 64 MiB ``/tmp`` of deploy/k8s). A request
-    reserves what its ``Content-Length`` (or its chunk sizes so far) declares; one that does not
-    fit is refused 503 at once (:data:`SERVER_BUSY`), as Envoy's overload manager and nginx's
-    ``limit_conn`` answer 503. Thread-safe: reservations end on pool threads.
+    holds the bytes it has received so far (a body declaring more than the whole budget is
+    refused at once); one whose next bytes do not fit is refused 503 (:data:`SERVER_BUSY`), as
+    Envoy's overload manager and nginx's ``limit_conn`` answer 503. Counting what was received
+    rather than what was declared makes a crowd of slow uploads that declare large bodies cost
+    the attacker the bytes it holds (red team 4: 130 unauthenticated uploads declaring 1 MB at
+    the minimum rate spent a 24 MiB budget). Thread-safe: reservations end on pool threads.
     """
 
     def __init__(self, limit: int) -> None:
@@ -674,7 +677,7 @@ class RequestBuffer:
         if framing.framing is Framing.LENGTH:
             if self._over_limit(framing.length):
                 self._ready_if(True)
-            elif self._hold(max(framing.length, self._body_bytes)):
+            elif self._fits(framing.length) and self._hold(self._body_bytes):
                 self._ready_if(self._body_bytes >= framing.length)
         elif self._chunks is not None:
             self._chunks.feed(chunk)
@@ -684,13 +687,23 @@ class RequestBuffer:
                 self.refuse(FRAGMENTED_CHUNKED)
             elif self._over_limit(self._chunks.declared):
                 self._ready_if(True)
-            elif self._hold(max(self._chunks.declared, self._body_bytes)):
+            elif self._fits(self._chunks.declared) and self._hold(self._body_bytes):
                 self._ready_if(self._chunks.done)
         else:
             self.state = RequestState.READY
 
+    def _fits(self, declared: int) -> bool:
+        """A body that declares more than the whole budget can never be buffered: refused 503 at once."""
+        if self._budget is not None and declared > self._budget.limit:
+            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"body larger than the buffers ({self._budget.limit} bytes)"))
+            return False
+        return True
+
     def _hold(self, size: int) -> bool:
-        """Reserve up to ``size`` bytes of the worker's :class:`BodyBudget`; refused 503 if they are not left."""
+        """Reserve up to ``size`` bytes of the worker's :class:`BodyBudget` (the bytes received so far,
+        not the size declared: a slow upload holds what it sent, so a crowd of clients declaring
+        large bodies and trickling them cannot spend the budget; red team 4); refused 503 if they
+        are not left."""
         more = size - self._reserved
         if self._budget is None or more <= 0:
             return True

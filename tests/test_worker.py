@@ -426,17 +426,37 @@ def sized(length: int, sent: bytes = b"") -> bytes:
     return post(b"Content-Length: %d\r\n" % length) + sent
 
 
-def test_a_body_whose_length_does_not_fit_what_is_left_of_the_budget_is_refused_503_at_once():
+def test_a_body_holds_the_bytes_it_sent_not_the_size_it_declared():
+    """Red team 4: uploads declaring 1 MB and trickling at the minimum rate spent the budget by declaration."""
     budget = BodyBudget(1000)
-    first = RequestBuffer(BIG_LIMITS, None, sized(600, b"abc"), budget=budget)
-    assert first.state is RequestState.INCOMPLETE and budget.held == 600
-    second = RequestBuffer(BIG_LIMITS, None, sized(600), budget=budget)
+    crowd = [RequestBuffer(BIG_LIMITS, None, sized(900, b"abc"), budget=budget) for _ in range(100)]
+    assert all(request.state is RequestState.INCOMPLETE for request in crowd)
+    assert budget.held == 300                                   # 100 x the 3 bytes each sent
+    for request in crowd:
+        request.close()
+    assert budget.held == 0
+
+
+def test_a_body_whose_next_bytes_do_not_fit_what_is_left_of_the_budget_is_refused_503():
+    budget = BodyBudget(1000)
+    first = RequestBuffer(BIG_LIMITS, None, sized(600, b"x" * 600), budget=budget)
+    assert budget.held == 600
+    second = RequestBuffer(BIG_LIMITS, None, sized(600, b"y" * 100), budget=budget)
+    assert second.state is RequestState.INCOMPLETE and budget.held == 700
+    second.feed(b"y" * 400)
     assert second.state is RequestState.REFUSED and second.refusal is not None
     assert (second.refusal.status, second.refusal.reason, second.refusal.retry_after) == (503, "server_busy", 5)
-    assert budget.held == 600
     first.close()
+    second.close()
     assert budget.held == 0
-    assert RequestBuffer(BIG_LIMITS, None, sized(600), budget=budget).state is RequestState.INCOMPLETE
+
+
+def test_a_body_declaring_more_than_the_whole_budget_is_refused_503_at_once():
+    budget = BodyBudget(1000)
+    request = RequestBuffer(BIG_LIMITS, None, sized(1001), budget=budget)
+    assert request.state is RequestState.REFUSED and request.refusal is not None
+    assert (request.refusal.status, request.refusal.reason) == (503, "server_busy")
+    assert budget.held == 0
 
 
 def test_a_chunked_body_is_refused_503_when_its_running_total_exceeds_the_budget():

@@ -733,16 +733,18 @@ def budget_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFact
 
 
 def hold_uploads(port: int, stop: threading.Event) -> list[bytes]:
-    """Red team 3 F3: uploads of 900 kB that send 100 kB and hold, re-opened as they are answered."""
+    """Red team 3 F3: uploads of 900 kB that send 400 kB and hold, re-opened as they are answered
+    (a body holds the bytes it sent: red team 4)."""
     def start(sock: socket.socket) -> None:
         sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 900000\r\n\r\n"
-                     + b"x" * 100_000)
+                     + b"x" * 400_000)
 
     return hold_connections(port, stop, start, connections=10)
 
 
 def test_uploads_beyond_the_buffered_body_budget_are_refused_503_at_once_and_the_open_route_answers(budget_gateway):
-    """20 held uploads of 900 kB against a 2 MB budget: two fit, the others are answered 503 with Retry-After."""
+    """20 held uploads that each sent 400 kB against a 2 MB budget: five fit, the others are answered 503
+    with Retry-After as their bytes arrive."""
     probe, results = probe_during(budget_gateway.url + "/anything/public",
                                   lambda stop: hold_uploads(budget_gateway.port, stop), seconds=4.0, attackers=2)
     assert_open_route_answered(probe)
