@@ -569,6 +569,7 @@ INVALID_CHUNKED = Refusal(400, "invalid_chunked_body", "invalid chunked body")
 FRAGMENTED_CHUNKED = Refusal(400, "chunks_too_small", "chunked body with too many small chunks")
 VERSION_NOT_SUPPORTED = Refusal(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported")
 COOKIE_REPEATED = Refusal(400, "cookie_repeated", "more than one Cookie header field")
+EXPECT_REPEATED = Refusal(400, "expect_repeated", "more than one Expect header field")
 _LATER_HTTP1 = re.compile(rb" HTTP/1\.[2-9]")
 
 
@@ -579,13 +580,18 @@ def head_refusal(head: bytes) -> Refusal | None:
       line; 505 (RFC 9110 §15.6.6; RFC 9112 §2.3 lets a server answer 1.1, not 1.2).
     * more than one ``Cookie`` field: a user agent sends one (RFC 6265 §5.4), and the WSGI
       environ joins several with ``,``, which upstreams split differently from ``;``: 400.
+    * more than one ``Expect`` field: whether the client waits for ``100 Continue`` would read
+      two ways (the loop answers it, gunicorn reads the joined value): 400 (red team 4).
     """
     start = 2 if head[:2] == b"\r\n" else 0          # one empty line may come first
     line_end = head.find(b"\r\n", start)
     if _LATER_HTTP1.fullmatch(head, max(line_end - 9, start), line_end):
         return VERSION_NOT_SUPPORTED
-    if head[line_end:].lower().count(b"\r\ncookie:") > 1:
+    fields = head[line_end:].lower()
+    if fields.count(b"\r\ncookie:") > 1:
         return COOKIE_REPEATED
+    if fields.count(b"\r\nexpect:") > 1:
+        return EXPECT_REPEATED
     return None
 
 

@@ -596,6 +596,12 @@ def test_two_cookie_fields_are_refused_400_in_any_case():
     assert refusal is not None and (refusal.status, refusal.reason) == (400, "cookie_repeated")
 
 
+def test_two_expect_fields_are_refused_400():
+    refusal = head_refusal(b"POST /a HTTP/1.1\r\nExpect: 100-continue\r\nHost: x\r\nexpect: 100-continue\r\n\r\n")
+    assert refusal is not None and (refusal.status, refusal.reason) == (400, "expect_repeated")
+    assert head_refusal(b"POST /a HTTP/1.1\r\nExpect: 100-continue\r\nX-Expect: 1\r\n\r\n") is None
+
+
 def test_one_cookie_field_holding_a_comma_is_not_refused():
     assert head_refusal(b"GET /a HTTP/1.1\r\nCookie: recent=1,2,3; a=\"x,y\"\r\nX-Cookie: 1\r\n\r\n") is None
 
