@@ -21,6 +21,7 @@ from tests.support.jwks_server import JwksServer
 from tests.support.servers import ServerProcess
 from tests.support.servers import gateway_server
 from tests.support.servers import render_config
+from tests.e2e.test_reload_under_load import CONFIG as RELOADED_CONFIG
 
 ROUTES = """\
 apiVersion: gloo.solo.io/v1
@@ -167,34 +168,7 @@ def test_a_pod_started_during_a_jwks_outage_becomes_ready_by_itself_when_the_idp
             assert _wait(lambda: all(_fresh(http, ready_url) == 200 for _ in range(10)), timeout=15)
             assert _fresh(http, f"{gateway.url}/petstore/pets") in (401, 403)
 
-POLICY_ROUTES = """\
-apiVersion: gloo.solo.io/v1
-kind: Upstream
-metadata: {name: httpbin, namespace: default}
-spec:
-  static:
-    hosts: [{addr: 127.0.0.1, port: {UPSTREAM_PORT}}]
----
-apiVersion: enterprise.gloo.solo.io/v1
-kind: AuthConfig
-metadata: {name: gate, namespace: default}
-spec:
-  configs:
-  - opaAuth:
-      modules: [{name: gate}]
-      query: "data.gate.allow == true"
----
-apiVersion: gateway.solo.io/v1
-kind: VirtualService
-metadata: {name: gated, namespace: default}
-spec:
-  virtualHost:
-    domains: ['*']
-    routes:
-    - matchers: [{prefix: /}]
-      routeAction: {single: {upstream: {name: httpbin, namespace: default}}}
-      options: {extauth: {configRef: {name: gate, namespace: default}}}
-"""
+POLICY_ROUTES = RELOADED_CONFIG     # one upstream, one route gated by the reloaded policy
 ALLOW = 'package gate\n\ndefault allow = false\n\nallow {\n    input.attributes.request.http.method == "GET"\n}\n'
 DENY = "package gate\n\ndefault allow = false\n"
 
