@@ -275,6 +275,15 @@ class UpstreamError(GatewayError):
     public_message = "the upstream service is unavailable"
 
 
+class UpstreamBodyAborted(ConnectionResetError):
+    """The upstream broke off its body after the answer's head went to the client: the server
+    must drop the client connection so the client sees the truncation (RFC 9112 §6.3, as
+    Envoy and nginx reset the downstream). Not an HTTP answer (the status is out), so not a
+    :class:`GatewayError`: a ``ConnectionResetError`` (``ECONNRESET``), which WSGI servers
+    (gunicorn among them) end the connection on without a traceback; the warning line is the
+    proxy's."""
+
+
 class UpstreamTimeoutError(UpstreamError):
     """The upstream did not accept the connection or answer in time (RFC 9110 §15.6.5): 504."""
 

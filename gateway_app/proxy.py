@@ -16,6 +16,7 @@ URLs never reach a message or a log line: a query string may carry a token.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import http.cookiejar
 import logging
@@ -37,6 +38,7 @@ from werkzeug.datastructures import Headers
 
 from gateway_app.errors import BadRequestError
 from gateway_app.errors import GatewayError
+from gateway_app.errors import UpstreamBodyAborted
 from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
 from gateway_app.header_values import HOP_BY_HOP_HEADERS
@@ -551,11 +553,17 @@ class _UpstreamBody:
             self._first = next(self)
         except StopIteration:
             self._first = b""
+        except UpstreamBodyAborted as aborted:
+            raise UpstreamError(aborted.strerror) from aborted.__cause__
 
     def __iter__(self) -> _UpstreamBody:
         return self
 
     def __next__(self) -> bytes:
+        """The next chunk as the upstream sent it.
+
+        :raises UpstreamBodyAborted: the upstream failed mid-body (logged here, once).
+        """
         if self._first is not None:
             first, self._first = self._first, None
             if first:
@@ -570,7 +578,8 @@ class _UpstreamBody:
             # Headers are out: the status cannot change. Aborting (rather than ending
             # cleanly) makes the server drop the connection so the client sees the truncation.
             log.warning("upstream %s failed while sending its body (%s)", self._name, type(error).__name__)
-            raise UpstreamError(f"upstream {self._name} failed while sending its body") from error
+            raise UpstreamBodyAborted(errno.ECONNRESET,
+                                      f"upstream {self._name} failed while sending its body") from error
 
     def close(self) -> None:
         raw = self._upstream.raw

@@ -33,6 +33,7 @@ from gateway_app.errors import BadRequestError
 from gateway_app.errors import ConfigError
 from gateway_app.errors import GatewayError
 from gateway_app.errors import PayloadTooLargeError
+from gateway_app.errors import UpstreamBodyAborted
 from gateway_app.errors import UpstreamError
 from gateway_app.errors import UpstreamTimeoutError
 from gateway_app.incoming import IncomingRequest
@@ -643,7 +644,7 @@ def test_failure_while_streaming_the_body_is_logged_and_aborts_the_stream(
     target = UpstreamTarget(name="gloo-system/flaky", base_url=truncating_upstream)
     response = forwarder.forward(make_request(query_string="access_token=s3cr3t"), None, target)
     assert response.status_code == 200
-    with caplog.at_level(logging.WARNING, logger="gateway_app.proxy"), pytest.raises(UpstreamError):
+    with caplog.at_level(logging.WARNING, logger="gateway_app.proxy"), pytest.raises(UpstreamBodyAborted):
         read_all(response)
     assert "gloo-system/flaky failed while sending its body" in caplog.text
     assert "s3cr3t" not in caplog.text

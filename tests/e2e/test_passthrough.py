@@ -367,3 +367,17 @@ def _grouped(fields: t.Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     for name, value in fields:
         order.setdefault(name.lower(), (name, []))[1].append(value)
     return [(name, value) for name, values in order.values() for value in values]
+
+
+def test_an_upstream_that_cuts_its_body_short_closes_the_client_connection_without_a_traceback(gateway, upstream):
+    """The head is out when the upstream hangs up 100 kB into a 300 kB body: the client sees the
+    connection close before the declared length (RFC 9112 §6.3), and the log holds the proxy's
+    one warning line, no gunicorn traceback (red team 3's open point)."""
+    log_before = len(gateway.log_text())
+    upstream.respond_with(CannedResponse(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"x" * 100_000))
+    answer = exchange(gateway.port)
+    assert answer.status == 200 and answer.values("content-length") == ["300000"]
+    assert len(answer.body) < 300_000
+    log = gateway.log_text()[log_before:]
+    assert "failed while sending its body" in log
+    assert "Traceback" not in log and "Error handling request" not in log
