@@ -26,8 +26,10 @@ gateway's JSON error) and the connection closed, so a slow client never holds a 
   (default 30), as nginx's ``client_body_timeout``;
 * overload: above 75 % of ``worker_connections`` open, every connection not in a pool thread
   has 1 s: an idle kept-alive one for its next request, any other for the request it is sending,
-  whether or not it completed one before, idle ones closed first; at ``worker_connections``,
-  the oldest incomplete requests are closed until one slot is free (:meth:`HeadReadingWorker.shed_overload`).
+  whether or not it completed one before, idle ones closed first; spared are bodies arriving at
+  8 KiB/s or more and the requests of peers holding no more than an equal share while another
+  holds more; at ``worker_connections`` requests are closed until 1/32 of them is free, the
+  heaviest peer's first (:func:`overload_victims`, :meth:`HeadReadingWorker.shed_overload`).
 
 A request goes to a thread only when it is whole or when gunicorn's parser refuses it from the
 bytes already read: chunked framing the loop cannot read (a bare LF, a missing CRLF) is answered
@@ -60,10 +62,12 @@ hand-off to the pool, called on the loop's thread); ``setup.cfg`` pins that majo
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import heapq
 import http
+import ipaddress
 import itertools
 import os
 import re
@@ -92,6 +96,7 @@ from .errors import GatewayError
 from .errors import PayloadTooLargeError
 from .errors import RequestTimeoutError
 from .errors import error_json
+from .log_throttle import LogThrottle
 
 HEAD_TIMEOUT_ENV = "GATEWAY_HEAD_TIMEOUT"
 DEFAULT_HEAD_TIMEOUT = 10.0
@@ -113,6 +118,9 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # request has OVERLOAD_TIMEOUT seconds for it (Envoy overload manager's "reduce timeouts").
 OVERLOAD_FRACTION = 0.75
 OVERLOAD_TIMEOUT = 1.0
+OVERLOAD_SPARED_BODY_RATE = 8192.0   # bytes/s: a body arriving this fast is not shed for the deadline
+OVERLOAD_CHECK_INTERVAL = 0.05       # seconds between two runs of the rule below worker_connections
+OVERLOAD_FREED_SHARE = 32            # at worker_connections, 1/32 of them is freed at once (one run per batch)
 # A closed connection's lingering read (RFC 9112 §9.6): as gunicorn's util.close_graceful.
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 65536
@@ -791,7 +799,9 @@ class _Pending:
 
     request: RequestBuffer
     started: float                # time.monotonic(): accepted, or the first byte of a kept-alive request
+    peer: str = ""                # the overload rule's peer (:func:`peer_key`)
     window: MinRateWindow | None = None
+    body_started: float = 0.0     # time.monotonic() when the head was whole (with ``window``)
     window_seen: int = 0          # body bytes fed to the window
     continued: bool = False       # "100 Continue" sent
     cap: float = float("inf")     # a stopping worker's deadline
@@ -841,6 +851,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._sequence = itertools.count()
         self.handoffs: dict[gthread.TConn, _Handoff] = {}
         self.lingering: dict[gthread.TConn, _Lingering] = {}
+        self._next_overload_check = 0.0
+        self.log_throttle = LogThrottle()
 
     @classmethod
     def check_config(cls, cfg: t.Any, log: t.Any) -> None:
@@ -973,7 +985,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         except (OSError, ValueError, KeyError):
             self._drop(conn)
             return
-        pending = _Pending(request, time.monotonic())
+        pending = _Pending(request, time.monotonic(), peer_key(conn.client))
         self.pending[conn] = pending
         self._progress(conn, pending)
         if pending.window is None:
@@ -1013,6 +1025,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             return
         if pending.window is None:
             pending.window = MinRateWindow(self.min_body_rate, MIN_BODY_RATE_WINDOW, self.client_timeout, now)
+            pending.body_started = now
             self._push_deadline(conn, pending)
         pending.window.feed(request.body_received - pending.window_seen, now)
         pending.window_seen = request.body_received
@@ -1068,8 +1081,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     def _answer_refusal(self, conn: gthread.TConn, refusal: Refusal) -> None:
         """The loop's own answer to a request it will not hand to a thread; one warning line, no traceback."""
-        self.log.warning("Invalid request from ip=%s: %s%s", _peer(conn), refusal.reason,
-                         f" ({refusal.detail})" if refusal.detail else "")
+        self._warn(refusal.reason, "Invalid request from ip=%s: %s%s", _peer(conn), refusal.reason,
+                   f" ({refusal.detail})" if refusal.detail else "")
         headers = (("Retry-After", str(refusal.retry_after)),) if refusal.retry_after is not None else ()
         write_error_json(conn.sock, refusal.status, refusal.reason, refusal.message, headers)
 
@@ -1109,6 +1122,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 continue
             self._expire(conn, pending)
         self.shed_overload(now)
+        self._tell_left_out()
         while self.lingering:
             conn, lingering = next(iter(self.lingering.items()))
             if lingering.deadline > now and not force:
@@ -1117,12 +1131,18 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     def shed_overload(self, now: float) -> None:
         """The overload rule (:func:`overload_victims`) on this worker's idle kept-alive connections and
-        waiting requests: an idle one is closed, a request is answered 408 if it sent anything, and
-        closed at once (no lingering read under overload)."""
+        waiting requests, every :data:`OVERLOAD_CHECK_INTERVAL` (each turn of the loop at
+        ``worker_connections``): an idle one is closed; a request is answered 408 if it sent
+        anything, and closed at once in its head, after a short lingering read in its body (so
+        an uploading client can read the answer rather than a reset)."""
         if self.nr_conns < self.high_water:
             return
+        if now < self._next_overload_check and self.nr_conns < self.worker_connections:
+            return
+        self._next_overload_check = now + OVERLOAD_CHECK_INTERVAL
         idle = ((conn, conn.timeout - self.cfg.keepalive) for conn in self.keepalived_conns)
-        waiting = ((conn, pending.started) for conn, pending in self.pending.items())
+        waiting = (Waiting(conn, pending.started, pending.peer, self._body_rate(pending, now))
+                   for conn, pending in self.pending.items())
         victims = overload_victims(idle, waiting, self.nr_conns, self.high_water, self.worker_connections, now)
         for conn in victims:
             pending = self.pending.get(conn)
@@ -1139,7 +1159,17 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._forget(conn)
             if pending.request.head.data:
                 self._time_out(conn, pending, overloaded=True)
-            self._drop(conn)
+            if pending.window is not None:
+                self._linger(conn, OVERLOAD_TIMEOUT)
+            else:
+                self._drop(conn)
+
+    @staticmethod
+    def _body_rate(pending: _Pending, now: float) -> float | None:
+        """Bytes/s of ``pending``'s body since its head was whole; None while the head arrives."""
+        if pending.window is None:
+            return None
+        return pending.request.body_received / max(now - pending.body_started, 1e-3)
 
     def _expire(self, conn: gthread.TConn, pending: _Pending) -> None:
         """A request not whole in time: 408 when part of it came (one that sent nothing gets none, as from nginx)."""
@@ -1150,8 +1180,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         else:
             self._drop(conn)
 
-    def _linger(self, conn: gthread.TConn) -> None:
-        """Half-close, then read (and drop) what the peer still sends until it closes or 2 s pass.
+    def _linger(self, conn: gthread.TConn, seconds: float = LINGER_SECONDS) -> None:
+        """Half-close, then read (and drop) what the peer still sends until it closes or ``seconds`` pass.
 
         Closing with unread bytes would make the kernel send RST, which can destroy the answer
         just written before the client reads it (RFC 9112 §9.6).
@@ -1163,7 +1193,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         except (OSError, ValueError, KeyError):
             self._drop(conn)
             return
-        self.lingering[conn] = _Lingering(time.monotonic() + LINGER_SECONDS)
+        self.lingering[conn] = _Lingering(time.monotonic() + seconds)
 
     def _on_linger_readable(self, conn: gthread.TConn, _sock: t.Any) -> None:
         lingering = self.lingering[conn]
@@ -1195,7 +1225,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self.log.exception("Error handling request")
             answer = (500, "internal_error", "internal error")
         else:
-            self.log.warning("Invalid request from ip=%s: %s", ip, type(exc).__name__)
+            self._warn(answer[1], "Invalid request from ip=%s: %s", ip, type(exc).__name__)
         write_error_json(client, *answer)
 
     def _time_out(self, conn: gthread.TConn, pending: _Pending, overloaded: bool = False) -> None:
@@ -1209,8 +1239,17 @@ class HeadReadingWorker(gthread.ThreadWorker):
             what = f"head not complete after {self.head_timeout:g} s"
         if overloaded:
             what = f"{self.nr_conns} connections open, above {self.high_water}: {OVERLOAD_TIMEOUT:g} s to send a request"
-        self.log.warning("Request from ip=%s: %s: closed", _peer(conn), what)
+        self._warn("overload" if overloaded else reason, "Request from ip=%s: %s: closed", _peer(conn), what)
         write_error_json(conn.sock, 408, reason, message)
+
+    def _warn(self, kind: str, message: str, *args: t.Any) -> None:
+        """A warning caused by a client, within the worker's :class:`~gateway_app.log_throttle.LogThrottle`."""
+        if self.log_throttle.admit(kind):
+            self.log.warning(message, *args)
+
+    def _tell_left_out(self) -> None:
+        for kind, count, seconds in self.log_throttle.left_out():
+            self.log.warning("%d more warnings like '%s' in the last %.0f s were not logged", count, kind, seconds)
 
     def _cap_keepalive(self, deadline: float) -> None:
         """On stop, requests still arriving get what kept-alive connections get (gthread's linger)."""
@@ -1245,21 +1284,57 @@ PARSE_ERROR_ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, str, str]
 )
 
 
-def overload_victims(idle: t.Iterable[tuple[K, float]], waiting: t.Iterable[tuple[K, float]],
-                     open_connections: int, high_water: int, limit: int, now: float) -> list[K]:
-    """Which connections not in a pool thread to close under overload: idle kept-alive ones first,
-    then incomplete requests, each group oldest first.
+class Waiting(t.NamedTuple, t.Generic[K]):
+    """A request being read in the loop, as the overload rule sees it."""
 
-    ``idle``: ``(key, idle since)`` of kept-alive connections waiting for their next request;
-    ``waiting``: ``(key, started)`` of requests being read, whether or not an earlier request on
-    the connection was answered; both in that order, in seconds of the loop's monotonic clock.
-    At ``high_water`` open connections or more, each has :data:`OVERLOAD_TIMEOUT` seconds, idle
-    ones closed first; at ``limit`` (``worker_connections``) the oldest incomplete requests are
-    closed until one slot is free (an idle connection younger than the deadline is not: its
-    client may be sending a request that the loop has not read yet). Envoy's overload manager
-    "reduce timeouts" action; nginx closes idle keep-alive connections first when it runs out
-    of connections (``ngx_drain_connections``). A connection that
-    completed a request is no exception (red team 3 F2: one GET, then a body at the minimum rate).
+    key: K
+    started: float                   # seconds of the loop's monotonic clock: accepted, or its first byte
+    peer: str = ""                   # :func:`peer_key` of the client
+    body_rate: float | None = None   # bytes/s of its body since the head was whole; None: in the head
+
+
+def peer_key(client: t.Any) -> str:
+    """The peer the overload rule counts requests by: the IPv4 address, the IPv6 /64 (one host
+    holds a whole /64, RFC 6177), or the UNIX socket path. Behind a load balancer every request
+    is that balancer's: the rule then spares by body rate only."""
+    address = str(client[0] if isinstance(client, tuple) else client)
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    except ValueError:
+        return address
+
+
+def overload_victims(idle: t.Iterable[tuple[K, float]], waiting: t.Iterable[Waiting[K]],
+                     open_connections: int, high_water: int, limit: int, now: float) -> list[K]:
+    """Which connections not in a pool thread to close under overload, in order.
+
+    ``idle``: ``(key, idle since)`` of kept-alive connections waiting for their next request,
+    oldest first; ``waiting``: the requests being read (:class:`Waiting`), whether or not an
+    earlier request on the connection was answered, in arrival order; times in seconds of the
+    loop's monotonic clock.
+
+    At ``high_water`` open connections or more:
+
+    * idle connections older than :data:`OVERLOAD_TIMEOUT` are closed first (nginx closes idle
+      keep-alive connections first when it runs out of connections, ``ngx_drain_connections``);
+    * a request older than :data:`OVERLOAD_TIMEOUT` is closed unless it is *spared*: its body
+      arrives at :data:`OVERLOAD_SPARED_BODY_RATE` or more, or its peer holds no more than an
+      equal share of the waiting requests while another peer holds more (Envoy's overload
+      manager "reduce timeouts", applied to the peers that cause the overload: red team 4 F2,
+      one peer's 1,500 connections a second cut every other client's uploads after 1 s). When
+      no peer holds more than its share (one load balancer, or an even crowd), only the
+      body rate spares;
+    * at ``limit`` (``worker_connections``) requests are closed until ``limit //``
+      :data:`OVERLOAD_FREED_SHARE` slots (at least one) are free, so a flood of new
+      connections costs one run of the rule per batch: those not spared first, the peers
+      holding most first, then the oldest. An idle connection
+      younger than the deadline is not: its client may be sending a request the loop has not
+      read yet.
+
+    A connection that completed a request is no exception (red team 3 F2: one GET, then a
+    body at the minimum rate).
     """
     victims: list[K] = []
     if open_connections < high_water:
@@ -1268,11 +1343,24 @@ def overload_victims(idle: t.Iterable[tuple[K, float]], waiting: t.Iterable[tupl
         if since + OVERLOAD_TIMEOUT > now:
             break
         victims.append(key)
-    for key, since in waiting:
-        full = open_connections - len(victims) >= limit
-        if since + OVERLOAD_TIMEOUT > now and not full:
-            break
-        victims.append(key)
+    requests = list(waiting)
+    held = collections.Counter(request.peer for request in requests)
+    share = len(requests) / len(held) if held else 0.0
+    uneven = any(count > share for count in held.values())
+
+    def spared(request: Waiting[K]) -> bool:
+        fast = request.body_rate is not None and request.body_rate >= OVERLOAD_SPARED_BODY_RATE
+        return fast or (uneven and held[request.peer] <= share)
+
+    late = [request for request in requests if request.started + OVERLOAD_TIMEOUT <= now and not spared(request)]
+    victims.extend(request.key for request in late)
+    if open_connections - len(victims) >= limit:
+        excess = open_connections - len(victims) - limit + max(1, limit // OVERLOAD_FREED_SHARE)
+        chosen = {request.key for request in late}
+        rest = (request for request in requests if request.key not in chosen)
+        order = heapq.nsmallest(excess, rest, key=lambda request: (spared(request), -held[request.peer],
+                                                                    request.started))
+        victims.extend(request.key for request in order)
     return victims
 
 

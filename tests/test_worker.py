@@ -373,13 +373,16 @@ def test_the_loop_reads_a_body_up_to_the_largest_limit_any_route_allows(make_app
 
 # --- The overload rule ------------------------------------------------------------------------
 
+from gateway_app.worker import OVERLOAD_SPARED_BODY_RATE  # noqa: E402
 from gateway_app.worker import OVERLOAD_TIMEOUT  # noqa: E402
+from gateway_app.worker import Waiting  # noqa: E402
 from gateway_app.worker import overload_victims  # noqa: E402
+from gateway_app.worker import peer_key  # noqa: E402
 
 
 def test_below_the_high_water_mark_no_waiting_request_is_shed():
     clock = FakeClock(100.0)
-    waiting = [(n, clock() - 9.0) for n in range(10)]
+    waiting = [Waiting(n, clock() - 9.0) for n in range(10)]
     idle = [("idle", clock() - 9.0)]
     assert overload_victims(idle, waiting, open_connections=74, high_water=75, limit=100, now=clock()) == []
 
@@ -387,20 +390,23 @@ def test_below_the_high_water_mark_no_waiting_request_is_shed():
 def test_above_the_high_water_mark_connections_older_than_the_short_timeout_are_shed_oldest_first():
     """The red team's F3: thousands of unfinished heads; each new connection gets 1 s instead of 10."""
     clock = FakeClock(100.0)
-    waiting = [("a", clock() - 3.0), ("b", clock() - 2.0), ("c", clock() - OVERLOAD_TIMEOUT / 2), ("d", clock())]
+    waiting = [Waiting("a", clock() - 3.0), Waiting("b", clock() - 2.0),
+               Waiting("c", clock() - OVERLOAD_TIMEOUT / 2), Waiting("d", clock())]
     assert overload_victims([], waiting, open_connections=80, high_water=75, limit=100, now=clock()) == ["a", "b"]
 
 
-def test_at_worker_connections_the_oldest_new_connections_are_shed_until_one_slot_is_free():
+def test_at_worker_connections_the_oldest_new_connections_are_shed_until_a_batch_of_slots_is_free():
+    """1/32 of worker_connections (3 of 100) is freed at once, so a flood costs one run per batch."""
     clock = FakeClock(100.0)
-    waiting = [(n, clock() - 0.1 * (10 - n)) for n in range(10)]        # all younger than 1 s
-    assert overload_victims([], waiting, open_connections=102, high_water=75, limit=100, now=clock()) == [0, 1, 2]
+    waiting = [Waiting(n, clock() - 0.1 * (10 - n)) for n in range(10)]        # all younger than 1 s
+    assert overload_victims([], waiting, open_connections=102, high_water=75, limit=100,
+                            now=clock()) == [0, 1, 2, 3, 4]
 
 
 def test_a_request_after_an_answered_one_gets_the_short_deadline_under_overload():
     """Red team 3 F2: ~2000 connections each did one GET, then sent a body at exactly the minimum rate."""
     clock = FakeClock(100.0)
-    second_requests = [(n, clock() - 5.0) for n in range(3)]
+    second_requests = [Waiting(n, clock() - 5.0, body_rate=240.0) for n in range(3)]
     assert overload_victims([], second_requests, open_connections=80, high_water=75, limit=100,
                             now=clock()) == [0, 1, 2]
 
@@ -409,11 +415,65 @@ def test_idle_kept_alive_connections_past_the_deadline_are_closed_first_then_the
     """A young idle connection is kept even at worker_connections: its client may be sending a request."""
     clock = FakeClock(100.0)
     idle = [("idle-old", clock() - 3.0), ("idle-new", clock() - 0.2)]
-    waiting = [("request-old", clock() - 0.5), ("request-new", clock() - 0.1)]
+    waiting = [Waiting("request-old", clock() - 0.5), Waiting("request-new", clock() - 0.1)]
     assert overload_victims(idle, waiting, open_connections=80, high_water=75, limit=100,
                             now=clock()) == ["idle-old"]
     assert overload_victims(idle, waiting, open_connections=102, high_water=75, limit=100,
                             now=clock()) == ["idle-old", "request-old", "request-new"]
+
+
+def test_a_body_arriving_well_above_the_minimum_rate_is_not_shed_for_the_deadline():
+    """Red team 4 F2: under a flood of unfinished heads from the same address, a 30 kB/s upload
+    older than 1 s was cut; it is spared, a body at the minimum rate is not."""
+    clock = FakeClock(100.0)
+    waiting = [Waiting("upload", clock() - 5.0, "10.0.0.9", body_rate=30_000.0),
+               Waiting("trickle", clock() - 5.0, "10.0.0.9", body_rate=240.0),
+               *(Waiting(f"head-{n}", clock() - 2.0, "10.0.0.9") for n in range(5))]
+    victims = overload_victims([], waiting, open_connections=80, high_water=75, limit=100, now=clock())
+    assert victims == ["trickle", *(f"head-{n}" for n in range(5))]
+    assert waiting[0].body_rate >= OVERLOAD_SPARED_BODY_RATE
+
+
+def test_the_requests_of_a_peer_holding_no_more_than_its_share_are_not_shed_for_the_deadline():
+    """Red team 4 F2 again, the attacker on its own address: its heads are shed, another client's
+    slow but legal upload (above the minimum rate, below the spared rate) is not."""
+    clock = FakeClock(100.0)
+    flood = [Waiting(f"flood-{n}", clock() - 2.0, "10.0.0.66") for n in range(8)]
+    waiting = [Waiting("upload", clock() - 3.0, "10.0.0.1", body_rate=2_000.0), *flood]
+    assert overload_victims([], waiting, open_connections=80, high_water=75, limit=100,
+                            now=clock()) == [request.key for request in flood]
+
+
+@pytest.mark.parametrize("peers", [["10.0.0.1"] * 6, [f"10.0.0.{n}" for n in range(6)]],
+                         ids=["one load balancer", "an even crowd"])
+def test_when_no_peer_holds_more_than_its_share_every_late_request_is_shed(peers):
+    clock = FakeClock(100.0)
+    waiting = [Waiting(n, clock() - 2.0, peer, body_rate=2_000.0) for n, peer in enumerate(peers)]
+    assert overload_victims([], waiting, open_connections=80, high_water=75, limit=100,
+                            now=clock()) == list(range(6))
+
+
+def test_at_worker_connections_requests_not_spared_go_first_then_the_heaviest_peers():
+    """Spared: the fast upload and the requests of the two light peers; the flood is not."""
+    clock = FakeClock(100.0)
+    waiting = [Waiting("fast-upload", clock() - 0.9, "10.0.0.66", body_rate=50_000.0),
+               Waiting("other-client", clock() - 0.8, "10.0.0.1"),
+               *(Waiting(f"flood-{n}", clock() - 0.5 + n / 100, "10.0.0.66") for n in range(4)),
+               Waiting("third-client", clock() - 0.7, "10.0.0.2")]
+    flood = ["flood-0", "flood-1", "flood-2", "flood-3"]
+    assert overload_victims([], waiting, open_connections=101, high_water=75, limit=100, now=clock()) == flood
+    assert overload_victims([], waiting, open_connections=102, high_water=75, limit=100,
+                            now=clock()) == [*flood, "fast-upload"]
+
+
+@pytest.mark.parametrize("client,key", [
+    (("203.0.113.7", 50000), "203.0.113.7"),
+    (("2001:db8:1:2:aaaa::1", 50000, 0, 0), "2001:db8:1:2::/64"),
+    (("2001:db8:1:2:bbbb::9", 443, 0, 0), "2001:db8:1:2::/64"),
+    ("/run/gateway.sock", "/run/gateway.sock"),
+])
+def test_the_overload_rule_counts_ipv4_peers_by_address_and_ipv6_peers_by_their_64(client, key):
+    assert peer_key(client) == key
 
 
 # --- The per-worker budget of buffered body bytes (red team 3 F3) ---

@@ -572,19 +572,24 @@ def test_a_burst_then_a_trickle_is_cut_408_one_window_after_the_burst_and_the_op
 
 
 def hold_connections(port: int, stop: threading.Event, start: t.Callable[[socket.socket], None],
-                     connections: int) -> list[bytes]:
-    """``connections`` sockets each begun by ``start(sock)`` and then held, re-opened as the gateway closes them."""
+                     connections: int, source: str | None = None) -> list[bytes]:
+    """``connections`` sockets (from the loopback address ``source``) each begun by ``start(sock)`` and then
+    held, re-opened as the gateway closes them."""
     answers: list[bytes] = []
     selector = selectors.DefaultSelector()
 
     def open_one() -> None:
         try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5,
+                                            source_address=(source, 0) if source else None)
+        except OSError:
+            return
+        try:
             start(sock)
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ)
         except (OSError, StopIteration):
-            pass
+            sock.close()                    # closed by the gateway before it was held
 
     for _ in range(connections):
         open_one()
@@ -603,10 +608,11 @@ def hold_connections(port: int, stop: threading.Event, start: t.Callable[[socket
     return answers
 
 
-def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 150) -> list[bytes]:
+def hold_unfinished_heads(port: int, stop: threading.Event, connections: int = 150,
+                          source: str | None = None) -> list[bytes]:
     """Red team F3: ``connections`` sockets each holding a head that never ends, re-opened as they close."""
     return hold_connections(port, stop, lambda sock: sock.sendall(b"GET /anything/hold HTTP/1.1\r\nHost: gateway.test\r\n"),
-                            connections)
+                            connections, source)
 
 
 def one_worker_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFactory, name: str,
@@ -638,6 +644,41 @@ def test_more_unfinished_heads_than_worker_connections_are_shed_408_and_the_open
     assert len(answers) > 300, "the held heads were closed well before the 10 s head deadline"
     assert {status_of(answer) for answer in answers} <= {408, None}
     assert any(b'"head_too_slow"' in answer for answer in answers)
+
+
+def paced_upload(port: int, size: int, rate: int, source: str) -> bytes:
+    """A ``size``-byte POST from the loopback address ``source``, its body sent at ``rate`` bytes/s in
+    tenths of a second; the answer (empty when the connection was cut)."""
+    piece = rate // 10
+    with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0)) as sock:
+        try:
+            sock.sendall(f"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: {size}\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            for sent in range(0, size, piece):
+                sock.sendall(b"u" * min(piece, size - sent))
+                time.sleep(0.1)
+        except OSError:
+            pass
+        return read_until_closed(sock)
+
+
+def test_uploads_of_other_clients_and_fast_ones_complete_while_one_address_floods_the_worker(small_gateway):
+    """Red team 4 F2: one address holds 300 unfinished heads against 100 worker_connections, re-opened
+    as they are shed. Two 3 s uploads complete: a slow but legal one (4 kB/s) from another address,
+    whose peer holds no more than its share, and a fast one (100 kB/s) from the flooding address,
+    spared by its rate. Before, every upload longer than 1 s was cut with a reset."""
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        floods = [pool.submit(hold_unfinished_heads, small_gateway.port, stop, 150, "127.0.0.2") for _ in range(2)]
+        time.sleep(1.5)
+        slow = pool.submit(paced_upload, small_gateway.port, 12_000, 4_000, "127.0.0.1")
+        fast = pool.submit(paced_upload, small_gateway.port, 300_000, 100_000, "127.0.0.2")
+        uploads = [slow.result(timeout=30), fast.result(timeout=30)]
+        stop.set()
+        shed = [answer for flood in floods for answer in flood.result(timeout=60)]
+    assert [status_of(answer) for answer in uploads] == [200, 200], uploads
+    assert b'"uuuu' in uploads[0] and len(shed) > 100
+    assert {status_of(answer) for answer in shed} <= {408, None}
 
 
 def test_expect_100_continue_is_answered_before_the_body_and_once(impatient_gateway):
