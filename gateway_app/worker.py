@@ -27,9 +27,10 @@ gateway's JSON error) and the connection closed, so a slow client never holds a 
 * overload: above 75 % of ``worker_connections`` open, every connection not in a pool thread
   has 1 s: an idle kept-alive one for its next request, any other for the request it is sending,
   whether or not it completed one before, idle ones closed first; spared are bodies arriving at
-  8 KiB/s or more and the requests of peers holding no more than an equal share while another
-  holds more; at ``worker_connections`` requests are closed until 1/32 of them is free, the
-  heaviest peer's first (:func:`overload_victims`, :meth:`HeadReadingWorker.shed_overload`).
+  8 KiB/s or more and, while some peer holds more than an equal share and more than 8 of
+  them, the connections of every other peer; at ``worker_connections`` requests are closed
+  until 1/32 of them is free, such heavy peers' first (:func:`overload_victims`,
+  :meth:`HeadReadingWorker.shed_overload`).
 
 A request goes to a thread only when it is whole or when gunicorn's parser refuses it from the
 bytes already read: chunked framing the loop cannot read (a bare LF, a missing CRLF) is answered
@@ -119,6 +120,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 OVERLOAD_FRACTION = 0.75
 OVERLOAD_TIMEOUT = 1.0
 OVERLOAD_SPARED_BODY_RATE = 8192.0   # bytes/s: a body arriving this fast is not shed for the deadline
+OVERLOAD_PEER_FLOOR = 8              # connections: a peer holding no more is never the overload's cause
 OVERLOAD_CHECK_INTERVAL = 0.05       # seconds between two runs of the rule below worker_connections
 OVERLOAD_FREED_SHARE = 32            # at worker_connections, 1/32 of them is freed at once (one run per batch)
 # A closed connection's lingering read (RFC 9112 §9.6): as gunicorn's util.close_graceful.
@@ -919,7 +921,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         conn.sock.settimeout(self.client_timeout)
         handoff = self.handoffs.pop(conn, None)
         unreader = getattr(conn.parser, "unreader", None)
-        guarded = isinstance(unreader, SocketUnreader) and not conn.is_http2 and req.body is not None
+        guarded = (isinstance(unreader, SocketUnreader) and not conn.is_http2 and req.body is not None
+                   and not _bodiless(req.body.reader))
         if guarded:
             req.body.reader = _GuardedBodyReader(req.body.reader, req)
         body = handoff.body if handoff is not None else None
@@ -1140,7 +1143,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if now < self._next_overload_check and self.nr_conns < self.worker_connections:
             return
         self._next_overload_check = now + OVERLOAD_CHECK_INTERVAL
-        idle = ((conn, conn.timeout - self.cfg.keepalive) for conn in self.keepalived_conns)
+        idle = (Waiting(conn, conn.timeout - self.cfg.keepalive, peer_key(conn.client))
+                for conn in self.keepalived_conns)
         waiting = (Waiting(conn, pending.started, pending.peer, self._body_rate(pending, now))
                    for conn, pending in self.pending.items())
         victims = overload_victims(idle, waiting, self.nr_conns, self.high_water, self.worker_connections, now)
@@ -1150,7 +1154,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 if _has_bytes(conn):
                     continue                            # its next request arrived: gthread takes it
                 if self.keepalived_conns[0] is conn:
-                    self.keepalived_conns.popleft()     # idle victims are the oldest, in order
+                    self.keepalived_conns.popleft()     # the oldest, most often
                 else:
                     self.keepalived_conns.remove(conn)
                 self._unregister(conn)
@@ -1306,32 +1310,33 @@ def peer_key(client: t.Any) -> str:
         return address
 
 
-def overload_victims(idle: t.Iterable[tuple[K, float]], waiting: t.Iterable[Waiting[K]],
+def overload_victims(idle: t.Iterable[Waiting[K]], waiting: t.Iterable[Waiting[K]],
                      open_connections: int, high_water: int, limit: int, now: float) -> list[K]:
     """Which connections not in a pool thread to close under overload, in order.
 
-    ``idle``: ``(key, idle since)`` of kept-alive connections waiting for their next request,
-    oldest first; ``waiting``: the requests being read (:class:`Waiting`), whether or not an
-    earlier request on the connection was answered, in arrival order; times in seconds of the
-    loop's monotonic clock.
+    ``idle``: kept-alive connections waiting for their next request (``started``: idle since),
+    oldest first; ``waiting``: the requests being read, whether or not an earlier request on
+    the connection was answered, in arrival order; times in seconds of the loop's monotonic
+    clock. A peer is *heavy* when it holds more of these connections than an equal share and
+    more than :data:`OVERLOAD_PEER_FLOOR` (a browser opens six per host).
 
-    At ``high_water`` open connections or more:
+    At ``high_water`` open connections or more, each connection has :data:`OVERLOAD_TIMEOUT`
+    (Envoy's overload manager "reduce timeouts"), unless it is *spared*: its body arrives at
+    :data:`OVERLOAD_SPARED_BODY_RATE` or more, or some peer is heavy and its own is not. So the
+    short deadline falls on the peers that cause the overload (red team 4 F2: one address's
+    1,500 connections a second cut every other client's uploads after 1 s); when no peer is
+    heavy (one load balancer, or a crowd of addresses holding a few each) only the body rate
+    spares.
 
-    * idle connections older than :data:`OVERLOAD_TIMEOUT` are closed first (nginx closes idle
+    * idle connections past the deadline and not spared are closed first (nginx closes idle
       keep-alive connections first when it runs out of connections, ``ngx_drain_connections``);
-    * a request older than :data:`OVERLOAD_TIMEOUT` is closed unless it is *spared*: its body
-      arrives at :data:`OVERLOAD_SPARED_BODY_RATE` or more, or its peer holds no more than an
-      equal share of the waiting requests while another peer holds more (Envoy's overload
-      manager "reduce timeouts", applied to the peers that cause the overload: red team 4 F2,
-      one peer's 1,500 connections a second cut every other client's uploads after 1 s). When
-      no peer holds more than its share (one load balancer, or an even crowd), only the
-      body rate spares;
+    * then requests past the deadline and not spared;
     * at ``limit`` (``worker_connections``) requests are closed until ``limit //``
       :data:`OVERLOAD_FREED_SHARE` slots (at least one) are free, so a flood of new
-      connections costs one run of the rule per batch: those not spared first, the peers
-      holding most first, then the oldest. An idle connection
-      younger than the deadline is not: its client may be sending a request the loop has not
-      read yet.
+      connections costs one run of the rule per batch: heavy peers' requests not spared
+      first, then other requests not spared, then spared ones, each oldest first. An idle
+      connection younger than the deadline is not: its client may be sending a request the
+      loop has not read yet.
 
     A connection that completed a request is no exception (red team 3 F2: one GET, then a
     body at the minimum rate).
@@ -1339,26 +1344,27 @@ def overload_victims(idle: t.Iterable[tuple[K, float]], waiting: t.Iterable[Wait
     victims: list[K] = []
     if open_connections < high_water:
         return victims
-    for key, since in idle:
-        if since + OVERLOAD_TIMEOUT > now:
-            break
-        victims.append(key)
-    requests = list(waiting)
-    held = collections.Counter(request.peer for request in requests)
-    share = len(requests) / len(held) if held else 0.0
-    uneven = any(count > share for count in held.values())
+    idle, requests = list(idle), list(waiting)
+    held = collections.Counter(connection.peer for connection in itertools.chain(idle, requests))
+    bar = max((len(idle) + len(requests)) / max(len(held), 1), OVERLOAD_PEER_FLOOR)
+    heavy = {peer for peer, count in held.items() if count > bar}
 
-    def spared(request: Waiting[K]) -> bool:
-        fast = request.body_rate is not None and request.body_rate >= OVERLOAD_SPARED_BODY_RATE
-        return fast or (uneven and held[request.peer] <= share)
+    def spared(connection: Waiting[K]) -> bool:
+        fast = connection.body_rate is not None and connection.body_rate >= OVERLOAD_SPARED_BODY_RATE
+        return fast or (bool(heavy) and connection.peer not in heavy)
 
-    late = [request for request in requests if request.started + OVERLOAD_TIMEOUT <= now and not spared(request)]
-    victims.extend(request.key for request in late)
+    def late(connections: list[Waiting[K]]) -> list[Waiting[K]]:
+        return [connection for connection in connections
+                if connection.started + OVERLOAD_TIMEOUT <= now and not spared(connection)]
+
+    victims.extend(connection.key for connection in late(idle))
+    late_requests = late(requests)
+    victims.extend(request.key for request in late_requests)
     if open_connections - len(victims) >= limit:
         excess = open_connections - len(victims) - limit + max(1, limit // OVERLOAD_FREED_SHARE)
-        chosen = {request.key for request in late}
+        chosen = {request.key for request in late_requests}
         rest = (request for request in requests if request.key not in chosen)
-        order = heapq.nsmallest(excess, rest, key=lambda request: (spared(request), -held[request.peer],
+        order = heapq.nsmallest(excess, rest, key=lambda request: (spared(request), request.peer not in heavy,
                                                                     request.started))
         victims.extend(request.key for request in order)
     return victims
@@ -1387,6 +1393,11 @@ def write_error_json(sock: t.Any, status: int, reason: str, message: str,
         util.write_nonblock(sock, head + body)
     except OSError:
         pass
+
+
+def _bodiless(reader: t.Any) -> bool:
+    """A request without a body (no framing field, or ``Content-Length: 0``): nothing to guard."""
+    return isinstance(reader, LengthReader) and reader.length == 0
 
 
 def _has_bytes(conn: gthread.TConn) -> bool:

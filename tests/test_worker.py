@@ -383,7 +383,7 @@ from gateway_app.worker import peer_key  # noqa: E402
 def test_below_the_high_water_mark_no_waiting_request_is_shed():
     clock = FakeClock(100.0)
     waiting = [Waiting(n, clock() - 9.0) for n in range(10)]
-    idle = [("idle", clock() - 9.0)]
+    idle = [Waiting("idle", clock() - 9.0)]
     assert overload_victims(idle, waiting, open_connections=74, high_water=75, limit=100, now=clock()) == []
 
 
@@ -414,7 +414,7 @@ def test_a_request_after_an_answered_one_gets_the_short_deadline_under_overload(
 def test_idle_kept_alive_connections_past_the_deadline_are_closed_first_then_the_oldest_requests():
     """A young idle connection is kept even at worker_connections: its client may be sending a request."""
     clock = FakeClock(100.0)
-    idle = [("idle-old", clock() - 3.0), ("idle-new", clock() - 0.2)]
+    idle = [Waiting("idle-old", clock() - 3.0), Waiting("idle-new", clock() - 0.2)]
     waiting = [Waiting("request-old", clock() - 0.5), Waiting("request-new", clock() - 0.1)]
     assert overload_victims(idle, waiting, open_connections=80, high_water=75, limit=100,
                             now=clock()) == ["idle-old"]
@@ -434,36 +434,53 @@ def test_a_body_arriving_well_above_the_minimum_rate_is_not_shed_for_the_deadlin
     assert waiting[0].body_rate >= OVERLOAD_SPARED_BODY_RATE
 
 
-def test_the_requests_of_a_peer_holding_no_more_than_its_share_are_not_shed_for_the_deadline():
-    """Red team 4 F2 again, the attacker on its own address: its heads are shed, another client's
-    slow but legal upload (above the minimum rate, below the spared rate) is not."""
+def test_the_connections_of_peers_that_are_not_heavy_are_not_shed_while_one_is():
+    """Red team 4 F2 again, the attacker on its own address: its heads are shed; another client's
+    slow but legal upload (above the minimum rate, below the spared rate) and kept-alive
+    connection are not."""
     clock = FakeClock(100.0)
-    flood = [Waiting(f"flood-{n}", clock() - 2.0, "10.0.0.66") for n in range(8)]
+    flood = [Waiting(f"flood-{n}", clock() - 2.0, "10.0.0.66") for n in range(12)]
+    idle = [Waiting("keep-alive", clock() - 3.0, "10.0.0.1"), Waiting("flood-idle", clock() - 3.0, "10.0.0.66")]
     waiting = [Waiting("upload", clock() - 3.0, "10.0.0.1", body_rate=2_000.0), *flood]
-    assert overload_victims([], waiting, open_connections=80, high_water=75, limit=100,
-                            now=clock()) == [request.key for request in flood]
+    assert overload_victims(idle, waiting, open_connections=80, high_water=75, limit=100,
+                            now=clock()) == ["flood-idle", *(request.key for request in flood)]
 
 
-@pytest.mark.parametrize("peers", [["10.0.0.1"] * 6, [f"10.0.0.{n}" for n in range(6)]],
-                         ids=["one load balancer", "an even crowd"])
-def test_when_no_peer_holds_more_than_its_share_every_late_request_is_shed(peers):
+@pytest.mark.parametrize("peers", [
+    ["10.0.0.1"] * 20,
+    [f"10.0.0.{n}" for n in range(20)],
+    ["10.0.0.1"] * 3 + [f"10.1.0.{n}" for n in range(17)],
+], ids=["one load balancer", "an even crowd", "a client with three connections in a crowd of one each"])
+def test_when_no_peer_is_heavy_every_late_request_is_shed_but_fast_bodies(peers):
+    """Red team 5: a flood from 1,700 addresses of one connection each made the legitimate client,
+    with three connections, the "heaviest" peer: a peer is heavy only above 8 connections."""
     clock = FakeClock(100.0)
     waiting = [Waiting(n, clock() - 2.0, peer, body_rate=2_000.0) for n, peer in enumerate(peers)]
-    assert overload_victims([], waiting, open_connections=80, high_water=75, limit=100,
-                            now=clock()) == list(range(6))
+    fast = Waiting("fast", clock() - 2.0, peers[0], body_rate=30_000.0)
+    assert overload_victims([], [*waiting, fast], open_connections=80, high_water=75, limit=100,
+                            now=clock()) == list(range(20))
 
 
-def test_at_worker_connections_requests_not_spared_go_first_then_the_heaviest_peers():
+def test_at_worker_connections_the_heavy_peers_requests_go_first_and_spared_ones_last():
     """Spared: the fast upload and the requests of the two light peers; the flood is not."""
     clock = FakeClock(100.0)
+    flood = [f"flood-{n}" for n in range(10)]
     waiting = [Waiting("fast-upload", clock() - 0.9, "10.0.0.66", body_rate=50_000.0),
                Waiting("other-client", clock() - 0.8, "10.0.0.1"),
-               *(Waiting(f"flood-{n}", clock() - 0.5 + n / 100, "10.0.0.66") for n in range(4)),
+               *(Waiting(key, clock() - 0.5 + n / 100, "10.0.0.66") for n, key in enumerate(flood)),
                Waiting("third-client", clock() - 0.7, "10.0.0.2")]
-    flood = ["flood-0", "flood-1", "flood-2", "flood-3"]
-    assert overload_victims([], waiting, open_connections=101, high_water=75, limit=100, now=clock()) == flood
-    assert overload_victims([], waiting, open_connections=102, high_water=75, limit=100,
+    assert overload_victims([], waiting, open_connections=107, high_water=75, limit=100, now=clock()) == flood
+    assert overload_victims([], waiting, open_connections=108, high_water=75, limit=100,
                             now=clock()) == [*flood, "fast-upload"]
+
+
+def test_at_worker_connections_without_a_heavy_peer_the_oldest_requests_not_spared_go_first():
+    clock = FakeClock(100.0)
+    waiting = [Waiting("fast-upload", clock() - 0.9, "10.0.0.1", body_rate=50_000.0),
+               *(Waiting(n, clock() - 0.5 + n / 100, f"10.1.0.{n}") for n in range(4)),
+               Waiting("legit-head", clock() - 0.6, "10.0.0.1")]
+    assert overload_victims([], waiting, open_connections=101, high_water=75, limit=100,
+                            now=clock()) == ["legit-head", 0, 1, 2]
 
 
 @pytest.mark.parametrize("client,key", [

@@ -123,8 +123,8 @@ def _check_paths(call: Call, source: Source) -> None:
         if not value.startswith("/"):
             raise source.error(position, f"{call.name} must start with '/'")
         if "{" in value:
-            raise source.error(position, f"path templates such as {{id:[0-9]+}} are Traefik v2; "
-                                         f"use PathRegexp(`^/products/[0-9]+$`)")
+            raise source.error(position, "path templates such as {id:[0-9]+} are Traefik v2; "
+                                         "use PathRegexp(`^/products/[0-9]+$`)")
 
 
 def _path(call: Call, source: Source) -> Predicate:

@@ -681,6 +681,32 @@ def test_uploads_of_other_clients_and_fast_ones_complete_while_one_address_flood
     assert {status_of(answer) for answer in shed} <= {408, None}
 
 
+def hold_unfinished_heads_spread(port: int, stop: threading.Event, addresses: range) -> list[bytes]:
+    """Unfinished heads from many loopback addresses, a few connections each, re-opened as they close."""
+    with concurrent.futures.ThreadPoolExecutor(len(addresses)) as pool:
+        floods = [pool.submit(hold_unfinished_heads, port, stop, 2, f"127.1.0.{n}") for n in addresses]
+        return [answer for flood in floods for answer in flood.result(timeout=60)]
+
+
+def test_a_fast_upload_completes_while_a_flood_spread_over_many_addresses_holds_the_worker(small_gateway):
+    """Red team 5: 1,700 addresses of one connection each made the client holding three the "heaviest"
+    and shed its uploads first. 40 addresses of 5 heads each (200 against 100 worker_connections):
+    no address is heavy, and a 100 kB/s upload from a client that also holds two idle connections
+    completes."""
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool, \
+            socket.create_connection(("127.0.0.1", small_gateway.port), timeout=10) as first, \
+            socket.create_connection(("127.0.0.1", small_gateway.port), timeout=10) as second:
+        flood = pool.submit(hold_unfinished_heads_spread, small_gateway.port, stop, range(1, 101))
+        time.sleep(1.5)
+        upload = pool.submit(paced_upload, small_gateway.port, 300_000, 100_000, "127.0.0.1")
+        answer = upload.result(timeout=30)
+        stop.set()
+        shed = flood.result(timeout=90)
+    assert status_of(answer) == 200, answer
+    assert len(shed) > 100 and {status_of(answer) for answer in shed} <= {408, None}
+
+
 def test_expect_100_continue_is_answered_before_the_body_and_once(impatient_gateway):
     """The loop waits for the body, so it says ``100 Continue`` itself; gunicorn then sends none."""
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
