@@ -695,8 +695,8 @@ def test_a_fast_upload_completes_while_a_flood_spread_over_many_addresses_holds_
     completes."""
     stop = threading.Event()
     with concurrent.futures.ThreadPoolExecutor(2) as pool, \
-            socket.create_connection(("127.0.0.1", small_gateway.port), timeout=10) as first, \
-            socket.create_connection(("127.0.0.1", small_gateway.port), timeout=10) as second:
+            socket.create_connection(("127.0.0.1", small_gateway.port), timeout=10), \
+            socket.create_connection(("127.0.0.1", small_gateway.port), timeout=10):
         flood = pool.submit(hold_unfinished_heads_spread, small_gateway.port, stop, range(1, 101))
         time.sleep(1.5)
         upload = pool.submit(paced_upload, small_gateway.port, 300_000, 100_000, "127.0.0.1")
