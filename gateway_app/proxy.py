@@ -179,7 +179,7 @@ class _FinalAnswer(http.client.HTTPResponse):
     answer and the real one left on the pooled connection. Interim answers are not relayed
     (WSGI has no way to send them; gunicorn answers ``Expect: 100-continue`` itself), so
     they are read and dropped here. The gateway never asks to upgrade, so a ``101`` is invalid
-    (RFC 9110 §15.2.2). http.client takes a field line it cannot parse (``Bad Name: x``, a space
+    (RFC 9110 §15.2.2), as is a status above 599 (RFC 9110 §15). http.client takes a field line it cannot parse (``Bad Name: x``, a space
     before the colon) for the start of the body, dropping the fields after it, and reads a
     ``Content-Length`` it cannot parse as "until close": both are refused here.
 
@@ -199,6 +199,8 @@ class _FinalAnswer(http.client.HTTPResponse):
             self.chunked = False
         if self.status == 101:
             raise _InvalidAnswerError("101 Switching Protocols without an upgrade request")
+        if self.status > 599:                           # RFC 9110 §15: status codes are 100-599
+            raise _InvalidAnswerError("a status code above 599")
         if self.msg.defects or self.msg.get_payload():
             raise _InvalidAnswerError("a field line that is not name: value")
         if self.length is None and not self.chunked and "content-length" in self.msg:

@@ -39,8 +39,10 @@ for a CRLF, on a pool thread, with no minimum rate: red team 3 F1), as are the o
 :class:`Refusal` answers below.
 
 Buffered bodies are bounded per worker (:class:`BodyBudget`, ``GATEWAY_BUFFERED_BODY_BYTES``,
-default 24 MiB, memory and temporary files together): a body whose declared size does not fit
-is answered 503 ``server_busy`` with ``Retry-After`` by the loop, as is a failed spool write.
+default 24 MiB, memory and temporary files together; past half of it, no client address holds
+more than what is left free): a body whose next bytes are not granted, or that declares more
+than half the budget, is answered 503 ``server_busy`` with ``Retry-After`` by the loop, as is a
+failed spool write.
 
 The body limit applied in the loop is the largest any route allows
 (:meth:`HeadReadingWorker.body_limit`): a ``Content-Length`` or chunk sizes declaring more are
@@ -197,31 +199,58 @@ class BodyBudget:
 
     Bodies are read before routing and auth, so without a bound unauthenticated clients fill
     ``$TMPDIR`` (red team 3 F3: 7 uploads filled the 64 MiB ``/tmp`` of deploy/k8s). A request
-    holds the bytes it has received so far (a body declaring more than the whole budget is
-    refused at once); one whose next bytes do not fit is refused 503 (:data:`SERVER_BUSY`), as
-    Envoy's overload manager and nginx's ``limit_conn`` answer 503. Counting what was received
-    rather than what was declared makes a crowd of slow uploads that declare large bodies cost
-    the attacker the bytes it holds (red team 4: 130 unauthenticated uploads declaring 1 MB at
-    the minimum rate spent a 24 MiB budget). Thread-safe: reservations end on pool threads.
+    holds the bytes it has received so far; one whose next bytes are not granted is refused
+    503 (:data:`SERVER_BUSY`), as Envoy's overload manager and nginx's ``limit_conn`` answer
+    503. Counting what was received rather than what was declared makes a crowd of slow
+    uploads that declare large bodies cost the attacker the bytes it holds (red team 4: 130
+    unauthenticated uploads declaring 1 MB at the minimum rate spent a 24 MiB budget).
+
+    Bytes are granted while they fit, except that past half of the budget no client address
+    (:func:`peer_key`) may hold more than what is left free: one address filled 43 of 48 MB of
+    two workers' budgets with trickled uploads, and every other client's uploads got 503 (red
+    team 5 F1). Alone, an address holds up to half the budget; beside it, others keep at
+    least as much as it holds, so k addresses leave at least 1/(k+1) of it to everyone else
+    (nginx's ``limit_conn`` per ``$binary_remote_addr``, sized by what is left rather than
+    fixed, so one large upload still fits an idle gateway). A body larger than
+    :attr:`largest` can never be held. Thread-safe: reservations end on pool threads.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        self._held_by: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def reserve(self, size: int) -> bool:
-        """Take ``size`` bytes if they are left; whether they were."""
+    @property
+    def largest(self) -> int:
+        """The most bytes one address can hold, when it is alone: half the budget."""
+        return self.limit // 2
+
+    def reserve(self, size: int, peer: str = "") -> bool:
+        """Take ``size`` more bytes for a body from ``peer`` if the rule above grants them; whether it did."""
         with self._lock:
-            if self.held + size > self.limit:
+            held = self.held + size
+            mine = self._held_by.get(peer, 0) + size
+            if held > self.limit or (held > self.largest and mine > self.limit - held):
                 return False
-            self.held += size
+            self.held = held
+            self._held_by[peer] = mine
             return True
 
-    def release(self, size: int) -> None:
-        """Give back ``size`` bytes reserved before."""
+    def release(self, size: int, peer: str = "") -> None:
+        """Give back ``size`` bytes ``peer`` reserved before."""
         with self._lock:
             self.held -= size
+            mine = self._held_by.get(peer, 0) - size
+            if mine > 0:
+                self._held_by[peer] = mine
+            else:
+                self._held_by.pop(peer, None)
+
+    def held_by(self, peer: str) -> int:
+        """Bytes ``peer``'s bodies hold now."""
+        with self._lock:
+            return self._held_by.get(peer, 0)
 
 
 class MinRateWindow:
@@ -625,11 +654,12 @@ class RequestBuffer:
     """
 
     def __init__(self, limits: HeadLimits, body_limit: int | None, data: bytes = b"",
-                 budget: BodyBudget | None = None,
+                 budget: BodyBudget | None = None, peer: str = "",
                  spool: t.Callable[[], t.BinaryIO] = partial(tempfile.SpooledTemporaryFile, SPOOL_THRESHOLD)) -> None:
         self.head = HeadBuffer(limits)
         self.body_limit = body_limit
         self._budget = budget
+        self.peer = peer                      # the client address the budget counts (:func:`peer_key`)
         self._reserved = 0                    # bytes of the budget this body holds
         self._make_spool = spool
         self.framing: BodyFraming | None = None
@@ -709,9 +739,9 @@ class RequestBuffer:
             self.state = RequestState.READY
 
     def _fits(self, declared: int) -> bool:
-        """A body that declares more than the whole budget can never be buffered: refused 503 at once."""
-        if self._budget is not None and declared > self._budget.limit:
-            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"body larger than the buffers ({self._budget.limit} bytes)"))
+        """A body that declares more than one address can ever hold can never be buffered: refused 503 at once."""
+        if self._budget is not None and declared > self._budget.largest:
+            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"body larger than the buffers ({self._budget.largest} bytes)"))
             return False
         return True
 
@@ -723,8 +753,9 @@ class RequestBuffer:
         more = size - self._reserved
         if self._budget is None or more <= 0:
             return True
-        if not self._budget.reserve(more):
-            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"body buffers full ({self._budget.limit} bytes)"))
+        if not self._budget.reserve(more, self.peer):
+            self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"body buffers full ({self._budget.held} of "
+                                                                f"{self._budget.limit} bytes held)"))
             return False
         self._reserved += more
         return True
@@ -732,7 +763,7 @@ class RequestBuffer:
     def _release(self) -> None:
         reserved, self._reserved = self._reserved, 0
         if self._budget is not None and reserved:
-            self._budget.release(reserved)
+            self._budget.release(reserved, self.peer)
 
     def _over_limit(self, declared: int) -> bool:
         self.too_large = self.body_limit is not None and declared > self.body_limit
@@ -888,7 +919,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         under gthread.
         """
         if conn.parser is None and self.reads_heads and not negotiation.prior_knowledge_allowed(self.cfg, conn.client):
-            self._park(conn, RequestBuffer(self.head_limits, self.body_limit(), budget=self.body_budget))
+            self._park(conn, RequestBuffer(self.head_limits, self.body_limit(), budget=self.body_budget,
+                                           peer=peer_key(conn.client)))
         else:
             super().enqueue_req(conn)
 
@@ -897,7 +929,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if self.reads_heads and conn.parser is not None and not conn.is_http2 and conn not in self.handoffs:
             # a kept-alive connection: its next request, read without blocking
             request = RequestBuffer(self.head_limits, self.body_limit(), conn.parser.unreader.take_buffered(),
-                                    budget=self.body_budget)
+                                    budget=self.body_budget, peer=peer_key(conn.client))
             waiting = self._receive(conn, request, socket.MSG_DONTWAIT)
             if request.state is RequestState.INCOMPLETE and (waiting or not request.in_body):
                 return _Parked(request) if waiting else False    # False: the peer left, as gthread ends it
@@ -988,7 +1020,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         except (OSError, ValueError, KeyError):
             self._drop(conn)
             return
-        pending = _Pending(request, time.monotonic(), peer_key(conn.client))
+        pending = _Pending(request, time.monotonic(), request.peer)
         self.pending[conn] = pending
         self._progress(conn, pending)
         if pending.window is None:

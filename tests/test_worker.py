@@ -505,7 +505,7 @@ def sized(length: int, sent: bytes = b"") -> bytes:
 
 def test_a_body_holds_the_bytes_it_sent_not_the_size_it_declared():
     """Red team 4: uploads declaring 1 MB and trickling at the minimum rate spent the budget by declaration."""
-    budget = BodyBudget(1000)
+    budget = BodyBudget(2000)
     crowd = [RequestBuffer(BIG_LIMITS, None, sized(900, b"abc"), budget=budget) for _ in range(100)]
     assert all(request.state is RequestState.INCOMPLETE for request in crowd)
     assert budget.held == 300                                   # 100 x the 3 bytes each sent
@@ -515,12 +515,12 @@ def test_a_body_holds_the_bytes_it_sent_not_the_size_it_declared():
 
 
 def test_a_body_whose_next_bytes_do_not_fit_what_is_left_of_the_budget_is_refused_503():
-    budget = BodyBudget(1000)
-    first = RequestBuffer(BIG_LIMITS, None, sized(600, b"x" * 600), budget=budget)
-    assert budget.held == 600
-    second = RequestBuffer(BIG_LIMITS, None, sized(600, b"y" * 100), budget=budget)
-    assert second.state is RequestState.INCOMPLETE and budget.held == 700
-    second.feed(b"y" * 400)
+    budget = BodyBudget(2000)
+    first = RequestBuffer(BIG_LIMITS, None, sized(1000, b"x" * 1000), budget=budget, peer="10.0.0.1")
+    assert budget.held == 1000
+    second = RequestBuffer(BIG_LIMITS, None, sized(1000, b"y" * 100), budget=budget, peer="10.0.0.2")
+    assert second.state is RequestState.INCOMPLETE and budget.held == 1100
+    second.feed(b"y" * 850)
     assert second.state is RequestState.REFUSED and second.refusal is not None
     assert (second.refusal.status, second.refusal.reason, second.refusal.retry_after) == (503, "server_busy", 5)
     first.close()
@@ -528,21 +528,52 @@ def test_a_body_whose_next_bytes_do_not_fit_what_is_left_of_the_budget_is_refuse
     assert budget.held == 0
 
 
-def test_a_body_declaring_more_than_the_whole_budget_is_refused_503_at_once():
+def test_a_body_declaring_more_than_half_the_budget_is_refused_503_at_once():
+    """No address can ever hold more than half the budget."""
     budget = BodyBudget(1000)
-    request = RequestBuffer(BIG_LIMITS, None, sized(1001), budget=budget)
+    assert budget.largest == 500
+    request = RequestBuffer(BIG_LIMITS, None, sized(501), budget=budget)
     assert request.state is RequestState.REFUSED and request.refusal is not None
     assert (request.refusal.status, request.refusal.reason) == (503, "server_busy")
     assert budget.held == 0
 
 
 def test_a_chunked_body_is_refused_503_when_its_running_total_exceeds_the_budget():
-    budget = BodyBudget(100)
+    budget = BodyBudget(200)
     request = RequestBuffer(BIG_LIMITS, None, post(b"Transfer-Encoding: chunked\r\n") + b"40\r\n", budget=budget)
     assert request.state is RequestState.INCOMPLETE
     request.feed(b"x" * 64 + b"\r\n")
     assert request.feed(b"40\r\n") is RequestState.REFUSED           # 128 declared
     assert budget.held == 0
+
+
+def test_past_half_of_the_budget_no_address_holds_more_than_is_left_free():
+    """Red team 5 F1: one address's trickled uploads held 43 of 48 MB, and every other upload got 503.
+    Alone it holds half; beside it another address gets what is left down to its own holding."""
+    budget = BodyBudget(1000)
+    attacker = [RequestBuffer(BIG_LIMITS, None, sized(400), budget=budget, peer="10.0.0.66") for _ in range(3)]
+    for request in attacker:
+        request.feed(b"a" * 200)
+    assert [request.state for request in attacker] == [RequestState.INCOMPLETE] * 2 + [RequestState.REFUSED]
+    assert budget.held_by("10.0.0.66") == 400
+    upload = RequestBuffer(BIG_LIMITS, None, sized(300), budget=budget, peer="10.0.0.1")
+    assert upload.feed(b"u" * 300) is RequestState.READY                 # 700 held: 300 <= 1000 - 700
+    third = RequestBuffer(BIG_LIMITS, None, sized(100), budget=budget, peer="10.0.0.1")
+    assert third.feed(b"v" * 100) is RequestState.REFUSED                # 800 held: 400 > 1000 - 800
+    assert budget.held_by("10.0.0.1") == 300 and budget.held == 700
+    for request in [*attacker, upload, third]:
+        request.close()
+    assert budget.held == 0
+
+
+def test_alone_an_address_holds_up_to_half_the_budget():
+    budget = BodyBudget(1000)
+    requests = [RequestBuffer(BIG_LIMITS, None, sized(250), budget=budget, peer="10.0.0.1") for _ in range(3)]
+    states = [request.feed(b"x" * 250) for request in requests]
+    assert states == [RequestState.READY, RequestState.READY, RequestState.REFUSED]
+    for request in requests:
+        request.close()
+    assert budget.held == 0 and budget.held_by("10.0.0.1") == 0
 
 
 def test_a_served_body_gives_its_bytes_back_when_the_thread_is_done_with_it():

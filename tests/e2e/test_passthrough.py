@@ -295,8 +295,10 @@ def test_an_obs_folded_upstream_header_is_unfolded_not_a_500(gateway, upstream):
     CannedResponse(200, [("X-Space ", "y")], b"ok"),
     CannedResponse(200, [("X-\x7f", "z")], b"ok"),
     CannedResponse(101, [("Upgrade", "websocket"), ("Connection", "Upgrade")]),
+    CannedResponse(600, [], b"ok", reason="UNKNOWN"),
 ], ids=["two different Content-Lengths", "a Content-Length list", "a space inside a field name",
-        "a space before the colon", "a control character in a field name", "101 without an upgrade request"])
+        "a space before the colon", "a control character in a field name", "101 without an upgrade request",
+        "a status above 599"])
 def test_an_upstream_answer_that_is_not_valid_http_answers_502_at_once(gateway, upstream, canned):
     """RFC 9112 §6.3 / §5.1: a proxy discards an invalid answer and sends 502 (before the fix: a
     field line http.client could not parse was taken for the body's start, and the gateway waited

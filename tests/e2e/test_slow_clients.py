@@ -799,19 +799,19 @@ def budget_gateway(httpbin: ServerProcess, tmp_path_factory: pytest.TempPathFact
         yield server
 
 
-def hold_uploads(port: int, stop: threading.Event) -> list[bytes]:
+def hold_uploads(port: int, stop: threading.Event, source: str | None = None) -> list[bytes]:
     """Red team 3 F3: uploads of 900 kB that send 400 kB and hold, re-opened as they are answered
     (a body holds the bytes it sent: red team 4)."""
     def start(sock: socket.socket) -> None:
         sock.sendall(b"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 900000\r\n\r\n"
                      + b"x" * 400_000)
 
-    return hold_connections(port, stop, start, connections=10)
+    return hold_connections(port, stop, start, connections=10, source=source)
 
 
 def test_uploads_beyond_the_buffered_body_budget_are_refused_503_at_once_and_the_open_route_answers(budget_gateway):
-    """20 held uploads that each sent 400 kB against a 2 MB budget: five fit, the others are answered 503
-    with Retry-After as their bytes arrive."""
+    """20 held uploads from one address that each sent 400 kB against a 2 MB budget: two fit (one address
+    holds at most half), the others are answered 503 with Retry-After as their bytes arrive."""
     probe, results = probe_during(budget_gateway.url + "/anything/public",
                                   lambda stop: hold_uploads(budget_gateway.port, stop), seconds=4.0, attackers=2)
     assert_open_route_answered(probe)
@@ -820,6 +820,21 @@ def test_uploads_beyond_the_buffered_body_budget_are_refused_503_at_once_and_the
     busy = [answer for answer in answers if status_of(answer) == 503]
     assert busy and all(b'"server_busy"' in answer and b"Retry-After: 5" in answer for answer in busy)
     assert {status_of(answer) for answer in answers} <= {503, 408}
+
+
+def test_an_upload_from_another_address_fits_while_one_address_holds_all_it_can_of_the_budget(budget_gateway):
+    """Red team 5 F1: one address's held uploads had taken 43 of 48 MB and every other upload got 503.
+    20 held uploads of 400 kB from 127.0.0.2 hold at most half of the 2 MB budget; a 400 kB upload
+    from 127.0.0.1 is granted its share and answered 200."""
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        floods = [pool.submit(hold_uploads, budget_gateway.port, stop, "127.0.0.2") for _ in range(2)]
+        time.sleep(1.5)
+        answers = [paced_upload(budget_gateway.port, 400_000, 4_000_000, "127.0.0.1") for _ in range(3)]
+        stop.set()
+        held = [answer for flood in floods for answer in flood.result(timeout=60)]
+    assert [status_of(answer) for answer in answers] == [200, 200, 200], answers
+    assert any(b'"server_busy"' in answer for answer in held)
 
 
 def stream_one_byte_chunks(port: int, stop: threading.Event) -> list[bytes]:
