@@ -338,6 +338,17 @@ class _GuardedBodyReader:
             raise
 
 
+def budget_shortfall(largest_body: int | None, budget: BodyBudget) -> str | None:
+    """What an operator should know when a route allows bodies larger than :attr:`BodyBudget.largest`
+    (those are refused 503 ``server_busy``), or None. ``largest_body``: bytes, None for no limit."""
+    if largest_body is not None and largest_body <= budget.largest:
+        return None
+    allowed = "unlimited bodies" if largest_body is None else f"bodies of {largest_body} bytes"
+    return (f"a route allows {allowed}, but a body above {budget.largest} bytes (half of "
+            f"{BUFFERED_BODY_BYTES_ENV}={budget.limit}) is refused 503 server_busy: raise "
+            f"{BUFFERED_BODY_BYTES_ENV} to twice the largest body limit")
+
+
 def limit_declared_body(environ: t.Mapping[str, t.Any], max_bytes: int) -> None:
     """Refuse (413) a chunked body as soon as its chunk sizes add up to more than ``max_bytes``.
 
@@ -901,6 +912,13 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if cfg.is_ssl:
             log.warning("gunicorn terminates TLS here: requests are read by pool threads "
                         "without the %s deadline; terminate TLS in front of the gateway", HEAD_TIMEOUT_ENV)
+
+    def load_wsgi(self) -> None:
+        """gunicorn's, then one warning when a route allows bodies the budget can never hold."""
+        super().load_wsgi()
+        problem = budget_shortfall(self.body_limit(), self.body_budget) if self.reads_heads else None
+        if problem is not None:
+            self.log.warning("%s", problem)
 
     def body_limit(self) -> int | None:
         """The most bytes a request body may declare here: the largest limit of any route of the app.

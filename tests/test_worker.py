@@ -496,6 +496,7 @@ def test_the_overload_rule_counts_ipv4_peers_by_address_and_ipv6_peers_by_their_
 # --- The per-worker budget of buffered body bytes (red team 3 F3) ---
 
 from gateway_app.worker import BodyBudget  # noqa: E402
+from gateway_app.worker import budget_shortfall  # noqa: E402
 from gateway_app.worker import buffered_body_bytes_from_env  # noqa: E402
 
 
@@ -574,6 +575,13 @@ def test_alone_an_address_holds_up_to_half_the_budget():
     for request in requests:
         request.close()
     assert budget.held == 0 and budget.held_by("10.0.0.1") == 0
+
+
+@pytest.mark.parametrize("largest_body, warned", [(500, False), (501, True), (None, True)])
+def test_a_route_allowing_bodies_the_budget_cannot_hold_is_pointed_out_at_boot(largest_body, warned):
+    problem = budget_shortfall(largest_body, BodyBudget(1000))
+    assert (problem is not None) == warned
+    assert problem is None or ("GATEWAY_BUFFERED_BODY_BYTES" in problem and "500 bytes" in problem)
 
 
 def test_a_served_body_gives_its_bytes_back_when_the_thread_is_done_with_it():
