@@ -79,6 +79,27 @@ class _ForwardedRequest(requests.PreparedRequest):
     request_target: str = ""
 
 
+class _StaleConnectionRetry(urllib3.util.Retry):
+    """urllib3's retry, for one case only: the connection broke before any answer arrived
+    (reset, closed), and the method is idempotent (RFC 9110 §9.2.2). A pooled connection the
+    upstream closes as the gateway reuses it fails that way; RFC 9112 §9.3.1 lets a client
+    retry such a request, as Go's ``http.Transport`` and nginx's ``proxy_next_upstream error``
+    do. Timeouts are not read errors here (a slow upstream is not asked twice), connect
+    errors and answers are never retried, and a streamed body (chunked, unsized) is not
+    replayed (:data:`NO_RETRY`)."""
+
+    def _is_read_error(self, err: Exception) -> bool:
+        """A broken connection (urllib3 wraps it as "Connection aborted."), not an invalid answer."""
+        return (isinstance(err, urllib3.exceptions.ProtocolError)
+                and any(isinstance(cause, ConnectionError) for cause in err.args))
+
+
+STALE_CONNECTION_RETRY = _StaleConnectionRetry(total=1, connect=0, read=1, redirect=False, status=0, other=0,
+                                               raise_on_redirect=False, raise_on_status=False,
+                                               respect_retry_after_header=False)
+NO_RETRY = urllib3.util.Retry(0, read=False, redirect=False, raise_on_redirect=False)
+
+
 class _ForwardingAdapter(requests.adapters.HTTPAdapter):
     """An HTTPAdapter cut down to what relaying needs.
 
@@ -104,11 +125,12 @@ class _ForwardingAdapter(requests.adapters.HTTPAdapter):
              verify: bool | str = True, cert: t.Any = None, proxies: t.Any = None) -> requests.Response:
         if not isinstance(request, _ForwardedRequest) or proxies:
             return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+        replayable = request.body is None or isinstance(request.body, (bytes, bytearray))
         answer = self._pool(request, verify, cert).urlopen(
             method=request.method, url=request.request_target, wire_target=request.request_target,
             body=request.body, headers=request.headers,
             redirect=False, assert_same_host=False, preload_content=False, decode_content=False,
-            retries=self.max_retries, timeout=self._timeout(timeout),
+            retries=STALE_CONNECTION_RETRY if replayable else NO_RETRY, timeout=self._timeout(timeout),
             chunked=not (request.body is None or "Content-Length" in request.headers),
         )
         response = requests.Response()

@@ -383,3 +383,22 @@ def test_an_upstream_that_cuts_its_body_short_closes_the_client_connection_witho
     log = gateway.log_text()[log_before:]
     assert "failed while sending its body" in log
     assert "Traceback" not in log and "Error handling request" not in log
+
+
+@pytest.mark.parametrize("method, status, tries", [("GET", 200, 2), ("HEAD", 200, 2), ("POST", 502, 1)])
+def test_an_idempotent_request_whose_upstream_connection_breaks_before_any_answer_is_tried_once_more(
+        gateway, upstream, method, status, tries):
+    """Red team 6 F5: a pooled connection the upstream closed as it was reused made a GET 502. A connection
+    that breaks before any answer byte is retried once for an idempotent method (RFC 9112 §9.3.1),
+    never for POST."""
+    upstream.respond_with(CannedResponse(raw=b""), CannedResponse(200, [], b"second"))
+    answer = exchange(gateway.port, method=method, path="/again")
+    assert answer.status == status
+    assert [seen.request_line for seen in upstream.requests] == [f"{method} /again HTTP/1.1"] * tries
+
+
+def test_an_invalid_answer_is_not_retried(gateway, upstream):
+    upstream.respond_with(CannedResponse(200, [("Content-Length", "2"), ("Content-Length", "5")], b"hello",
+                                         framing="none"), CannedResponse(200, [], b"second"))
+    assert exchange(gateway.port, path="/once").status == 502
+    assert len(upstream.requests) == 1
