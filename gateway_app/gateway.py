@@ -53,6 +53,8 @@ from .fingerprint import tree_fingerprint
 from .request_body import client_body
 from .routing import Route
 from .settings import Settings
+from .worker import PREFLIGHT
+from .worker import PREFLIGHT_PASSED
 from .usage_plans import UsagePlanEnforcer
 from .usage_plans import build_limiter
 
@@ -157,6 +159,12 @@ class Gateway:
         the route's body limit), the route's auth pipeline, the usage plan, then
         :func:`prepare_upstream` (header transforms, credential removal) and the forwarder.
 
+        With ``environ[PREFLIGHT]`` (the worker asks before it reads a body,
+        :mod:`gateway_app.worker`), it stops after auth: a refusal is the request's answer and is
+        logged as such; a request that would go on is marked ``PREFLIGHT_PASSED`` and answered
+        204 with no access record, no metrics and no usage plan counted (the request comes back
+        whole, and is served and recorded then).
+
         :raises GatewayError: the answer is an error (rendered by :mod:`gateway_app.errors`).
         """
         started = time.perf_counter()
@@ -170,6 +178,7 @@ class Gateway:
         state = AuthState()
         decision: dict[str, t.Any] = {}
         status = 500
+        passed = False
         try:
             incoming = self.parse(environ, rid)
             match = config.router.match(incoming)
@@ -179,6 +188,10 @@ class Gateway:
                 # The debug route logs its policy input, so its outcomes are never remembered.
                 ctx = AuthContext(incoming, route, state, remember=self.settings.debug_route != route.name)
                 self._authorize(ctx, route.auth, decision)
+            if environ.get(PREFLIGHT):
+                passed = True
+                environ[PREFLIGHT] = PREFLIGHT_PASSED
+                return Response(status=204)
             limit_headers = self.usage_plans.admit(incoming, route, state, config.usage_plans, decision)
             upstream = prepare_upstream(incoming, route, state)
             forwarding = time.perf_counter()
@@ -195,18 +208,19 @@ class Gateway:
                 state.refuse(e)                # refused by auth, or before it (413): the one place
             raise
         finally:
-            elapsed = time.perf_counter() - started
-            route_name = route.name if route else None
-            if ctx is not None:
-                self._debug(ctx)
-            REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
-            if decision:
-                decision["generation"] = config.generation
-            log_access(method=request.method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
-                       path=incoming.path if incoming else sent_path(environ),
-                       route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
-                       auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
-                       **decision)
+            if not passed:                     # a passed preflight is recorded when the request comes back
+                elapsed = time.perf_counter() - started
+                route_name = route.name if route else None
+                if ctx is not None:
+                    self._debug(ctx)
+                REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
+                if decision:
+                    decision["generation"] = config.generation
+                log_access(method=request.method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
+                           path=incoming.path if incoming else sent_path(environ),
+                           route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
+                           auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
+                           **decision)
 
     def parse(self, environ: t.Mapping[str, t.Any], rid: str = "") -> IncomingRequest:
         """The parse stage: :func:`gateway_app.incoming.from_environ` with this gateway's trusted

@@ -27,6 +27,8 @@ from .gateway import Gateway
 from .incoming import target_path
 from .metrics import exposition
 from .observability import request_id
+from .worker import PREFLIGHT
+from .worker import PREFLIGHT_PASSED
 
 OWN_SPELLING = "gateway_app.admin_own_spelling"   # environ key: the raw target is an admin endpoint's own path
 WSGIApp = t.Callable[[dict[str, t.Any], t.Callable[..., t.Any]], t.Iterable[bytes]]
@@ -55,6 +57,9 @@ class GatewayDispatcher:
         except BadRequestError:
             raw_path = path = ""                    # the gateway refuses it, with its own parse
         if path.startswith(self.admin_prefix):
+            if environ.get(PREFLIGHT):                 # admin endpoints decide with the body there
+                environ[PREFLIGHT] = PREFLIGHT_PASSED
+                return Response(status=204)(environ, start_response)
             environ["PATH_INFO"] = path
             environ[OWN_SPELLING] = raw_path == path and path in self.endpoints
             return self.flask_app(environ, start_response)

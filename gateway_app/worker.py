@@ -91,6 +91,8 @@ from gunicorn.http.errors import LimitRequestHeaders
 from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE
 from gunicorn.http.message import MAX_HEADERS
 from gunicorn.http.message import MAX_REQUEST_LINE
+from gunicorn.http.parser import RequestParser
+from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.http2 import negotiation
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
@@ -131,6 +133,10 @@ OVERLOAD_FREED_SHARE = 32            # at worker_connections, 1/32 of them is fr
 # A closed connection's lingering read (RFC 9112 §9.6): as gunicorn's util.close_graceful.
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 65536
+# The preflight (:meth:`HeadReadingWorker._preflight`): the environ key the application reads, and
+# the value it sets when the request would go on (then the loop reads the body).
+PREFLIGHT = "gateway.preflight"
+PREFLIGHT_PASSED = "passed"
 # gunicorn's fast parser takes an unlimited request line (limit_request_line = 0) as 1 MiB.
 UNLIMITED_REQUEST_LINE = 1024 * 1024
 
@@ -851,6 +857,7 @@ class _Pending:
     body_started: float = 0.0     # time.monotonic() when the head was whole (with ``window``)
     window_seen: int = 0          # body bytes fed to the window
     continued: bool = False       # "100 Continue" sent
+    preflight: str = ""           # "", "running" (a thread decides on the head), "done"
     cap: float = float("inf")     # a stopping worker's deadline
 
 
@@ -1077,7 +1084,10 @@ class HeadReadingWorker(gthread.ThreadWorker):
     def _progress(self, conn: gthread.TConn, pending: _Pending) -> None:
         """After bytes of a waiting request: start or feed its body window, answer ``Expect``, note deadlines."""
         request, now = pending.request, time.monotonic()
-        if not request.in_body:
+        if not request.in_body or pending.preflight == "running":
+            return
+        if not pending.preflight and request.state is RequestState.INCOMPLETE and self.preflights():
+            self._start_preflight(conn, pending)
             return
         if pending.window is None:
             pending.window = MinRateWindow(self.min_body_rate, MIN_BODY_RATE_WINDOW, self.client_timeout, now)
@@ -1092,7 +1102,87 @@ class HeadReadingWorker(gthread.ThreadWorker):
             except OSError:
                 pass                           # the client sends its body after its own wait
 
+    def preflights(self) -> bool:
+        """Whether the application decides on a head before its body is read (the gateway does)."""
+        return getattr(self.wsgi, "extensions", {}).get("gateway") is not None
+
+    def _start_preflight(self, conn: gthread.TConn, pending: _Pending) -> None:
+        """Stop reading ``conn`` and let a pool thread decide on the head (:meth:`_preflight`)."""
+        pending.preflight = "running"
+        self._unregister(conn)
+        data = bytes(pending.request.head.data)
+        head = data[:data.find(b"\r\n\r\n") + 4]
+        future = self.tpool.submit(self._preflight, conn, head)
+        future.add_done_callback(lambda done: self.method_queue.defer(self._preflight_done, conn, pending, done))
+
+    def _preflight(self, conn: gthread.TConn, head: bytes) -> bool:
+        """In a pool thread: whether to read the body of the request whose head is ``head``.
+
+        The body of a request is read only once its route and credential have been decided on,
+        as nginx's ``auth_request`` and Envoy's ``ext_authz`` decide on the head: the
+        application is called with ``environ[PREFLIGHT]`` and answers as it would, up to auth
+        (:meth:`gateway_app.gateway.Gateway.handle`). A refusal (401, 403, 404, 413, ...) is
+        written here with ``Connection: close``, without the body and without ``100 Continue``
+        (RFC 9110 §10.1.1); a request that would go on is marked ``PREFLIGHT_PASSED``, and the
+        loop reads its body. A head gunicorn's parser refuses goes on too: the thread that
+        serves the request answers it, with the one parse.
+        """
+        try:
+            request = next(RequestParser(self.cfg, iter([head]), conn.client))
+            _, environ = gunicorn_wsgi.create(request, _NoSocket(), conn.client, conn.server, self.cfg)
+        except Exception:
+            return True
+        environ[PREFLIGHT] = True
+        answer: list[t.Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: t.Any = None) -> t.Callable:
+            answer[:] = [status, headers]
+            return lambda data: None
+
+        try:
+            chunks = self.wsgi(environ, start_response)
+            try:
+                body = b"".join(chunks)
+            finally:
+                getattr(chunks, "close", lambda: None)()
+        except Exception:
+            self.log.exception("Error deciding on a request head")
+            return True
+        if environ.get(PREFLIGHT) == PREFLIGHT_PASSED or not answer:
+            return True
+        status, headers = answer
+        fields = "".join(f"{name}: {value}\r\n" for name, value in headers
+                         if name.lower() not in ("connection", "content-length", "transfer-encoding"))
+        data = (f"HTTP/1.1 {status}\r\n{fields}Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode("latin-1") + body)
+        try:
+            conn.sock.settimeout(self.client_timeout)
+            conn.sock.sendall(data)
+        except OSError:
+            pass
+        return False
+
+    def _preflight_done(self, conn: gthread.TConn, pending: _Pending, future: t.Any) -> None:
+        """On the loop's thread: read the body of a request that goes on; close one that was answered."""
+        if self.pending.get(conn) is not pending:
+            return                                       # closed meanwhile (the worker stops)
+        go_on = future.cancelled() or future.exception() is not None or future.result()
+        if not go_on:
+            self._forget(conn)
+            self._linger(conn)
+            return
+        pending.preflight = "done"
+        try:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        except (OSError, ValueError, KeyError):
+            self._forget(conn)
+            self._drop(conn)
+            return
+        self._progress(conn, pending)
+
     def _deadline(self, pending: _Pending) -> float:
+        if pending.preflight == "running":
+            return float("inf")               # a thread decides; the client waits for us
         if pending.window is not None:
             deadline = pending.window.deadline
         else:
@@ -1199,7 +1289,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         idle = (Waiting(conn, conn.timeout - self.cfg.keepalive, peer_key(conn.client))
                 for conn in self.keepalived_conns)
         waiting = (Waiting(conn, pending.started, pending.peer, self._body_rate(pending, now))
-                   for conn, pending in self.pending.items())
+                   for conn, pending in self.pending.items() if pending.preflight != "running")
         victims = overload_victims(idle, waiting, self.nr_conns, self.high_water, self.worker_connections, now)
         for conn in victims:
             pending = self.pending.get(conn)
@@ -1446,6 +1536,17 @@ def write_error_json(sock: t.Any, status: int, reason: str, message: str,
         util.write_nonblock(sock, head + body)
     except OSError:
         pass
+
+
+class _NoSocket:
+    """The socket gunicorn's environ is made with for a preflight: nothing reaches the client through it
+    (gunicorn may answer ``Expect: 100-continue`` on the socket it is given)."""
+
+    def send(self, data: bytes, *args: t.Any) -> int:
+        return len(data)
+
+    def sendall(self, data: bytes, *args: t.Any) -> None:
+        return None
 
 
 def _bodiless(reader: t.Any) -> bool:

@@ -723,6 +723,47 @@ def test_expect_100_continue_is_answered_before_the_body_and_once(impatient_gate
     assert status_of(rest) == 200 and b"100 Continue" not in rest
 
 
+@pytest.mark.parametrize("expect", [b"", b"Expect: 100-continue\r\n"], ids=["plain", "expect 100-continue"])
+def test_an_upload_without_a_token_to_a_protected_route_is_refused_on_its_head_before_its_body(impatient_gateway,
+                                                                                               expect):
+    """Red team 4 F1/F3, 5 F1, 6 F1: bodies were read and held before auth, and 100 Continue invited them.
+    The route and credential are decided on the head (as nginx's auth_request): 403 at once, no
+    100 Continue, nothing of the 1 MB body awaited."""
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /secure/upload HTTP/1.1\r\nHost: gateway.test\r\n" + expect +
+                     b"Content-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        started = time.monotonic()
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 403 and b"token_missing" in answer and b"Connection: close" in answer
+    assert b"100 Continue" not in answer
+    assert time.monotonic() - started < 1.5, "answered on the head, not after a body deadline"
+
+
+def test_a_kept_alive_connections_next_upload_without_a_token_is_refused_on_its_head(impatient_gateway):
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(b"GET /anything/first HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        assert status_of(read_answer(sock)) == 200
+        sock.sendall(b"POST /secure/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100000\r\n\r\n"
+                     + b"x" * 100)
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 403
+
+
+def test_an_upload_that_passes_on_its_head_is_read_whole_and_recorded_once(impatient_gateway):
+    """The decision on the head is not the request: an open route's upload goes on, is forwarded
+    with its whole body, and has one access record."""
+    log_before = len(impatient_gateway.log_text())
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /anything/passed HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 6\r\n"
+                     b"Connection: close\r\n\r\nabc")
+        time.sleep(0.3)
+        sock.sendall(b"def")
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 200 and b'"data": "abcdef"' in answer
+    time.sleep(0.2)
+    assert impatient_gateway.log_text()[log_before:].count("path=/anything/passed") == 1
+
+
 def test_expect_100_continue_with_a_length_above_the_limit_is_refused_413_without_continue(impatient_gateway):
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
         sock.sendall(b"POST /anything/expect HTTP/1.1\r\nHost: gateway.test\r\nExpect: 100-continue\r\n"
