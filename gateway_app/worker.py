@@ -11,8 +11,12 @@ worker's event loop until its head is whole (:class:`HeadBuffer`) and then until
 trailers; up to 64 KiB in memory, the rest in a temporary file), and only then goes to the
 pool. A kept-alive connection that becomes readable goes to a thread as under gthread, which
 reads what has arrived without blocking and, if the request is not whole, sends it back to the
-loop for the rest. ``Expect: 100-continue`` is answered ``100 Continue`` by the loop when it
-starts waiting for the body (gunicorn then sends none), not when a declared size is refused.
+loop for the rest. A request whose head has arrived and whose body has not is first decided on
+its head by the application in a pool thread (:meth:`HeadReadingWorker._preflight`: route,
+declared size, auth), as nginx's ``auth_request`` decides before the body: a refusal is answered
+at once and the body never read; otherwise the loop reads the body. ``Expect: 100-continue`` is
+answered ``100 Continue`` by the loop once that decision lets the body come (gunicorn then sends
+none), never to a request that is refused.
 
 Deadlines, all in the loop, all answered ``408 Request Timeout`` (RFC 9110 §15.5.9, the
 gateway's JSON error) and the connection closed, so a slow client never holds a thread:

@@ -1,0 +1,81 @@
+"""The decision on a request's head, before its body is read (``environ[PREFLIGHT]``, asked by the worker)."""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+import pytest
+from werkzeug.test import EnvironBuilder
+
+from gateway_app.worker import PREFLIGHT
+from gateway_app.worker import PREFLIGHT_PASSED
+
+CONFIG = """
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: idp, namespace: gloo-system}
+spec:
+  configs:
+  - oauth2:
+      accessTokenValidation:
+        introspection:
+          introspectionUrl: http://idp.test/introspect
+---
+apiVersion: gateway.solo.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: gloo-system}
+spec:
+  virtualHost:
+    domains: ['*']
+    routes:
+    - matchers: [{prefix: /secure}]
+      routeAction: {single: {url: 'http://upstream.test:8000'}}
+      options: {extauth: {configRef: {name: idp, namespace: gloo-system}}}
+    - matchers: [{prefix: /small}]
+      routeAction: {single: {url: 'http://upstream.test:8000'}}
+      options: {maxRequestBodyBytes: 100}
+    - matchers: [{prefix: /}]
+      routeAction: {single: {url: 'http://upstream.test:8000'}}
+"""
+
+
+@pytest.fixture
+def app(make_app: t.Callable[..., t.Any]) -> t.Any:
+    return make_app({"vs.yaml": CONFIG})
+
+
+def preflight(app: t.Any, path: str, length: int = 1000) -> tuple[str, dict, bytes]:
+    """Call the app as the worker does for a head whose body has not all arrived: (status, environ, body)."""
+    environ = EnvironBuilder(path=path, method="POST", headers={"Host": "api.example.com"}).get_environ()
+    environ["CONTENT_LENGTH"] = str(length)          # declared, not sent: the body has not arrived
+    environ[PREFLIGHT] = True
+    answer: list[str] = []
+    chunks = app(environ, lambda status, headers, exc_info=None: answer.append(status))
+    body = b"".join(chunks)
+    getattr(chunks, "close", lambda: None)()
+    return answer[0], environ, body
+
+
+def test_a_request_that_would_go_on_is_marked_passed_without_forwarding_or_a_record(app, requests_mock,
+                                                                                    access_records):
+    status, environ, _ = preflight(app, "/open/upload")
+    assert status.startswith("204") and environ[PREFLIGHT] == PREFLIGHT_PASSED
+    assert not requests_mock.called and not access_records
+
+
+def test_a_request_refused_on_its_head_gets_its_answer_and_one_record(app, requests_mock, access_records):
+    status, environ, body = preflight(app, "/secure/upload")
+    assert status.startswith("403") and b"token_missing" in body and environ[PREFLIGHT] is True
+    assert not requests_mock.called and len(access_records) == 1
+
+
+def test_a_declared_size_above_the_routes_limit_is_refused_413_on_the_head(app, requests_mock):
+    status, _, _ = preflight(app, "/small/upload", length=101)
+    assert status.startswith("413") and not requests_mock.called
+
+
+def test_an_admin_path_is_passed_without_running_its_endpoint(app, caplog):
+    with caplog.at_level(logging.DEBUG):
+        status, environ, body = preflight(app, "/__gateway/config")
+    assert status.startswith("204") and environ[PREFLIGHT] == PREFLIGHT_PASSED and body == b""
