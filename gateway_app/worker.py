@@ -861,7 +861,7 @@ class _Pending:
     body_started: float = 0.0     # time.monotonic() when the head was whole (with ``window``)
     window_seen: int = 0          # body bytes fed to the window
     continued: bool = False       # "100 Continue" sent
-    preflight: str = ""           # "", "running" (a thread decides on the head), "done"
+    preflight: str = ""           # "", "running" (a thread decides on the head), "done", "skipped" (pool busy)
     cap: float = float("inf")     # a stopping worker's deadline
 
 
@@ -910,6 +910,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.handoffs: dict[gthread.TConn, _Handoff] = {}
         self.lingering: dict[gthread.TConn, _Lingering] = {}
         self._next_overload_check = 0.0
+        self.preflights_running = 0       # heads being decided in the pool (at most ``threads`` at once)
         self.log_throttle = LogThrottle()
 
     @classmethod
@@ -1091,8 +1092,10 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if not request.in_body or pending.preflight == "running":
             return
         if not pending.preflight and request.state is RequestState.INCOMPLETE and self.preflights():
-            self._start_preflight(conn, pending)
-            return
+            if self.preflights_running < self.cfg.threads:
+                self._start_preflight(conn, pending)
+                return
+            pending.preflight = "skipped"      # the pool is busy deciding: the body is read first, as before
         if pending.window is None:
             pending.window = MinRateWindow(self.min_body_rate, MIN_BODY_RATE_WINDOW, self.client_timeout, now)
             pending.body_started = now
@@ -1113,6 +1116,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
     def _start_preflight(self, conn: gthread.TConn, pending: _Pending) -> None:
         """Stop reading ``conn`` and let a pool thread decide on the head (:meth:`_preflight`)."""
         pending.preflight = "running"
+        self.preflights_running += 1
         self._unregister(conn)
         data = bytes(pending.request.head.data)
         head = data[:data.find(b"\r\n\r\n") + 4]
@@ -1168,6 +1172,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     def _preflight_done(self, conn: gthread.TConn, pending: _Pending, future: t.Any) -> None:
         """On the loop's thread: read the body of a request that goes on; close one that was answered."""
+        self.preflights_running -= 1
         if self.pending.get(conn) is not pending:
             return                                       # closed meanwhile (the worker stops)
         go_on = future.cancelled() or future.exception() is not None or future.result()
