@@ -910,7 +910,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.handoffs: dict[gthread.TConn, _Handoff] = {}
         self.lingering: dict[gthread.TConn, _Lingering] = {}
         self._next_overload_check = 0.0
-        self.preflights_running = 0       # heads being decided in the pool (at most ``threads`` at once)
+        self.preflights_running = 0       # heads being decided in the pool (at most half its threads)
         self.log_throttle = LogThrottle()
 
     @classmethod
@@ -1092,7 +1092,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if not request.in_body or pending.preflight == "running":
             return
         if not pending.preflight and request.state is RequestState.INCOMPLETE and self.preflights():
-            if self.preflights_running < self.cfg.threads:
+            if self.preflights_running < max(1, self.cfg.threads // 2):
                 self._start_preflight(conn, pending)
                 return
             pending.preflight = "skipped"      # the pool is busy deciding: the body is read first, as before
