@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 
 import pytest
 import requests
@@ -77,6 +78,33 @@ def test_a_call_beyond_the_limit_is_refused_as_idp_overloaded():
     assert (caught.value.status_code, caught.value.reason) == (503, "idp_overloaded")
     with limit.slot(wait=0):            # the slot is free again
         pass
+
+
+def test_no_more_calls_wait_for_a_slot_than_the_limit_the_next_ones_fail_at_once():
+    """Red team 7: 1,024 concurrent bogus tokens kept every pool thread in 50 ms waits for a slot."""
+    limit = call_limit("http://waiting-room.test/introspect", 1)
+    outcomes: dict[str, str] = {}
+
+    def call(name: str, wait: float) -> None:
+        try:
+            with limit.slot(wait=wait):
+                outcomes[name] = "called"
+        except IdpOverloadedError:
+            outcomes[name] = "overloaded"
+
+    with limit.slot():
+        waiter = threading.Thread(target=call, args=("waiter", 30.0))
+        waiter.start()
+        while limit.waiting < 1:
+            time.sleep(0.001)
+        third = threading.Thread(target=call, args=("third", 30.0))
+        third.start()
+        third.join(timeout=5)
+        finished = not third.is_alive()
+    waiter.join(timeout=5)
+    third.join(timeout=5)
+    assert finished, "the third call waited for a slot"
+    assert outcomes == {"third": "overloaded", "waiter": "called"}
 
 
 AUTH_YAML = """
