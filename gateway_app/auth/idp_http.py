@@ -9,13 +9,12 @@ A slow IdP must not starve unrelated routes, so every call is bounded three ways
   into their timeout errors) once the deadline has passed;
 * a **size cap** on the answer (:func:`read_body`);
 * a **per-endpoint concurrency limit** (:class:`CallLimit`, one per IdP URL and process): a
-  call beyond it waits at most :data:`QUEUE_WAIT` seconds for a free slot, then fails at once
-  with :class:`~gateway_app.errors.IdpOverloadedError` (503 ``idp_overloaded``), so at most
-  ``maxConcurrentCalls`` of a worker's threads ever wait on one IdP (Envoy's circuit breaker
-  ``max_requests`` plays this part in front of an ext_authz server); and at most as many
-  calls wait for a slot, the rest failing at once without waiting (Envoy's
-  ``max_pending_requests``): 1,024 concurrent bogus tokens had kept every thread of the pool
-  in 50 ms waits, and an open route waited 4 s behind them (red team 7).
+  call beyond it fails at once with :class:`~gateway_app.errors.IdpOverloadedError` (503
+  ``idp_overloaded``), so at most ``maxConcurrentCalls`` of a worker's threads ever wait on
+  one IdP (Envoy's circuit breaker ``max_requests`` plays this part in front of an ext_authz
+  server). No call waits for a slot: a waiting call holds a pool thread (Envoy's pending
+  requests hold none), and 1,024 concurrent bogus tokens, each waiting up to 50 ms for a slot,
+  kept every thread busy while an open route waited 4 s behind them (red team 7).
 
 Sessions never read proxy variables from the environment (``trust_env = False``) and never
 retry by themselves: callers retry, when configured (Traefik Hub's ``maxRetries``).
@@ -197,11 +196,12 @@ class CallLimit:
             return self._waiting
 
     @contextlib.contextmanager
-    def slot(self, wait: float = QUEUE_WAIT) -> t.Iterator[None]:
-        """Hold one slot for the block.
+    def slot(self, wait: float = 0.0) -> t.Iterator[None]:
+        """Hold one slot for the block; with ``wait`` (seconds), wait that long for one, as at most
+        ``max_calls`` callers may.
 
-        :raises IdpOverloadedError: no slot freed up within ``wait`` seconds, or ``max_calls``
-            calls are already waiting for one.
+        :raises IdpOverloadedError: no slot is free (or freed up within ``wait``), or
+            ``max_calls`` calls are already waiting for one.
         """
         if not self._slots.acquire(blocking=False) and not self._wait_for_slot(wait):
             raise IdpOverloadedError(f"{self.max_calls} calls to {self.endpoint} already in flight")
