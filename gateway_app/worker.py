@@ -856,7 +856,6 @@ class _Pending:
 
     request: RequestBuffer
     started: float                # time.monotonic(): accepted, or the first byte of a kept-alive request
-    peer: str = ""                # the overload rule's peer (:func:`peer_key`)
     window: MinRateWindow | None = None
     body_started: float = 0.0     # time.monotonic() when the head was whole (with ``window``)
     window_seen: int = 0          # body bytes fed to the window
@@ -941,7 +940,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         The application refuses (413) what its route does not allow; the loop stops reading
         at the largest, so no route's allowance is cut. None: some route has no limit.
         """
-        gateway = getattr(self.wsgi, "extensions", {}).get("gateway")
+        gateway = self._gateway()
         return gateway.largest_body_limit() if gateway is not None else None
 
     def enqueue_req(self, conn: gthread.TConn) -> None:
@@ -1053,7 +1052,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         except (OSError, ValueError, KeyError):
             self._drop(conn)
             return
-        pending = _Pending(request, time.monotonic(), request.peer)
+        pending = _Pending(request, time.monotonic())
         self.pending[conn] = pending
         self._progress(conn, pending)
         if pending.window is None:
@@ -1111,7 +1110,11 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     def preflights(self) -> bool:
         """Whether the application decides on a head before its body is read (the gateway does)."""
-        return getattr(self.wsgi, "extensions", {}).get("gateway") is not None
+        return self._gateway() is not None
+
+    def _gateway(self) -> t.Any:
+        """The gateway the WSGI app serves (:class:`gateway_app.gateway.Gateway`), None for another app."""
+        return getattr(self.wsgi, "extensions", {}).get("gateway")
 
     def _start_preflight(self, conn: gthread.TConn, pending: _Pending) -> None:
         """Stop reading ``conn`` and let a pool thread decide on the head (:meth:`_preflight`)."""
@@ -1159,10 +1162,9 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if environ.get(PREFLIGHT) == PREFLIGHT_PASSED or not answer:
             return True
         status, headers = answer
-        fields = "".join(f"{name}: {value}\r\n" for name, value in headers
-                         if name.lower() not in ("connection", "content-length", "transfer-encoding"))
-        data = (f"HTTP/1.1 {status}\r\n{fields}Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
-                .encode("latin-1") + body)
+        fields = [(name, value) for name, value in headers
+                  if name.lower() not in ("connection", "content-length", "transfer-encoding")]
+        data = closing_answer(status, fields, body)
         try:
             conn.sock.settimeout(self.client_timeout)
             conn.sock.sendall(data)
@@ -1297,7 +1299,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._next_overload_check = now + OVERLOAD_CHECK_INTERVAL
         idle = (Waiting(conn, conn.timeout - self.cfg.keepalive, peer_key(conn.client))
                 for conn in self.keepalived_conns)
-        waiting = (Waiting(conn, pending.started, pending.peer, self._body_rate(pending, now))
+        waiting = (Waiting(conn, pending.started, pending.request.peer, self._body_rate(pending, now))
                    for conn, pending in self.pending.items() if pending.preflight != "running")
         victims = overload_victims(idle, waiting, self.nr_conns, self.high_water, self.worker_connections, now)
         for conn in victims:
@@ -1530,6 +1532,14 @@ def parse_error_answer(exc: BaseException) -> tuple[int, str, str] | None:
     return None
 
 
+def closing_answer(status: str, headers: t.Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """An HTTP/1.1 answer the loop writes itself: ``status`` (``"403 FORBIDDEN"``), ``Connection:
+    close``, ``headers`` (Latin-1) and ``body`` with its ``Content-Length``."""
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (f"HTTP/1.1 {status}\r\nConnection: close\r\n{fields}Content-Length: {len(body)}\r\n\r\n"
+            .encode("latin-1") + body)
+
+
 def write_error_json(sock: t.Any, status: int, reason: str, message: str,
                      headers: t.Sequence[tuple[str, str]] = ()) -> None:
     """Answer ``status`` with the gateway's JSON error body (:func:`gateway_app.errors.error_json`),
@@ -1538,11 +1548,10 @@ def write_error_json(sock: t.Any, status: int, reason: str, message: str,
     error = GatewayError(message, reason=reason, status_code=status)
     error.message_is_public = True          # fixed texts of this module, never the client's input
     body = error_json(error).encode()
-    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"{extra}Content-Length: {len(body)}\r\n\r\n").encode()
+    answer = closing_answer(f"{status} {http.HTTPStatus(status).phrase}",
+                            [("Content-Type", "application/json"), *headers], body)
     try:
-        util.write_nonblock(sock, head + body)
+        util.write_nonblock(sock, answer)
     except OSError:
         pass
 
