@@ -107,6 +107,31 @@ def test_no_more_calls_wait_for_a_slot_than_the_limit_the_next_ones_fail_at_once
     assert outcomes == {"third": "overloaded", "waiter": "called"}
 
 
+def test_a_call_beyond_the_limit_waits_briefly_for_a_freed_slot():
+    """Red team 8: without the wait, three users with new valid tokens at once got a spurious 503."""
+    limit = call_limit("http://brief-wait.test/introspect", 1)
+    held = threading.Event()
+    outcome: list[str] = []
+
+    def hold_until_someone_waits() -> None:
+        with limit.slot():
+            held.set()
+            give_up = time.monotonic() + 5
+            while limit.waiting < 1 and time.monotonic() < give_up:
+                time.sleep(0.001)
+
+    holder = threading.Thread(target=hold_until_someone_waits, daemon=True)
+    holder.start()
+    held.wait(timeout=5)
+    try:
+        with limit.slot():               # the default wait: the holder lets go once this call waits
+            outcome.append("called")
+    except IdpOverloadedError:
+        outcome.append("overloaded")
+    holder.join(timeout=5)
+    assert outcome == ["called"]
+
+
 AUTH_YAML = """
 apiVersion: enterprise.gloo.solo.io/v1
 kind: AuthConfig

@@ -9,12 +9,13 @@ A slow IdP must not starve unrelated routes, so every call is bounded three ways
   into their timeout errors) once the deadline has passed;
 * a **size cap** on the answer (:func:`read_body`);
 * a **per-endpoint concurrency limit** (:class:`CallLimit`, one per IdP URL and process): a
-  call beyond it fails at once with :class:`~gateway_app.errors.IdpOverloadedError` (503
-  ``idp_overloaded``), so at most ``maxConcurrentCalls`` of a worker's threads ever wait on
-  one IdP (Envoy's circuit breaker ``max_requests`` plays this part in front of an ext_authz
-  server). No call waits for a slot: a waiting call holds a pool thread (Envoy's pending
-  requests hold none), and 1,024 concurrent bogus tokens, each waiting up to 50 ms for a slot,
-  kept every thread busy while an open route waited 4 s behind them (red team 7).
+  call beyond it waits at most :data:`QUEUE_WAIT` seconds for a free slot, then fails with
+  :class:`~gateway_app.errors.IdpOverloadedError` (503 ``idp_overloaded``), so at most
+  ``maxConcurrentCalls`` of a worker's threads ever wait on one IdP (Envoy's circuit breaker
+  ``max_requests``). At most as many calls again may wait, the rest fail at once (Envoy's
+  ``max_pending_requests``): a waiting call holds a pool thread, and 1,024 concurrent bogus
+  tokens, each waiting, kept every thread busy (red team 7); with no wait at all, three
+  users with new tokens at once got a spurious 503 (red team 8).
 
 Sessions never read proxy variables from the environment (``trust_env = False``) and never
 retry by themselves: callers retry, when configured (Traefik Hub's ``maxRetries``).
@@ -196,8 +197,8 @@ class CallLimit:
             return self._waiting
 
     @contextlib.contextmanager
-    def slot(self, wait: float = 0.0) -> t.Iterator[None]:
-        """Hold one slot for the block; with ``wait`` (seconds), wait that long for one, as at most
+    def slot(self, wait: float = QUEUE_WAIT) -> t.Iterator[None]:
+        """Hold one slot for the block, waiting up to ``wait`` seconds for one, as at most
         ``max_calls`` callers may.
 
         :raises IdpOverloadedError: no slot is free (or freed up within ``wait``), or
