@@ -54,6 +54,7 @@ from .request_body import client_body
 from .routing import Route
 from .settings import Settings
 from .worker import PREFLIGHT
+from .worker import PREFLIGHT_AUTHENTICATED
 from .worker import PREFLIGHT_PASSED
 from .usage_plans import UsagePlanEnforcer
 from .usage_plans import build_limiter
@@ -161,7 +162,8 @@ class Gateway:
 
         With ``environ[PREFLIGHT]`` (the worker asks before it reads a body,
         :mod:`gateway_app.worker`), it stops after auth: a refusal is the request's answer and is
-        logged as such; a request that would go on is marked ``PREFLIGHT_PASSED`` and answered
+        logged as such; a request that would go on is marked ``PREFLIGHT_PASSED`` (with a
+        validated token: ``PREFLIGHT_AUTHENTICATED``, its body outranks anonymous ones) and answered
         204 with no access record, no metrics and no usage plan counted (the request comes back
         whole, and is served and recorded then).
 
@@ -190,7 +192,7 @@ class Gateway:
                 self._authorize(ctx, route.auth, decision)
             if environ.get(PREFLIGHT):
                 passed = True
-                environ[PREFLIGHT] = PREFLIGHT_PASSED
+                environ[PREFLIGHT] = PREFLIGHT_AUTHENTICATED if state.authenticated else PREFLIGHT_PASSED
                 return Response(status=204)
             limit_headers = self.usage_plans.admit(incoming, route, state, config.usage_plans, decision)
             upstream = prepare_upstream(incoming, route, state)

@@ -18,6 +18,11 @@ at once and the body never read; otherwise the loop reads the body. ``Expect: 10
 answered ``100 Continue`` by the loop once that decision lets the body come (gunicorn then sends
 none), never to a request that is refused.
 
+Work waits for a thread in turns between client addresses, not first come, first served as in
+gthread's executor (:class:`gateway_app.fair_queue.FairQueue`,
+:meth:`HeadReadingWorker._run_in_pool`): a client's request waits for at most one request of
+each other client with work waiting, however many one address queued.
+
 Deadlines, all in the loop, all answered ``408 Request Timeout`` (RFC 9110 §15.5.9, the
 gateway's JSON error) and the connection closed, so a slow client never holds a thread:
 
@@ -46,7 +51,8 @@ Buffered bodies are bounded per worker (:class:`BodyBudget`, ``GATEWAY_BUFFERED_
 default 24 MiB, memory and temporary files together; past half of it, no client address holds
 more than what is left free): a body whose next bytes are not granted, or that declares more
 than half the budget, is answered 503 ``server_busy`` with ``Retry-After`` by the loop, as is a
-failed spool write.
+failed spool write. A body authenticated on its head outranks the others: to make room for it,
+bodies no credential vouches for are ended (:meth:`HeadReadingWorker._make_room`).
 
 The body limit applied in the loop is the largest any route allows
 (:meth:`HeadReadingWorker.body_limit`): a ``Content-Length`` or chunk sizes declaring more are
@@ -64,12 +70,13 @@ the loop's thread for up to 2 s, so a client that does not close stalls every ot
 Requests are read in the loop only where their bytes are HTTP/1 on a plain socket: with
 gunicorn's own TLS (``certfile``), HTTP/2 prior knowledge or the uwsgi protocol the worker
 behaves as gthread. Built against gunicorn 27's gthread event loop (``enqueue_req`` is its one
-hand-off to the pool, called on the loop's thread); ``setup.cfg`` pins that major version.
+hand-off to the pool, called on the loop's thread, and ``finish_request`` its one completion); ``setup.cfg`` pins that major version.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import enum
 import heapq
@@ -105,6 +112,7 @@ from .errors import GatewayError
 from .errors import PayloadTooLargeError
 from .errors import RequestTimeoutError
 from .errors import error_json
+from .fair_queue import FairQueue
 from .log_throttle import LogThrottle
 
 HEAD_TIMEOUT_ENV = "GATEWAY_HEAD_TIMEOUT"
@@ -141,6 +149,8 @@ LINGER_MAX_BYTES = 65536
 # the value it sets when the request would go on (then the loop reads the body).
 PREFLIGHT = "gateway.preflight"
 PREFLIGHT_PASSED = "passed"
+# ... and with a validated credential: its body may take the buffers of bodies no credential vouches for
+PREFLIGHT_AUTHENTICATED = "authenticated"
 # gunicorn's fast parser takes an unlimited request line (limit_request_line = 0) as 1 MiB.
 UNLIMITED_REQUEST_LINE = 1024 * 1024
 
@@ -210,7 +220,8 @@ def max_head_bytes_from_env(environ: t.Mapping[str, str] | None = None) -> int:
 class BodyBudget:
     """The bytes of request bodies one worker holds buffered (in memory and in temporary files), bounded.
 
-    Bodies are read before routing and auth, so without a bound unauthenticated clients fill
+    Bodies of open routes, and those read before their head is decided on (sent with it, or
+    while the pool is busy deciding), come from anyone, so without a bound unauthenticated clients fill
     ``$TMPDIR`` (red team 3 F3: 7 uploads filled the 64 MiB ``/tmp`` of deploy/k8s). A request
     holds the bytes it has received so far; one whose next bytes are not granted is refused
     503 (:data:`SERVER_BUSY`), as Envoy's overload manager and nginx's ``limit_conn`` answer
@@ -225,7 +236,9 @@ class BodyBudget:
     least as much as it holds, so k addresses leave at least 1/(k+1) of it to everyone else
     (nginx's ``limit_conn`` per ``$binary_remote_addr``, sized by what is left rather than
     fixed, so one large upload still fits an idle gateway). A body larger than
-    :attr:`largest` can never be held. Thread-safe: reservations end on pool threads.
+    :attr:`largest` can never be held. Thread-safe: reservations end on pool threads. The
+    budget itself grants first come, first served; the worker ends anonymous bodies when an
+    authenticated one is refused (:meth:`HeadReadingWorker._make_room`).
     """
 
     def __init__(self, limit: int) -> None:
@@ -684,6 +697,10 @@ class RequestBuffer:
         self.body_limit = body_limit
         self._budget = budget
         self.peer = peer                      # the client address the budget counts (:func:`peer_key`)
+        # A credential was validated on the head (PREFLIGHT_AUTHENTICATED): when the budget is
+        # full, ``make_room(try_reserve)`` may end bodies no credential vouches for.
+        self.authenticated = False
+        self.make_room: t.Callable[[t.Callable[[], bool]], bool] | None = None
         self._reserved = 0                    # bytes of the budget this body holds
         self._make_spool = spool
         self.framing: BodyFraming | None = None
@@ -777,12 +794,23 @@ class RequestBuffer:
         more = size - self._reserved
         if self._budget is None or more <= 0:
             return True
-        if not self._budget.reserve(more, self.peer):
+        budget = self._budget
+
+        def try_reserve() -> bool:
+            return budget.reserve(more, self.peer)
+
+        granted = try_reserve() or (self.authenticated and self.make_room is not None and self.make_room(try_reserve))
+        if not granted:
             self.refuse(dataclasses.replace(SERVER_BUSY, detail=f"body buffers full ({self._budget.held} of "
                                                                 f"{self._budget.limit} bytes held)"))
             return False
         self._reserved += more
         return True
+
+    @property
+    def reserved(self) -> int:
+        """Bytes of the worker's :class:`BodyBudget` this body holds."""
+        return self._reserved
 
     def _release(self) -> None:
         reserved, self._reserved = self._reserved, 0
@@ -910,6 +938,10 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.lingering: dict[gthread.TConn, _Lingering] = {}
         self._next_overload_check = 0.0
         self.preflights_running = 0       # heads being decided in the pool (at most half its threads)
+        # Work for the pool waits here, in turns between clients; ``runners`` threads take it.
+        self.run_queue: FairQueue[str, tuple[t.Callable[[], t.Any], t.Callable[[t.Any], None]]] = FairQueue()
+        self.runners = 0
+        self._queue_lock = threading.Lock()
         self.log_throttle = LogThrottle()
 
     @classmethod
@@ -954,7 +986,43 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._park(conn, RequestBuffer(self.head_limits, self.body_limit(), budget=self.body_budget,
                                            peer=peer_key(conn.client)))
         else:
-            super().enqueue_req(conn)
+            self._serve(conn)
+
+    def _serve(self, conn: gthread.TConn) -> None:
+        """gthread's ``enqueue_req``: :meth:`handle` in a pool thread, then :meth:`finish_request`, in turns."""
+        self._run_in_pool(conn, partial(self.handle, conn), partial(self.finish_request, conn))
+
+    def _run_in_pool(self, conn: gthread.TConn, work: t.Callable[[], t.Any],
+                     done: t.Callable[[t.Any], None]) -> None:
+        """Run ``work()`` in a pool thread, then ``done(future)`` on the loop's thread with its outcome.
+
+        The work waits in :attr:`run_queue`, taken in turns between clients (:class:`FairQueue`,
+        keyed by :func:`peer_key`), not first come, first served as in gthread's executor: one
+        address's flood of whole requests does not queue every other client behind it. At
+        most ``threads`` runners (:meth:`_run_queued`) take from the queue; a runner takes the
+        next item as soon as it is done with one, without a turn of the loop.
+        """
+        with self._queue_lock:
+            self.run_queue.push(peer_key(conn.client), (work, done))
+            if self.runners >= self.cfg.threads:
+                return
+            self.runners += 1
+        self.tpool.submit(self._run_queued)
+
+    def _run_queued(self) -> None:
+        """In a pool thread: run queued work until none is left, each outcome to the loop as a future."""
+        while True:
+            with self._queue_lock:
+                if not self.run_queue:
+                    self.runners -= 1
+                    return
+                work, done = self.run_queue.pop()
+            future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
+            try:
+                future.set_result(work())
+            except BaseException as exc:     # as the executor's work item does: the loop sees it
+                future.set_exception(exc)
+            self.method_queue.defer(done, future)
 
     def handle(self, conn: gthread.TConn) -> t.Any:
         """In a pool thread: gthread's, once the request is whole; an incomplete one goes back to the loop."""
@@ -1074,7 +1142,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._forget(conn, served=ready)
             if ready:
                 self._hand_off(conn, pending.request, continued=pending.continued)
-                super().enqueue_req(conn)
+                self._serve(conn)
             elif pending.request.state is RequestState.TOO_LARGE:
                 self._refuse_too_large(conn)
                 self._linger(conn)
@@ -1123,26 +1191,26 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._unregister(conn)
         data = bytes(pending.request.head.data)
         head = data[:data.find(b"\r\n\r\n") + 4]
-        future = self.tpool.submit(self._preflight, conn, head)
-        future.add_done_callback(lambda done: self.method_queue.defer(self._preflight_done, conn, pending, done))
+        self._run_in_pool(conn, partial(self._preflight, conn, head), partial(self._preflight_done, conn, pending))
 
-    def _preflight(self, conn: gthread.TConn, head: bytes) -> bool:
-        """In a pool thread: whether to read the body of the request whose head is ``head``.
+    def _preflight(self, conn: gthread.TConn, head: bytes) -> str | None:
+        """In a pool thread: whether to read the body of the request whose head is ``head``: None when
+        it was answered, else :data:`PREFLIGHT_PASSED` or :data:`PREFLIGHT_AUTHENTICATED`.
 
         The body of a request is read only once its route and credential have been decided on,
         as nginx's ``auth_request`` and Envoy's ``ext_authz`` decide on the head: the
         application is called with ``environ[PREFLIGHT]`` and answers as it would, up to auth
         (:meth:`gateway_app.gateway.Gateway.handle`). A refusal (401, 403, 404, 413, ...) is
         written here with ``Connection: close``, without the body and without ``100 Continue``
-        (RFC 9110 §10.1.1); a request that would go on is marked ``PREFLIGHT_PASSED``, and the
-        loop reads its body. A head gunicorn's parser refuses goes on too: the thread that
-        serves the request answers it, with the one parse.
+        (RFC 9110 §10.1.1); a request that would go on is marked ``PREFLIGHT_PASSED`` (or
+        ``PREFLIGHT_AUTHENTICATED``), and the loop reads its body. A head gunicorn's parser
+        refuses goes on too: the thread that serves the request answers it, with the one parse.
         """
         try:
             request = next(RequestParser(self.cfg, iter([head]), conn.client))
             _, environ = gunicorn_wsgi.create(request, _NoSocket(), conn.client, conn.server, self.cfg)
         except Exception:
-            return True
+            return PREFLIGHT_PASSED
         environ[PREFLIGHT] = True
         answer: list[t.Any] = []
 
@@ -1158,9 +1226,10 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 getattr(chunks, "close", lambda: None)()
         except Exception:
             self.log.exception("Error deciding on a request head")
-            return True
-        if environ.get(PREFLIGHT) == PREFLIGHT_PASSED or not answer:
-            return True
+            return PREFLIGHT_PASSED
+        verdict = environ.get(PREFLIGHT)
+        if verdict in (PREFLIGHT_PASSED, PREFLIGHT_AUTHENTICATED) or not answer:
+            return verdict if verdict == PREFLIGHT_AUTHENTICATED else PREFLIGHT_PASSED
         status, headers = answer
         fields = [(name, value) for name, value in headers
                   if name.lower() not in ("connection", "content-length", "transfer-encoding")]
@@ -1170,19 +1239,27 @@ class HeadReadingWorker(gthread.ThreadWorker):
             conn.sock.sendall(data)
         except OSError:
             pass
-        return False
+        return None
 
     def _preflight_done(self, conn: gthread.TConn, pending: _Pending, future: t.Any) -> None:
-        """On the loop's thread: read the body of a request that goes on; close one that was answered."""
+        """On the loop's thread: read the body of a request that goes on; close one that was answered.
+
+        The body of a request whose credential was validated may end bodies no credential
+        vouches for when the budget is full (:meth:`_make_room`).
+        """
         self.preflights_running -= 1
         if self.pending.get(conn) is not pending:
             return                                       # closed meanwhile (the worker stops)
-        go_on = future.cancelled() or future.exception() is not None or future.result()
-        if not go_on:
+        failed = future.cancelled() or future.exception() is not None
+        verdict = PREFLIGHT_PASSED if failed else future.result()
+        if verdict is None:
             self._forget(conn)
             self._linger(conn)
             return
         pending.preflight = "done"
+        if verdict == PREFLIGHT_AUTHENTICATED:
+            pending.request.authenticated = True
+            pending.request.make_room = partial(self._make_room, conn)
         try:
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         except (OSError, ValueError, KeyError):
@@ -1190,6 +1267,33 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._drop(conn)
             return
         self._progress(conn, pending)
+
+    def _make_room(self, conn: gthread.TConn, try_reserve: t.Callable[[], bool]) -> bool:
+        """On the loop's thread, for the authenticated body on ``conn`` that the :class:`BodyBudget` refused:
+        end bodies no credential vouches for until ``try_reserve()`` succeeds; whether it did.
+
+        Bodies being read in the loop, of requests not authenticated on their head (open routes,
+        or read before any decision), are answered 503 ``server_busy`` and closed, those of
+        the address holding most bytes first, then the largest. So anonymous bodies use the
+        budget while nobody else needs it, and never keep an authenticated upload out (red team
+        7: 64 addresses uploading to an open route kept every token-holding upload out).
+        Bodies already whole, in a thread, are not ended: they are on their way.
+        """
+        victims = [(waiting, pending) for waiting, pending in self.pending.items()
+                   if waiting is not conn and pending.request.reserved and not pending.request.authenticated
+                   and pending.preflight != "running"]
+        held = collections.Counter()
+        for _, pending in victims:
+            held[pending.request.peer] += pending.request.reserved
+        victims.sort(key=lambda victim: (held[victim[1].request.peer], victim[1].request.reserved), reverse=True)
+        for waiting, pending in victims:
+            if try_reserve():
+                return True
+            self._forget(waiting)
+            self._answer_refusal(waiting, dataclasses.replace(SERVER_BUSY, detail="body buffers taken by an "
+                                                                                  "authenticated upload"))
+            self._linger(waiting)
+        return try_reserve()
 
     def _deadline(self, pending: _Pending) -> float:
         if pending.preflight == "running":

@@ -9,6 +9,7 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from gateway_app.worker import PREFLIGHT
+from gateway_app.worker import PREFLIGHT_AUTHENTICATED
 from gateway_app.worker import PREFLIGHT_PASSED
 
 CONFIG = """
@@ -45,9 +46,9 @@ def app(make_app: t.Callable[..., t.Any]) -> t.Any:
     return make_app({"vs.yaml": CONFIG})
 
 
-def preflight(app: t.Any, path: str, length: int = 1000) -> tuple[str, dict, bytes]:
+def preflight(app: t.Any, path: str, length: int = 1000, **headers: str) -> tuple[str, dict, bytes]:
     """Call the app as the worker does for a head whose body has not all arrived: (status, environ, body)."""
-    environ = EnvironBuilder(path=path, method="POST", headers={"Host": "api.example.com"}).get_environ()
+    environ = EnvironBuilder(path=path, method="POST", headers={"Host": "api.example.com", **headers}).get_environ()
     environ["CONTENT_LENGTH"] = str(length)          # declared, not sent: the body has not arrived
     environ[PREFLIGHT] = True
     answer: list[str] = []
@@ -62,6 +63,14 @@ def test_a_request_that_would_go_on_is_marked_passed_without_forwarding_or_a_rec
     status, environ, _ = preflight(app, "/open/upload")
     assert status.startswith("204") and environ[PREFLIGHT] == PREFLIGHT_PASSED
     assert not requests_mock.called and not access_records
+
+
+def test_a_request_with_a_validated_token_is_marked_authenticated(app, requests_mock, access_records):
+    """Its body outranks anonymous ones for the worker's buffers (the worker's ``_make_room``)."""
+    idp = requests_mock.post("http://idp.test/introspect", json={"active": True, "sub": "alice"})
+    status, environ, _ = preflight(app, "/secure/upload", Authorization="Bearer tok-alice-1234")
+    assert status.startswith("204") and environ[PREFLIGHT] == PREFLIGHT_AUTHENTICATED
+    assert idp.call_count == 1 and not access_records
 
 
 def test_a_request_refused_on_its_head_gets_its_answer_and_one_record(app, requests_mock, access_records):

@@ -529,6 +529,27 @@ def test_a_body_whose_next_bytes_do_not_fit_what_is_left_of_the_budget_is_refuse
     assert budget.held == 0
 
 
+def test_an_authenticated_body_the_budget_refuses_asks_for_room_and_an_anonymous_one_does_not():
+    """The worker ends anonymous bodies to make room for one authenticated on its head (``make_room``)."""
+    budget = BodyBudget(2000)
+    anonymous = RequestBuffer(BIG_LIMITS, None, sized(1000, b"x" * 1000), budget=budget, peer="10.0.0.1")
+    asked: list[str] = []
+
+    def make_room(try_reserve):
+        asked.append("room")
+        anonymous.close()                     # as the worker ends it
+        return try_reserve()
+
+    for authenticated in (False, True):
+        request = RequestBuffer(BIG_LIMITS, None, sized(1000, b"y" * 100), budget=budget, peer="10.0.0.2")
+        request.authenticated, request.make_room = authenticated, make_room
+        request.feed(b"y" * 850)
+        assert request.state is (RequestState.INCOMPLETE if authenticated else RequestState.REFUSED)
+        assert asked == (["room"] if authenticated else [])
+    assert budget.held == 950 and budget.held_by("10.0.0.2") == 950
+    request.close()
+
+
 def test_a_body_declaring_more_than_half_the_budget_is_refused_503_at_once():
     """No address can ever hold more than half the budget."""
     budget = BodyBudget(1000)

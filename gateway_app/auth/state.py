@@ -115,6 +115,11 @@ class AuthState:
     outcome: str = "none"                            # none | allowed | denied | error
     reason: str = ""
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether a token was validated for this request (:meth:`accept_token`)."""
+        return self.jwt_access_token is not None or self.introspection is not None
+
     def refuse(self, error: GatewayError) -> None:
         """Record a refusal: ``error`` for a 5xx (the gateway or the IdP failed), else ``denied``."""
         self.outcome, self.reason = ("error" if error.status_code >= 500 else "denied"), error.reason

@@ -22,6 +22,11 @@ import typing as t
 import pytest
 import requests
 
+from tests.keys import claims
+from tests.keys import jwks_json
+from tests.keys import make_jwt
+from tests.keys import public_jwk
+from tests.keys import rsa_key
 from tests.support.idp_servers import HeldIdp
 from tests.support.servers import GUNICORN
 from tests.support.servers import ServerProcess
@@ -47,6 +52,15 @@ spec:
           introspectionUrl: http://127.0.0.1:{IDP_PORT}/introspect
           timeout: 30s
 ---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: signed, namespace: gloo-system}
+spec:
+  configs:
+  - oauth2:
+      accessTokenValidation:
+        jwt: {localJwks: {inlineString: 'JWKS'}}
+---
 apiVersion: gateway.solo.io/v1
 kind: VirtualService
 metadata: {name: open, namespace: gloo-system}
@@ -57,9 +71,14 @@ spec:
     - matchers: [{prefix: /secure}]
       routeAction: {single: {upstream: {name: httpbin, namespace: gloo-system}}}
       options: {extauth: {configRef: {name: slow-idp, namespace: gloo-system}}}
+    - matchers: [{prefix: /signed}]
+      routeAction: {single: {upstream: {name: httpbin, namespace: gloo-system}}}
+      options:
+        extauth: {configRef: {name: signed, namespace: gloo-system}}
+        prefixRewrite: /anything
     - matchers: [{prefix: /}]
       routeAction: {single: {upstream: {name: httpbin, namespace: gloo-system}}}
-"""
+""".replace("JWKS", jwks_json(public_jwk(rsa_key(), kid="main")))
 
 TRICKLING_CLIENTS = 64
 BOGUS_TOKENS = 16            # concurrent requests whose introspection the IdP holds (it "takes 10 s")
@@ -646,14 +665,16 @@ def test_more_unfinished_heads_than_worker_connections_are_shed_408_and_the_open
     assert any(b'"head_too_slow"' in answer for answer in answers)
 
 
-def paced_upload(port: int, size: int, rate: int, source: str) -> bytes:
+def paced_upload(port: int, size: int, rate: int, source: str, path: str = "/anything/upload",
+                 fields: str = "") -> bytes:
     """A ``size``-byte POST from the loopback address ``source``, its body sent at ``rate`` bytes/s in
-    tenths of a second; the answer (empty when the connection was cut)."""
+    tenths of a second; the answer (empty when the connection was cut). ``fields``: more header
+    lines, each ending in CRLF."""
     piece = rate // 10
     with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0)) as sock:
         try:
-            sock.sendall(f"POST /anything/upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: {size}\r\n"
-                         "Connection: close\r\n\r\n".encode())
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: {size}\r\n"
+                         f"{fields}Connection: close\r\n\r\n".encode())
             for sent in range(0, size, piece):
                 sock.sendall(b"u" * min(piece, size - sent))
                 time.sleep(0.1)
@@ -707,6 +728,33 @@ def test_uploads_complete_while_a_flood_spread_over_many_addresses_holds_the_wor
         shed = flood.result(timeout=90)
     assert [status_of(answer), status_of(slow_upload)] == [200, 200], (answer, slow_upload)
     assert len(shed) > 100 and {status_of(answer) for answer in shed} <= {408, None}
+
+
+def whole_request(port: int, path: str, source: str) -> tuple[float, bytes]:
+    """One whole ``GET path`` from the loopback address ``source``: (when its answer ended, the answer)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(source, 0)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n".encode())
+        answer = read_until_closed(sock)
+    return time.monotonic(), answer
+
+
+def test_a_flood_of_whole_requests_from_one_address_does_not_queue_another_clients_request(small_gateway):
+    """Red team 7 stall7w: gthread's executor serves the pool first come, first served, so one
+    address's whole requests put every other client's request behind all of them. 32 requests
+    that each hold a thread 1 s at the upstream, from one address, on one worker of 4 threads
+    (8 s of queue); a request from another address, sent once they are all queued, is answered
+    before all but the first few: the queue is served in turns between addresses."""
+    flood_size = 32
+    with concurrent.futures.ThreadPoolExecutor(flood_size + 1) as pool:
+        flood = [pool.submit(whole_request, small_gateway.port, "/delay/1", "127.0.0.2") for _ in range(flood_size)]
+        time.sleep(0.5)                 # every flood request is whole and queued
+        other = pool.submit(whole_request, small_gateway.port, "/anything/fair", "127.0.0.3")
+        answered_at, answer = other.result(timeout=60)
+        flooded = [future.result(timeout=60) for future in flood]
+    assert status_of(answer) == 200
+    assert {status_of(flood_answer) for _, flood_answer in flooded} == {200}
+    served_before = sum(1 for done_at, _ in flooded if done_at < answered_at)
+    assert served_before <= 8, f"{served_before} of the flood's {flood_size} requests were served first"
 
 
 def test_expect_100_continue_is_answered_before_the_body_and_once(impatient_gateway):
@@ -935,3 +983,21 @@ def test_heads_the_loop_refuses_get_a_json_answer_and_an_http_1_1_status_line(im
         sock.sendall(request_bytes)
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 %d " % status) and reason in answer and b"Connection: close" in answer
+
+
+def test_an_authenticated_upload_takes_the_buffers_of_anonymous_uploads_that_hold_the_whole_budget(budget_gateway):
+    """Red team 7: uploads to an open route from many addresses hold the whole body budget, and every
+    upload with a valid token got 503. 8 addresses each hold 10 uploads of 400 kB sent (2 MB budget);
+    a 600 kB upload with a valid JWT, decided on its head, is read whole: anonymous bodies being
+    read are answered 503 to make room, the heaviest address's first."""
+    token = make_jwt(claims(), rsa_key())
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        floods = [pool.submit(hold_uploads, budget_gateway.port, stop, f"127.0.3.{n}") for n in range(1, 9)]
+        time.sleep(2.0)
+        answer = paced_upload(budget_gateway.port, 600_000, 300_000, "127.0.0.1", path="/signed/upload",
+                              fields=f"Authorization: Bearer {token}\r\n")
+        stop.set()
+        held = [flood_answer for flood in floods for flood_answer in flood.result(timeout=60)]
+    assert status_of(answer) == 200 and b'"url": "http://gateway.test/anything/upload"' in answer, answer[:300]
+    assert any(b'"server_busy"' in flood_answer for flood_answer in held)

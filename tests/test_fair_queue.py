@@ -1,0 +1,84 @@
+"""The pool's queue takes work in turns between clients (gateway_app.fair_queue)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway_app.fair_queue import FairQueue
+
+
+def test_one_key_is_first_come_first_served():
+    queue: FairQueue[str, int] = FairQueue()
+    for item in range(5):
+        queue.push("a", item)
+    assert [queue.pop() for _ in range(5)] == [0, 1, 2, 3, 4]
+
+
+def test_a_key_with_one_item_waits_for_at_most_one_item_of_each_other_key():
+    queue: FairQueue[str, str] = FairQueue()
+    for n in range(100):
+        queue.push("flood", f"f{n}")
+    queue.push("other", "o")
+    assert [queue.pop() for _ in range(2)] == ["f0", "o"]
+    assert len(queue) == 99 and queue.queued("flood") == 99 and queue.queued("other") == 0
+
+
+def test_keys_take_turns_in_the_order_they_got_work():
+    queue: FairQueue[str, str] = FairQueue()
+    for item in ["a1", "a2", "a3"]:
+        queue.push("a", item)
+    for item in ["b1", "b2"]:
+        queue.push("b", item)
+    queue.push("c", "c1")
+    assert [queue.pop() for _ in range(6)] == ["a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+def test_an_empty_queue_raises_index_error():
+    queue: FairQueue[str, int] = FairQueue()
+    with pytest.raises(IndexError):
+        queue.pop()
+    queue.push("a", 1)
+    queue.pop()
+    with pytest.raises(IndexError):
+        queue.pop()
+
+
+@given(st.lists(st.one_of(st.tuples(st.sampled_from("abcd"), st.integers()), st.none()), max_size=200))
+def test_every_item_comes_out_once_each_keys_in_order_and_no_key_waits_more_than_a_round(operations):
+    """Pushes (key, item) and pops (None) in any order: nothing lost or duplicated, each key's items
+    in their order, and between two items of a key with work waiting, at most one item of each
+    other key."""
+    queue: FairQueue[str, tuple[str, int, int]] = FairQueue()
+    pushed: list[tuple[str, int, int]] = []
+    popped: list[tuple[str, int, int]] = []
+    since: dict[str, collections.Counter] = {}      # per waiting key: pops of other keys since its turn
+
+    def pop() -> None:
+        item = queue.pop()
+        popped.append(item)
+        for key, others in since.items():
+            if key != item[0] and queue.queued(key):
+                assert others[item[0]] == 0, f"{item[0]} served twice while {key} waited"
+                others[item[0]] += 1
+        since[item[0]] = collections.Counter()
+
+    for number, operation in enumerate(operations):
+        if operation is None:
+            if len(queue):
+                pop()
+            continue
+        key, value = operation
+        item = (key, value, number)
+        pushed.append(item)
+        if not queue.queued(key):
+            since[key] = collections.Counter()
+        queue.push(key, item)
+    while len(queue):
+        pop()
+    assert sorted(popped, key=lambda item: item[2]) == pushed
+    for key in "abcd":
+        assert [item for item in popped if item[0] == key] == [item for item in pushed if item[0] == key]
