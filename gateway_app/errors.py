@@ -261,10 +261,18 @@ class IdentityProviderError(GatewayError):
 
 
 class IdpOverloadedError(IdentityProviderError):
-    """Too many calls to one IdP endpoint are already in flight: answered at once, never queued."""
+    """Too many calls to one IdP endpoint are in flight or waiting
+    (:class:`gateway_app.auth.idp_http.CallLimit`): 503 with ``Retry-After: 1`` (RFC 9110
+    §10.2.3, the smallest delay it can say; slots free up within one IdP call). Envoy's
+    overflow 503 sends none, but clients that back off read it."""
 
     reason = "idp_overloaded"
     public_message = "the identity provider is busy"
+    retry_after = 1                  # seconds
+
+    def extra_headers(self) -> dict[str, str]:
+        """``Retry-After``."""
+        return {"Retry-After": str(self.retry_after)}
 
 
 class UpstreamError(GatewayError):

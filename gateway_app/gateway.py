@@ -22,6 +22,7 @@ import typing as t
 from flask import Request
 from flask import Response
 
+from .auth.idp_http import on_behalf_of
 from .auth.pipeline import AuthPipeline
 from .auth.state import AuthState
 from .auth.steps import AuthContext
@@ -159,6 +160,8 @@ class Gateway:
         router's match (the route and its upstream target), :func:`client_body` (framing and
         the route's body limit), the route's auth pipeline, the usage plan, then
         :func:`prepare_upstream` (header transforms, credential removal) and the forwarder.
+        Auth runs :func:`~gateway_app.auth.idp_http.on_behalf_of` the client's address (the
+        trusted proxies' view), so clients share each IdP endpoint's call slots fairly.
 
         With ``environ[PREFLIGHT]`` (the worker asks before it reads a body,
         :mod:`gateway_app.worker`), it stops after auth: a refusal is the request's answer and is
@@ -189,7 +192,8 @@ class Gateway:
             if route.auth is not None:
                 # The debug route logs its policy input, so its outcomes are never remembered.
                 ctx = AuthContext(incoming, route, state, remember=self.settings.debug_route != route.name)
-                self._authorize(ctx, route.auth, decision)
+                with on_behalf_of(self.trusted_proxies.client_address(incoming)):   # IdP slots, fairly
+                    self._authorize(ctx, route.auth, decision)
             if environ.get(PREFLIGHT):
                 passed = True
                 environ[PREFLIGHT] = PREFLIGHT_AUTHENTICATED if state.authenticated else PREFLIGHT_PASSED
