@@ -57,6 +57,7 @@ from .settings import Settings
 from .worker import PREFLIGHT
 from .worker import PREFLIGHT_AUTHENTICATED
 from .worker import PREFLIGHT_PASSED
+from .worker import peer_key
 from .usage_plans import UsagePlanEnforcer
 from .usage_plans import build_limiter
 
@@ -161,7 +162,8 @@ class Gateway:
         the route's body limit), the route's auth pipeline, the usage plan, then
         :func:`prepare_upstream` (header transforms, credential removal) and the forwarder.
         Auth runs :func:`~gateway_app.auth.idp_http.on_behalf_of` the client's address (the
-        trusted proxies' view), so clients share each IdP endpoint's call slots fairly.
+        trusted proxies' view, an IPv6 address's /64 as :func:`~gateway_app.worker.peer_key`
+        groups it), so clients share each IdP endpoint's call slots fairly.
 
         With ``environ[PREFLIGHT]`` (the worker asks before it reads a body,
         :mod:`gateway_app.worker`), it stops after auth: a refusal is the request's answer and is
@@ -192,7 +194,7 @@ class Gateway:
             if route.auth is not None:
                 # The debug route logs its policy input, so its outcomes are never remembered.
                 ctx = AuthContext(incoming, route, state, remember=self.settings.debug_route != route.name)
-                with on_behalf_of(self.trusted_proxies.client_address(incoming)):   # IdP slots, fairly
+                with on_behalf_of(peer_key(self.trusted_proxies.client_address(incoming))):   # IdP slots, fairly
                     self._authorize(ctx, route.auth, decision)
             if environ.get(PREFLIGHT):
                 passed = True

@@ -390,10 +390,17 @@ def test_an_idp_overloaded_answer_asks_to_retry_after_one_second(make_app):
     assert response.headers["Retry-After"] == "1"
 
 
-def test_the_gateway_shares_idp_slots_by_the_client_address_it_computes(make_app, monkeypatch):
+@pytest.mark.parametrize("flooder, user, evicts", [
+    ("203.0.113.9", "198.51.100.7", True),
+    ("2001:db8:1:2::9", "2001:db8:1:3::7", True),
+    ("2001:db8:1:2::9", "2001:db8:1:2::7", False),      # one /64 is one host (RFC 6177): one client
+])
+def test_the_gateway_shares_idp_slots_by_the_client_address_it_computes(make_app, monkeypatch, flooder, user,
+                                                                        evicts):
     """Behind a trusted proxy, the flooder and the user share one peer address and differ only in
     X-Forwarded-For: the user's call evicts the flooder's waiting one only if the gateway calls
-    the IdP on behalf of the address it computes (one client for all would refuse the user)."""
+    the IdP on behalf of the address it computes (one client for all would refuse the user), an
+    IPv6 address's /64 counting as one client."""
     monkeypatch.setattr(idp_http, "QUEUE_WAIT", CALL_WAIT)       # waiters stay until the test decides
     with HeldIdp() as idp, PlainUpstream() as upstream:
         auth_yaml = (AUTH_YAML % idp.port).replace("retries: 0}", "retries: 0, maxConcurrentCalls: 1}")
@@ -407,15 +414,17 @@ def test_the_gateway_shares_idp_slots_by_the_client_address_it_computes(make_app
 
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             try:
-                flood_held = pool.submit(get, "203.0.113.9", "bogus-token-1")
+                flood_held = pool.submit(get, flooder, "bogus-token-1")
                 assert idp.entered.acquire(timeout=BOUND)
-                flood_waiting = pool.submit(get, "203.0.113.9", "bogus-token-2")
+                flood_waiting = pool.submit(get, flooder, "bogus-token-2")
                 assert eventually(lambda: limit.waiting == 1)
-                user = pool.submit(get, "198.51.100.7", "user-token-1")
-                assert flood_waiting.result(timeout=BOUND) == (503, "idp_overloaded")
-                assert limit.waiting == 1                                    # the user's call waits
+                user_call = pool.submit(get, user, "user-token-1")
+                refused = flood_waiting if evicts else user_call
+                assert refused.result(timeout=BOUND) == (503, "idp_overloaded")
+                assert limit.waiting == 1                                    # the other call waits
             finally:
                 idp.release.set()
+            waited = user_call if evicts else flood_waiting
             assert flood_held.result(timeout=BOUND) == (403, "token_inactive")
-            assert user.result(timeout=BOUND) == (403, "token_inactive")
+            assert waited.result(timeout=BOUND) == (403, "token_inactive")
         assert idp.calls == 2
