@@ -11,7 +11,9 @@ at most one request of each other waiting client, however many the flooder queue
 
 The key is chosen by the caller (the worker uses :func:`gateway_app.worker.peer_key`: the
 IPv4 address or the IPv6 /64). Behind a load balancer every request has the balancer's key,
-and the queue is first come, first served again, as before.
+and the queue is first come, first served again, as before. At its connection limit the worker
+takes back the newest work of the key with most waiting (:meth:`FairQueue.shed`), as fq drops
+from its longest flow when the queue is full.
 """
 
 from __future__ import annotations
@@ -61,6 +63,21 @@ class FairQueue(t.Generic[K, T]):
             del self._queues[key]
         self._size -= 1
         return item
+
+    def shed(self, count: int, floor: int) -> list[T]:
+        """Take up to ``count`` items back, each the newest of the key with most items, while that key
+        has more than ``floor`` (so no key is emptied, and keys at or under the floor keep all).
+
+        O(``count`` x keys): for a worker at its connection limit, a few dozen per run.
+        """
+        taken: list[T] = []
+        while len(taken) < count and self._queues:
+            key, queue = max(self._queues.items(), key=lambda entry: len(entry[1]))
+            if len(queue) <= floor:
+                break
+            taken.append(queue.pop())
+            self._size -= 1
+        return taken
 
     def queued(self, key: K) -> int:
         """How many items ``key`` has waiting."""

@@ -39,7 +39,9 @@ gateway's JSON error) and the connection closed, so a slow client never holds a 
   1 KiB/s or more and, while some peer holds more than an equal share and more than 8 of
   them, the connections of every other peer; at ``worker_connections`` requests are closed
   until 1/32 of them is free, such heavy peers' first (:func:`overload_victims`,
-  :meth:`HeadReadingWorker.shed_overload`).
+  :meth:`HeadReadingWorker.shed_overload`), after requests waiting for a thread from the
+  address with most of them waiting, above 8, newest first (503 ``server_busy``,
+  :meth:`HeadReadingWorker._shed_queued`).
 
 A request goes to a thread only when it is whole or when gunicorn's parser refuses it from the
 bytes already read: chunked framing the loop cannot read (a bare LF, a missing CRLF) is answered
@@ -672,6 +674,8 @@ def head_refusal(head: bytes) -> Refusal | None:
 
 
 SERVER_BUSY = Refusal(503, "server_busy", "the gateway is busy, retry later", retry_after=BUSY_RETRY_AFTER)
+SHED_QUEUED = dataclasses.replace(SERVER_BUSY, detail="waiting for a thread at worker_connections, from the "
+                                                      "address with most requests waiting")
 
 
 SPOOL_THRESHOLD = 64 * 1024     # bytes of a body kept in memory; beyond, a temporary file
@@ -892,6 +896,14 @@ class _Pending:
     cap: float = float("inf")     # a stopping worker's deadline
 
 
+class _Work(t.NamedTuple):
+    """Work waiting for a pool thread (:meth:`HeadReadingWorker._run_in_pool`)."""
+
+    run: t.Callable[[], t.Any]                 # in the thread
+    done: t.Callable[[t.Any], None]            # on the loop's thread, with the outcome as a future
+    shed: t.Callable[[], None]                 # on the loop's thread, instead of both: taken back
+
+
 @dataclasses.dataclass
 class _Parked:
     """What a pool thread returns for a request still incomplete: the loop waits for the rest."""
@@ -939,7 +951,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._next_overload_check = 0.0
         self.preflights_running = 0       # heads being decided in the pool (at most half its threads)
         # Work for the pool waits here, in turns between clients; ``runners`` threads take it.
-        self.run_queue: FairQueue[str, tuple[t.Callable[[], t.Any], t.Callable[[t.Any], None]]] = FairQueue()
+        self.run_queue: FairQueue[str, _Work] = FairQueue()
         self.runners = 0
         self._queue_lock = threading.Lock()
         self.log_throttle = LogThrottle()
@@ -990,20 +1002,23 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     def _serve(self, conn: gthread.TConn) -> None:
         """gthread's ``enqueue_req``: :meth:`handle` in a pool thread, then :meth:`finish_request`, in turns."""
-        self._run_in_pool(conn, partial(self.handle, conn), partial(self.finish_request, conn))
+        self._run_in_pool(conn, partial(self.handle, conn), partial(self.finish_request, conn),
+                          partial(self._shed_queued_request, conn))
 
     def _run_in_pool(self, conn: gthread.TConn, work: t.Callable[[], t.Any],
-                     done: t.Callable[[t.Any], None]) -> None:
+                     done: t.Callable[[t.Any], None], shed: t.Callable[[], None]) -> None:
         """Run ``work()`` in a pool thread, then ``done(future)`` on the loop's thread with its outcome.
 
         The work waits in :attr:`run_queue`, taken in turns between clients (:class:`FairQueue`,
         keyed by :func:`peer_key`), not first come, first served as in gthread's executor: one
         address's flood of whole requests does not queue every other client behind it. At
         most ``threads`` runners (:meth:`_run_queued`) take from the queue; a runner takes the
-        next item as soon as it is done with one, without a turn of the loop.
+        next item as soon as it is done with one, without a turn of the loop. ``shed()``, on the
+        loop's thread, answers and closes the connection instead when the work is taken back
+        before it ran (:meth:`shed_overload`).
         """
         with self._queue_lock:
-            self.run_queue.push(peer_key(conn.client), (work, done))
+            self.run_queue.push(peer_key(conn.client), _Work(work, done, shed))
             if self.runners >= self.cfg.threads:
                 return
             self.runners += 1
@@ -1016,13 +1031,13 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 if not self.run_queue:
                     self.runners -= 1
                     return
-                work, done = self.run_queue.pop()
+                work = self.run_queue.pop()
             future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
             try:
-                future.set_result(work())
+                future.set_result(work.run())
             except BaseException as exc:     # as the executor's work item does: the loop sees it
                 future.set_exception(exc)
-            self.method_queue.defer(done, future)
+            self.method_queue.defer(work.done, future)
 
     def handle(self, conn: gthread.TConn) -> t.Any:
         """In a pool thread: gthread's, once the request is whole; an incomplete one goes back to the loop."""
@@ -1191,7 +1206,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._unregister(conn)
         data = bytes(pending.request.head.data)
         head = data[:data.find(b"\r\n\r\n") + 4]
-        self._run_in_pool(conn, partial(self._preflight, conn, head), partial(self._preflight_done, conn, pending))
+        self._run_in_pool(conn, partial(self._preflight, conn, head), partial(self._preflight_done, conn, pending),
+                          partial(self._shed_queued_preflight, conn, pending))
 
     def _preflight(self, conn: gthread.TConn, head: bytes) -> str | None:
         """In a pool thread: whether to read the body of the request whose head is ``head``: None when
@@ -1395,17 +1411,23 @@ class HeadReadingWorker(gthread.ThreadWorker):
         waiting requests, every :data:`OVERLOAD_CHECK_INTERVAL` (each turn of the loop at
         ``worker_connections``): an idle one is closed; a request is answered 408 if it sent
         anything, and closed at once in its head, after a short lingering read in its body (so
-        an uploading client can read the answer rather than a reset)."""
+        an uploading client can read the answer rather than a reset). At ``worker_connections``,
+        requests waiting for a thread from an address with more than its floor of them are taken
+        back first (:meth:`_shed_queued`)."""
         if self.nr_conns < self.high_water:
             return
         if now < self._next_overload_check and self.nr_conns < self.worker_connections:
             return
         self._next_overload_check = now + OVERLOAD_CHECK_INTERVAL
+        shed = 0
+        if self.nr_conns >= self.worker_connections:
+            shed = self._shed_queued(self.nr_conns - self.worker_connections
+                                     + max(1, self.worker_connections // OVERLOAD_FREED_SHARE))
         idle = (Waiting(conn, conn.timeout - self.cfg.keepalive, peer_key(conn.client))
                 for conn in self.keepalived_conns)
         waiting = (Waiting(conn, pending.started, pending.request.peer, self._body_rate(pending, now))
                    for conn, pending in self.pending.items() if pending.preflight != "running")
-        victims = overload_victims(idle, waiting, self.nr_conns, self.high_water, self.worker_connections, now)
+        victims = overload_victims(idle, waiting, self.nr_conns - shed, self.high_water, self.worker_connections, now)
         for conn in victims:
             pending = self.pending.get(conn)
             if pending is None:                         # idle kept-alive: closed without an answer
@@ -1425,6 +1447,34 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 self._linger(conn, OVERLOAD_TIMEOUT)
             else:
                 self._drop(conn)
+
+    def _shed_queued(self, count: int) -> int:
+        """At ``worker_connections``, before the connections read in the loop: take back up to ``count``
+        requests waiting for a thread, each the newest of the address with most waiting, while it
+        has more than :data:`OVERLOAD_PEER_FLOOR` (:meth:`FairQueue.shed`), and answer them 503
+        ``server_busy``; how many. A flood of whole requests from one address (to a slow route)
+        otherwise holds every connection slot: the only connections the overload rule could
+        close were other clients' new ones, and no other client was served."""
+        with self._queue_lock:
+            shed = self.run_queue.shed(count, OVERLOAD_PEER_FLOOR)
+        for work in shed:
+            work.shed()
+        return len(shed)
+
+    def _shed_queued_request(self, conn: gthread.TConn) -> None:
+        """A request taken back from the queue: 503 ``server_busy``, its buffered body dropped, closed."""
+        handoff = self.handoffs.pop(conn, None)
+        if handoff is not None and handoff.body is not None:
+            handoff.body.rest(0)                        # the spool closed, the budget given back
+        self._answer_refusal(conn, SHED_QUEUED)
+        self._linger(conn, OVERLOAD_TIMEOUT)
+
+    def _shed_queued_preflight(self, conn: gthread.TConn, pending: _Pending) -> None:
+        """A head's decision taken back from the queue: 503 ``server_busy``, closed, the body never read."""
+        self.preflights_running -= 1
+        self._forget(conn)
+        self._answer_refusal(conn, SHED_QUEUED)
+        self._linger(conn, OVERLOAD_TIMEOUT)
 
     @staticmethod
     def _body_rate(pending: _Pending, now: float) -> float | None:

@@ -82,3 +82,23 @@ def test_every_item_comes_out_once_each_keys_in_order_and_no_key_waits_more_than
     assert sorted(popped, key=lambda item: item[2]) == pushed
     for key in "abcd":
         assert [item for item in popped if item[0] == key] == [item for item in pushed if item[0] == key]
+
+
+def test_shed_takes_the_newest_items_of_the_key_with_most_and_keeps_its_floor():
+    queue: FairQueue[str, str] = FairQueue()
+    for n in range(12):
+        queue.push("flood", f"f{n}")
+    for n in range(3):
+        queue.push("other", f"o{n}")
+    assert queue.shed(10, floor=8) == ["f11", "f10", "f9", "f8"]       # down to the floor, no further
+    assert queue.queued("flood") == 8 and queue.queued("other") == 3 and len(queue) == 11
+    assert queue.shed(5, floor=2) == ["f7", "f6", "f5", "f4", "f3"]     # the longest first, one at a time
+    assert queue.shed(3, floor=2) == ["f2", "o2"]                        # both at the floor: stop
+    assert [queue.pop() for _ in range(len(queue))] == ["f0", "o0", "f1", "o1"]
+
+
+def test_shed_takes_nothing_when_no_key_has_more_than_the_floor():
+    queue: FairQueue[str, int] = FairQueue()
+    for key in "abc":
+        queue.push(key, 1)
+    assert queue.shed(5, floor=1) == [] and len(queue) == 3

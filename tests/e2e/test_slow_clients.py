@@ -757,6 +757,28 @@ def test_a_flood_of_whole_requests_from_one_address_does_not_queue_another_clien
     assert served_before <= 8, f"{served_before} of the flood's {flood_size} requests were served first"
 
 
+def test_whole_requests_from_one_address_holding_every_connection_are_shed_503_and_others_are_served(
+        httpbin, tmp_path_factory):
+    """One address keeps 150 whole requests that each hold a thread 1 s at the upstream against 100
+    worker_connections: they wait for a thread, not in the loop, so closing requests being read
+    frees nothing, and the overload rule closed the only connections it could: other clients'
+    new ones. At the limit the newest requests of the address with most waiting are answered
+    503 first, and another address's requests are accepted and served (each within about the
+    1 s a thread is held)."""
+    with one_worker_gateway(httpbin, tmp_path_factory, "queued", {"GUNICORN_CMD_ARGS": "--worker-connections 100"}) \
+            as gateway:
+        def slow_request(sock: socket.socket) -> None:
+            sock.sendall(b"GET /delay/1 HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n")
+
+        probe, results = probe_during(gateway.url + "/anything/public",
+                                      lambda stop: hold_connections(gateway.port, stop, slow_request, 75, "127.0.0.2"),
+                                      seconds=8.0, attackers=2)
+    assert_open_route_answered(probe)
+    answers = [answer for answers in results for answer in answers]
+    assert any(b'"server_busy"' in answer and status_of(answer) == 503 for answer in answers), len(answers)
+    assert {status_of(answer) for answer in answers} <= {200, 503, None}
+
+
 def test_expect_100_continue_is_answered_before_the_body_and_once(impatient_gateway):
     """The loop waits for the body, so it says ``100 Continue`` itself; gunicorn then sends none."""
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
