@@ -49,11 +49,20 @@ class FairQueue(t.Generic[K, T]):
         queue.append(item)
         self._size += 1
 
-    def pop(self) -> T:
-        """The next key's oldest item; the key goes to the end of the turns if it has more.
+    def pop(self, eligible: t.Callable[[K], bool] | None = None) -> T:
+        """The next key's oldest item; the key goes to the end of the turns if it has more. With
+        ``eligible``, the next key for which it is true: the keys passed over go to the end of the
+        turns (O(keys) then).
 
-        :raises IndexError: nothing is queued.
+        :raises IndexError: nothing is queued, or no key is eligible.
         """
+        if eligible is not None:
+            for _ in range(len(self._turns)):
+                if eligible(self._turns[0]):
+                    break
+                self._turns.rotate(-1)
+            else:
+                raise IndexError("no eligible key")
         key = self._turns.popleft()
         queue = self._queues[key]
         item = queue.popleft()

@@ -37,6 +37,19 @@ def test_keys_take_turns_in_the_order_they_got_work():
     assert [queue.pop() for _ in range(6)] == ["a1", "b1", "c1", "a2", "b2", "a3"]
 
 
+def test_pop_passes_over_keys_that_are_not_eligible_to_the_end_of_the_turns():
+    queue: FairQueue[str, str] = FairQueue()
+    for key in "abc":
+        queue.push(key, key + "1")
+        queue.push(key, key + "2")
+    assert queue.pop(lambda key: key != "a") == "b1"
+    assert queue.pop() == "c1"                              # a was passed over: it goes after b
+    assert queue.pop() == "a1"
+    with pytest.raises(IndexError):
+        queue.pop(lambda key: False)
+    assert len(queue) == 3
+
+
 def test_an_empty_queue_raises_index_error():
     queue: FairQueue[str, int] = FairQueue()
     with pytest.raises(IndexError):

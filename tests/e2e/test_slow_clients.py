@@ -757,6 +757,20 @@ def test_a_flood_of_whole_requests_from_one_address_does_not_queue_another_clien
     assert served_before <= 8, f"{served_before} of the flood's {flood_size} requests were served first"
 
 
+def test_one_address_never_holds_every_thread_of_a_worker(small_gateway):
+    """Red team 9 F2: with every thread free, kept-alive requests to a slow upstream from one address
+    took all of them (8 of the demo's 8, for 10 s). One worker of 4 threads: 4 requests that hold a
+    thread 2 s from one address take 3; another address's request takes the fourth and is
+    answered before any of them."""
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        flood = [pool.submit(whole_request, small_gateway.port, "/delay/2", "127.0.0.2") for _ in range(4)]
+        time.sleep(0.5)                 # every flood request is whole, and the threads are free for them
+        answered_at, answer = pool.submit(whole_request, small_gateway.port, "/anything/lane", "127.0.0.3").result(60)
+        flooded = [future.result(timeout=60) for future in flood]
+    assert status_of(answer) == 200 and {status_of(flood_answer) for _, flood_answer in flooded} == {200}
+    assert answered_at < min(done_at for done_at, _ in flooded)
+
+
 def test_whole_requests_from_one_address_holding_every_connection_are_shed_503_and_others_are_served(
         httpbin, tmp_path_factory):
     """One address keeps 150 whole requests that each hold a thread 1 s at the upstream against 100
@@ -1023,3 +1037,49 @@ def test_an_authenticated_upload_takes_the_buffers_of_anonymous_uploads_that_hol
         held = [flood_answer for flood in floods for flood_answer in flood.result(timeout=60)]
     assert status_of(answer) == 200 and b'"url": "http://gateway.test/anything/upload"' in answer, answer[:300]
     assert any(b'"server_busy"' in flood_answer for flood_answer in held)
+
+
+def hold_authenticated_uploads(port: int, stop: threading.Event, token: str, addresses: range) -> list[bytes]:
+    """Red team 9 F1: from each address, 2 uploads with a valid token that declare 10 MB, send 3 MB at
+    once, then 1,300 bytes every 0.5 s, re-opened as they are answered."""
+    def upload(source: str) -> list[bytes]:
+        answers = []
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+                    sock.sendall(f"POST /signed/upload HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer "
+                                 f"{token}\r\nContent-Length: 10000000\r\n\r\n".encode())
+                    time.sleep(0.1)
+                    sock.sendall(b"x" * 3_000_000)
+                    sock.settimeout(0.5)
+                    answer = b""
+                    while not stop.is_set() and not answer:
+                        try:
+                            answer = sock.recv(65536) or b"closed"
+                        except TimeoutError:
+                            sock.sendall(b"y" * 1300)
+                    answers.append(answer)
+            except OSError:
+                answers.append(b"")
+        return answers
+
+    with concurrent.futures.ThreadPoolExecutor(2 * len(addresses)) as pool:
+        floods = [pool.submit(upload, f"127.0.4.{n}") for n in addresses for _ in range(2)]
+        return [answer for flood in floods for answer in flood.result(timeout=60)]
+
+
+def test_making_room_for_authenticated_uploads_never_crashes_the_worker(httpbin, tmp_path_factory):
+    """Red team 9 F1: making room for an authenticated upload ended bodies whose readable events the
+    same turn of the loop still held, and the loop failed with KeyError: the worker exited and
+    dropped every connection (10 times in 25 s). 32 uploads with a valid token from 16
+    addresses, most read before their head was decided (the deciding threads are busy) and so
+    anonymous, take room from each other in a 24 MiB budget; the worker never fails."""
+    token = make_jwt(claims(), rsa_key())
+    with one_worker_gateway(httpbin, tmp_path_factory, "room", {}) as gateway:
+        probe, results = probe_during(gateway.url + "/anything/public",
+                                      lambda stop: hold_authenticated_uploads(gateway.port, stop, token, range(1, 17)),
+                                      seconds=10.0, attackers=1)
+        log = gateway.log_text()
+    assert "Exception in worker process" not in log and "Traceback" not in log
+    assert "taken by an authenticated upload" in log
+    assert_open_route_answered(probe)
