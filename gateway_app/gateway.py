@@ -29,6 +29,7 @@ from .auth.steps import AuthContext
 from .auth.tokens import strip_cookie
 from .auth.tokens import strip_query_parameter
 from .auth.registry import ValidatorRegistry
+from .cache import hash_key
 from .config.build import BuildResult
 from .config.build import GatewayConfig
 from .config.build import build_config
@@ -57,6 +58,7 @@ from .settings import Settings
 from .worker import PREFLIGHT
 from .worker import PREFLIGHT_AUTHENTICATED
 from .worker import PREFLIGHT_PASSED
+from .worker import PREFLIGHT_PRINCIPAL
 from .worker import peer_key
 from .usage_plans import UsagePlanEnforcer
 from .usage_plans import build_limiter
@@ -64,6 +66,7 @@ from .usage_plans import build_limiter
 log = logging.getLogger("gateway_app.gateway")
 
 REQUEST_ID_KEY = "gateway.request_id"      # where the request id lives in the WSGI environ
+PRINCIPAL_KEY_CHARS = 16                   # of the subject's SHA-256: the worker's key for its body share
 
 
 class Gateway:
@@ -168,7 +171,8 @@ class Gateway:
         With ``environ[PREFLIGHT]`` (the worker asks before it reads a body,
         :mod:`gateway_app.worker`), it stops after auth: a refusal is the request's answer and is
         logged as such; a request that would go on is marked ``PREFLIGHT_PASSED`` (with a
-        validated token: ``PREFLIGHT_AUTHENTICATED``, its body outranks anonymous ones) and answered
+        validated token: ``PREFLIGHT_AUTHENTICATED``, its body outranks anonymous ones, and
+        ``PREFLIGHT_PRINCIPAL``, a hash of its subject, by which its body's share is counted) and answered
         204 with no access record, no metrics and no usage plan counted (the request comes back
         whole, and is served and recorded then).
 
@@ -199,6 +203,8 @@ class Gateway:
             if environ.get(PREFLIGHT):
                 passed = True
                 environ[PREFLIGHT] = PREFLIGHT_AUTHENTICATED if state.authenticated else PREFLIGHT_PASSED
+                if state.authenticated and state.subject:
+                    environ[PREFLIGHT_PRINCIPAL] = hash_key("subject", state.subject)[:PRINCIPAL_KEY_CHARS]
                 return Response(status=204)
             limit_headers = self.usage_plans.admit(incoming, route, state, config.usage_plans, decision)
             upstream = prepare_upstream(incoming, route, state)

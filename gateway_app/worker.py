@@ -155,6 +155,9 @@ PREFLIGHT = "gateway.preflight"
 PREFLIGHT_PASSED = "passed"
 # ... and with a validated credential: its body may take the buffers of bodies no credential vouches for
 PREFLIGHT_AUTHENTICATED = "authenticated"
+# ... and who the credential names (an opaque key, "" for nobody in particular): the body's share of
+# the buffers is then counted by it rather than by the client address
+PREFLIGHT_PRINCIPAL = "gateway.preflight.principal"
 # gunicorn's fast parser takes an unlimited request line (limit_request_line = 0) as 1 MiB.
 UNLIMITED_REQUEST_LINE = 1024 * 1024
 
@@ -702,7 +705,8 @@ class RequestBuffer:
         self.head = HeadBuffer(limits)
         self.body_limit = body_limit
         self._budget = budget
-        self.peer = peer                      # the client address the budget counts (:func:`peer_key`)
+        self.peer = peer                      # the client address (:func:`peer_key`)
+        self.budget_key = peer                # whom the budget counts the bytes of: the address, or a principal
         # A credential was validated on the head (PREFLIGHT_AUTHENTICATED): when the budget is
         # full, ``make_room(try_reserve)`` may end bodies no credential vouches for.
         self.authenticated = False
@@ -803,7 +807,7 @@ class RequestBuffer:
         budget = self._budget
 
         def try_reserve() -> bool:
-            return budget.reserve(more, self.peer)
+            return budget.reserve(more, self.budget_key)
 
         granted = try_reserve() or (self.authenticated and self.make_room is not None and self.make_room(try_reserve))
         if not granted:
@@ -813,6 +817,19 @@ class RequestBuffer:
         self._reserved += more
         return True
 
+    def authenticate(self, principal: str, make_room: t.Callable[[t.Callable[[], bool]], bool]) -> None:
+        """The head was decided on with a validated credential naming ``principal`` (an opaque key;
+        "" for none): the bytes held so far, and those to come, count for it rather than for the
+        address, so one credential spread over many addresses holds one share (red team 9 F4), and
+        when the budget is full ``make_room`` may end bodies no credential vouches for. The bytes
+        held are counted again under the new key: refused 503 if they do not fit."""
+        self.authenticated, self.make_room = True, make_room
+        if not principal or self.state is not RequestState.INCOMPLETE:
+            return
+        self._release()
+        self.budget_key = "principal:" + principal
+        self._hold(self._body_bytes)
+
     @property
     def reserved(self) -> int:
         """Bytes of the worker's :class:`BodyBudget` this body holds."""
@@ -821,7 +838,7 @@ class RequestBuffer:
     def _release(self) -> None:
         reserved, self._reserved = self._reserved, 0
         if self._budget is not None and reserved:
-            self._budget.release(reserved, self.peer)
+            self._budget.release(reserved, self.budget_key)
 
     def _over_limit(self, declared: int) -> bool:
         self.too_large = self.body_limit is not None and declared > self.body_limit
@@ -894,8 +911,15 @@ class _Pending:
     body_started: float = 0.0     # time.monotonic() when the head was whole (with ``window``)
     window_seen: int = 0          # body bytes fed to the window
     continued: bool = False       # "100 Continue" sent
-    preflight: str = ""           # "", "running" (a thread decides on the head), "done", "skipped" (pool busy)
+    preflight: str = ""           # "", "running" (a thread decides on the head), "done", "skipped" (its address has enough decided)
     cap: float = float("inf")     # a stopping worker's deadline
+
+
+class _Verdict(t.NamedTuple):
+    """How a request passed the decision on its head (:meth:`HeadReadingWorker._preflight`)."""
+
+    authenticated: bool = False        # a credential was validated (PREFLIGHT_AUTHENTICATED)
+    principal: str = ""                # whom it names (PREFLIGHT_PRINCIPAL)
 
 
 class _Work(t.NamedTuple):
@@ -952,7 +976,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.handoffs: dict[gthread.TConn, _Handoff] = {}
         self.lingering: dict[gthread.TConn, _Lingering] = {}
         self._next_overload_check = 0.0
-        self.preflights_running = 0       # heads being decided in the pool (at most half its threads)
+        # heads being decided (or waiting to be) per client address: at most half the threads each
+        self.preflights_running: collections.Counter[str] = collections.Counter()
         # Work for the pool waits here, in turns between clients; ``runners`` threads take it.
         self.run_queue: FairQueue[str, _Work] = FairQueue()
         self.runners = 0
@@ -1213,10 +1238,10 @@ class HeadReadingWorker(gthread.ThreadWorker):
         if not request.in_body or pending.preflight == "running":
             return
         if not pending.preflight and request.state is RequestState.INCOMPLETE and self.preflights():
-            if self.preflights_running < max(1, self.cfg.threads // 2):
+            if self.preflights_running[request.peer] < max(1, self.cfg.threads // 2):
                 self._start_preflight(conn, pending)
                 return
-            pending.preflight = "skipped"      # the pool is busy deciding: the body is read first, as before
+            pending.preflight = "skipped"      # this address has heads decided: the body is read first
         if pending.window is None:
             pending.window = MinRateWindow(self.min_body_rate, MIN_BODY_RATE_WINDOW, self.client_timeout, now)
             pending.body_started = now
@@ -1241,16 +1266,16 @@ class HeadReadingWorker(gthread.ThreadWorker):
     def _start_preflight(self, conn: gthread.TConn, pending: _Pending) -> None:
         """Stop reading ``conn`` and let a pool thread decide on the head (:meth:`_preflight`)."""
         pending.preflight = "running"
-        self.preflights_running += 1
+        self.preflights_running[pending.request.peer] += 1
         self._unregister(conn)
         data = bytes(pending.request.head.data)
         head = data[:data.find(b"\r\n\r\n") + 4]
         self._run_in_pool(conn, partial(self._preflight, conn, head), partial(self._preflight_done, conn, pending),
                           partial(self._shed_queued_preflight, conn, pending))
 
-    def _preflight(self, conn: gthread.TConn, head: bytes) -> str | None:
+    def _preflight(self, conn: gthread.TConn, head: bytes) -> _Verdict | None:
         """In a pool thread: whether to read the body of the request whose head is ``head``: None when
-        it was answered, else :data:`PREFLIGHT_PASSED` or :data:`PREFLIGHT_AUTHENTICATED`.
+        it was answered, else how it passed.
 
         The body of a request is read only once its route and credential have been decided on,
         as nginx's ``auth_request`` and Envoy's ``ext_authz`` decide on the head: the
@@ -1265,7 +1290,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             request = next(RequestParser(self.cfg, iter([head]), conn.client))
             _, environ = gunicorn_wsgi.create(request, _NoSocket(), conn.client, conn.server, self.cfg)
         except Exception:
-            return PREFLIGHT_PASSED
+            return _Verdict()
         environ[PREFLIGHT] = True
         answer: list[t.Any] = []
 
@@ -1281,10 +1306,12 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 getattr(chunks, "close", lambda: None)()
         except Exception:
             self.log.exception("Error deciding on a request head")
-            return PREFLIGHT_PASSED
+            return _Verdict()
         verdict = environ.get(PREFLIGHT)
-        if verdict in (PREFLIGHT_PASSED, PREFLIGHT_AUTHENTICATED) or not answer:
-            return verdict if verdict == PREFLIGHT_AUTHENTICATED else PREFLIGHT_PASSED
+        if verdict == PREFLIGHT_AUTHENTICATED:
+            return _Verdict(authenticated=True, principal=str(environ.get(PREFLIGHT_PRINCIPAL) or ""))
+        if verdict == PREFLIGHT_PASSED or not answer:
+            return _Verdict()
         status, headers = answer
         fields = [(name, value) for name, value in headers
                   if name.lower() not in ("connection", "content-length", "transfer-encoding")]
@@ -1296,25 +1323,35 @@ class HeadReadingWorker(gthread.ThreadWorker):
             pass
         return None
 
+    def _preflight_ended(self, pending: _Pending) -> None:
+        peer = pending.request.peer
+        self.preflights_running[peer] -= 1
+        if not self.preflights_running[peer]:
+            del self.preflights_running[peer]
+
     def _preflight_done(self, conn: gthread.TConn, pending: _Pending, future: t.Any) -> None:
         """On the loop's thread: read the body of a request that goes on; close one that was answered.
 
         The body of a request whose credential was validated may end bodies no credential
         vouches for when the budget is full (:meth:`_make_room`).
         """
-        self.preflights_running -= 1
+        self._preflight_ended(pending)
         if self.pending.get(conn) is not pending:
             return                                       # closed meanwhile (the worker stops)
         failed = future.cancelled() or future.exception() is not None
-        verdict = PREFLIGHT_PASSED if failed else future.result()
+        verdict = _Verdict() if failed else future.result()
         if verdict is None:
             self._forget(conn)
             self._linger(conn)
             return
         pending.preflight = "done"
-        if verdict == PREFLIGHT_AUTHENTICATED:
-            pending.request.authenticated = True
-            pending.request.make_room = partial(self._make_room, conn)
+        if verdict.authenticated:
+            pending.request.authenticate(verdict.principal, partial(self._make_room, conn))
+            if pending.request.refusal is not None:
+                self._forget(conn)
+                self._answer_refusal(conn, pending.request.refusal)
+                self._linger(conn)
+                return
         try:
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
         except (OSError, ValueError, KeyError):
@@ -1510,7 +1547,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     def _shed_queued_preflight(self, conn: gthread.TConn, pending: _Pending) -> None:
         """A head's decision taken back from the queue: 503 ``server_busy``, closed, the body never read."""
-        self.preflights_running -= 1
+        self._preflight_ended(pending)
         self._forget(conn)
         self._answer_refusal(conn, SHED_QUEUED)
         self._linger(conn, OVERLOAD_TIMEOUT)

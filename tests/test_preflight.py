@@ -11,6 +11,7 @@ from werkzeug.test import EnvironBuilder
 from gateway_app.worker import PREFLIGHT
 from gateway_app.worker import PREFLIGHT_AUTHENTICATED
 from gateway_app.worker import PREFLIGHT_PASSED
+from gateway_app.worker import PREFLIGHT_PRINCIPAL
 
 CONFIG = """
 apiVersion: enterprise.gloo.solo.io/v1
@@ -71,6 +72,15 @@ def test_a_request_with_a_validated_token_is_marked_authenticated(app, requests_
     status, environ, _ = preflight(app, "/secure/upload", Authorization="Bearer tok-alice-1234")
     assert status.startswith("204") and environ[PREFLIGHT] == PREFLIGHT_AUTHENTICATED
     assert idp.call_count == 1 and not access_records
+    principal = environ[PREFLIGHT_PRINCIPAL]          # opaque: a hash of the subject, never the subject
+    assert len(principal) == 16 and "alice" not in principal
+    _, again, _ = preflight(app, "/secure/other", Authorization="Bearer tok-alice-1234")
+    assert again[PREFLIGHT_PRINCIPAL] == principal
+
+
+def test_a_request_without_a_credential_names_no_principal(app):
+    _, environ, _ = preflight(app, "/open/upload")
+    assert environ[PREFLIGHT] == PREFLIGHT_PASSED and PREFLIGHT_PRINCIPAL not in environ
 
 
 def test_a_request_refused_on_its_head_gets_its_answer_and_one_record(app, requests_mock, access_records):

@@ -550,6 +550,22 @@ def test_an_authenticated_body_the_budget_refuses_asks_for_room_and_an_anonymous
     request.close()
 
 
+def test_bodies_authenticated_for_one_principal_share_one_share_whatever_their_addresses():
+    """Red team 9 F4: one token's uploads from 16 addresses held 16 shares and other users' uploads got
+    503. Authenticated, their bytes count for the principal: the second address's body does not fit."""
+    budget = BodyBudget(1000)
+    uploads = [RequestBuffer(BIG_LIMITS, None, sized(400, b"x" * 300), budget=budget, peer=address)
+               for address in ("10.0.0.1", "10.0.0.2")]
+    assert budget.held == 600 and budget.held_by("10.0.0.1") == 300           # two addresses: two shares
+    for upload in uploads:
+        upload.authenticate("p-1234", lambda try_reserve: try_reserve())
+    assert uploads[0].state is RequestState.INCOMPLETE and budget.held_by("principal:p-1234") == 300
+    assert uploads[1].state is RequestState.REFUSED and uploads[1].refusal is not None
+    assert uploads[1].refusal.reason == "server_busy" and budget.held == 300
+    uploads[0].close()
+    assert budget.held == 0
+
+
 def test_a_body_declaring_more_than_half_the_budget_is_refused_503_at_once():
     """No address can ever hold more than half the budget."""
     budget = BodyBudget(1000)

@@ -1039,16 +1039,17 @@ def test_an_authenticated_upload_takes_the_buffers_of_anonymous_uploads_that_hol
     assert any(b'"server_busy"' in flood_answer for flood_answer in held)
 
 
-def hold_authenticated_uploads(port: int, stop: threading.Event, token: str, addresses: range) -> list[bytes]:
-    """Red team 9 F1: from each address, 2 uploads with a valid token that declare 10 MB, send 3 MB at
-    once, then 1,300 bytes every 0.5 s, re-opened as they are answered."""
+def hold_big_uploads(port: int, stop: threading.Event, addresses: t.Iterable[str], fields: str = "",
+                     path: str = "/anything/upload") -> list[bytes]:
+    """Red team 9 F1: from each address, 2 uploads that declare 10 MB, send 3 MB at once, then 1,300 bytes
+    every 0.5 s, re-opened as they are answered."""
     def upload(source: str) -> list[bytes]:
         answers = []
         while not stop.is_set():
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
-                    sock.sendall(f"POST /signed/upload HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer "
-                                 f"{token}\r\nContent-Length: 10000000\r\n\r\n".encode())
+                    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: gateway.test\r\n{fields}"
+                                 "Content-Length: 10000000\r\n\r\n".encode())
                     time.sleep(0.1)
                     sock.sendall(b"x" * 3_000_000)
                     sock.settimeout(0.5)
@@ -1063,23 +1064,55 @@ def hold_authenticated_uploads(port: int, stop: threading.Event, token: str, add
                 answers.append(b"")
         return answers
 
-    with concurrent.futures.ThreadPoolExecutor(2 * len(addresses)) as pool:
-        floods = [pool.submit(upload, f"127.0.4.{n}") for n in addresses for _ in range(2)]
+    sources = [source for source in addresses for _ in range(2)]
+    with concurrent.futures.ThreadPoolExecutor(len(sources)) as pool:
+        floods = [pool.submit(upload, source) for source in sources]
         return [answer for flood in floods for answer in flood.result(timeout=60)]
 
 
 def test_making_room_for_authenticated_uploads_never_crashes_the_worker(httpbin, tmp_path_factory):
     """Red team 9 F1: making room for an authenticated upload ended bodies whose readable events the
     same turn of the loop still held, and the loop failed with KeyError: the worker exited and
-    dropped every connection (10 times in 25 s). 32 uploads with a valid token from 16
-    addresses, most read before their head was decided (the deciding threads are busy) and so
-    anonymous, take room from each other in a 24 MiB budget; the worker never fails."""
+    dropped every connection (10 times in 25 s). Anonymous uploads from 16 addresses that keep
+    sending fill a 24 MiB budget while uploads with a valid token from 4 more take room from
+    them; the worker never fails."""
     token = make_jwt(claims(), rsa_key())
     with one_worker_gateway(httpbin, tmp_path_factory, "room", {}) as gateway:
-        probe, results = probe_during(gateway.url + "/anything/public",
-                                      lambda stop: hold_authenticated_uploads(gateway.port, stop, token, range(1, 17)),
-                                      seconds=10.0, attackers=1)
+        def attack(stop: threading.Event) -> list[bytes]:
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                anonymous = pool.submit(hold_big_uploads, gateway.port, stop, [f"127.0.4.{n}" for n in range(1, 17)])
+                time.sleep(1.0)
+                signed = pool.submit(hold_big_uploads, gateway.port, stop, [f"127.0.7.{n}" for n in range(1, 5)],
+                                     f"Authorization: Bearer {token}\r\n", "/signed/upload")
+                return anonymous.result(timeout=60) + signed.result(timeout=60)
+
+        probe, _ = probe_during(gateway.url + "/anything/public", attack, seconds=10.0, attackers=1)
         log = gateway.log_text()
     assert "Exception in worker process" not in log and "Traceback" not in log
     assert "taken by an authenticated upload" in log
     assert_open_route_answered(probe)
+
+
+def test_one_token_spread_over_many_addresses_holds_one_share_of_the_body_budget(budget_gateway):
+    """Red team 9 F4: one valid token's uploads from 16 addresses held 16 per-address shares, and other
+    users' authenticated uploads got 503 (0/10). Bodies decided on with a credential count for its
+    subject: one token's uploads from 8 addresses, 250 kB held each, hold at most half of the 2 MB
+    budget, and another user's 400 kB upload fits beside them."""
+    mallory, alice = make_jwt(claims(sub="mallory"), rsa_key()), make_jwt(claims(sub="alice"), rsa_key())
+
+    def start(sock: socket.socket) -> None:
+        sock.sendall(f"POST /signed/upload HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer {mallory}\r\n"
+                     "Content-Length: 900000\r\n\r\n".encode())
+        time.sleep(0.2)                                 # decided on its head
+        sock.sendall(b"m" * 250_000)
+
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        holds = [pool.submit(hold_connections, budget_gateway.port, stop, start, 2, f"127.0.6.{n}") for n in range(1, 9)]
+        time.sleep(2.5)
+        answers = [paced_upload(budget_gateway.port, 400_000, 1_000_000, "127.0.0.1", path="/signed/upload",
+                                fields=f"Authorization: Bearer {alice}\r\n") for _ in range(3)]
+        stop.set()
+        held = [answer for hold in holds for answer in hold.result(timeout=60)]
+    assert [status_of(answer) for answer in answers] == [200, 200, 200], [answer[:200] for answer in answers]
+    assert any(b'"server_busy"' in answer for answer in held), "the token's uploads never reached its share"
