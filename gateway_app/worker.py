@@ -19,11 +19,11 @@ answered ``100 Continue`` by the loop once that decision lets the body come (gun
 none), never to a request that is refused.
 
 Work waits for a thread in turns between client addresses, not first come, first served as in
-gthread's executor (:class:`gateway_app.fair_queue.FairQueue`,
+gthread's executor (:class:`gateway_app.fair_queue.FairPool`,
 :meth:`HeadReadingWorker._run_in_pool`): a client's request waits for at most one request of
 each other client with work waiting, however many one address queued; and no address's work
-holds more than three quarters of the threads (:meth:`HeadReadingWorker._may_run`; trusted
-proxies excepted), so a slow upstream one address keeps busy leaves threads to the others.
+holds more than three quarters of the threads (:func:`threads_per_client`; trusted proxies
+excepted), so a slow upstream one address keeps busy leaves threads to the others.
 
 Deadlines, all in the loop, all answered ``408 Request Timeout`` (RFC 9110 §15.5.9, the
 gateway's JSON error) and the connection closed, so a slow client never holds a thread:
@@ -116,7 +116,7 @@ from .errors import GatewayError
 from .errors import PayloadTooLargeError
 from .errors import RequestTimeoutError
 from .errors import error_json
-from .fair_queue import FairQueue
+from .fair_queue import FairPool
 from .log_throttle import LogThrottle
 
 HEAD_TIMEOUT_ENV = "GATEWAY_HEAD_TIMEOUT"
@@ -922,15 +922,6 @@ class _Verdict(t.NamedTuple):
     principal: str = ""                # whom it names (PREFLIGHT_PRINCIPAL)
 
 
-class _Work(t.NamedTuple):
-    """Work waiting for a pool thread (:meth:`HeadReadingWorker._run_in_pool`)."""
-
-    key: str                                   # :func:`peer_key` of the client
-    run: t.Callable[[], t.Any]                 # in the thread
-    done: t.Callable[[t.Any], None]            # on the loop's thread, with the outcome as a future
-    shed: t.Callable[[], None]                 # on the loop's thread, instead of both: taken back
-
-
 @dataclasses.dataclass
 class _Parked:
     """What a pool thread returns for a request still incomplete: the loop waits for the rest."""
@@ -978,13 +969,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._next_overload_check = 0.0
         # heads being decided (or waiting to be) per client address: at most half the threads each
         self.preflights_running: collections.Counter[str] = collections.Counter()
-        # Work for the pool waits here, in turns between clients; ``runners`` threads take it.
-        self.run_queue: FairQueue[str, _Work] = FairQueue()
-        self.runners = 0
-        self.running: collections.Counter[str] = collections.Counter()   # threads each address's work holds
-        self.threads_per_client = max(1, self.cfg.threads - max(1, self.cfg.threads // 4))
-        self.uncapped: set[str] = set()         # trusted proxies' addresses: every client behind them
-        self._queue_lock = threading.Lock()
+        self.pool: FairPool | None = None       # made with gthread's thread pool (get_thread_pool)
         self.log_throttle = LogThrottle()
 
     @classmethod
@@ -1036,62 +1021,25 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._run_in_pool(conn, partial(self.handle, conn), partial(self.finish_request, conn),
                           partial(self._shed_queued_request, conn))
 
+    def get_thread_pool(self) -> concurrent.futures.Executor:
+        """gthread's pool, run through a :class:`FairPool`: work in turns between client addresses, and
+        no address's work on more than :func:`threads_per_client` threads."""
+        executor = super().get_thread_pool()
+        self.pool = FairPool(executor, self.cfg.threads, threads_per_client(self.cfg.threads),
+                             self.method_queue.defer)
+        return executor
+
     def _run_in_pool(self, conn: gthread.TConn, work: t.Callable[[], t.Any],
                      done: t.Callable[[t.Any], None], shed: t.Callable[[], None]) -> None:
-        """Run ``work()`` in a pool thread, then ``done(future)`` on the loop's thread with its outcome.
-
-        The work waits in :attr:`run_queue`, taken in turns between clients (:class:`FairQueue`,
-        keyed by :func:`peer_key`), not first come, first served as in gthread's executor: one
-        address's flood of whole requests does not queue every other client behind it. At
-        most ``threads`` runners (:meth:`_run_queued`) take from the queue; a runner takes the
-        next item as soon as it is done with one, without a turn of the loop. ``shed()``, on the
-        loop's thread, answers and closes the connection instead when the work is taken back
-        before it ran (:meth:`shed_overload`).
+        """Run ``work()`` in a pool thread, then ``done(future)`` on the loop's thread with its outcome
+        (:class:`FairPool`, keyed by :func:`peer_key`; trusted proxies uncapped), not first come,
+        first served as in gthread's executor: one address's flood of whole requests does not queue
+        every other client behind it, nor take every thread. ``shed()``, on the loop's thread,
+        answers and closes the connection instead when the work is taken back before it ran
+        (:meth:`shed_overload`).
         """
-        key = peer_key(conn.client)
-        with self._queue_lock:
-            if self._from_trusted_proxy(conn):
-                self.uncapped.add(key)
-            self.run_queue.push(key, _Work(key, work, done, shed))
-            if self.runners >= self.cfg.threads:
-                return
-            self.runners += 1
-        self.tpool.submit(self._run_queued)
-
-    def _run_queued(self) -> None:
-        """In a pool thread: run queued work until none is left that :meth:`_may_run`, each outcome to
-        the loop as a future. A runner that ends an address's work looks again, so work held back
-        by :meth:`_may_run` is taken as soon as it may run."""
-        while True:
-            with self._queue_lock:
-                try:
-                    work = self.run_queue.pop(self._may_run)
-                except IndexError:
-                    self.runners -= 1
-                    return
-                self.running[work.key] += 1
-            future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
-            try:
-                future.set_result(work.run())
-            except BaseException as exc:     # as the executor's work item does: the loop sees it
-                future.set_exception(exc)
-            finally:
-                with self._queue_lock:
-                    self.running[work.key] -= 1
-                    if not self.running[work.key]:
-                        del self.running[work.key]
-            self.method_queue.defer(work.done, future)
-
-    def _may_run(self, key: str) -> bool:
-        """Whether a thread may take more of ``key``'s work: while it holds fewer than
-        :attr:`threads_per_client`, or it is a trusted proxy (``GATEWAY_TRUSTED_PROXIES``: many clients).
-
-        A quarter of the threads (at least one) is kept for other clients, as nginx's ``limit_conn``
-        keeps one address from taking every connection: with every thread free, 8 kept-alive
-        requests to a slow upstream from one address held all 8 threads of the demo for 10 s,
-        and nobody else was answered (red team 9 F2). Called under the queue's lock.
-        """
-        return self.running[key] < self.threads_per_client or key in self.uncapped
+        assert self.pool is not None
+        self.pool.submit(peer_key(conn.client), work, done, shed, uncapped=self._from_trusted_proxy(conn))
 
     def _from_trusted_proxy(self, conn: gthread.TConn) -> bool:
         gateway = self._gateway()
@@ -1531,11 +1479,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         ``server_busy``; how many. A flood of whole requests from one address (to a slow route)
         otherwise holds every connection slot: the only connections the overload rule could
         close were other clients' new ones, and no other client was served."""
-        with self._queue_lock:
-            shed = self.run_queue.shed(count, OVERLOAD_PEER_FLOOR)
-        for work in shed:
-            work.shed()
-        return len(shed)
+        assert self.pool is not None
+        return self.pool.shed(count, OVERLOAD_PEER_FLOOR)
 
     def _shed_queued_request(self, conn: gthread.TConn) -> None:
         """A request taken back from the queue: 503 ``server_busy``, its buffered body dropped, closed."""
@@ -1681,6 +1626,15 @@ class Waiting(t.NamedTuple, t.Generic[K]):
     started: float                   # seconds of the loop's monotonic clock: accepted, or its first byte
     peer: str = ""                   # :func:`peer_key` of the client
     body_rate: float | None = None   # bytes/s of its body since the head was whole; None: in the head
+
+
+def threads_per_client(threads: int) -> int:
+    """The most of a worker's ``threads`` one client address's work may hold at once: all but a
+    quarter (at least one kept for other clients; all of one thread). nginx's ``limit_conn``
+    keeps one address from taking every connection the same way: with every thread free, 8
+    kept-alive requests to a slow upstream from one address held all 8 threads of the demo for
+    10 s, and nobody else was answered (red team 9 F2)."""
+    return max(1, threads - max(1, threads // 4))
 
 
 def peer_key(client: t.Any) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import threading
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway_app.fair_queue import FairPool
 from gateway_app.fair_queue import FairQueue
 
 
@@ -115,3 +118,83 @@ def test_shed_takes_nothing_when_no_key_has_more_than_the_floor():
     for key in "abc":
         queue.push(key, 1)
     assert queue.shed(5, floor=1) == [] and len(queue) == 3
+
+
+# -- FairPool: the queue on a thread pool ------------------------------------------------------------
+
+class Outcomes:
+    """``deliver`` for a FairPool: each outcome, at once, in the pool's thread."""
+
+    def __init__(self) -> None:
+        self.results: list[object] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, done, future) -> None:
+        with self.lock:
+            self.results.append(future.exception() or future.result())
+        done(future)
+
+
+@pytest.fixture
+def executor():
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        yield pool
+
+
+def blocked(gate: threading.Event, started: threading.Semaphore, value: object):
+    def run():
+        started.release()
+        assert gate.wait(5)
+        return value
+    return run
+
+
+def test_one_client_holds_at_most_its_share_of_threads_and_another_client_takes_the_rest(executor):
+    """Red team 9 F2: with every thread free, one address's slow requests took all of them."""
+    outcomes, gate, started = Outcomes(), threading.Event(), threading.Semaphore(0)
+    pool = FairPool(executor, threads=4, per_client=3, deliver=outcomes)
+    try:
+        for n in range(5):
+            pool.submit("flood", blocked(gate, started, f"f{n}"), lambda future: None, lambda: None)
+        for _ in range(3):
+            assert started.acquire(timeout=5)
+        assert not started.acquire(timeout=0.2) and pool.running("flood") == 3 and pool.waiting() == 2
+        pool.submit("other", blocked(gate, started, "o"), lambda future: None, lambda: None)
+        assert started.acquire(timeout=5) and pool.running("other") == 1
+    finally:
+        gate.set()
+    for _ in range(2):
+        assert started.acquire(timeout=5)                        # the flood's rest, once threads free up
+    executor.shutdown(wait=True)
+    assert sorted(outcomes.results) == ["f0", "f1", "f2", "f3", "f4", "o"]
+    assert pool.waiting() == 0 and pool.running("flood") == 0
+
+
+def test_an_uncapped_key_may_hold_every_thread(executor):
+    outcomes, gate, started = Outcomes(), threading.Event(), threading.Semaphore(0)
+    pool = FairPool(executor, threads=4, per_client=3, deliver=outcomes)
+    try:
+        for n in range(4):
+            pool.submit("proxy", blocked(gate, started, n), lambda future: None, lambda: None, uncapped=True)
+        for _ in range(4):
+            assert started.acquire(timeout=5)
+        assert pool.running("proxy") == 4
+    finally:
+        gate.set()
+
+
+def test_work_taken_back_is_shed_and_never_runs_and_failures_reach_done(executor):
+    outcomes, gate, started = Outcomes(), threading.Event(), threading.Semaphore(0)
+    pool = FairPool(executor, threads=1, per_client=1, deliver=outcomes)
+    shed: list[int] = []
+    try:
+        pool.submit("a", blocked(gate, started, "first"), lambda future: None, lambda: shed.append(-1))
+        assert started.acquire(timeout=5)
+        for n in range(5):
+            pool.submit("a", lambda n=n: n, lambda future: None, lambda n=n: shed.append(n))
+        assert pool.shed(10, floor=2) == 3 and shed == [4, 3, 2]
+        pool.submit("b", lambda: 1 / 0, lambda future: None, lambda: None)
+    finally:
+        gate.set()
+    executor.shutdown(wait=True)
+    assert sorted(str(result) for result in outcomes.results) == sorted(["first", "0", "1", "division by zero"])
