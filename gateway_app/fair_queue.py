@@ -11,7 +11,7 @@ at most one request of each other waiting client, however many the flooder queue
 :class:`FairPool` runs the queue on a thread pool, and keeps a share of the threads from any
 one client (as nginx's ``limit_conn`` keeps one address from taking every connection).
 
-The key is chosen by the caller (the worker uses :func:`gateway_app.worker.peer_key`: the
+The key is chosen by the caller (the worker uses :func:`gateway_app.overload.peer_key`: the
 IPv4 address or the IPv6 /64). Behind a load balancer every request has the balancer's key,
 and the queue is first come, first served again, as before. At its connection limit the worker
 takes back the newest work of the key with most waiting (:meth:`FairQueue.shed`), as fq drops

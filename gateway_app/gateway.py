@@ -55,11 +55,11 @@ from .fingerprint import tree_fingerprint
 from .request_body import client_body
 from .routing import Route
 from .settings import Settings
-from .worker import PREFLIGHT
-from .worker import PREFLIGHT_AUTHENTICATED
-from .worker import PREFLIGHT_PASSED
-from .worker import PREFLIGHT_PRINCIPAL
-from .worker import peer_key
+from .preflight import PREFLIGHT
+from .preflight import PREFLIGHT_AUTHENTICATED
+from .preflight import PREFLIGHT_PASSED
+from .preflight import PREFLIGHT_PRINCIPAL
+from .overload import peer_key
 from .usage_plans import UsagePlanEnforcer
 from .usage_plans import build_limiter
 
@@ -165,7 +165,7 @@ class Gateway:
         the route's body limit), the route's auth pipeline, the usage plan, then
         :func:`prepare_upstream` (header transforms, credential removal) and the forwarder.
         Auth runs :func:`~gateway_app.auth.idp_http.on_behalf_of` the client's address (the
-        trusted proxies' view, an IPv6 address's /64 as :func:`~gateway_app.worker.peer_key`
+        trusted proxies' view, an IPv6 address's /64 as :func:`~gateway_app.overload.peer_key`
         groups it), so clients share each IdP endpoint's call slots fairly.
 
         With ``environ[PREFLIGHT]`` (the worker asks before it reads a body,

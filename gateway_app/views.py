@@ -27,8 +27,8 @@ from .gateway import Gateway
 from .incoming import target_path
 from .metrics import exposition
 from .observability import request_id
-from .worker import PREFLIGHT
-from .worker import PREFLIGHT_PASSED
+from .preflight import PREFLIGHT
+from .preflight import PREFLIGHT_PASSED
 
 OWN_SPELLING = "gateway_app.admin_own_spelling"   # environ key: the raw target is an admin endpoint's own path
 WSGIApp = t.Callable[[dict[str, t.Any], t.Callable[..., t.Any]], t.Iterable[bytes]]

@@ -22,7 +22,7 @@ Work waits for a thread in turns between client addresses, not first come, first
 gthread's executor (:class:`gateway_app.fair_queue.FairPool`,
 :meth:`HeadReadingWorker._run_in_pool`): a client's request waits for at most one request of
 each other client with work waiting, however many one address queued; and no address's work
-holds more than three quarters of the threads (:func:`threads_per_client`; trusted proxies
+holds more than three quarters of the threads (:func:`gateway_app.overload.threads_per_client`; trusted proxies
 excepted), so a slow upstream one address keeps busy leaves threads to the others.
 
 Deadlines, all in the loop, all answered ``408 Request Timeout`` (RFC 9110 §15.5.9, the
@@ -40,7 +40,7 @@ gateway's JSON error) and the connection closed, so a slow client never holds a 
   whether or not it completed one before, idle ones closed first; spared are bodies arriving at
   1 KiB/s or more and, while some peer holds more than an equal share and more than 8 of
   them, the connections of every other peer; at ``worker_connections`` requests are closed
-  until 1/32 of them is free, such heavy peers' first (:func:`overload_victims`,
+  until 1/32 of them is free, such heavy peers' first (:func:`gateway_app.overload.overload_victims`,
   :meth:`HeadReadingWorker.shed_overload`), after requests waiting for a thread from the
   address with most of them waiting, above 8, newest first (503 ``server_busy``,
   :meth:`HeadReadingWorker._shed_queued`).
@@ -85,7 +85,6 @@ import dataclasses
 import enum
 import heapq
 import http
-import ipaddress
 import itertools
 import os
 import re
@@ -118,6 +117,19 @@ from .errors import RequestTimeoutError
 from .errors import error_json
 from .fair_queue import FairPool
 from .log_throttle import LogThrottle
+from .overload import OVERLOAD_CHECK_INTERVAL
+from .overload import OVERLOAD_FRACTION
+from .overload import OVERLOAD_FREED_SHARE
+from .overload import OVERLOAD_PEER_FLOOR
+from .overload import OVERLOAD_TIMEOUT
+from .overload import Waiting
+from .overload import overload_victims
+from .overload import peer_key
+from .overload import threads_per_client
+from .preflight import PREFLIGHT
+from .preflight import PREFLIGHT_AUTHENTICATED
+from .preflight import PREFLIGHT_PASSED
+from .preflight import PREFLIGHT_PRINCIPAL
 
 HEAD_TIMEOUT_ENV = "GATEWAY_HEAD_TIMEOUT"
 DEFAULT_HEAD_TIMEOUT = 10.0
@@ -132,32 +144,11 @@ BUFFERED_BODY_BYTES_ENV = "GATEWAY_BUFFERED_BODY_BYTES"
 DEFAULT_BUFFERED_BODY_BYTES = 24 * 1024 * 1024   # per worker: 2 workers fit deploy/k8s's 64 MiB /tmp with room
 BUSY_RETRY_AFTER = 5                             # seconds, the Retry-After of a 503 for a spent body budget
 RECV_SIZE = 65536
-K = t.TypeVar("K")
 READ_PER_EVENT = 1024 * 1024       # bytes one readiness event may read before the loop serves others
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# The overload rule: above this share of worker_connections, a connection that never completed a
-# request has OVERLOAD_TIMEOUT seconds for it (Envoy overload manager's "reduce timeouts").
-OVERLOAD_FRACTION = 0.75
-OVERLOAD_TIMEOUT = 1.0
-# bytes/s: a body arriving this fast is not shed for the deadline. About 4 x the minimum rate: a slow
-# but real upload (3 KB/s) survives a flood of unfinished heads from many addresses (red team 6 F2),
-# and a flood that wants to be spared sends real bytes, which the body budget counts.
-OVERLOAD_SPARED_BODY_RATE = 1024.0
-OVERLOAD_PEER_FLOOR = 8              # connections: a peer holding no more is never the overload's cause
-OVERLOAD_CHECK_INTERVAL = 0.05       # seconds between two runs of the rule below worker_connections
-OVERLOAD_FREED_SHARE = 32            # at worker_connections, 1/32 of them is freed at once (one run per batch)
 # A closed connection's lingering read (RFC 9112 §9.6): as gunicorn's util.close_graceful.
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 65536
-# The preflight (:meth:`HeadReadingWorker._preflight`): the environ key the application reads, and
-# the value it sets when the request would go on (then the loop reads the body).
-PREFLIGHT = "gateway.preflight"
-PREFLIGHT_PASSED = "passed"
-# ... and with a validated credential: its body may take the buffers of bodies no credential vouches for
-PREFLIGHT_AUTHENTICATED = "authenticated"
-# ... and who the credential names (an opaque key, "" for nobody in particular): the body's share of
-# the buffers is then counted by it rather than by the client address
-PREFLIGHT_PRINCIPAL = "gateway.preflight.principal"
 # gunicorn's fast parser takes an unlimited request line (limit_request_line = 0) as 1 MiB.
 UNLIMITED_REQUEST_LINE = 1024 * 1024
 
@@ -1619,95 +1610,12 @@ PARSE_ERROR_ANSWERS: tuple[tuple[tuple[type[BaseException], ...], int, str, str]
 )
 
 
-class Waiting(t.NamedTuple, t.Generic[K]):
-    """A request being read in the loop, as the overload rule sees it."""
-
-    key: K
-    started: float                   # seconds of the loop's monotonic clock: accepted, or its first byte
-    peer: str = ""                   # :func:`peer_key` of the client
-    body_rate: float | None = None   # bytes/s of its body since the head was whole; None: in the head
 
 
-def threads_per_client(threads: int) -> int:
-    """The most of a worker's ``threads`` one client address's work may hold at once: all but a
-    quarter (at least one kept for other clients; all of one thread). nginx's ``limit_conn``
-    keeps one address from taking every connection the same way: with every thread free, 8
-    kept-alive requests to a slow upstream from one address held all 8 threads of the demo for
-    10 s, and nobody else was answered (red team 9 F2)."""
-    return max(1, threads - max(1, threads // 4))
 
 
-def peer_key(client: t.Any) -> str:
-    """The peer the overload rule counts requests by: the IPv4 address, the IPv6 /64 (one host
-    holds a whole /64, RFC 6177), or the UNIX socket path. Behind a load balancer every request
-    is that balancer's: the rule then spares by body rate only."""
-    address = str(client[0] if isinstance(client, tuple) else client)
-    if ":" not in address:
-        return address
-    try:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    except ValueError:
-        return address
 
 
-def overload_victims(idle: t.Iterable[Waiting[K]], waiting: t.Iterable[Waiting[K]],
-                     open_connections: int, high_water: int, limit: int, now: float) -> list[K]:
-    """Which connections not in a pool thread to close under overload, in order.
-
-    ``idle``: kept-alive connections waiting for their next request (``started``: idle since),
-    oldest first; ``waiting``: the requests being read, whether or not an earlier request on
-    the connection was answered, in arrival order; times in seconds of the loop's monotonic
-    clock. A peer is *heavy* when it holds more of these connections than an equal share and
-    more than :data:`OVERLOAD_PEER_FLOOR` (a browser opens six per host).
-
-    At ``high_water`` open connections or more, each connection has :data:`OVERLOAD_TIMEOUT`
-    (Envoy's overload manager "reduce timeouts"), unless it is *spared*: its body arrives at
-    :data:`OVERLOAD_SPARED_BODY_RATE` or more, or some peer is heavy and its own is not. So the
-    short deadline falls on the peers that cause the overload (red team 4 F2: one address's
-    1,500 connections a second cut every other client's uploads after 1 s); when no peer is
-    heavy (one load balancer, or a crowd of addresses holding a few each) only the body rate
-    spares.
-
-    * idle connections past the deadline and not spared are closed first (nginx closes idle
-      keep-alive connections first when it runs out of connections, ``ngx_drain_connections``);
-    * then requests past the deadline and not spared;
-    * at ``limit`` (``worker_connections``) requests are closed until ``limit //``
-      :data:`OVERLOAD_FREED_SHARE` slots (at least one) are free, so a flood of new
-      connections costs one run of the rule per batch: heavy peers' requests not spared
-      first, then other requests not spared, then spared ones, each oldest first. An idle
-      connection younger than the deadline is not: its client may be sending a request the
-      loop has not read yet.
-
-    A connection that completed a request is no exception (red team 3 F2: one GET, then a
-    body at the minimum rate).
-    """
-    victims: list[K] = []
-    if open_connections < high_water:
-        return victims
-    idle, requests = list(idle), list(waiting)
-    held = collections.Counter(connection.peer for connection in itertools.chain(idle, requests))
-    bar = max((len(idle) + len(requests)) / max(len(held), 1), OVERLOAD_PEER_FLOOR)
-    heavy = {peer for peer, count in held.items() if count > bar}
-
-    def spared(connection: Waiting[K]) -> bool:
-        fast = connection.body_rate is not None and connection.body_rate >= OVERLOAD_SPARED_BODY_RATE
-        return fast or (bool(heavy) and connection.peer not in heavy)
-
-    def late(connections: list[Waiting[K]]) -> list[Waiting[K]]:
-        return [connection for connection in connections
-                if connection.started + OVERLOAD_TIMEOUT <= now and not spared(connection)]
-
-    victims.extend(connection.key for connection in late(idle))
-    late_requests = late(requests)
-    victims.extend(request.key for request in late_requests)
-    if open_connections - len(victims) >= limit:
-        excess = open_connections - len(victims) - limit + max(1, limit // OVERLOAD_FREED_SHARE)
-        chosen = {request.key for request in late_requests}
-        rest = (request for request in requests if request.key not in chosen)
-        order = heapq.nsmallest(excess, rest, key=lambda request: (spared(request), request.peer not in heavy,
-                                                                    request.started))
-        victims.extend(request.key for request in order)
-    return victims
 
 
 def parse_error_answer(exc: BaseException) -> tuple[int, str, str] | None:

@@ -8,10 +8,10 @@ import typing as t
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from gateway_app.worker import PREFLIGHT
-from gateway_app.worker import PREFLIGHT_AUTHENTICATED
-from gateway_app.worker import PREFLIGHT_PASSED
-from gateway_app.worker import PREFLIGHT_PRINCIPAL
+from gateway_app.preflight import PREFLIGHT
+from gateway_app.preflight import PREFLIGHT_AUTHENTICATED
+from gateway_app.preflight import PREFLIGHT_PASSED
+from gateway_app.preflight import PREFLIGHT_PRINCIPAL
 
 CONFIG = """
 apiVersion: enterprise.gloo.solo.io/v1

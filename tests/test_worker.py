@@ -373,11 +373,11 @@ def test_the_loop_reads_a_body_up_to_the_largest_limit_any_route_allows(make_app
 
 # --- The overload rule ------------------------------------------------------------------------
 
-from gateway_app.worker import OVERLOAD_SPARED_BODY_RATE  # noqa: E402
-from gateway_app.worker import OVERLOAD_TIMEOUT  # noqa: E402
-from gateway_app.worker import Waiting  # noqa: E402
-from gateway_app.worker import overload_victims  # noqa: E402
-from gateway_app.worker import peer_key  # noqa: E402
+from gateway_app.overload import OVERLOAD_SPARED_BODY_RATE  # noqa: E402
+from gateway_app.overload import OVERLOAD_TIMEOUT  # noqa: E402
+from gateway_app.overload import Waiting  # noqa: E402
+from gateway_app.overload import overload_victims  # noqa: E402
+from gateway_app.overload import peer_key  # noqa: E402
 
 
 def test_below_the_high_water_mark_no_waiting_request_is_shed():
