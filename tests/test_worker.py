@@ -9,9 +9,9 @@ import pytest
 from gateway_app.worker import DEFAULT_CLIENT_TIMEOUT
 from gateway_app.worker import DEFAULT_HEAD_TIMEOUT
 from gateway_app.worker import DEFAULT_MIN_BODY_RATE
-from gateway_app.worker import HeadBuffer
-from gateway_app.worker import HeadLimits
-from gateway_app.worker import HeadState
+from gateway_app.request_buffer import HeadBuffer
+from gateway_app.request_buffer import HeadLimits
+from gateway_app.request_buffer import HeadState
 from gateway_app.worker import min_body_rate_from_env
 from gateway_app.worker import timeouts_from_env
 from tests.support.clocks import FakeClock
@@ -129,14 +129,14 @@ def test_a_bad_minimum_body_rate_stops_start_up(raw):
 
 # --- Request buffering: the body is read in the loop before the request takes a thread -------
 
-from gateway_app.worker import BodyFraming  # noqa: E402
-from gateway_app.worker import ChunkedScanner  # noqa: E402
-from gateway_app.worker import Framing  # noqa: E402
+from gateway_app.request_buffer import BodyFraming  # noqa: E402
+from gateway_app.request_buffer import ChunkedScanner  # noqa: E402
+from gateway_app.request_buffer import Framing  # noqa: E402
 from gateway_app.worker import MinRateWindow  # noqa: E402
-from gateway_app.worker import RequestBuffer  # noqa: E402
-from gateway_app.worker import RequestState  # noqa: E402
-from gateway_app.worker import SPOOL_THRESHOLD  # noqa: E402
-from gateway_app.worker import body_framing  # noqa: E402
+from gateway_app.request_buffer import RequestBuffer  # noqa: E402
+from gateway_app.request_buffer import RequestState  # noqa: E402
+from gateway_app.request_buffer import SPOOL_THRESHOLD  # noqa: E402
+from gateway_app.request_buffer import body_framing  # noqa: E402
 from gateway_app.worker import parse_error_answer  # noqa: E402
 
 BIG_LIMITS = HeadLimits(request_line=8190, head=100_000)
@@ -495,7 +495,7 @@ def test_the_overload_rule_counts_ipv4_peers_by_address_and_ipv6_peers_by_their_
 
 # --- The per-worker budget of buffered body bytes (red team 3 F3) ---
 
-from gateway_app.worker import BodyBudget  # noqa: E402
+from gateway_app.request_buffer import BodyBudget  # noqa: E402
 from gateway_app.worker import budget_shortfall  # noqa: E402
 from gateway_app.worker import buffered_body_bytes_from_env  # noqa: E402
 
@@ -729,7 +729,7 @@ def test_the_head_cap_comes_from_the_environment(raw, expected):
 
 # --- Heads the loop refuses itself: HTTP/1.2, repeated Cookie (red team 3 F8, F6) ---
 
-from gateway_app.worker import head_refusal  # noqa: E402
+from gateway_app.request_buffer import head_refusal  # noqa: E402
 
 
 @pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9"])
