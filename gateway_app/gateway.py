@@ -170,7 +170,8 @@ class Gateway:
 
         With ``environ[PREFLIGHT]`` (the worker asks before it reads a body,
         :mod:`gateway_app.worker`), it stops after auth: a refusal is the request's answer and is
-        logged as such; a request that would go on is marked ``PREFLIGHT_PASSED`` (with a
+        logged as such (a usage plan known to be spent is one: 429, counting nothing); a request
+        that would go on is marked ``PREFLIGHT_PASSED`` (with a
         validated token: ``PREFLIGHT_AUTHENTICATED``, its body outranks anonymous ones, and
         ``PREFLIGHT_PRINCIPAL``, a hash of its subject, by which its body's share is counted) and answered
         204 with no access record, no metrics and no usage plan counted (the request comes back
@@ -201,6 +202,7 @@ class Gateway:
                 with on_behalf_of(peer_key(self.trusted_proxies.client_address(incoming))):   # IdP slots, fairly
                     self._authorize(ctx, route.auth, decision)
             if environ.get(PREFLIGHT):
+                self.usage_plans.check(incoming, route, state, config.usage_plans, decision)
                 passed = True
                 environ[PREFLIGHT] = PREFLIGHT_AUTHENTICATED if state.authenticated else PREFLIGHT_PASSED
                 if state.authenticated and state.subject:

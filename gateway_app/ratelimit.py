@@ -135,6 +135,11 @@ def combine(rate: Rate, rate_step: tuple[bool, int, int, int], quota: Rate | Non
 class Limiter(t.Protocol):
     def hit(self, key: str, rate: Rate, quota: Rate | None) -> Usage: ...
 
+    def refused(self, key: str, rate: Rate, quota: Rate | None) -> Usage | None:
+        """The refusal a hit on ``key`` would get now, when it is known without counting anything;
+        None when it would pass or is not known (a request's head is decided on before it is
+        counted whole: :meth:`gateway_app.usage_plans.UsagePlanEnforcer.check`)."""
+
 
 def wall_clock_us() -> int:
     return time.time_ns() // 1000
@@ -159,27 +164,40 @@ class MemoryLimiter:
         self._lock = threading.Lock()
 
     def hit(self, key: str, rate: Rate, quota: Rate | None) -> Usage:
+        with self._lock:
+            usage, count = self._step(key, rate, quota, self._clock())
+            if usage.allowed:
+                count()
+            return usage
+
+    def refused(self, key: str, rate: Rate, quota: Rate | None) -> Usage | None:
+        """What :meth:`hit` would refuse now, counting nothing (exact: the counters are here)."""
+        with self._lock:
+            usage, _ = self._step(key, rate, quota, self._clock())
+        return None if usage.allowed else usage
+
+    def _step(self, key: str, rate: Rate, quota: Rate | None, now: int) -> tuple[Usage, t.Callable[[], None]]:
+        """The decision of a hit at ``now``, and what counts it. Under the lock."""
         rate = rate.divided(self.divisor)
         quota = quota.divided(self.divisor) if quota is not None else None
-        with self._lock:
-            now = self._clock()
-            stored = self._tats.get(key)
-            rate_step = gcra(stored[:2] if stored else None, now, rate)
-            quota_step = None
-            quota_key = ""
-            count = 0
+        stored = self._tats.get(key)
+        rate_step = gcra(stored[:2] if stored else None, now, rate)
+        quota_step = None
+        quota_key = ""
+        count = 0
+        if quota is not None:
+            quota_key = f"{key}:q:{now // quota.period_us}"
+            entry = self._counts.get(quota_key)
+            count = entry[0] if entry else 0
+            quota_step = fixed_window(count, now, quota)
+
+        def count_it() -> None:
+            self._store(self._tats, key, (rate_step[1], rate.interval_us, rate_step[1]), now)
             if quota is not None:
-                quota_key = f"{key}:q:{now // quota.period_us}"
-                entry = self._counts.get(quota_key)
-                count = entry[0] if entry else 0
-                quota_step = fixed_window(count, now, quota)
-            usage = combine(rate, rate_step, quota, quota_step)
-            if usage.allowed:
-                self._store(self._tats, key, (rate_step[1], rate.interval_us, rate_step[1]), now)
-                if quota is not None:
-                    window_end = (now // quota.period_us + 1) * quota.period_us
-                    self._store(self._counts, quota_key, (count + 1, window_end), now)
-            return usage
+                window_end = (now // quota.period_us + 1) * quota.period_us
+                self._store(self._counts, quota_key, (count + 1, window_end), now)
+
+        return combine(rate, rate_step, quota, quota_step), count_it
 
     def _store(self, table: dict[str, t.Any], key: str, value: tuple[int, ...], now: int) -> None:
         """``value[-1]`` is when the entry stops mattering."""
@@ -329,6 +347,7 @@ class RedisLimiter:
         self._monotonic_us = monotonic_us or clock or (lambda: time.monotonic_ns() // 1000)
         self._lease_max = max(1, lease_max)
         self._leases: dict[str, Lease] = {}
+        self._refusals: dict[str, tuple[int, Usage]] = {}    # key -> (until, monotonic us; the last refusal)
         self._lock = threading.Lock()
         self._client = connect(url)
         self._script = self._client.register_script(GCRA_SCRIPT)
@@ -354,10 +373,34 @@ class RedisLimiter:
                 self.backoff.mark_down(error)
             else:
                 self.backoff.mark_up()
+                self._remember(key, usage, now)
                 return usage
         if self.failure_mode == "closed":
             raise RateLimitUnavailableError()
         return self.fallback.hit(key, rate, quota)
+
+    def refused(self, key: str, rate: Rate, quota: Rate | None) -> Usage | None:
+        """This process's last refusal on ``key`` while its ``Retry-After`` has not passed (no round
+        trip: the shared count is only read by counting); the fallback's while Redis is down."""
+        if not self.backoff.usable():
+            return self.fallback.refused(key, rate, quota) if self.failure_mode == "open" else None
+        now = self._monotonic_us()
+        with self._lock:
+            known = self._refusals.get(key)
+        if known is None or now >= known[0]:
+            return None
+        return dataclasses.replace(known[1], retry_after_us=known[0] - now)
+
+    def _remember(self, key: str, usage: Usage, now: int) -> None:
+        with self._lock:
+            if usage.allowed:
+                self._refusals.pop(key, None)
+                return
+            if len(self._refusals) >= MAX_MEMORY_KEYS:
+                self._refusals = {k: known for k, known in self._refusals.items() if known[0] > now}
+                if len(self._refusals) >= MAX_MEMORY_KEYS:
+                    self._refusals.clear()
+            self._refusals[key] = (now + usage.retry_after_us, usage)
 
     def _hit(self, key: str, rate: Rate, quota: Rate | None, lease: tuple[int, int, int], now: int) -> Usage:
         """One script call asking for ``lease = (wanted, returned, window)``; keeps what it grants."""

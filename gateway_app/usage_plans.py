@@ -87,35 +87,67 @@ class UsagePlanEnforcer:
         :raises RateLimitedError: the plan's rate limit or quota is exhausted (429).
         :raises RateLimitUnavailableError: Redis failed and the failure mode is ``closed`` (503).
         """
-        if not plans.plans:
+        counted = self._counted_as(request, route, state, plans, record)
+        if counted is None:
             return {}
+        plan, key = counted
+        try:
+            usage = self.limiter.hit(key, plan.rate, plan.quota)
+        except RateLimitUnavailableError:
+            self._count(plan.name, "unavailable", record)
+            raise
+        if not usage.allowed:
+            raise self._limited(plan, usage, record)
+        self._count(plan.name, "allowed", record)
+        return answer_headers(plan, usage)
+
+    def check(self, request: IncomingRequest, route: Route, state: AuthState, plans: UsagePlans,
+              record: dict[str, t.Any]) -> None:
+        """Refuse a request on its head when its plan is known to be spent, counting nothing: the
+        worker decides on a head before it reads the body (:mod:`gateway_app.preflight`), and a
+        request that passes is counted when it comes whole (:meth:`admit`). So a client over its
+        plan is refused before it sends its body, and its body never takes buffers, as Envoy's
+        rate-limit filter decides on the request headers.
+
+        :raises RateLimitedError: the limiter knows the plan's rate limit or quota is exhausted (429).
+        """
+        counted = self._counted_as(request, route, state, plans, record)
+        if counted is None:
+            return
+        plan, key = counted
+        usage = self.limiter.refused(key, plan.rate, plan.quota)
+        if usage is not None:
+            raise self._limited(plan, usage, record)
+
+    def _counted_as(self, request: IncomingRequest, route: Route, state: AuthState, plans: UsagePlans,
+                    record: dict[str, t.Any]) -> tuple[UsagePlan, str] | None:
+        """The plan the request counts against and its counter's key, None when none applies;
+        ``record`` gets ``usage_plan`` and ``consumer``."""
+        if not plans.plans:
+            return None
         consumer = _consumer(state, route, plans)
         if consumer is None:
             name = plans.settings.anonymous_plan
             if name is None:
-                return {}
+                return None
             consumer = "ip:" + self._client_address(request)
         else:
             name = self._plan_name(route, state, plans)
             if name is None:
-                return {}
+                return None
         plan = plans.plans[name]
         consumer_hash = self._hash(consumer)
         partition = (route.api_product_id or f"route:{route.name}") if plan.scope == "apiProduct" else "*"
         record.update(usage_plan=plan.name, consumer=consumer_hash)
-        try:
-            usage = self.limiter.hit(f"{plan.name}:{partition}:{consumer_hash}", plan.rate, plan.quota)
-        except RateLimitUnavailableError:
-            self._count(plan.name, "unavailable", record)
-            raise
-        headers = answer_headers(plan, usage)
-        if usage.allowed:
-            self._count(plan.name, "allowed", record)
-            return headers
+        return plan, f"{plan.name}:{partition}:{consumer_hash}"
+
+    def _limited(self, plan: UsagePlan, usage: Usage, record: dict[str, t.Any]) -> RateLimitedError:
+        """The 429 of a refused ``usage``, counted as ``limited``."""
         self._count(plan.name, "limited", record)
+        headers = answer_headers(plan, usage)
         headers["Retry-After"] = str(_seconds(usage.retry_after_us))
         reason = "quota_exceeded" if usage.binding == "quota" else "rate_limited"
-        raise RateLimitedError(f"usage plan {plan.name}: {reason.replace('_', ' ')}", reason=reason, headers=headers)
+        return RateLimitedError(f"usage plan {plan.name}: {reason.replace('_', ' ')}", reason=reason, headers=headers)
 
     def _hash(self, consumer: str) -> str:
         """The consumer's short SHA-256, remembered for the next requests of the same consumer."""

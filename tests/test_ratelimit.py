@@ -96,6 +96,21 @@ def test_refused_requests_do_not_use_up_budget(make_limiter):
     assert hits(limiter, 2) == [True, False]
 
 
+def test_a_known_refusal_is_told_without_counting_and_ends_when_its_retry_after_has_passed(make_limiter):
+    """A request's head is decided on before it is counted whole (UsagePlanEnforcer.check)."""
+    clock = FakeClock(START)
+    limiter = make_limiter(clock)
+    assert [limiter.refused("k", FIVE_PER_MINUTE, None) for _ in range(10)] == [None] * 10    # nothing counted
+    assert hits(limiter, 6) == [True] * 5 + [False]
+    known = limiter.refused("k", FIVE_PER_MINUTE, None)
+    assert known is not None and (known.allowed, known.retry_after_us) == (False, INTERVAL)
+    clock.advance(INTERVAL - 1)
+    assert limiter.refused("k", FIVE_PER_MINUTE, None).retry_after_us == 1
+    clock.advance(1)
+    assert limiter.refused("k", FIVE_PER_MINUTE, None) is None
+    assert hits(limiter, 2) == [True, False]
+
+
 def test_reset_is_the_time_until_the_bucket_is_full_again(make_limiter):
     limiter = make_limiter(FakeClock(START))
     first = limiter.hit("k", FIVE_PER_MINUTE, None)

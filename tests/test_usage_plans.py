@@ -12,8 +12,11 @@ import typing as t
 
 import pytest
 
+from werkzeug.test import EnvironBuilder
+
 from gateway_app.cache import hash_key
 from gateway_app.config.build import build_config
+from gateway_app.preflight import PREFLIGHT
 from gateway_app.reload import Watcher
 from tests.support.servers import free_port
 from tests.factories import bearer
@@ -398,3 +401,29 @@ def test_an_unreachable_redis_follows_the_configured_failure_mode(plans_app, mod
     assert [r.status_code for r in responses] == expected
     if mode == "closed":
         assert responses[0].json["error"] == "rate_limit_unavailable"
+
+
+def head_only(app: t.Any, token: str = "alice") -> t.Any:
+    """The decision on a head whose body has not arrived, as the worker asks it (gateway_app.preflight)."""
+    environ = EnvironBuilder(path="/pets", method="POST", headers={"Host": "api.example.com", **bearer(token)},
+                             ).get_environ()
+    environ["CONTENT_LENGTH"] = "1000"
+    environ[PREFLIGHT] = True
+    answer: list[t.Any] = []
+    chunks = app(environ, lambda status, headers, exc_info=None: answer.extend([status, dict(headers)]))
+    body = b"".join(chunks)
+    getattr(chunks, "close", lambda: None)()
+    return answer[0], answer[1], body, environ
+
+
+def test_a_head_is_decided_without_counting_and_refused_429_once_the_plan_is_spent(plans_app, requests_mock):
+    """Over its plan, an upload is refused on its head, before its body (Envoy's rate-limit filter
+    decides on the headers); a decision on a head counts nothing: the request counts when whole."""
+    app = plans_app()
+    requests_mock.post(f"{UPSTREAM}/pets", json={"ok": True})
+    assert [head_only(app)[0][:3] for _ in range(5)] == ["204"] * 5
+    assert statuses(app, 4) == [200, 200, 200, 429]
+    status, headers, body, environ = head_only(app)
+    assert status.startswith("429") and b"rate_limited" in body and environ[PREFLIGHT] is True
+    assert headers["Retry-After"] == "20" and headers["X-RateLimit-Remaining"] == "0"
+    assert head_only(app, token="bob")[0].startswith("204")
