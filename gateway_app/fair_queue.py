@@ -92,6 +92,10 @@ class FairQueue(t.Generic[K, T]):
             self._size -= 1
         return taken
 
+    def counts(self) -> t.Iterator[tuple[K, int]]:
+        """``(key, items waiting)`` for each key with items waiting."""
+        return ((key, len(queue)) for key, queue in self._queues.items())
+
     def queued(self, key: K) -> int:
         """How many items ``key`` has waiting."""
         queue = self._queues.get(key)
@@ -158,6 +162,14 @@ class FairPool:
         """Threads ``key``'s work holds now."""
         with self._lock:
             return self._running[key]
+
+    def load(self) -> collections.Counter[t.Hashable]:
+        """Items per key, waiting or running."""
+        with self._lock:
+            load = collections.Counter(self._running)
+            for key, count in self._queue.counts():
+                load[key] += count
+            return load
 
     def waiting(self) -> int:
         """Items not started."""

@@ -63,14 +63,18 @@ def peer_key(client: t.Any) -> str:
 
 
 def overload_victims(idle: t.Iterable[Waiting[K]], waiting: t.Iterable[Waiting[K]],
-                     open_connections: int, high_water: int, limit: int, now: float) -> list[K]:
+                     open_connections: int, high_water: int, limit: int, now: float,
+                     busy: t.Mapping[str, int] | None = None) -> list[K]:
     """Which connections not in a pool thread to close under overload, in order.
 
     ``idle``: kept-alive connections waiting for their next request (``started``: idle since),
     oldest first; ``waiting``: the requests being read, whether or not an earlier request on
     the connection was answered, in arrival order; times in seconds of the loop's monotonic
-    clock. A peer is *heavy* when it holds more of these connections than an equal share and
-    more than :data:`OVERLOAD_PEER_FLOOR` (a browser opens six per host).
+    clock; ``busy``: each peer's other connections, whose requests wait for or hold a thread. A
+    peer is *heavy* when it holds more of all these connections than an equal share and more
+    than :data:`OVERLOAD_PEER_FLOOR` (a browser opens six per host): counting ``busy`` makes an
+    address whose whole requests fill the pool heavy, so another client's new connection is
+    spared (red team 10 F5: 2,000 connections from one address, and 4 probes were reset).
 
     At ``high_water`` open connections or more, each connection has :data:`OVERLOAD_TIMEOUT`
     (Envoy's overload manager "reduce timeouts"), unless it is *spared*: its body arrives at
@@ -98,7 +102,8 @@ def overload_victims(idle: t.Iterable[Waiting[K]], waiting: t.Iterable[Waiting[K
         return victims
     idle, requests = list(idle), list(waiting)
     held = collections.Counter(connection.peer for connection in itertools.chain(idle, requests))
-    bar = max((len(idle) + len(requests)) / max(len(held), 1), OVERLOAD_PEER_FLOOR)
+    held.update(busy or {})
+    bar = max(sum(held.values()) / max(len(held), 1), OVERLOAD_PEER_FLOOR)
     heavy = {peer for peer, count in held.items() if count > bar}
 
     def spared(connection: Waiting[K]) -> bool:

@@ -132,6 +132,9 @@ from .request_buffer import RequestState
 from .request_buffer import SERVER_BUSY
 
 HEAD_TIMEOUT_ENV = "GATEWAY_HEAD_TIMEOUT"
+QUEUE_TIMEOUT_ENV = "GATEWAY_QUEUE_TIMEOUT"
+DEFAULT_QUEUE_TIMEOUT = 10.0       # seconds a request may wait for a thread (HAProxy's "timeout queue")
+QUEUED = 0.05                      # seconds: work that waited this long for a thread was queued
 DEFAULT_HEAD_TIMEOUT = 10.0
 CLIENT_TIMEOUT_ENV = "GATEWAY_CLIENT_TIMEOUT"
 DEFAULT_CLIENT_TIMEOUT = 30.0
@@ -182,6 +185,14 @@ def timeouts_from_env(environ: t.Mapping[str, str] | None = None) -> tuple[float
     """
     return (seconds_from_env(HEAD_TIMEOUT_ENV, DEFAULT_HEAD_TIMEOUT, environ),
             seconds_from_env(CLIENT_TIMEOUT_ENV, DEFAULT_CLIENT_TIMEOUT, environ))
+
+
+def queue_timeout_from_env(environ: t.Mapping[str, str] | None = None) -> float:
+    """``GATEWAY_QUEUE_TIMEOUT``: seconds a request may wait for a thread, default 10.
+
+    :raises ValueError: see :func:`seconds_from_env`.
+    """
+    return seconds_from_env(QUEUE_TIMEOUT_ENV, DEFAULT_QUEUE_TIMEOUT, environ)
 
 
 def min_body_rate_from_env(environ: t.Mapping[str, str] | None = None) -> float:
@@ -326,6 +337,8 @@ def limit_declared_body(environ: t.Mapping[str, t.Any], max_bytes: int) -> None:
 
 SHED_QUEUED = dataclasses.replace(SERVER_BUSY, detail="waiting for a thread at worker_connections, from the "
                                                       "address with most requests waiting")
+QUEUE_TIMED_OUT = dataclasses.replace(SERVER_BUSY, detail="waited longer than GATEWAY_QUEUE_TIMEOUT for a thread")
+LEFT_WHILE_QUEUED = dataclasses.replace(SERVER_BUSY, detail="the client closed while its request waited for a thread")
 
 
 
@@ -344,6 +357,12 @@ class _Pending:
     continued: bool = False       # "100 Continue" sent
     preflight: str = ""           # "", "running" (a thread decides on the head), "done", "skipped" (its address has enough decided)
     cap: float = float("inf")     # a stopping worker's deadline
+
+
+class _Stale(t.NamedTuple):
+    """What a pool thread returns for queued work it did not do (:meth:`HeadReadingWorker._stale`)."""
+
+    refusal: Refusal
 
 
 class _Verdict(t.NamedTuple):
@@ -386,6 +405,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout, self.client_timeout = timeouts_from_env()
+        self.queue_timeout = queue_timeout_from_env()
         self.min_body_rate = min_body_rate_from_env()
         self.body_budget = BodyBudget(buffered_body_bytes_from_env())
         self.head_limits = HeadLimits.from_config(self.cfg, max_head_bytes_from_env())
@@ -411,6 +431,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         """
         super().check_config(cfg, log)
         timeouts_from_env()
+        queue_timeout_from_env()
         min_body_rate_from_env()
         buffered_body_bytes_from_env()
         max_head_bytes_from_env()
@@ -461,16 +482,46 @@ class HeadReadingWorker(gthread.ThreadWorker):
         return executor
 
     def _run_in_pool(self, conn: gthread.TConn, work: t.Callable[[], t.Any],
-                     done: t.Callable[[t.Any], None], shed: t.Callable[[], None]) -> None:
+                     done: t.Callable[[t.Any], None], shed: t.Callable[[Refusal], None]) -> None:
         """Run ``work()`` in a pool thread, then ``done(future)`` on the loop's thread with its outcome
         (:class:`FairPool`, keyed by :func:`peer_key`; trusted proxies uncapped), not first come,
         first served as in gthread's executor: one address's flood of whole requests does not queue
-        every other client behind it, nor take every thread. ``shed()``, on the loop's thread,
-        answers and closes the connection instead when the work is taken back before it ran
-        (:meth:`shed_overload`).
+        every other client behind it, nor take every thread. ``shed(refusal)``, on the loop's
+        thread, answers and closes the connection instead when the work is taken back before it
+        ran (:meth:`shed_overload`) or is stale when a thread takes it (:meth:`_stale`).
         """
         assert self.pool is not None
-        self.pool.submit(peer_key(conn.client), work, done, shed, uncapped=self._from_trusted_proxy(conn))
+        queued_at = time.monotonic()
+
+        def run() -> t.Any:
+            refusal = self._stale(conn, time.monotonic() - queued_at)
+            return _Stale(refusal) if refusal is not None else work()
+
+        def finish(future: t.Any) -> None:
+            outcome = None if future.cancelled() or future.exception() is not None else future.result()
+            if isinstance(outcome, _Stale):
+                shed(outcome.refusal)
+            else:
+                done(future)
+
+        self.pool.submit(peer_key(conn.client), run, finish, partial(shed, SHED_QUEUED),
+                         uncapped=self._from_trusted_proxy(conn))
+
+    def _stale(self, conn: gthread.TConn, waited: float) -> Refusal | None:
+        """In a pool thread, as queued work starts after ``waited`` seconds: why it is not worth doing.
+
+        As HAProxy's ``timeout queue`` and ``option abortonclose``: a request that waited longer
+        than ``GATEWAY_QUEUE_TIMEOUT`` for a thread is answered 503, and one whose client closed
+        (or reset) the connection while it waited is dropped. Clients that send a request and
+        close at once, keeping no socket, had queued hundreds of requests to a slow upstream that
+        then ran one after another for minutes (red team 10 F1). Work that did not wait is done:
+        a client that half-closes after its request still gets its answer.
+        """
+        if waited < QUEUED:
+            return None
+        if waited > self.queue_timeout:
+            return QUEUE_TIMED_OUT
+        return LEFT_WHILE_QUEUED if _closed_by_peer(conn.sock) else None
 
     def _from_trusted_proxy(self, conn: gthread.TConn) -> bool:
         gateway = self._gateway()
@@ -882,7 +933,9 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 for conn in self.keepalived_conns)
         waiting = (Waiting(conn, pending.started, pending.request.peer, self._body_rate(pending, now))
                    for conn, pending in self.pending.items() if pending.preflight != "running")
-        victims = overload_victims(idle, waiting, self.nr_conns - shed, self.high_water, self.worker_connections, now)
+        assert self.pool is not None
+        victims = overload_victims(idle, waiting, self.nr_conns - shed, self.high_water, self.worker_connections, now,
+                                   busy=self.pool.load())
         for conn in victims:
             pending = self.pending.get(conn)
             if pending is None:                         # idle kept-alive: closed without an answer
@@ -913,19 +966,19 @@ class HeadReadingWorker(gthread.ThreadWorker):
         assert self.pool is not None
         return self.pool.shed(count, OVERLOAD_PEER_FLOOR)
 
-    def _shed_queued_request(self, conn: gthread.TConn) -> None:
-        """A request taken back from the queue: 503 ``server_busy``, its buffered body dropped, closed."""
+    def _shed_queued_request(self, conn: gthread.TConn, refusal: Refusal) -> None:
+        """A request taken back from the queue: ``refusal`` (503), its buffered body dropped, closed."""
         handoff = self.handoffs.pop(conn, None)
         if handoff is not None and handoff.body is not None:
             handoff.body.rest(0)                        # the spool closed, the budget given back
-        self._answer_refusal(conn, SHED_QUEUED)
+        self._answer_refusal(conn, refusal)
         self._linger(conn, OVERLOAD_TIMEOUT)
 
-    def _shed_queued_preflight(self, conn: gthread.TConn, pending: _Pending) -> None:
-        """A head's decision taken back from the queue: 503 ``server_busy``, closed, the body never read."""
+    def _shed_queued_preflight(self, conn: gthread.TConn, pending: _Pending, refusal: Refusal) -> None:
+        """A head's decision taken back from the queue: ``refusal`` (503), closed, the body never read."""
         self._preflight_ended(pending)
         self._forget(conn)
-        self._answer_refusal(conn, SHED_QUEUED)
+        self._answer_refusal(conn, refusal)
         self._linger(conn, OVERLOAD_TIMEOUT)
 
     @staticmethod
@@ -1099,6 +1152,16 @@ class _NoSocket:
 
     def sendall(self, data: bytes, *args: t.Any) -> None:
         return None
+
+
+def _closed_by_peer(sock: t.Any) -> bool:
+    """Whether the peer closed or reset the connection and sent nothing more (a peek, never blocking)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError, ValueError):    # ValueError: TLS sockets take no flags
+        return False
+    except OSError:
+        return True
 
 
 def _bodiless(reader: t.Any) -> bool:

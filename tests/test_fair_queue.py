@@ -159,6 +159,7 @@ def test_one_client_holds_at_most_its_share_of_threads_and_another_client_takes_
         for _ in range(3):
             assert started.acquire(timeout=5)
         assert not started.acquire(timeout=0.2) and pool.running("flood") == 3 and pool.waiting() == 2
+        assert pool.load() == {"flood": 5}
         pool.submit("other", blocked(gate, started, "o"), lambda future: None, lambda: None)
         assert started.acquire(timeout=5) and pool.running("other") == 1
     finally:

@@ -446,6 +446,17 @@ def test_the_connections_of_peers_that_are_not_heavy_are_not_shed_while_one_is()
                             now=clock()) == ["flood-idle", *(request.key for request in flood)]
 
 
+def test_an_address_whose_requests_fill_the_pool_is_heavy_and_another_clients_new_connection_is_spared():
+    """Red team 10 F5: 2,000 connections from one address, their whole requests waiting for a thread
+    (``busy``), not read in the loop; at the limit the overload rule closed the probe's new
+    connection, the only one it saw. Counting what each address has in the pool, it is spared."""
+    clock = FakeClock(100.0)
+    probe = [Waiting("probe", clock() - 2.0, "10.0.0.1")]
+    assert overload_victims([], probe, open_connections=80, high_water=75, limit=100, now=clock()) == ["probe"]
+    assert overload_victims([], probe, open_connections=80, high_water=75, limit=100, now=clock(),
+                            busy={"10.0.0.66": 79}) == []
+
+
 @pytest.mark.parametrize("peers", [
     ["10.0.0.1"] * 20,
     [f"10.0.0.{n}" for n in range(20)],

@@ -741,12 +741,13 @@ def whole_request(port: int, path: str, source: str) -> tuple[float, bytes]:
 def test_a_flood_of_whole_requests_from_one_address_does_not_queue_another_clients_request(small_gateway):
     """Red team 7 stall7w: gthread's executor serves the pool first come, first served, so one
     address's whole requests put every other client's request behind all of them. 32 requests
-    that each hold a thread 1 s at the upstream, from one address, on one worker of 4 threads
-    (8 s of queue); a request from another address, sent once they are all queued, is answered
-    before all but the first few: the queue is served in turns between addresses."""
+    that each hold a thread 0.5 s at the upstream, from one address, on one worker of 4 threads
+    (over 5 s of queue, within the queue timeout); a request from another address, sent once
+    they are all queued, is answered before all but the first few: the queue is served in
+    turns between addresses."""
     flood_size = 32
     with concurrent.futures.ThreadPoolExecutor(flood_size + 1) as pool:
-        flood = [pool.submit(whole_request, small_gateway.port, "/delay/1", "127.0.0.2") for _ in range(flood_size)]
+        flood = [pool.submit(whole_request, small_gateway.port, "/delay/0.5", "127.0.0.2") for _ in range(flood_size)]
         time.sleep(0.5)                 # every flood request is whole and queued
         other = pool.submit(whole_request, small_gateway.port, "/anything/fair", "127.0.0.3")
         answered_at, answer = other.result(timeout=60)
@@ -1116,3 +1117,39 @@ def test_one_token_spread_over_many_addresses_holds_one_share_of_the_body_budget
         held = [answer for hold in holds for answer in hold.result(timeout=60)]
     assert [status_of(answer) for answer in answers] == [200, 200, 200], [answer[:200] for answer in answers]
     assert any(b'"server_busy"' in answer for answer in held), "the token's uploads never reached its share"
+
+
+def send_and_close(port: int, path: str, source: str) -> None:
+    """One whole request from ``source``, then the connection closed at once: the client keeps nothing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\n".encode())
+
+
+def test_requests_whose_clients_closed_while_they_waited_for_a_thread_are_dropped(httpbin, tmp_path_factory):
+    """Red team 10 F1: clients that send a request to a slow route and close at once, keeping no
+    socket, queued hundreds of requests that then ran one after another for minutes. 16 such
+    requests from 2 addresses on one worker of 4 threads: those that had to wait for a thread
+    are dropped when one takes them (HAProxy's abortonclose); those served at once are forwarded."""
+    with one_worker_gateway(httpbin, tmp_path_factory, "orphans", {}) as gateway:
+        for n in range(16):
+            send_and_close(gateway.port, f"/delay/1?n={n}", f"127.0.8.{n % 2 + 1}")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and gateway.log_text().count("closed while its request waited") < 10:
+            time.sleep(0.2)
+        time.sleep(1.5)                                 # the last ones forwarded have ended
+        log = gateway.log_text()
+    forwarded = log.count("path=/delay/1")
+    assert forwarded <= 6 and log.count("closed while its request waited") >= 10, forwarded
+
+
+def test_a_request_that_waited_longer_than_the_queue_timeout_is_answered_503(httpbin, tmp_path_factory):
+    """GATEWAY_QUEUE_TIMEOUT (HAProxy's timeout queue): 8 requests holding a thread 2 s from one
+    address on 4 threads (3 for one address); the 5 that wait more than 1 s for a thread are
+    answered 503 server_busy when one takes them, not served seconds late."""
+    with one_worker_gateway(httpbin, tmp_path_factory, "queue", {"GATEWAY_QUEUE_TIMEOUT": "1"}) as gateway:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda n: whole_request(gateway.port, f"/delay/2?n={n}", "127.0.0.2")[1], range(8)))
+    statuses = sorted(status_of(answer) for answer in answers)
+    assert statuses == [200, 200, 200] + [503] * 5, statuses
+    assert all(b'"server_busy"' in answer and b"Retry-After: 5" in answer
+               for answer in answers if status_of(answer) == 503)
