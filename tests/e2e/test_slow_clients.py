@@ -15,6 +15,7 @@ import json
 import select
 import selectors
 import socket
+import struct
 import threading
 import time
 import typing as t
@@ -1119,20 +1120,24 @@ def test_one_token_spread_over_many_addresses_holds_one_share_of_the_body_budget
     assert any(b'"server_busy"' in answer for answer in held), "the token's uploads never reached its share"
 
 
-def send_and_close(port: int, path: str, source: str) -> None:
-    """One whole request from ``source``, then the connection closed at once: the client keeps nothing."""
+def send_and_close(port: int, path: str, source: str, reset: bool = False) -> None:
+    """One whole request from ``source``, then the connection closed at once (with a reset: RST, not
+    FIN): the client keeps nothing."""
     with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\n".encode())
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def test_requests_whose_clients_closed_while_they_waited_for_a_thread_are_dropped(httpbin, tmp_path_factory):
     """Red team 10 F1: clients that send a request to a slow route and close at once, keeping no
     socket, queued hundreds of requests that then ran one after another for minutes. 16 such
-    requests from 2 addresses on one worker of 4 threads: those that had to wait for a thread
-    are dropped when one takes them (HAProxy's abortonclose); those served at once are forwarded."""
+    requests from 2 addresses on one worker of 4 threads, a quarter of them closed with a
+    reset: those that had to wait for a thread are dropped when one takes them (HAProxy's
+    abortonclose); those served at once are forwarded."""
     with one_worker_gateway(httpbin, tmp_path_factory, "orphans", {}) as gateway:
         for n in range(16):
-            send_and_close(gateway.port, f"/delay/1?n={n}", f"127.0.8.{n % 2 + 1}")
+            send_and_close(gateway.port, f"/delay/1?n={n}", f"127.0.8.{n % 2 + 1}", reset=n % 4 == 3)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and gateway.log_text().count("closed while its request waited") < 10:
             time.sleep(0.2)
