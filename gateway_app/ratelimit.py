@@ -192,21 +192,23 @@ class MemoryLimiter:
             quota_step = fixed_window(count, now, quota)
 
         def count_it() -> None:
-            self._store(self._tats, key, (rate_step[1], rate.interval_us, rate_step[1]), now)
+            store_expiring(self._tats, key, (rate_step[1], rate.interval_us, rate_step[1]), now, self._max_keys)
             if quota is not None:
                 window_end = (now // quota.period_us + 1) * quota.period_us
-                self._store(self._counts, quota_key, (count + 1, window_end), now)
+                store_expiring(self._counts, quota_key, (count + 1, window_end), now, self._max_keys)
 
         return combine(rate, rate_step, quota, quota_step), count_it
 
-    def _store(self, table: dict[str, t.Any], key: str, value: tuple[int, ...], now: int) -> None:
-        """``value[-1]`` is when the entry stops mattering."""
-        if key not in table and len(table) >= self._max_keys:
-            for stale in [k for k, entry in table.items() if entry[-1] <= now]:
-                del table[stale]
-            if len(table) >= self._max_keys:
-                del table[next(iter(table))]
-        table[key] = value
+
+def store_expiring(table: dict[str, t.Any], key: str, value: tuple[t.Any, ...], now: int, max_keys: int) -> None:
+    """``table[key] = value``, where ``value[-1]`` is when the entry stops mattering (us); with
+    ``max_keys`` entries already, the expired ones are dropped first, then the oldest."""
+    if key not in table and len(table) >= max_keys:
+        for stale in [k for k, entry in table.items() if entry[-1] <= now]:
+            del table[stale]
+        if len(table) >= max_keys:
+            del table[next(iter(table))]
+    table[key] = value
 
 
 # KEYS[1] the rate key ("<tat>:<interval>"), KEYS[2] the quota key prefix (the window index is appended).
@@ -347,7 +349,7 @@ class RedisLimiter:
         self._monotonic_us = monotonic_us or clock or (lambda: time.monotonic_ns() // 1000)
         self._lease_max = max(1, lease_max)
         self._leases: dict[str, Lease] = {}
-        self._refusals: dict[str, tuple[int, Usage]] = {}    # key -> (until, monotonic us; the last refusal)
+        self._refusals: dict[str, tuple[Usage, int]] = {}    # key -> (the last refusal, until: monotonic us)
         self._lock = threading.Lock()
         self._client = connect(url)
         self._script = self._client.register_script(GCRA_SCRIPT)
@@ -387,20 +389,17 @@ class RedisLimiter:
         now = self._monotonic_us()
         with self._lock:
             known = self._refusals.get(key)
-        if known is None or now >= known[0]:
+        if known is None or now >= known[1]:
             return None
-        return dataclasses.replace(known[1], retry_after_us=known[0] - now)
+        usage, until = known
+        return dataclasses.replace(usage, retry_after_us=until - now)
 
     def _remember(self, key: str, usage: Usage, now: int) -> None:
         with self._lock:
             if usage.allowed:
                 self._refusals.pop(key, None)
                 return
-            if len(self._refusals) >= MAX_MEMORY_KEYS:
-                self._refusals = {k: known for k, known in self._refusals.items() if known[0] > now}
-                if len(self._refusals) >= MAX_MEMORY_KEYS:
-                    self._refusals.clear()
-            self._refusals[key] = (now + usage.retry_after_us, usage)
+            store_expiring(self._refusals, key, (usage, now + usage.retry_after_us), now, MAX_MEMORY_KEYS)
 
     def _hit(self, key: str, rate: Rate, quota: Rate | None, lease: tuple[int, int, int], now: int) -> Usage:
         """One script call asking for ``lease = (wanted, returned, window)``; keeps what it grants."""

@@ -525,8 +525,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
 
     def _from_trusted_proxy(self, conn: gthread.TConn) -> bool:
         gateway = self._gateway()
-        client = conn.client[0] if isinstance(conn.client, tuple) else conn.client
-        return gateway is not None and client in gateway.trusted_proxies
+        return gateway is not None and _peer(conn) in gateway.trusted_proxies
 
     def handle(self, conn: gthread.TConn) -> t.Any:
         """In a pool thread: gthread's, once the request is whole; an incomplete one goes back to the loop."""
@@ -804,10 +803,8 @@ class HeadReadingWorker(gthread.ThreadWorker):
         victims = [(waiting, pending) for waiting, pending in self.pending.items()
                    if waiting is not conn and pending.request.reserved and not pending.request.authenticated
                    and pending.preflight != "running"]
-        held = collections.Counter()
-        for _, pending in victims:
-            held[pending.request.peer] += pending.request.reserved
-        victims.sort(key=lambda victim: (held[victim[1].request.peer], victim[1].request.reserved), reverse=True)
+        victims.sort(key=lambda victim: (self.body_budget.held_by(victim[1].request.budget_key),
+                                         victim[1].request.reserved), reverse=True)
         for waiting, pending in victims:
             if try_reserve():
                 return True
