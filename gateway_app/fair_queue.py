@@ -8,8 +8,9 @@ own. Here the waiting work is queued per client and served in turns, one item pe
 work waiting, as fair queuing does (Nagle, RFC 970; Demers, Keshav and Shenker's fair queuing,
 the round robin of Linux's ``fq`` and ``fq_codel`` qdiscs): a client with one request waits for
 at most one request of each other waiting client, however many the flooder queued.
-:class:`FairPool` runs the queue on a thread pool, and keeps a share of the threads from any
-one client (as nginx's ``limit_conn`` keeps one address from taking every connection).
+:class:`FairPool` runs the queue on a thread pool, with a reserve of threads that only clients
+with nothing running may take, so one client holding every regular thread does not keep the
+others waiting.
 
 The key is chosen by the caller (the worker uses :func:`gateway_app.overload.peer_key`: the
 IPv4 address or the IPv6 /64). Behind a load balancer every request has the balancer's key,
@@ -102,49 +103,78 @@ class FairQueue(t.Generic[K, T]):
         return len(queue) if queue is not None else 0
 
 
+class Outcome:
+    """What one item's ``run`` returned or raised, read as a finished :class:`concurrent.futures.Future`
+    is (``result``, ``exception``, ``cancelled``, ``done``: what gthread's ``finish_request``
+    reads), without the lock and condition a future makes for waiters, which nobody is here
+    (a few microseconds per request)."""
+
+    __slots__ = ("_result", "_exception")
+
+    def __init__(self, result: t.Any = None, exception: BaseException | None = None) -> None:
+        self._result = result
+        self._exception = exception
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._exception
+
+    def result(self, timeout: float | None = None) -> t.Any:
+        """What ``run`` returned. :raises BaseException: what it raised."""
+        if self._exception is not None:
+            raise self._exception
+        return self._result
+
+
 class _Work(t.NamedTuple):
     key: t.Hashable
     run: t.Callable[[], t.Any]                 # in a pool thread
-    done: t.Callable[[concurrent.futures.Future], None]   # given to ``deliver`` with the outcome
+    done: t.Callable[[Outcome], None]          # given to ``deliver`` with the outcome
     shed: t.Callable[[], None]                 # instead of both, when taken back before it ran
 
 
 class FairPool:
-    """Work run on ``threads`` threads of ``executor`` in turns between clients (:class:`FairQueue`),
-    no client's work holding more than ``per_client`` threads at once.
+    """Work run on the threads of ``executor`` in turns between clients (:class:`FairQueue`): up to
+    ``threads`` items at once whoever's they are, and ``reserve`` more, each for a client that
+    has nothing running.
 
-    ``deliver(done, future)`` hands each outcome back (the worker: to its event loop). At most
-    ``threads`` runners take from the queue; a runner takes the next item as soon as it is done
-    with one, so a busy pool costs no extra hand-off per item, and a runner that ends a
-    client's work looks again, so work held back by the cap runs as soon as it may. The cap
-    is not work-conserving on purpose: with every thread free, a client's requests to a slow
-    upstream would otherwise take all of them and nobody else would be answered until they
-    end (red team 9 F2). Thread-safe.
+    ``deliver(done, outcome)`` hands each :class:`Outcome` back (the worker: to its event loop). At most
+    ``threads + reserve`` runners take from the queue (``executor`` must have that many
+    threads); a runner takes the next item as soon as it is done with one, so a busy pool costs
+    no extra hand-off per item, and a runner that ends a client's work looks again, so work
+    held back runs as soon as it may. One client may use every regular thread, so a single
+    address (or a load balancer) saturating the gateway gets all of it; when the regular
+    threads are all taken, the reserve serves other clients at once, one request each: a
+    client's requests to a slow upstream that hold every regular thread (red team 9 F2: 8 of 8
+    on the demo, for 10 s) do not keep anyone else waiting for them. As a pool cannot take a
+    thread back, the reserve is how a thread is kept free for the next client without leaving
+    it idle while one client has work (Linux's ``min_free_kbytes`` keeps pages the same way).
+    Thread-safe.
     """
 
-    def __init__(self, executor: concurrent.futures.Executor, threads: int, per_client: int,
-                 deliver: t.Callable[[t.Callable[[concurrent.futures.Future], None], concurrent.futures.Future], None]
-                 ) -> None:
+    def __init__(self, executor: concurrent.futures.Executor, threads: int, reserve: int,
+                 deliver: t.Callable[[t.Callable[[Outcome], None], Outcome], None]) -> None:
         self._executor = executor
         self.threads = threads
-        self.per_client = per_client
+        self.reserve = reserve
         self._deliver = deliver
         self._queue: FairQueue[t.Hashable, _Work] = FairQueue()
         self._running: collections.Counter[t.Hashable] = collections.Counter()
-        self._uncapped: set[t.Hashable] = set()
+        self._total = 0
         self._runners = 0
         self._lock = threading.Lock()
 
     def submit(self, key: t.Hashable, run: t.Callable[[], t.Any],
-               done: t.Callable[[concurrent.futures.Future], None], shed: t.Callable[[], None],
-               *, uncapped: bool = False) -> None:
-        """Queue ``run`` for ``key``; its outcome, as a future, goes to ``deliver(done, future)``.
-        ``uncapped``: ``key`` is many clients (a trusted proxy) and may hold every thread."""
+               done: t.Callable[[Outcome], None], shed: t.Callable[[], None]) -> None:
+        """Queue ``run`` for ``key``; its :class:`Outcome` goes to ``deliver(done, outcome)``."""
         with self._lock:
-            if uncapped:
-                self._uncapped.add(key)
             self._queue.push(key, _Work(key, run, done, shed))
-            if self._runners >= self.threads:
+            if not self._needs_runner(key):
                 return
             self._runners += 1
         self._executor.submit(self._run_queued)
@@ -176,8 +206,19 @@ class FairPool:
         with self._lock:
             return len(self._queue)
 
+    def _needs_runner(self, key: t.Hashable) -> bool:
+        """Whether work just queued for ``key`` wants another runner: a regular one is not running,
+        or a reserve one is not and ``key`` has nothing running (else a runner would start only to
+        find nothing it may run, at each request of a client that holds every regular thread)."""
+        if self._runners < self.threads:
+            return True
+        return self._runners < self.threads + self.reserve and not self._running[key]
+
     def _may_run(self, key: t.Hashable) -> bool:
-        return self._running[key] < self.per_client or key in self._uncapped
+        """A regular thread is free, or a reserve one is and ``key`` has nothing running."""
+        if self._total < self.threads:
+            return True
+        return self._total < self.threads + self.reserve and not self._running[key]
 
     def _run_queued(self) -> None:
         """In a pool thread: run queued work until none is left that may run."""
@@ -189,14 +230,15 @@ class FairPool:
                     self._runners -= 1
                     return
                 self._running[work.key] += 1
-            future: concurrent.futures.Future[t.Any] = concurrent.futures.Future()
+                self._total += 1
             try:
-                future.set_result(work.run())
+                outcome = Outcome(work.run())
             except BaseException as exc:     # as the executor's work item does: the caller sees it
-                future.set_exception(exc)
+                outcome = Outcome(exception=exc)
             finally:
                 with self._lock:
                     self._running[work.key] -= 1
+                    self._total -= 1
                     if not self._running[work.key]:
                         del self._running[work.key]
-            self._deliver(work.done, future)
+            self._deliver(work.done, outcome)

@@ -1,10 +1,10 @@
-"""The overload rule: which clients' connections a worker closes, and how many threads one client holds.
+"""The overload rule: which clients' connections a worker closes, and the threads kept for other clients.
 
 A worker has a bounded number of connections (gunicorn's ``worker_connections``) and threads.
 Under a flood, the clients that cause it should pay for it, not the others: the rule counts
 connections by client address (:func:`peer_key`), shortens the deadline of the heavy ones
-(:func:`overload_victims`), and keeps a share of the threads from any one client
-(:func:`threads_per_client`). The worker (:mod:`gateway_app.worker`) applies it; the IdP call
+(:func:`overload_victims`), and keeps a few threads for clients with nothing running
+(:func:`reserve_threads`). The worker (:mod:`gateway_app.worker`) applies it; the IdP call
 limit groups clients the same way (:func:`gateway_app.auth.idp_http.on_behalf_of`).
 """
 
@@ -40,13 +40,13 @@ class Waiting(t.NamedTuple, t.Generic[K]):
     body_rate: float | None = None   # bytes/s of its body since the head was whole; None: in the head
 
 
-def threads_per_client(threads: int) -> int:
-    """The most of a worker's ``threads`` one client address's work may hold at once: all but a
-    quarter (at least one kept for other clients; all of one thread). nginx's ``limit_conn``
-    keeps one address from taking every connection the same way: with every thread free, 8
+def reserve_threads(threads: int) -> int:
+    """How many threads a worker keeps, beyond its ``threads``, for clients with nothing running
+    while the regular ones are all taken: a quarter of ``threads``, at least one. Without it, 8
     kept-alive requests to a slow upstream from one address held all 8 threads of the demo for
-    10 s, and nobody else was answered (red team 9 F2)."""
-    return max(1, threads - max(1, threads // 4))
+    10 s, and nobody else was answered (red team 9 F2); a cap on one client's threads did the
+    same job but left threads idle while a single address had work (:class:`~gateway_app.fair_queue.FairPool`)."""
+    return max(1, threads // 4)
 
 
 def peer_key(client: t.Any) -> str:

@@ -21,9 +21,9 @@ none), never to a request that is refused.
 Work waits for a thread in turns between client addresses, not first come, first served as in
 gthread's executor (:class:`gateway_app.fair_queue.FairPool`,
 :meth:`HeadReadingWorker._run_in_pool`): a client's request waits for at most one request of
-each other client with work waiting, however many one address queued; and no address's work
-holds more than three quarters of the threads (:func:`gateway_app.overload.threads_per_client`; trusted proxies
-excepted), so a slow upstream one address keeps busy leaves threads to the others.
+each other client with work waiting, however many one address queued; and when one address's
+work holds every thread, a reserve of a quarter more (:func:`gateway_app.overload.reserve_threads`)
+serves other addresses at once, so a slow upstream one address keeps busy does not hold the others.
 
 Deadlines, all in the loop, all answered ``408 Request Timeout`` (RFC 9110 §15.5.9, the
 gateway's JSON error) and the connection closed, so a slow client never holds a thread:
@@ -118,7 +118,7 @@ from .overload import OVERLOAD_TIMEOUT
 from .overload import Waiting
 from .overload import overload_victims
 from .overload import peer_key
-from .overload import threads_per_client
+from .overload import reserve_threads
 from .preflight import PREFLIGHT
 from .preflight import PREFLIGHT_AUTHENTICATED
 from .preflight import PREFLIGHT_PASSED
@@ -135,6 +135,8 @@ HEAD_TIMEOUT_ENV = "GATEWAY_HEAD_TIMEOUT"
 QUEUE_TIMEOUT_ENV = "GATEWAY_QUEUE_TIMEOUT"
 DEFAULT_QUEUE_TIMEOUT = 10.0       # seconds a request may wait for a thread (HAProxy's "timeout queue")
 QUEUED = 0.05                      # seconds: work that waited this long for a thread was queued
+_NOW = int(socket.MSG_DONTWAIT)                  # recv flags as ints: an enum's ``|`` costs a call
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 DEFAULT_HEAD_TIMEOUT = 10.0
 CLIENT_TIMEOUT_ENV = "GATEWAY_CLIENT_TIMEOUT"
 DEFAULT_CLIENT_TIMEOUT = 30.0
@@ -418,6 +420,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.handoffs: dict[gthread.TConn, _Handoff] = {}
         self.lingering: dict[gthread.TConn, _Lingering] = {}
         self._next_overload_check = 0.0
+        self._next_left_out = 0.0
         # heads being decided (or waiting to be) per client address: at most half the threads each
         self.preflights_running: collections.Counter[str] = collections.Counter()
         self.pool: FairPool | None = None       # made with gthread's thread pool (get_thread_pool)
@@ -474,19 +477,19 @@ class HeadReadingWorker(gthread.ThreadWorker):
                           partial(self._shed_queued_request, conn))
 
     def get_thread_pool(self) -> concurrent.futures.Executor:
-        """gthread's pool, run through a :class:`FairPool`: work in turns between client addresses, and
-        no address's work on more than :func:`threads_per_client` threads."""
-        executor = super().get_thread_pool()
-        self.pool = FairPool(executor, self.cfg.threads, threads_per_client(self.cfg.threads),
-                             self.method_queue.defer)
+        """gthread's pool with :func:`reserve_threads` more, run through a :class:`FairPool`: work in
+        turns between client addresses, the reserve for addresses with nothing running."""
+        reserve = reserve_threads(self.cfg.threads)
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.cfg.threads + reserve)
+        self.pool = FairPool(executor, self.cfg.threads, reserve, self.method_queue.defer)
         return executor
 
     def _run_in_pool(self, conn: gthread.TConn, work: t.Callable[[], t.Any],
                      done: t.Callable[[t.Any], None], shed: t.Callable[[Refusal], None]) -> None:
         """Run ``work()`` in a pool thread, then ``done(future)`` on the loop's thread with its outcome
-        (:class:`FairPool`, keyed by :func:`peer_key`; trusted proxies uncapped), not first come,
-        first served as in gthread's executor: one address's flood of whole requests does not queue
-        every other client behind it, nor take every thread. ``shed(refusal)``, on the loop's
+        (:class:`FairPool`, keyed by :func:`peer_key`), not first come, first served as in gthread's
+        executor: one address's flood of whole requests does not queue every other client behind
+        it, nor keep every thread from them. ``shed(refusal)``, on the loop's
         thread, answers and closes the connection instead when the work is taken back before it
         ran (:meth:`shed_overload`) or is stale when a thread takes it (:meth:`_stale`).
         """
@@ -504,8 +507,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             else:
                 done(future)
 
-        self.pool.submit(peer_key(conn.client), run, finish, partial(shed, SHED_QUEUED),
-                         uncapped=self._from_trusted_proxy(conn))
+        self.pool.submit(peer_key(conn.client), run, finish, partial(shed, SHED_QUEUED))
 
     def _stale(self, conn: gthread.TConn, waited: float) -> Refusal | None:
         """In a pool thread, as queued work starts after ``waited`` seconds: why it is not worth doing.
@@ -523,17 +525,13 @@ class HeadReadingWorker(gthread.ThreadWorker):
             return QUEUE_TIMED_OUT
         return LEFT_WHILE_QUEUED if _closed_by_peer(conn.sock) else None
 
-    def _from_trusted_proxy(self, conn: gthread.TConn) -> bool:
-        gateway = self._gateway()
-        return gateway is not None and _peer(conn) in gateway.trusted_proxies
-
     def handle(self, conn: gthread.TConn) -> t.Any:
         """In a pool thread: gthread's, once the request is whole; an incomplete one goes back to the loop."""
         if self.reads_heads and conn.parser is not None and not conn.is_http2 and conn not in self.handoffs:
             # a kept-alive connection: its next request, read without blocking
             request = RequestBuffer(self.head_limits, self.body_limit(), conn.parser.unreader.take_buffered(),
                                     budget=self.body_budget, peer=peer_key(conn.client))
-            waiting = self._receive(conn, request, socket.MSG_DONTWAIT)
+            waiting = self._receive(conn, request, _NOW)
             if request.state is RequestState.INCOMPLETE and (waiting or not request.in_body):
                 return _Parked(request) if waiting else False    # False: the peer left, as gthread ends it
             if request.refusal is not None:
@@ -902,7 +900,9 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 continue
             self._expire(conn, pending)
         self.shed_overload(now)
-        self._tell_left_out()
+        if force or now >= self._next_left_out:          # once a second, not at each turn of the loop
+            self._next_left_out = now + 1.0
+            self._tell_left_out()
         while self.lingering:
             conn, lingering = next(iter(self.lingering.items()))
             if lingering.deadline > now and not force:
@@ -1154,7 +1154,7 @@ class _NoSocket:
 def _closed_by_peer(sock: t.Any) -> bool:
     """Whether the peer closed or reset the connection and sent nothing more (a peek, never blocking)."""
     try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        return sock.recv(1, _PEEK_NOW) == b""
     except (BlockingIOError, InterruptedError, ValueError):    # ValueError: TLS sockets take no flags
         return False
     except OSError:
@@ -1169,7 +1169,7 @@ def _bodiless(reader: t.Any) -> bool:
 def _has_bytes(conn: gthread.TConn) -> bool:
     """Whether the client sent bytes the loop has not read (a request racing its idle connection's close)."""
     try:
-        return bool(conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        return bool(conn.sock.recv(1, _PEEK_NOW))
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:

@@ -149,44 +149,59 @@ def blocked(gate: threading.Event, started: threading.Semaphore, value: object):
     return run
 
 
-def test_one_client_holds_at_most_its_share_of_threads_and_another_client_takes_the_rest(executor):
-    """Red team 9 F2: with every thread free, one address's slow requests took all of them."""
+def test_one_client_may_hold_every_regular_thread_and_the_reserve_serves_other_clients_one_request_each():
+    """Red team 9 F2: one address's slow requests held every thread, and nobody else was answered.
+    A single client still gets every regular thread; the reserve is for the others."""
     outcomes, gate, started = Outcomes(), threading.Event(), threading.Semaphore(0)
-    pool = FairPool(executor, threads=4, per_client=3, deliver=outcomes)
+    executor = concurrent.futures.ThreadPoolExecutor(5)
+    pool = FairPool(executor, threads=4, reserve=1, deliver=outcomes)
     try:
-        for n in range(5):
+        for n in range(6):
             pool.submit("flood", blocked(gate, started, f"f{n}"), lambda future: None, lambda: None)
-        for _ in range(3):
+        for _ in range(4):
             assert started.acquire(timeout=5)
-        assert not started.acquire(timeout=0.2) and pool.running("flood") == 3 and pool.waiting() == 2
-        assert pool.load() == {"flood": 5}
-        pool.submit("other", blocked(gate, started, "o"), lambda future: None, lambda: None)
+        assert not started.acquire(timeout=0.2) and pool.running("flood") == 4 and pool.waiting() == 2
+        assert pool.load() == {"flood": 6}
+        pool.submit("other", blocked(gate, started, "o1"), lambda future: None, lambda: None)
+        pool.submit("other", blocked(gate, started, "o2"), lambda future: None, lambda: None)
+        pool.submit("third", blocked(gate, started, "t"), lambda future: None, lambda: None)
         assert started.acquire(timeout=5) and pool.running("other") == 1
+        assert not started.acquire(timeout=0.2)                  # the reserve: one request, one client
+        assert pool.running("other") == 1 and pool.running("third") == 0 and pool.running("flood") == 4
     finally:
         gate.set()
-    for _ in range(2):
-        assert started.acquire(timeout=5)                        # the flood's rest, once threads free up
     executor.shutdown(wait=True)
-    assert sorted(outcomes.results) == ["f0", "f1", "f2", "f3", "f4", "o"]
+    assert sorted(outcomes.results) == ["f0", "f1", "f2", "f3", "f4", "f5", "o1", "o2", "t"]
     assert pool.waiting() == 0 and pool.running("flood") == 0
 
 
-def test_an_uncapped_key_may_hold_every_thread(executor):
-    outcomes, gate, started = Outcomes(), threading.Event(), threading.Semaphore(0)
-    pool = FairPool(executor, threads=4, per_client=3, deliver=outcomes)
+def test_when_a_regular_thread_frees_up_a_waiting_client_with_nothing_running_goes_first():
+    """With every thread taken, an ended request of the flood lets the next client in, not the flood."""
+    outcomes, started = Outcomes(), threading.Semaphore(0)
+    gates = {name: threading.Event() for name in ("f0", "f1", "f2", "f3", "o", "t")}
+    executor = concurrent.futures.ThreadPoolExecutor(5)
+    pool = FairPool(executor, threads=4, reserve=1, deliver=outcomes)
     try:
         for n in range(4):
-            pool.submit("proxy", blocked(gate, started, n), lambda future: None, lambda: None, uncapped=True)
-        for _ in range(4):
+            pool.submit("flood", blocked(gates[f"f{n}"], started, f"f{n}"), lambda future: None, lambda: None)
+        pool.submit("other", blocked(gates["o"], started, "o"), lambda future: None, lambda: None)
+        for _ in range(5):
             assert started.acquire(timeout=5)
-        assert pool.running("proxy") == 4
+        pool.submit("flood", lambda: "f4", lambda future: None, lambda: None)
+        pool.submit("third", blocked(gates["t"], started, "t"), lambda future: None, lambda: None)
+        gates["f0"].set()
+        assert started.acquire(timeout=5) and pool.running("third") == 1
+        assert pool.running("flood") == 3 and pool.waiting() == 1
     finally:
-        gate.set()
+        for gate in gates.values():
+            gate.set()
+    executor.shutdown(wait=True)
+    assert sorted(outcomes.results) == ["f0", "f1", "f2", "f3", "f4", "o", "t"]
 
 
 def test_work_taken_back_is_shed_and_never_runs_and_failures_reach_done(executor):
     outcomes, gate, started = Outcomes(), threading.Event(), threading.Semaphore(0)
-    pool = FairPool(executor, threads=1, per_client=1, deliver=outcomes)
+    pool = FairPool(executor, threads=1, reserve=0, deliver=outcomes)
     shed: list[int] = []
     try:
         pool.submit("a", blocked(gate, started, "first"), lambda future: None, lambda: shed.append(-1))
