@@ -98,6 +98,14 @@ class BadRequestError(GatewayError):
     message_is_public = True
 
 
+class BodyInvalidError(BadRequestError):
+    """The request body could not be read whole: the client ended it early (before its
+    ``Content-Length``, or before the last chunk), or the server could not read its framing
+    (RFC 9112 §8: an incomplete message): 400 ``body_invalid``."""
+
+    reason = "body_invalid"
+
+
 class PayloadTooLargeError(GatewayError):
     """The body is over the route's limit (RFC 9110 §15.5.14, Gloo ``maxRequestBodyBytes``): 413."""
 

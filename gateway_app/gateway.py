@@ -190,6 +190,7 @@ class Gateway:
         state = AuthState()
         decision: dict[str, t.Any] = {}
         status = 500
+        failure: str | None = None             # the error's reason, for a request that auth let through
         passed = False
         try:
             incoming = self.parse(environ, rid)
@@ -219,7 +220,7 @@ class Gateway:
             status = response.status_code
             return response
         except GatewayError as e:
-            status = e.status_code
+            status, failure = e.status_code, e.reason
             if state.outcome == "none" and route is not None and route.auth is not None:
                 state.refuse(e)                # refused by auth, or before it (413): the one place
             raise
@@ -235,7 +236,7 @@ class Gateway:
                 log_access(method=request.method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
                            path=incoming.path if incoming else sent_path(environ),
                            route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
-                           auth=state.outcome, reason=state.reason or None, sub=state.subject, request_id=rid,
+                           auth=state.outcome, reason=state.reason or failure, sub=state.subject, request_id=rid,
                            **decision)
 
     def parse(self, environ: t.Mapping[str, t.Any], rid: str = "") -> IncomingRequest:

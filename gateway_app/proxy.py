@@ -36,7 +36,7 @@ import urllib3.util
 from requests.structures import CaseInsensitiveDict
 from werkzeug.datastructures import Headers
 
-from gateway_app.errors import BadRequestError
+from gateway_app.errors import BodyInvalidError
 from gateway_app.errors import GatewayError
 from gateway_app.errors import UpstreamBodyAborted
 from gateway_app.errors import UpstreamError
@@ -283,7 +283,7 @@ class Forwarder:
         client's headers before ``add_headers`` are set, so clients cannot forge them.
 
         :raises PayloadTooLargeError: the body grows past its limit while it is read.
-        :raises BadRequestError: a body shorter than its Content-Length, or unreadable.
+        :raises BodyInvalidError: a body shorter than its Content-Length, or unreadable (400 ``body_invalid``).
         :raises UpstreamTimeoutError: no connection or no response headers in time.
         :raises UpstreamError: the upstream could not be reached or broke the exchange.
         """
@@ -431,7 +431,7 @@ def _read_exactly(body: t.IO[bytes], length: int) -> bytes:
     while remaining:
         data = body.read(remaining)
         if not data:
-            raise BadRequestError("request body ended before its Content-Length")
+            raise BodyInvalidError("request body ended before its Content-Length")
         parts.append(data)
         remaining -= len(data)
     return b"".join(parts)
@@ -443,7 +443,7 @@ def _sized_chunks(body: t.IO[bytes], length: int) -> t.Iterator[bytes]:
     while remaining:
         data = body.read(min(remaining, CHUNK_SIZE))
         if not data:
-            raise BadRequestError("request body ended before its Content-Length")
+            raise BodyInvalidError("request body ended before its Content-Length")
         remaining -= len(data)
         yield data
 

@@ -18,6 +18,7 @@ import typing as t
 from werkzeug.wsgi import LimitedStream
 
 from .errors import BadRequestError
+from .errors import BodyInvalidError
 from .errors import GatewayError
 from .errors import PayloadTooLargeError
 from .worker import limit_declared_body
@@ -49,7 +50,7 @@ class ClientBody:
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` bytes (all that is left for -1); ``b""`` at the end.
 
-        :raises BadRequestError: the server could not read the body (``body_invalid``).
+        :raises BodyInvalidError: the server could not read the body whole (400 ``body_invalid``).
         :raises PayloadTooLargeError: more than the limit was read.
         """
         try:
@@ -57,8 +58,7 @@ class ClientBody:
         except GatewayError:
             raise                      # the server's own verdict: 408 too slow, 413 declared too large
         except Exception as e:
-            raise BadRequestError(f"the request body could not be read ({type(e).__name__})",
-                                  reason="body_invalid") from None
+            raise BodyInvalidError(f"the request body could not be read ({type(e).__name__})") from None
         if self._left is not None:
             self._left -= len(data)
             if self._left < 0:

@@ -335,16 +335,10 @@ def limit_declared_body(environ: t.Mapping[str, t.Any], max_bytes: int) -> None:
         reader.limit(max_bytes)
 
 
-
-
 SHED_QUEUED = dataclasses.replace(SERVER_BUSY, detail="waiting for a thread at worker_connections, from the "
                                                       "address with most requests waiting")
 QUEUE_TIMED_OUT = dataclasses.replace(SERVER_BUSY, detail="waited longer than GATEWAY_QUEUE_TIMEOUT for a thread")
 LEFT_WHILE_QUEUED = dataclasses.replace(SERVER_BUSY, detail="the client closed while its request waited for a thread")
-
-
-
-
 
 
 @dataclasses.dataclass(eq=False)

@@ -254,6 +254,18 @@ def test_access_log_has_one_line_per_request(make_app, requests_mock, access_rec
     assert fields["sub"] == "my-client" and fields["request_id"]
 
 
+def test_a_request_auth_let_through_that_then_fails_is_logged_with_the_errors_reason(
+        make_app, requests_mock, access_records):
+    """Red team 12: an upload cut short after auth was logged ``reason=-``; every error has a stable reason."""
+    app = _secured(make_app)
+    _idp(requests_mock)
+    requests_mock.get(f"{UPSTREAM}/headers", exc=requests.exceptions.ConnectTimeout)
+    answer = app.test_client().get("/headers", headers=bearer(GOOD))
+    [record] = access_records
+    assert answer.status_code == 504 and record.fields["auth"] == "allowed"
+    assert record.fields["reason"] == answer.get_json()["error"] == "upstream_timeout"
+
+
 def test_health_endpoints_do_not_reach_routes(make_app, requests_mock):
     app = make_app({"upstream.yaml": UPSTREAM_YAML, "vs.yaml": VS_OPEN})
     client = app.test_client()

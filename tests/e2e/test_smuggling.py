@@ -234,6 +234,14 @@ def test_ambiguous_requests_never_reach_the_upstream_ambiguously(stack, case):
     assert (b'"request_id":"' in answer or status == 200) == (who == GATEWAY)
 
 
+@pytest.mark.parametrize("case", ["chunked body cut short", "sized body cut short"])
+def test_a_body_cut_short_is_answered_400_body_invalid(stack, case):
+    """Red team 12: an upload the client ended mid-body has a stable reason, in the answer and the access record."""
+    gateway, upstream = stack
+    answer = raw_exchange(gateway.port, CASES[case][0])
+    assert statuses(answer) == [400] and b'"error":"body_invalid"' in answer.replace(b" ", b""), answer[:300]
+
+
 def test_a_chunked_body_is_forwarded_with_one_framing(stack):
     gateway, upstream = stack
     upstream.take()
