@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import typing as t
+from functools import partial
 
 from flask import Request
 from flask import Response
@@ -59,6 +60,7 @@ from .preflight import PREFLIGHT
 from .preflight import PREFLIGHT_AUTHENTICATED
 from .preflight import PREFLIGHT_PASSED
 from .preflight import PREFLIGHT_PRINCIPAL
+from .preflight import PREFLIGHT_UNFINISHED
 from .overload import peer_key
 from .usage_plans import UsagePlanEnforcer
 from .usage_plans import build_limiter
@@ -175,7 +177,8 @@ class Gateway:
         validated token: ``PREFLIGHT_AUTHENTICATED``, its body outranks anonymous ones, and
         ``PREFLIGHT_PRINCIPAL``, a hash of its subject, by which its body's share is counted) and answered
         204 with no access record, no metrics and no usage plan counted (the request comes back
-        whole, and is served and recorded then).
+        whole, and is served and recorded then; ``PREFLIGHT_UNFINISHED`` records it if the worker
+        ends it first).
 
         :raises GatewayError: the answer is an error (rendered by :mod:`gateway_app.errors`).
         """
@@ -208,6 +211,10 @@ class Gateway:
                 environ[PREFLIGHT] = PREFLIGHT_AUTHENTICATED if state.authenticated else PREFLIGHT_PASSED
                 if state.authenticated and state.subject:
                     environ[PREFLIGHT_PRINCIPAL] = hash_key("subject", state.subject)[:PRINCIPAL_KEY_CHARS]
+                if decision:
+                    decision["generation"] = config.generation
+                environ[PREFLIGHT_UNFINISHED] = partial(self._record, started, request.method, incoming, route,
+                                                        state, rid, decision)
                 return Response(status=204)
             limit_headers = self.usage_plans.admit(incoming, route, state, config.usage_plans, decision)
             upstream = prepare_upstream(incoming, route, state)
@@ -226,18 +233,29 @@ class Gateway:
             raise
         finally:
             if not passed:                     # a passed preflight is recorded when the request comes back
-                elapsed = time.perf_counter() - started
-                route_name = route.name if route else None
                 if ctx is not None:
                     self._debug(ctx)
-                REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
                 if decision:
                     decision["generation"] = config.generation
-                log_access(method=request.method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
-                           path=incoming.path if incoming else sent_path(environ),
-                           route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
-                           auth=state.outcome, reason=state.reason or failure, sub=state.subject, request_id=rid,
-                           **decision)
+                self._record(started, request.method, incoming, route, state, rid, decision, status,
+                             state.reason or failure, environ=environ)
+
+    @staticmethod
+    def _record(started: float, method: str, incoming: IncomingRequest | None, route: Route | None,
+                state: AuthState, rid: str, decision: dict[str, t.Any], status: int, reason: str | None, *,
+                environ: t.Mapping[str, t.Any] | None = None) -> None:
+        """The request's one access record and its metrics. ``started``: its ``time.perf_counter()``;
+        ``environ``: for the host and path as sent, when it was refused before it was parsed.
+        A request whose head passed (``PREFLIGHT_UNFINISHED``) is recorded here by the worker when
+        it ends the request itself before the body is whole."""
+        elapsed = time.perf_counter() - started
+        route_name = route.name if route else None
+        REQUEST_METRICS.observe_request(route_name, status, state.outcome, elapsed)
+        environ = environ or {}
+        log_access(method=method, host=incoming.host if incoming else environ.get("HTTP_HOST"),
+                   path=incoming.path if incoming else sent_path(environ),
+                   route=route_name, status=status, latency_ms=round(elapsed * 1000, 2),
+                   auth=state.outcome, reason=reason, sub=state.subject, request_id=rid, **decision)
 
     def parse(self, environ: t.Mapping[str, t.Any], rid: str = "") -> IncomingRequest:
         """The parse stage: :func:`gateway_app.incoming.from_environ` with this gateway's trusted

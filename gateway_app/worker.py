@@ -123,6 +123,7 @@ from .preflight import PREFLIGHT
 from .preflight import PREFLIGHT_AUTHENTICATED
 from .preflight import PREFLIGHT_PASSED
 from .preflight import PREFLIGHT_PRINCIPAL
+from .preflight import PREFLIGHT_UNFINISHED
 from .request_buffer import BodyBudget
 from .request_buffer import BufferedBody
 from .request_buffer import HeadLimits
@@ -351,7 +352,10 @@ class _Pending:
     body_started: float = 0.0     # time.monotonic() when the head was whole (with ``window``)
     window_seen: int = 0          # body bytes fed to the window
     continued: bool = False       # "100 Continue" sent
-    preflight: str = ""           # "", "running" (a thread decides on the head), "done", "skipped" (its address has enough decided)
+    unfinished: t.Callable[[int, str], None] | None = None   # records it if the loop answers it (PREFLIGHT_UNFINISHED)
+    # "", "running" (a thread decides on the head), "done", "skipped" (its address has enough decided: the
+    # body is read first), "awaiting" (so, but the client waits for "100 Continue": it waits for a decision)
+    preflight: str = ""
     cap: float = float("inf")     # a stopping worker's deadline
 
 
@@ -366,6 +370,7 @@ class _Verdict(t.NamedTuple):
 
     authenticated: bool = False        # a credential was validated (PREFLIGHT_AUTHENTICATED)
     principal: str = ""                # whom it names (PREFLIGHT_PRINCIPAL)
+    unfinished: t.Callable[[int, str], None] | None = None    # PREFLIGHT_UNFINISHED
 
 
 @dataclasses.dataclass
@@ -417,6 +422,9 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self._next_left_out = 0.0
         # heads being decided (or waiting to be) per client address: at most half the threads each
         self.preflights_running: collections.Counter[str] = collections.Counter()
+        # per address: heads beyond its decision slots whose clients wait for "100 Continue" (``awaiting``)
+        self.awaiting_preflight: collections.defaultdict[str, collections.deque[tuple[gthread.TConn, _Pending]]] = \
+            collections.defaultdict(collections.deque)
         self.pool: FairPool | None = None       # made with gthread's thread pool (get_thread_pool)
         self.log_throttle = LogThrottle()
 
@@ -634,7 +642,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 return
             if pending.request.refusal is not None:
                 self._forget(conn)
-                self._answer_refusal(conn, pending.request.refusal)
+                self._answer_refusal(conn, pending.request.refusal, pending)
                 self._linger(conn)
                 return
             # A client that half-closes after its head gets the answer to what it sent (400: a body cut short).
@@ -658,9 +666,17 @@ class HeadReadingWorker(gthread.ThreadWorker):
         request, now = pending.request, time.monotonic()
         if not request.in_body or pending.preflight == "running":
             return
+        if pending.preflight == "awaiting":
+            if not request.body_received:
+                return                         # still waiting for a decision, and for "100 Continue"
+            pending.preflight = "skipped"      # the client stopped waiting: its body is read first
         if not pending.preflight and request.state is RequestState.INCOMPLETE and self.preflights():
             if self.preflights_running[request.peer] < max(1, self.cfg.threads // 2):
                 self._start_preflight(conn, pending)
+                return
+            if request.expects_continue and not request.body_received:
+                pending.preflight = "awaiting"  # no "100 Continue" before a decision (RFC 9110 §10.1.1)
+                self.awaiting_preflight[request.peer].append((conn, pending))
                 return
             pending.preflight = "skipped"      # this address has heads decided: the body is read first
         if pending.window is None:
@@ -728,11 +744,11 @@ class HeadReadingWorker(gthread.ThreadWorker):
         except Exception:
             self.log.exception("Error deciding on a request head")
             return _Verdict()
-        verdict = environ.get(PREFLIGHT)
+        verdict, unfinished = environ.get(PREFLIGHT), environ.get(PREFLIGHT_UNFINISHED)
         if verdict == PREFLIGHT_AUTHENTICATED:
-            return _Verdict(authenticated=True, principal=str(environ.get(PREFLIGHT_PRINCIPAL) or ""))
+            return _Verdict(True, str(environ.get(PREFLIGHT_PRINCIPAL) or ""), unfinished)
         if verdict == PREFLIGHT_PASSED or not answer:
-            return _Verdict()
+            return _Verdict(unfinished=unfinished)
         status, headers = answer
         fields = [(name, value) for name, value in headers
                   if name.lower() not in ("connection", "content-length", "transfer-encoding")]
@@ -745,10 +761,21 @@ class HeadReadingWorker(gthread.ThreadWorker):
         return None
 
     def _preflight_ended(self, pending: _Pending) -> None:
+        """A decision slot of ``pending``'s address is free: the next of its heads that waits for a
+        decision before ``100 Continue`` (``awaiting``) takes it."""
         peer = pending.request.peer
         self.preflights_running[peer] -= 1
         if not self.preflights_running[peer]:
             del self.preflights_running[peer]
+        awaiting = self.awaiting_preflight.get(peer)
+        while awaiting:
+            conn, waiting = awaiting.popleft()
+            if self.pending.get(conn) is waiting and waiting.preflight == "awaiting":
+                waiting.preflight = ""
+                self._progress(conn, waiting)
+                break
+        if awaiting is not None and not awaiting:
+            del self.awaiting_preflight[peer]
 
     def _preflight_done(self, conn: gthread.TConn, pending: _Pending, future: t.Any) -> None:
         """On the loop's thread: read the body of a request that goes on; close one that was answered.
@@ -766,11 +793,12 @@ class HeadReadingWorker(gthread.ThreadWorker):
             self._linger(conn)
             return
         pending.preflight = "done"
+        pending.unfinished = verdict.unfinished
         if verdict.authenticated:
             pending.request.authenticate(verdict.principal, partial(self._make_room, conn))
             if pending.request.refusal is not None:
                 self._forget(conn)
-                self._answer_refusal(conn, pending.request.refusal)
+                self._answer_refusal(conn, pending.request.refusal, pending)
                 self._linger(conn)
                 return
         try:
@@ -802,7 +830,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
                 return True
             self._forget(waiting)
             self._answer_refusal(waiting, dataclasses.replace(SERVER_BUSY, detail="body buffers taken by an "
-                                                                                  "authenticated upload"))
+                                                                                  "authenticated upload"), pending)
             self._linger(waiting)
         return try_reserve()
 
@@ -851,12 +879,27 @@ class HeadReadingWorker(gthread.ThreadWorker):
         self.handle_error(None, conn.sock, conn.client, LimitRequestHeaders("max buffer headers"))
         return False
 
-    def _answer_refusal(self, conn: gthread.TConn, refusal: Refusal) -> None:
-        """The loop's own answer to a request it will not hand to a thread; one warning line, no traceback."""
+    def _answer_refusal(self, conn: gthread.TConn, refusal: Refusal, pending: _Pending | None = None) -> None:
+        """The loop's own answer to a request it will not hand to a thread; one warning line, no traceback,
+        and the access record of ``pending`` if its head passed (:meth:`_record_unfinished`)."""
         self._warn(refusal.reason, "Invalid request from ip=%s: %s%s", _peer(conn), refusal.reason,
                    f" ({refusal.detail})" if refusal.detail else "")
         headers = (("Retry-After", str(refusal.retry_after)),) if refusal.retry_after is not None else ()
         write_error_json(conn.sock, refusal.status, refusal.reason, refusal.message, headers)
+        if pending is not None:
+            self._record_unfinished(pending, refusal.status, refusal.reason)
+
+    def _record_unfinished(self, pending: _Pending, status: int, reason: str) -> None:
+        """The access record of a request whose head passed and that the loop answers itself before its
+        body is whole (``PREFLIGHT_UNFINISHED``): it is never served, so the application would not
+        record it (red team 11: a 408 after a passed head had no access record)."""
+        record, pending.unfinished = pending.unfinished, None
+        if record is None:
+            return
+        try:
+            record(status, reason)
+        except Exception:
+            self.log.exception("Error recording a request the loop answered")
 
     def _forget(self, conn: gthread.TConn, served: bool = False) -> None:
         """Stop waiting for the request on ``conn``; its bytes are dropped unless it is ``served``."""
@@ -1051,6 +1094,7 @@ class HeadReadingWorker(gthread.ThreadWorker):
             what = f"{self.nr_conns} connections open, above {self.high_water}: {OVERLOAD_TIMEOUT:g} s to send a request"
         self._warn("overload" if overloaded else reason, "Request from ip=%s: %s: closed", _peer(conn), what)
         write_error_json(conn.sock, 408, reason, message)
+        self._record_unfinished(pending, 408, reason)
 
     def _warn(self, kind: str, message: str, *args: t.Any) -> None:
         """A warning caused by a client, within the worker's :class:`~gateway_app.log_throttle.LogThrottle`."""

@@ -12,6 +12,7 @@ from gateway_app.preflight import PREFLIGHT
 from gateway_app.preflight import PREFLIGHT_AUTHENTICATED
 from gateway_app.preflight import PREFLIGHT_PASSED
 from gateway_app.preflight import PREFLIGHT_PRINCIPAL
+from gateway_app.preflight import PREFLIGHT_UNFINISHED
 
 CONFIG = """
 apiVersion: enterprise.gloo.solo.io/v1
@@ -76,6 +77,25 @@ def test_a_request_with_a_validated_token_is_marked_authenticated(app, requests_
     assert len(principal) == 16 and "alice" not in principal
     _, again, _ = preflight(app, "/secure/other", Authorization="Bearer tok-alice-1234")
     assert again[PREFLIGHT_PRINCIPAL] == principal
+
+
+def test_a_passed_request_the_worker_ends_itself_is_recorded_once_with_the_workers_answer(
+        app, requests_mock, access_records):
+    """Red team 11: a 408 after a passed head had no access record. The worker answers it (408, 503)
+    and calls ``PREFLIGHT_UNFINISHED``; the record names the route, the subject and that answer."""
+    requests_mock.post("http://idp.test/introspect", json={"active": True, "sub": "alice"})
+    status, environ, _ = preflight(app, "/secure/upload", Authorization="Bearer tok-alice-1234")
+    assert status.startswith("204") and not access_records
+    environ[PREFLIGHT_UNFINISHED](408, "body_too_slow")
+    [record] = access_records
+    assert record.fields["status"] == 408 and record.fields["reason"] == "body_too_slow"
+    assert record.fields["auth"] == "allowed" and record.fields["sub"] == "alice"
+    assert record.fields["route"] and record.fields["path"] == "/secure/upload" and record.fields["method"] == "POST"
+
+
+def test_a_request_refused_on_its_head_leaves_nothing_for_the_worker_to_record(app):
+    _, environ, _ = preflight(app, "/secure/upload")
+    assert PREFLIGHT_UNFINISHED not in environ
 
 
 def test_a_request_without_a_credential_names_no_principal(app):

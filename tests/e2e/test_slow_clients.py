@@ -853,6 +853,56 @@ def test_an_upload_that_passes_on_its_head_is_read_whole_and_recorded_once(impat
     assert impatient_gateway.log_text()[log_before:].count("path=/anything/passed") == 1
 
 
+def test_an_upload_that_passes_on_its_head_and_stalls_is_answered_408_and_recorded_once(impatient_gateway):
+    """Red team 11: the loop's 408 after a passed head had no access record (the application records a
+    request when it serves it, and this one it never serves)."""
+    log_before = len(impatient_gateway.log_text())
+    with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /anything/stalled HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 6\r\n\r\nabc")
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 408 and b'"body_too_slow"' in answer
+    time.sleep(0.2)
+    records = [line for line in impatient_gateway.log_text()[log_before:].splitlines() if "path=/anything/stalled" in line]
+    assert len(records) == 1 and "status=408" in records[0] and "reason=body_too_slow" in records[0], records
+
+
+def test_an_expect_head_beyond_its_addresses_decision_slots_waits_for_a_decision_not_for_its_body(
+        httpbin, tmp_path_factory):
+    """Red team 11: while an address had as many heads being decided as its slots (half the threads),
+    its next ``Expect: 100-continue`` head got ``100 Continue`` at once, then 403 after its body. It
+    now waits for a slot and is refused on its head: no client that will be refused is invited to
+    send its body (RFC 9110 §10.1.1)."""
+    def head(n: int, expect: bool = False) -> bytes:
+        return (f"POST /secure/upload HTTP/1.1\r\nHost: gateway.test\r\nAuthorization: Bearer bogus-{n}\r\n"
+                f"Content-Length: 5\r\n{'Expect: 100-continue' + chr(13) + chr(10) if expect else ''}\r\n").encode()
+
+    tmp = tmp_path_factory.mktemp("awaiting")
+    with HeldIdp() as idp:
+        conf = render_config(CONFIG, tmp / "conf", UPSTREAM_PORT=httpbin.port, IDP_PORT=idp.port)
+        (tmp / "rego").mkdir()
+        with gateway_server(tmp, conf, tmp / "rego", workers=1, threads=4, env={"GATEWAY_LOG_LEVEL": "info"},
+                            name="awaiting") as gateway:
+            held = [socket.create_connection(("127.0.0.1", gateway.port), timeout=10) for _ in range(2)]
+            try:
+                for n, sock in enumerate(held):
+                    sock.sendall(head(n))
+                for _ in held:
+                    assert idp.entered.acquire(timeout=10)       # both of the address's slots are deciding
+                with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as expecting:
+                    expecting.sendall(head(2, expect=True))
+                    early = select.select([expecting], [], [], 1.0)[0]
+                    idp.release.set()
+                    answer = read_until_closed(expecting)
+                held_answers = [read_until_closed(sock) for sock in held]
+            finally:
+                idp.release.set()
+                for sock in held:
+                    sock.close()
+    assert not early, "the gateway answered before a slot was free"
+    assert status_of(answer) == 403 and b"token_inactive" in answer and b"100 Continue" not in answer, answer[:200]
+    assert [status_of(held_answer) for held_answer in held_answers] == [403, 403]
+
+
 def test_expect_100_continue_with_a_length_above_the_limit_is_refused_413_without_continue(impatient_gateway):
     with socket.create_connection(("127.0.0.1", impatient_gateway.port), timeout=10) as sock:
         sock.sendall(b"POST /anything/expect HTTP/1.1\r\nHost: gateway.test\r\nExpect: 100-continue\r\n"
