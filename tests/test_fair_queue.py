@@ -5,9 +5,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import time
+import typing as t
 
 import pytest
 from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from gateway_app.fair_queue import FairPool
@@ -214,3 +217,40 @@ def test_work_taken_back_is_shed_and_never_runs_and_failures_reach_done(executor
         gate.set()
     executor.shutdown(wait=True)
     assert sorted(str(result) for result in outcomes.results) == sorted(["first", "0", "1", "division by zero"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3)), min_size=1, max_size=40),
+       st.integers(1, 4), st.integers(0, 2))
+def test_every_item_runs_once_within_threads_plus_reserve_and_the_reserve_only_for_keys_with_nothing_running(
+        items, threads, reserve):
+    """Whatever arrives: every item runs once (no runner missing: a key whose work may run is never
+    left waiting), never more than ``threads + reserve`` at once, and beyond ``threads`` only an
+    item whose key had nothing else running."""
+    outcomes, lock = Outcomes(), threading.Lock()
+    running: collections.Counter[str] = collections.Counter()
+    violations: list[str] = []
+
+    def work(key: str, ticks: int, number: int) -> t.Callable[[], int]:
+        def run() -> int:
+            with lock:
+                running[key] += 1
+                total = sum(running.values())
+                if total > threads + reserve or (total > threads and running[key] > 1):
+                    violations.append(f"{dict(running)} at {key}")
+            time.sleep(ticks * 0.001)
+            with lock:
+                running[key] -= 1
+            return number
+        return run
+
+    executor = concurrent.futures.ThreadPoolExecutor(threads + reserve)
+    pool = FairPool(executor, threads=threads, reserve=reserve, deliver=outcomes)
+    for number, (key, ticks) in enumerate(items):
+        pool.submit(key, work(key, ticks, number), lambda outcome: None, lambda: None)
+    deadline = time.monotonic() + 10
+    while len(outcomes.results) < len(items) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    executor.shutdown(wait=True)
+    assert sorted(outcomes.results) == list(range(len(items)))
+    assert violations == [] and pool.waiting() == 0
